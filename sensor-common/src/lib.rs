@@ -1,0 +1,192 @@
+//! Types shared by the torsensor kernel programs (`sensor-ebpf`) and the daemon.
+//!
+//! Every type here crosses the kernel/user boundary byte for byte, so each is
+//! `#[repr(C)]`, has no implicit padding (padding is an explicit field) and no
+//! `bool`. The userspace side checks sizes and offsets in unit tests below.
+#![no_std]
+
+/// Length of a task's `comm` (the kernel's `TASK_COMM_LEN`).
+pub const COMM_LEN: usize = 16;
+
+/// Socket address families, as the kernel reports them.
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+
+/// `ConnEvent::direction`: this host opened the connection (`connect`).
+pub const DIR_EGRESS: u8 = 1;
+/// `ConnEvent::direction`: a peer opened the connection and a local process accepted it.
+pub const DIR_INGRESS: u8 = 2;
+
+/// `ConnEvent::flags`: the remote address was IPv4-mapped IPv6 (`::ffff:a.b.c.d`)
+/// on a dual-stack socket and was matched as the IPv4 address.
+pub const FLAG_V4_MAPPED: u8 = 1 << 0;
+/// `ConnEvent::flags`: the outbound connection attempt failed (SYN_SENT -> CLOSE).
+pub const FLAG_CONNECT_FAILED: u8 = 1 << 1;
+/// `ConnEvent::flags`: sent because "audit all" is on, not because a feed matched.
+pub const FLAG_AUDIT: u8 = 1 << 2;
+/// `ConnEvent::flags`: no process could be attributed (inbound fallback when the
+/// accept-side probe is unavailable); pid/uid/comm are zero.
+pub const FLAG_NO_PROCESS: u8 = 1 << 3;
+
+/// Role bits in [`MatchInfo::roles`].
+pub const ROLE_EXIT: u32 = 1 << 0;
+pub const ROLE_RELAY: u32 = 1 << 1;
+
+/// Maximum number of feeds a sensor can load at once (one bit each in
+/// [`MatchInfo::feeds`]).
+pub const MAX_FEEDS: usize = 32;
+
+/// Value of an LPM-trie entry: which feeds list the prefix, and in which role.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MatchInfo {
+    /// Bit `i` set: feed number `i` lists this prefix.
+    pub feeds: u32,
+    /// `ROLE_*` bits.
+    pub roles: u32,
+}
+
+/// One reported connection, written by the kernel into the ring buffer.
+///
+/// Addresses are in network byte order; an IPv4 address occupies the first 4
+/// bytes of its 16-byte field (the rest is zero). Ports are host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// `bpf_ktime_get_boot_ns()` when the connection was seen.
+    pub ts_boot_ns: u64,
+    /// cgroup v2 id of the process (0 if unknown).
+    pub cgroup_id: u64,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// `AF_INET` or `AF_INET6`: the socket's family (a dual-stack socket with
+    /// a mapped peer is `AF_INET6` with `FLAG_V4_MAPPED`).
+    pub family: u16,
+    /// `DIR_EGRESS` or `DIR_INGRESS`.
+    pub direction: u8,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// What matched (all zero for an audit-only event).
+    pub matched: MatchInfo,
+    /// Task name of the thread that connected or accepted.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl ConnEvent {
+    pub const ZERO: Self = Self {
+        ts_boot_ns: 0,
+        cgroup_id: 0,
+        tgid: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
+        direction: 0,
+        flags: 0,
+        matched: MatchInfo { feeds: 0, roles: 0 },
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// Indexes of the per-CPU counter array `COUNTERS`.
+pub mod counter {
+    /// Outbound TCP connection attempts seen (CLOSE -> SYN_SENT).
+    pub const CONNECT_SEEN: u32 = 0;
+    /// Inbound TCP connections established (SYN_RECV -> ESTABLISHED).
+    pub const INBOUND_SEEN: u32 = 1;
+    /// Outbound attempts whose peer matched a feed.
+    pub const CONNECT_HIT: u32 = 2;
+    /// Inbound connections whose peer matched a feed.
+    pub const INBOUND_HIT: u32 = 3;
+    /// Events written to the ring buffer.
+    pub const EVENTS_SENT: u32 = 4;
+    /// Events lost because the ring buffer was full (reservation failed).
+    pub const RINGBUF_FULL: u32 = 5;
+    /// Hits lost because the pending-connection map could not take them.
+    pub const PENDING_FULL: u32 = 6;
+    /// Accepted sockets examined by the accept-side probe.
+    pub const ACCEPT_SEEN: u32 = 7;
+    /// Number of counters (size of the array).
+    pub const COUNT: u32 = 8;
+}
+
+/// Kernel-structure offsets the daemon reads from the running kernel's BTF and
+/// passes to the accept probe (global `KOFFSETS`), so that the probe can go from
+/// an accepted file descriptor to its `struct sock` without CO-RE.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `file.private_data`
+    pub file_private_data: u32,
+    /// `socket.sk`
+    pub socket_sk: u32,
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, `#[repr(C)]`, no padding bytes (checked by the
+    // layout tests), every bit pattern valid.
+    unsafe impl aya::Pod for super::MatchInfo {}
+    unsafe impl aya::Pod for super::ConnEvent {}
+    unsafe impl aya::Pod for super::KernelOffsets {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn conn_event_layout_has_no_hidden_padding() {
+        assert_eq!(offset_of!(ConnEvent, ts_boot_ns), 0);
+        assert_eq!(offset_of!(ConnEvent, cgroup_id), 8);
+        assert_eq!(offset_of!(ConnEvent, tgid), 16);
+        assert_eq!(offset_of!(ConnEvent, pid), 20);
+        assert_eq!(offset_of!(ConnEvent, uid), 24);
+        assert_eq!(offset_of!(ConnEvent, gid), 28);
+        assert_eq!(offset_of!(ConnEvent, local_addr), 32);
+        assert_eq!(offset_of!(ConnEvent, remote_addr), 48);
+        assert_eq!(offset_of!(ConnEvent, local_port), 64);
+        assert_eq!(offset_of!(ConnEvent, remote_port), 66);
+        assert_eq!(offset_of!(ConnEvent, family), 68);
+        assert_eq!(offset_of!(ConnEvent, direction), 70);
+        assert_eq!(offset_of!(ConnEvent, flags), 71);
+        assert_eq!(offset_of!(ConnEvent, matched), 72);
+        assert_eq!(offset_of!(ConnEvent, comm), 80);
+        assert_eq!(size_of::<ConnEvent>(), 96);
+    }
+
+    #[test]
+    fn small_types_layout() {
+        assert_eq!(size_of::<MatchInfo>(), 8);
+        assert_eq!(offset_of!(MatchInfo, roles), 4);
+        assert_eq!(size_of::<KernelOffsets>(), 24);
+        assert_eq!(offset_of!(KernelOffsets, socket_sk), 20);
+    }
+
+    #[test]
+    fn feed_bits_fit_the_mask() {
+        assert_eq!(MAX_FEEDS, u32::BITS as usize);
+        assert!(counter::ACCEPT_SEEN < counter::COUNT);
+    }
+}

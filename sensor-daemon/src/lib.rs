@@ -1,0 +1,14 @@
+//! torsensor: reports connections between this host and the Tor network.
+//!
+//! Data flows one way: kernel event ([`kernel`], [`event`]) -> match details
+//! ([`feed`]) and enrichment ([`enrich`]) -> alert ([`alert`], [`rules`]) ->
+//! output ([`sensor`]).
+
+pub mod alert;
+pub mod config;
+pub mod enrich;
+pub mod event;
+pub mod feed;
+pub mod kernel;
+pub mod rules;
+pub mod sensor;
