@@ -119,7 +119,7 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
         let mut proc = Map::new();
         proc.insert("pid".into(), json!(p.pid));
         proc.insert("name".into(), json!(p.name));
-        proc.insert("thread".into(), json!({"id": p.tid}));
+        proc.insert("thread".into(), json!({"id": p.tid, "name": p.thread_name}));
         put(&mut proc, "executable", p.executable.clone());
         put(&mut proc, "command_line", p.command_line.clone());
         if !p.args.is_empty() {
@@ -235,6 +235,7 @@ mod tests {
             pid: 100,
             tid: 101,
             name: "curl".into(),
+            thread_name: "curl".into(),
             executable: Some("/usr/bin/curl".into()),
             command_line: Some("curl https://x".into()),
             args: vec!["curl".into(), "https://x".into()],

@@ -305,6 +305,7 @@ impl Probes {
             logger,
         };
         probes.fill_tries(feeds)?;
+        release_heap();
         probes.attach("sock_state", "sock", "inet_sock_set_state")?;
         if probes.accept_probe {
             probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
@@ -451,6 +452,16 @@ impl Probes {
             out.extend(hash.iter().filter_map(Result::ok).map(|(_, ev)| ev));
         }
         out
+    }
+}
+
+/// Loading parses the kernel's BTF (several MiB, twice: aya and the offset
+/// lookup); give that memory back to the system once it is freed.
+fn release_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -81,6 +81,7 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_env_filter(filter)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     Ok(())
 }

@@ -2,7 +2,7 @@
 //! stdout, report losses, and shut down cleanly on SIGINT/SIGTERM.
 
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aya::maps::{MapData, RingBuf};
 use sensor_common::ConnEvent;
@@ -12,7 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::alert::{AlertInput, SensorIdentity, ecs};
 use crate::config::{ConfigError, SensorConfig};
-use crate::enrich::process_info;
+use crate::enrich::ProcessCache;
 use crate::event::{BootClock, Connection, decode};
 use crate::feed::{Feed, FeedError, FeedSet};
 use crate::kernel::{self, Counters, KernelError, LoadOptions, Probes};
@@ -78,6 +78,7 @@ struct Pipeline<W: Write> {
     rules: Rules,
     sensor: SensorIdentity,
     clock: BootClock,
+    processes: ProcessCache,
     out: W,
     stats: RunStats,
 }
@@ -93,10 +94,7 @@ impl<W: Write> Pipeline<W> {
             }
         };
         conn.incomplete = incomplete;
-        let process = conn
-            .process
-            .as_ref()
-            .map(|p| process_info(p, Path::new("/proc")));
+        let process = conn.process.as_ref().map(|p| self.processes.lookup(p));
         let listing = self.feeds.lookup(conn.remote.ip());
         let doc = ecs(&AlertInput {
             conn: &conn,
@@ -208,6 +206,7 @@ pub async fn run(cfg: SensorConfig) -> Result<RunStats, SensorError> {
         rules,
         sensor: SensorIdentity::local(),
         clock: BootClock::now(),
+        processes: ProcessCache::host(),
         out: BufWriter::with_capacity(64 << 10, io::stdout()),
         stats: RunStats::default(),
     };

@@ -20,16 +20,21 @@
 //!   the peer address (`accept(fd, NULL, NULL)`).
 #![no_std]
 #![no_main]
+// Atomic add on a map value (BPF_ATOMIC): `core::sync::atomic` has no
+// read-modify-write for the bpf target, the intrinsic does. This crate is
+// built with a pinned nightly anyway.
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
     macros::{map, tracepoint},
-    maps::{LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -78,6 +83,33 @@ static PENDING_OUT: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16
 #[map]
 static PENDING_IN: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16384, 0);
 
+/// Upper bound of the entries in `PENDING_IN` (LRU evictions are not
+/// subtracted). While it is 0, which is the normal case, `accept()` exits
+/// skip the fd walk entirely.
+#[map]
+static INBOUND_PENDING: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Atomically adds `delta` (two's complement for a decrement).
+#[inline(always)]
+fn inbound_pending_add(delta: u64) {
+    if let Some(slot) = INBOUND_PENDING.get_ptr_mut(0) {
+        // SAFETY: a valid, aligned map value; BPF_ATOMIC add.
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                slot, delta,
+            )
+        };
+    }
+}
+
+#[inline(always)]
+fn inbound_pending() -> u64 {
+    INBOUND_PENDING
+        .get(0)
+        .map(|v| unsafe { core::ptr::read_volatile(v) })
+        .unwrap_or(0)
+}
+
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
@@ -100,6 +132,31 @@ const SS_DADDR_V6: usize = 56;
 // `syscalls:sys_exit_accept{,4}`: `long ret`.
 const SYS_EXIT_RET: usize = 16;
 
+/// Reads a tracepoint field straight from the context (no helper call; the
+/// verifier checks the bounds). Every offset used here is naturally aligned.
+#[inline(always)]
+fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
+    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+}
+
+/// An IPv4 address field (4 bytes, network order), read as one aligned word.
+#[inline(always)]
+fn field_v4(ctx: &TracePointContext, offset: usize) -> [u8; 4] {
+    field::<u32>(ctx, offset).to_ne_bytes()
+}
+
+/// An IPv6 address field, read as two aligned 8-byte words: the verifier only
+/// accepts context loads at a constant offset from the context pointer.
+#[inline(always)]
+fn field_v6(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
+    let lo = field::<u64>(ctx, offset).to_ne_bytes();
+    let hi = field::<u64>(ctx, offset + 8).to_ne_bytes();
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&lo);
+    out[8..].copy_from_slice(&hi);
+    out
+}
+
 #[inline(always)]
 fn count(index: u32) {
     if let Some(slot) = COUNTERS.get_ptr_mut(index) {
@@ -115,12 +172,12 @@ pub fn sock_state(ctx: TracePointContext) -> u32 {
 }
 
 fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let protocol: u16 = unsafe { ctx.read_at(SS_PROTOCOL)? };
+    let protocol: u16 = field(ctx, SS_PROTOCOL);
     if protocol != IPPROTO_TCP {
         return Ok(());
     }
-    let old: i32 = unsafe { ctx.read_at(SS_OLDSTATE)? };
-    let new: i32 = unsafe { ctx.read_at(SS_NEWSTATE)? };
+    let old: i32 = field(ctx, SS_OLDSTATE);
+    let new: i32 = field(ctx, SS_NEWSTATE);
     match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => on_connect(ctx),
         (TCP_SYN_SENT, _) => on_connect_done(ctx, new),
@@ -133,19 +190,19 @@ fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
 /// socket that reports, "s" is local and "d" is the peer, in both directions.
 #[inline(always)]
 fn read_endpoints(ctx: &TracePointContext, ev: &mut ConnEvent) -> Result<(), i32> {
-    let family: u16 = unsafe { ctx.read_at(SS_FAMILY)? };
+    let family: u16 = field(ctx, SS_FAMILY);
     ev.family = family;
-    ev.local_port = unsafe { ctx.read_at(SS_SPORT)? };
-    ev.remote_port = unsafe { ctx.read_at(SS_DPORT)? };
+    ev.local_port = field(ctx, SS_SPORT);
+    ev.remote_port = field(ctx, SS_DPORT);
     if family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(SS_SADDR)? };
-        let d: [u8; 4] = unsafe { ctx.read_at(SS_DADDR)? };
+        let s = field_v4(ctx, SS_SADDR);
+        let d = field_v4(ctx, SS_DADDR);
         ev.local_addr[..4].copy_from_slice(&s);
         ev.remote_addr[..4].copy_from_slice(&d);
         Ok(())
     } else if family == AF_INET6 {
-        ev.local_addr = unsafe { ctx.read_at(SS_SADDR_V6)? };
-        ev.remote_addr = unsafe { ctx.read_at(SS_DADDR_V6)? };
+        ev.local_addr = field_v6(ctx, SS_SADDR_V6);
+        ev.remote_addr = field_v6(ctx, SS_DADDR_V6);
         Ok(())
     } else {
         Err(0)
@@ -226,27 +283,27 @@ fn on_connect(ctx: &TracePointContext) -> Result<(), i32> {
     ev.direction = DIR_EGRESS;
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     fill_process(&mut ev);
-    let sk: u64 = unsafe { ctx.read_at(SS_SKADDR)? };
-    if PENDING_OUT.insert(&sk, &ev, 0).is_err() {
+    let sk: u64 = field(ctx, SS_SKADDR);
+    if PENDING_OUT.insert(sk, ev, 0).is_err() {
         count(counter::PENDING_FULL);
     }
     Ok(())
 }
 
 fn on_connect_done(ctx: &TracePointContext, new_state: i32) -> Result<(), i32> {
-    let sk: u64 = unsafe { ctx.read_at(SS_SKADDR)? };
-    let Some(pending) = PENDING_OUT.get_ptr(&sk) else {
+    let sk: u64 = field(ctx, SS_SKADDR);
+    let Some(pending) = PENDING_OUT.get_ptr(sk) else {
         return Ok(());
     };
     let mut ev = unsafe { *pending };
-    let _ = PENDING_OUT.remove(&sk);
+    let _ = PENDING_OUT.remove(sk);
     // Now the local address and port are final.
-    ev.local_port = unsafe { ctx.read_at(SS_SPORT)? };
+    ev.local_port = field(ctx, SS_SPORT);
     if ev.family == AF_INET {
-        let s: [u8; 4] = unsafe { ctx.read_at(SS_SADDR)? };
+        let s = field_v4(ctx, SS_SADDR);
         ev.local_addr[..4].copy_from_slice(&s);
     } else {
-        ev.local_addr = unsafe { ctx.read_at(SS_SADDR_V6)? };
+        ev.local_addr = field_v6(ctx, SS_SADDR_V6);
     }
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
@@ -269,8 +326,9 @@ fn on_inbound(ctx: &TracePointContext) -> Result<(), i32> {
         emit(ctx, &ev);
         return Ok(());
     }
-    let sk: u64 = unsafe { ctx.read_at(SS_SKADDR)? };
-    if PENDING_IN.insert(&sk, &ev, 0).is_err() {
+    let sk: u64 = field(ctx, SS_SKADDR);
+    inbound_pending_add(1);
+    if PENDING_IN.insert(sk, ev, 0).is_err() {
         count(counter::PENDING_FULL);
     }
     Ok(())
@@ -295,11 +353,14 @@ fn read_ptr(base: u64, offset: u32) -> Result<u64, i32> {
 }
 
 fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let ret: i64 = unsafe { ctx.read_at(SYS_EXIT_RET)? };
+    let ret: i64 = field(ctx, SYS_EXIT_RET);
     if ret < 0 {
         return Ok(());
     }
     count(counter::ACCEPT_SEEN);
+    if inbound_pending() == 0 {
+        return Ok(());
+    }
     let off = KOFFSETS.load();
     // current->files->fdt->fd[ret]->private_data (struct socket)->sk
     let task = unsafe { bpf_get_current_task() };
@@ -314,11 +375,13 @@ fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
     let file = read_ptr(fd_array + (ret as u64) * 8, 0)?;
     let socket = read_ptr(file, off.file_private_data)?;
     let sk = read_ptr(socket, off.socket_sk)?;
-    let Some(pending) = PENDING_IN.get_ptr(&sk) else {
+    let Some(pending) = PENDING_IN.get_ptr(sk) else {
         return Ok(());
     };
     let mut ev = unsafe { *pending };
-    let _ = PENDING_IN.remove(&sk);
+    if PENDING_IN.remove(sk).is_ok() {
+        inbound_pending_add(u64::MAX); // -1
+    }
     fill_process(&mut ev);
     emit(ctx, &ev);
     Ok(())

@@ -1,1 +1,260 @@
-fn main() {}
+//! Developer and CI tasks. `cargo xtask --help` lists them.
+
+mod bench;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+/// The nightly that builds the eBPF crate (keep in step with sensor-daemon/build.rs).
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+/// Preinstalled fallback when the dated nightly cannot be fetched.
+const FALLBACK_TOOLCHAIN: &str = "nightly";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM: &str = "/usr/lib/llvm-22";
+/// Debian packages: LLVM 22 for bpf-linker, bpftool and iproute2 for tests.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "bpftool",
+    "iproute2",
+];
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "torsensor developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install every missing prerequisite (idempotent; fast when all is present).
+    Setup,
+    /// Setup, then build the release binary (target/release/torsensor).
+    Build,
+    /// Setup, build, and start the sensor (default: embedded Tor exit list).
+    /// Arguments after `--` go to `torsensor run`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Setup, then fmt, clippy (userspace and eBPF) and every test.
+    Test,
+    /// Setup, then the performance benchmarks (ratios against a baseline
+    /// measured in the same run).
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Task::Setup => setup().map(|_| ()),
+        Task::Build => {
+            let tc = setup()?;
+            build_release(&tc)
+        }
+        Task::Run { args } => {
+            let tc = setup()?;
+            build_release(&tc)?;
+            let mut cmd = Command::new(root.join("target/release/torsensor"));
+            cmd.arg("run").args(args);
+            eprintln!("xtask: starting {cmd:?} (Ctrl-C stops it)");
+            let err = std::os::unix::process::CommandExt::exec(&mut cmd);
+            Err(err).context("starting torsensor")
+        }
+        Task::Test => {
+            let tc = setup()?;
+            test(&tc)
+        }
+        Task::Bench(args) => {
+            let tc = setup()?;
+            build_release(&tc)?;
+            bench::run(&root, &args)
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+/// Runs a command, failing with its name when it fails.
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("xtask: $ {}", show(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {}", show(cmd)))?;
+    if !status.success() {
+        bail!("{} failed ({status})", show(cmd));
+    }
+    Ok(())
+}
+
+fn show(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn stdout_of(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Installs what is missing; returns the eBPF toolchain to use.
+fn setup() -> anyhow::Result<String> {
+    // Debian packages.
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+        run(Command::new("apt-get").arg("update").arg("-qq"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+
+    // Stable components for fmt and clippy.
+    let installed = stdout_of(Command::new("rustup").args(["component", "list", "--installed"]));
+    for component in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            run(Command::new("rustup").args(["component", "add", component]))?;
+        }
+    }
+
+    // The eBPF toolchain: the dated nightly with rust-src (and clippy for the
+    // eBPF lint pass); fall back to the preinstalled nightly if it cannot be
+    // fetched.
+    let toolchain = match ensure_nightly(EBPF_TOOLCHAIN) {
+        Ok(()) => EBPF_TOOLCHAIN.to_owned(),
+        Err(e) => {
+            eprintln!(
+                "xtask: WARNING: cannot install {EBPF_TOOLCHAIN} ({e:#}); falling back to the preinstalled `{FALLBACK_TOOLCHAIN}`"
+            );
+            ensure_nightly(FALLBACK_TOOLCHAIN)?;
+            FALLBACK_TOOLCHAIN.to_owned()
+        }
+    };
+
+    // bpf-linker, built against Debian's LLVM 22.
+    let version = stdout_of(Command::new("bpf-linker").arg("--version"));
+    if !version.contains(BPF_LINKER_VERSION) {
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about a minute)");
+        let path = format!("{LLVM}/bin:{}", std::env::var("PATH").unwrap_or_default());
+        run(Command::new("cargo")
+            .args([
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("PATH", path))?;
+    }
+    // SAFETY: single-threaded at this point; child cargo processes read it.
+    unsafe { std::env::set_var("TORSENSOR_EBPF_TOOLCHAIN", &toolchain) };
+    eprintln!("xtask: prerequisites present (eBPF toolchain {toolchain})");
+    Ok(toolchain)
+}
+
+fn ensure_nightly(toolchain: &str) -> anyhow::Result<()> {
+    let have_toolchain = stdout_of(Command::new("rustup").args(["toolchain", "list"]))
+        .lines()
+        .any(|l| l.starts_with(&format!("{toolchain}-")));
+    let components = if have_toolchain {
+        stdout_of(Command::new("rustup").args([
+            "component",
+            "list",
+            "--installed",
+            "--toolchain",
+            toolchain,
+        ]))
+    } else {
+        String::new()
+    };
+    let has = |c: &str| components.lines().any(|l| l.starts_with(c));
+    if !have_toolchain {
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            toolchain,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+            "--component",
+            "clippy",
+        ]))?;
+    } else if !has("rust-src") || !has("clippy") {
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "clippy",
+            "--toolchain",
+            toolchain,
+        ]))?;
+    }
+    Ok(())
+}
+
+fn build_release(_toolchain: &str) -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["build", "--release", "--package", "sensor-daemon"]))
+}
+
+fn test(toolchain: &str) -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
+    // The eBPF crate only builds for the bpf target, with its own toolchain.
+    run(Command::new("cargo").arg(format!("+{toolchain}")).args([
+        "clippy",
+        "--package",
+        "sensor-ebpf",
+        "--bins",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--target-dir",
+        "target/ebpf-check",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    if !succeeds(Command::new("id").arg("-u")) {
+        bail!("cannot run `id -u`");
+    }
+    let root = stdout_of(Command::new("id").arg("-u")).trim() == "0";
+    if !root {
+        eprintln!(
+            "xtask: NOTE: not root, so the real-kernel tests will skip (CI runs them as root)"
+        );
+    }
+    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "sensor-ebpf"]))
+}

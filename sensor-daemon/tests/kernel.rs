@@ -1,0 +1,389 @@
+//! Real-kernel tests: start the real sensor, make real connections, check the
+//! exact alert fields. They need root; under CI=true they never skip.
+
+mod common;
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// Checks the fields every alert must carry, for a connection with the given
+/// initiator (source) and responder (destination).
+fn assert_alert(doc: &Value, direction: &str, source: SocketAddr, destination: SocketAddr) {
+    assert_eq!(get(doc, "event.kind"), "alert", "{doc:#}");
+    assert_eq!(
+        get(doc, "event.category"),
+        &json!(["network", "intrusion_detection"])
+    );
+    assert_eq!(get(doc, "event.type"), &json!(["connection", "allowed"]));
+    assert_eq!(get(doc, "network.direction"), direction);
+    assert_eq!(get(doc, "network.transport"), "tcp");
+    let family = if source.is_ipv4() { "ipv4" } else { "ipv6" };
+    assert_eq!(get(doc, "network.type"), family);
+    assert_eq!(get(doc, "source.ip"), &json!(source.ip().to_string()));
+    assert_eq!(get(doc, "source.port"), &json!(source.port()));
+    assert_eq!(
+        get(doc, "destination.ip"),
+        &json!(destination.ip().to_string())
+    );
+    assert_eq!(get(doc, "destination.port"), &json!(destination.port()));
+    let peer = if direction == "egress" {
+        destination
+    } else {
+        source
+    };
+    assert_eq!(
+        get(doc, "threat.enrichments.0.indicator.ip"),
+        &json!(peer.ip().to_string())
+    );
+    let rule = if direction == "egress" {
+        "TORSENSOR-001"
+    } else {
+        "TORSENSOR-002"
+    };
+    assert_eq!(get(doc, "rule.id"), rule);
+    assert!(
+        get(doc, "rule.name")
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    assert!(
+        get(doc, "host.name")
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    assert!(
+        get(doc, "@timestamp")
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z'))
+    );
+    assert_eq!(get(doc, "user.id"), "0");
+}
+
+/// The alert was raised by this test process, from thread `tid`.
+fn assert_own_process(doc: &Value, tid: u32) {
+    assert_eq!(
+        get(doc, "process.pid"),
+        &json!(std::process::id()),
+        "{doc:#}"
+    );
+    assert_eq!(get(doc, "process.thread.id"), &json!(tid));
+    assert_eq!(get(doc, "process.name"), &json!(own_comm()));
+    let exe = std::env::current_exe().unwrap();
+    assert_eq!(
+        get(doc, "process.executable"),
+        &json!(exe.to_str().unwrap())
+    );
+    let cmdline = get(doc, "process.command_line").as_str().unwrap();
+    assert!(
+        cmdline.starts_with(exe.to_str().unwrap()) || cmdline.contains("kernel-"),
+        "{cmdline}"
+    );
+}
+
+fn alert_for(sensor: &Sensor, direction: &str, peer_field: &str, peer: SocketAddr) -> Value {
+    let (dir, field, ip, port) = (
+        direction.to_owned(),
+        peer_field.to_owned(),
+        peer.ip().to_string(),
+        peer.port(),
+    );
+    sensor.expect_alert(&format!("{direction} alert for {peer}"), move |a| {
+        get(a, "network.direction") == dir.as_str()
+            && get(a, &format!("{field}.ip")) == ip.as_str()
+            && get(a, &format!("{field}.port")) == &json!(port)
+    })
+}
+
+#[test]
+fn outbound_ipv4_to_listed_address_names_the_process() {
+    if !kernel_tests_allowed("outbound_ipv4") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("outbound4", "127.66.1.1\n", &[]);
+    let server = listen(addr("127.66.1.1:0"), false);
+    let to = server.local_addr().unwrap();
+    let client = TcpStream::connect(to).unwrap();
+    let from = client.local_addr().unwrap();
+    let _accepted = server.accept().unwrap();
+    let doc = alert_for(&sensor, "egress", "destination", to);
+    assert_alert(&doc, "egress", from, to);
+    assert_own_process(&doc, gettid());
+    assert_eq!(get(&doc, "event.action"), "tor-connection-outbound");
+    assert_eq!(get(&doc, "event.outcome"), "success");
+    assert_eq!(get(&doc, "threat.feed.name"), "outbound4.feed");
+    assert_eq!(
+        get(&doc, "threat.enrichments.0.matched.field"),
+        "destination.ip"
+    );
+    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.1.1/32");
+    assert_eq!(get(&doc, "torsensor.v4_mapped"), false);
+}
+
+/// Runs `accept` in a thread of its own and returns the alert for the
+/// connection a client makes from `from`, with the accepting thread's id.
+fn inbound_case(
+    sensor: &Sensor,
+    listen_on: &str,
+    from: &str,
+    accept: fn(&std::net::TcpListener),
+) -> (Value, SocketAddr, SocketAddr, u32) {
+    let server = listen(addr(listen_on), false);
+    let to = server.local_addr().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let acceptor = std::thread::spawn(move || {
+        tx.send(gettid()).unwrap();
+        accept(&server);
+    });
+    let server_tid = rx.recv().unwrap();
+    let client = connect_from(addr(from), to);
+    let from = client.local_addr().unwrap();
+    acceptor.join().unwrap();
+    let doc = alert_for(sensor, "ingress", "source", from);
+    (doc, from, to, server_tid)
+}
+
+#[test]
+fn inbound_ipv4_accept_with_null_address_names_the_acceptor() {
+    if !kernel_tests_allowed("inbound_ipv4_null") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("inbound4null", "127.66.2.0/24\n", &[]);
+    let (doc, from, to, tid) = inbound_case(&sensor, "127.0.0.1:0", "127.66.2.7:0", |l| {
+        drop(accept_null(l));
+    });
+    assert_alert(&doc, "ingress", from, to);
+    assert_own_process(&doc, tid);
+    assert_eq!(get(&doc, "event.action"), "tor-connection-inbound");
+    assert_eq!(get(&doc, "threat.enrichments.0.matched.field"), "source.ip");
+    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.2.0/24");
+}
+
+#[test]
+fn inbound_ipv4_accept4_with_address_buffer_names_the_acceptor() {
+    if !kernel_tests_allowed("inbound_ipv4_buffer") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("inbound4buf", "127.66.3.3\n", &[]);
+    let (doc, from, to, tid) = inbound_case(&sensor, "127.0.0.1:0", "127.66.3.3:0", |l| {
+        let (fd, port) = accept4_with_addr(l);
+        assert_ne!(port, 0);
+        drop(fd);
+    });
+    assert_alert(&doc, "ingress", from, to);
+    assert_own_process(&doc, tid);
+}
+
+#[test]
+fn ipv6_between_network_namespaces_both_directions() {
+    if !kernel_tests_allowed("ipv6_netns") {
+        return;
+    }
+    let _serial = serial();
+    let ns = std::sync::Arc::new(NetNs::new("a", "2001:db8:77::1", "2001:db8:77::2"));
+    let sensor = Sensor::start("ipv6", "2001:db8:77::2\n", &[]);
+
+    // Outbound: this host connects to a server inside the namespace.
+    let (tx, rx) = mpsc::channel();
+    let ns2 = ns.clone();
+    let server = std::thread::spawn(move || {
+        ns2.enter();
+        let l = listen(addr("[2001:db8:77::2]:0"), false);
+        tx.send(l.local_addr().unwrap()).unwrap();
+        drop(l.accept().unwrap());
+    });
+    let to = rx.recv().unwrap();
+    let client = TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+    let from = client.local_addr().unwrap();
+    server.join().unwrap();
+    let doc = alert_for(&sensor, "egress", "destination", to);
+    assert_alert(&doc, "egress", from, to);
+    assert_own_process(&doc, gettid());
+    assert_eq!(get(&doc, "network.type"), "ipv6");
+    assert_eq!(
+        get(&doc, "threat.enrichments.0.indicator.type"),
+        "ipv6-addr"
+    );
+
+    // Inbound: a client inside the namespace connects to a server here.
+    let listener = listen(addr("[2001:db8:77::1]:0"), false);
+    let to = listener.local_addr().unwrap();
+    let ns3 = ns.clone();
+    let client = std::thread::spawn(move || {
+        ns3.enter();
+        let s = connect_from(addr("[2001:db8:77::2]:0"), to);
+        let from = s.local_addr().unwrap();
+        let mut buf = [0u8; 1];
+        let _ = (&s).read(&mut buf);
+        from
+    });
+    let accepted = accept_null(&listener);
+    let tid = gettid();
+    drop(accepted);
+    let from = client.join().unwrap();
+    let doc = alert_for(&sensor, "ingress", "source", from);
+    assert_alert(&doc, "ingress", from, to);
+    assert_own_process(&doc, tid);
+}
+
+#[test]
+fn ipv4_mapped_peers_on_dual_stack_sockets_match_the_ipv4_entry() {
+    if !kernel_tests_allowed("dual_stack") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("mapped", "127.66.5.0/28\n", &[]);
+
+    // Inbound: IPv4 client to an IPv6 dual-stack server.
+    let server = listen(addr("[::]:0"), true);
+    let port = server.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel();
+    let acceptor = std::thread::spawn(move || {
+        tx.send(gettid()).unwrap();
+        drop(accept_null(&server));
+    });
+    let tid = rx.recv().unwrap();
+    let client = connect_from(addr("127.66.5.5:0"), addr(&format!("127.0.0.1:{port}")));
+    let from = client.local_addr().unwrap();
+    acceptor.join().unwrap();
+    let doc = alert_for(&sensor, "ingress", "source", from);
+    assert_alert(&doc, "ingress", from, addr(&format!("127.0.0.1:{port}")));
+    assert_own_process(&doc, tid);
+    assert_eq!(get(&doc, "torsensor.v4_mapped"), true);
+
+    // Outbound: an IPv6 socket connecting to ::ffff:127.66.5.6.
+    let server = listen(addr("127.66.5.6:0"), false);
+    let port = server.local_addr().unwrap().port();
+    let client = connect_from(addr("[::]:0"), addr(&format!("[::ffff:127.66.5.6]:{port}")));
+    let local = client.local_addr().unwrap();
+    let _accepted = server.accept().unwrap();
+    let to = addr(&format!("127.66.5.6:{port}"));
+    let doc = alert_for(&sensor, "egress", "destination", to);
+    let from = SocketAddr::new(
+        match local.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().unwrap().into(),
+            v4 => v4,
+        },
+        local.port(),
+    );
+    assert_alert(&doc, "egress", from, to);
+    assert_own_process(&doc, gettid());
+    assert_eq!(get(&doc, "torsensor.v4_mapped"), true);
+}
+
+#[test]
+fn cidr_entries_match_and_unlisted_addresses_do_not_alert() {
+    if !kernel_tests_allowed("cidr_and_unlisted") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("cidr", "127.66.8.0/24\n", &[]);
+    // First an unlisted peer, then a listed one: alerts come in order, so
+    // once the listed one is in, an alert for the unlisted one would be too.
+    let quiet = listen(addr("127.66.9.9:0"), false);
+    let quiet_addr = quiet.local_addr().unwrap();
+    let c1 = TcpStream::connect(quiet_addr).unwrap();
+    let _a1 = quiet.accept().unwrap();
+    let listed = listen(addr("127.66.8.77:0"), false);
+    let to = listed.local_addr().unwrap();
+    let c2 = TcpStream::connect(to).unwrap();
+    let _a2 = listed.accept().unwrap();
+    let doc = alert_for(&sensor, "egress", "destination", to);
+    assert_alert(&doc, "egress", c2.local_addr().unwrap(), to);
+    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.8.0/24");
+    std::thread::sleep(Duration::from_millis(300));
+    let noise: Vec<_> = sensor
+        .alerts()
+        .into_iter()
+        .filter(|a| get(a, "destination.ip") == "127.66.9.9" || get(a, "source.ip") == "127.66.9.9")
+        .collect();
+    assert!(noise.is_empty(), "unlisted peer alerted: {noise:#?}");
+    assert_eq!(sensor.alerts().len(), 1, "{:#?}", sensor.alerts());
+    drop((c1, c2));
+}
+
+#[test]
+fn short_lived_process_is_still_attributed() {
+    if !kernel_tests_allowed("short_lived") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("shortlived", "127.66.10.1\n", &[]);
+    let server = listen(addr("127.66.10.1:0"), false);
+    let port = server.local_addr().unwrap().port();
+    // bash opens the connection through /dev/tcp and exits at once.
+    let mut child = Command::new("bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/127.66.10.1/{port}")])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let _accepted = server.accept().unwrap();
+    let doc = sensor.expect_alert("alert for the short-lived bash", |a| {
+        get(a, "destination.port") == &json!(port)
+    });
+    assert_eq!(get(&doc, "process.pid"), &json!(pid), "{doc:#}");
+    assert_eq!(get(&doc, "process.thread.name"), "bash");
+    assert_eq!(get(&doc, "process.name"), "bash");
+    assert_eq!(get(&doc, "destination.ip"), "127.66.10.1");
+}
+
+#[test]
+fn sigterm_drains_and_detaches_within_two_seconds() {
+    if !kernel_tests_allowed("shutdown") {
+        return;
+    }
+    let _serial = serial();
+    let stats = temp_path("shutdown-stats.json");
+    let sensor = Sensor::start(
+        "shutdown",
+        "127.66.11.0/24\n",
+        &["--stats-file", stats.to_str().unwrap()],
+    );
+    let sensor_pid = sensor.pid();
+    let server = listen(addr("127.66.11.1:0"), false);
+    let to = server.local_addr().unwrap();
+    for _ in 0..20 {
+        let _c = TcpStream::connect(to).unwrap();
+        let _a = server.accept().unwrap();
+    }
+    let (status, took, stderr) = sensor.stop();
+    assert!(status.success(), "exit status {status:?}\n{stderr}");
+    assert!(took < Duration::from_secs(2), "took {took:?} to stop");
+    let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(stats["alerts_written"], 20, "{stats:#}");
+    assert_eq!(stats["kernel"]["connect_hit"], 20);
+    assert_eq!(stats["kernel"]["ringbuf_full"], 0);
+    // Nothing left in the kernel: no program of ours, no link.
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success());
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ours: Vec<_> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| {
+            let name = p["name"].as_str().unwrap_or("");
+            ["sock_state", "exit_accept", "exit_accept4"].contains(&name)
+                && p["pids"]
+                    .as_array()
+                    .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(sensor_pid)))
+        })
+        .collect();
+    assert!(ours.is_empty(), "programs left behind: {ours:#?}");
+}

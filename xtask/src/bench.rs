@@ -1,0 +1,319 @@
+//! `cargo xtask bench`: performance figures as ratios against a baseline
+//! measured in the same run (these machines are noisy; compare, don't trust
+//! absolute numbers).
+//!
+//! 1. Overhead: a loopback connect+accept storm with no listed peers, with the
+//!    sensor detached and attached, interleaved round by round; medians.
+//! 2. Worst case: the same storm with every peer listed; alerts delivered vs
+//!    connections made, and the kernel's loss counters.
+//! 3. Memory: daemon RSS after start with the embedded feed.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Connections per storm round.
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Rounds with and without the sensor (interleaved).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+const PROGRAMS: &[&str] = &["sock_state", "exit_accept", "exit_accept4"];
+const RSS_TARGET_MIB: f64 = 32.0;
+const OVERHEAD_TARGET: f64 = 0.02;
+
+/// A sensor started for a measurement.
+struct Running {
+    child: Child,
+}
+
+impl Running {
+    fn start(bin: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Running> {
+        let mut child = Command::new(bin)
+            .arg("run")
+            .args(args)
+            .env("TORSENSOR_LOG", "info")
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting torsensor")?;
+        let stderr = child.stderr.take().expect("piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut log = String::new();
+            let mut told = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !told && line.contains("torsensor armed") {
+                    told = true;
+                    let _ = tx.send(Ok(()));
+                }
+                if line.contains("health:") || line.contains("WARN") || line.contains("ERROR") {
+                    eprintln!("  sensor: {line}");
+                }
+                log.push_str(&line);
+                log.push('\n');
+            }
+            if !told {
+                let _ = tx.send(Err(log));
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Ok(())) => Ok(Running { child }),
+            Ok(Err(log)) => bail!("torsensor exited before arming:\n{log}"),
+            Err(_) => bail!("torsensor did not arm within 60 s"),
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        if !status.success() {
+            bail!("torsensor exited with {status}");
+        }
+        Ok(())
+    }
+}
+
+/// `n` loopback connections in lockstep (connect, accept, close with RST so
+/// that no TIME_WAIT piles up), one thread, so that the accept queue never
+/// overflows. Returns connections per second.
+fn storm(n: usize) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let to: SocketAddr = listener.local_addr()?;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let start = Instant::now();
+    for _ in 0..n {
+        let s = TcpStream::connect(to)?;
+        let (accepted, _) = listener.accept()?;
+        // SAFETY: valid socket and option.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as u32,
+            )
+        };
+        drop(s);
+        drop(accepted);
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s[s.len() / 2]
+}
+
+/// (run_time_ns, run_cnt) per program of ours, from `bpftool` with
+/// `kernel.bpf_stats_enabled` on.
+fn program_stats() -> Vec<(String, u64, u64)> {
+    let Ok(out) = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    let Ok(progs) = serde_json::from_slice::<Value>(&out.stdout) else {
+        return Vec::new();
+    };
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            PROGRAMS.contains(&name).then(|| {
+                (
+                    name.to_owned(),
+                    p["run_time_ns"].as_u64().unwrap_or(0),
+                    p["run_cnt"].as_u64().unwrap_or(0),
+                )
+            })
+        })
+        .collect()
+}
+
+/// CPU seconds (user + system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark loads eBPF programs: run it as root");
+    }
+    let bin = root.join("target/release/torsensor");
+    let scratch = root.join("target/bench");
+    std::fs::create_dir_all(&scratch)?;
+    let n = args.connections;
+    let rounds = args.rounds.max(1);
+    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let old_stats = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
+    let _ = std::fs::write(stats_flag, "1");
+
+    println!("== 1. overhead: loopback connect+accept storm, no listed peers");
+    println!("   {n} connections per round, {rounds} rounds each way, interleaved");
+    storm(n / 4)?; // warm-up
+    let (mut without, mut with) = (Vec::new(), Vec::new());
+    let mut kernel_ns = std::collections::BTreeMap::<String, (u64, u64)>::new();
+    let mut daemon_cpu = 0.0;
+    for round in 0..rounds {
+        without.push(storm(n)?);
+        let sensor = Running::start(&bin, &[], Stdio::null())?;
+        let before = program_stats();
+        let cpu0 = cpu_seconds(sensor.pid());
+        with.push(storm(n)?);
+        daemon_cpu += cpu_seconds(sensor.pid()) - cpu0;
+        for (name, ns, cnt) in program_stats() {
+            let (ns0, cnt0) = before
+                .iter()
+                .find(|(n0, ..)| *n0 == name)
+                .map(|(_, a, b)| (*a, *b))
+                .unwrap_or((0, 0));
+            let e = kernel_ns.entry(name).or_default();
+            e.0 += ns - ns0;
+            e.1 += cnt - cnt0;
+        }
+        sensor.stop()?;
+        println!(
+            "   round {}: without {:>8.0} conn/s   with {:>8.0} conn/s",
+            round + 1,
+            without[round],
+            with[round]
+        );
+    }
+    let (m0, m1) = (median(&without), median(&with));
+    let ratio = m1 / m0;
+    let slowdown = 1.0 - ratio;
+    println!("   median without sensor: {m0:.0} conn/s");
+    println!("   median with sensor:    {m1:.0} conn/s");
+    println!(
+        "   RATIO with/without: {ratio:.3}  (slowdown {:.1} %, target <= {:.0} %: {})",
+        slowdown * 100.0,
+        OVERHEAD_TARGET * 100.0,
+        if slowdown <= OVERHEAD_TARGET {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    for (name, (ns, cnt)) in &kernel_ns {
+        if *cnt > 0 {
+            println!(
+                "   kernel cost {name}: {:.0} ns/run over {cnt} runs ({:.2} runs per connection)",
+                *ns as f64 / *cnt as f64,
+                *cnt as f64 / (n * rounds) as f64
+            );
+        }
+    }
+    println!(
+        "   daemon CPU during the storms: {daemon_cpu:.2} s for {} connections (no hits, so nothing crosses to userspace)",
+        n * rounds
+    );
+    let _ = std::fs::write(stats_flag, old_stats.trim());
+
+    println!("== 2. worst case: every peer listed (127.0.0.0/8)");
+    let feed = scratch.join("all-loopback.feed");
+    std::fs::write(&feed, "127.0.0.0/8\n")?;
+    let stats_path = scratch.join("worst-case-stats.json");
+    let alerts_path = scratch.join("worst-case-alerts.jsonl");
+    let alerts = std::fs::File::create(&alerts_path)?;
+    let sensor = Running::start(
+        &bin,
+        &[
+            "--allow-reserved",
+            "--feed",
+            feed.to_str().unwrap(),
+            "--stats-file",
+            stats_path.to_str().unwrap(),
+        ],
+        Stdio::from(alerts),
+    )?;
+    let rate = storm(n)?;
+    std::thread::sleep(Duration::from_millis(500));
+    sensor.stop()?;
+    let stats: Value = serde_json::from_slice(&std::fs::read(&stats_path)?)?;
+    let lines = std::fs::read_to_string(&alerts_path)?.lines().count() as u64;
+    let k = &stats["kernel"];
+    let hits = k["connect_hit"].as_u64().unwrap_or(0) + k["inbound_hit"].as_u64().unwrap_or(0);
+    let lost = k["ringbuf_full"].as_u64().unwrap_or(0) + k["pending_full"].as_u64().unwrap_or(0);
+    let expected = 2 * n as u64; // one egress and one ingress hit per connection
+    println!(
+        "   {n} connections at {rate:.0} conn/s -> {expected} hits expected (egress + ingress each)"
+    );
+    println!(
+        "   kernel hits {hits}, alert lines written {lines}, daemon says {} written, {} reported incomplete at shutdown",
+        stats["alerts_written"], stats["incomplete_reported"]
+    );
+    println!(
+        "   lost: ring buffer full {}, pending map full {}  -> RATIO delivered/expected: {:.4} ({})",
+        k["ringbuf_full"],
+        k["pending_full"],
+        lines as f64 / expected as f64,
+        if lost == 0 && lines >= expected {
+            "zero lost: met".to_owned()
+        } else {
+            format!("{lost} lost, all counted")
+        }
+    );
+
+    println!("== 3. memory: daemon RSS after start with the embedded feed");
+    let sensor = Running::start(&bin, &[], Stdio::null())?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = status_kib(sensor.pid(), "VmRSS:") / 1024.0;
+    let hwm = status_kib(sensor.pid(), "VmHWM:") / 1024.0;
+    sensor.stop()?;
+    println!(
+        "   RSS {rss:.1} MiB (peak {hwm:.1} MiB); RATIO to the {RSS_TARGET_MIB:.0} MiB target: {:.2} ({})",
+        rss / RSS_TARGET_MIB,
+        if rss < RSS_TARGET_MIB {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
