@@ -145,3 +145,47 @@ fn without_privileges_run_says_what_is_missing() {
         "{err}"
     );
 }
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Ok(probe) = Command::new("systemd-analyze").arg("--version").output() else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI needs systemd-analyze (cargo xtask setup installs systemd)"
+        );
+        eprintln!("skipped: systemd-analyze is not installed");
+        return;
+    };
+    assert!(probe.status.success());
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/torsensor.service"
+    ))
+    .unwrap();
+    // Point ExecStart at the binary under test so that verify can resolve it.
+    let unit = unit.replace("/usr/local/bin/torsensor", BIN);
+    let dir = temp_path("unit");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("torsensor.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{err}"
+    );
+    let ours: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("torsensor.service"))
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "warnings about the unit:\n{}",
+        ours.join("\n")
+    );
+}

@@ -14,13 +14,15 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 const FALLBACK_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "/usr/lib/llvm-22";
-/// Debian packages: LLVM 22 for bpf-linker, bpftool and iproute2 for tests.
+/// Debian packages: LLVM 22 for bpf-linker; bpftool, iproute2 and systemd
+/// (systemd-analyze) for tests.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "libzstd-dev",
     "bpftool",
     "iproute2",
+    "systemd",
 ];
 
 #[derive(Parser)]
@@ -47,6 +49,12 @@ enum Task {
     /// Setup, then the performance benchmarks (ratios against a baseline
     /// measured in the same run).
     Bench(bench::BenchArgs),
+    /// Just the loopback connect+accept storm, printing connections/s (for
+    /// comparing hooks by hand).
+    Storm {
+        #[arg(long, default_value_t = 20_000)]
+        connections: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -71,6 +79,10 @@ fn main() -> anyhow::Result<()> {
         Task::Test => {
             let tc = setup()?;
             test(&tc)
+        }
+        Task::Storm { connections } => {
+            println!("{:.0} conn/s", bench::storm(connections)?);
+            Ok(())
         }
         Task::Bench(args) => {
             let tc = setup()?;
