@@ -273,15 +273,32 @@ fn emit(ctx: &TracePointContext, ev: &ConnEvent) {
     }
 }
 
-fn on_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    count(counter::CONNECT_SEEN);
+/// Counts a new connection and returns its event if it is to be reported
+/// (a feed match, or audit mode), stamped with direction and time.
+#[inline(always)]
+fn new_connection(
+    ctx: &TracePointContext,
+    seen: u32,
+    hit: u32,
+    direction: u8,
+) -> Result<Option<ConnEvent>, i32> {
+    count(seen);
     let mut ev = ConnEvent::ZERO;
     read_endpoints(ctx, &mut ev)?;
-    if !classify(&mut ev, counter::CONNECT_HIT) {
-        return Ok(());
+    if !classify(&mut ev, hit) {
+        return Ok(None);
     }
-    ev.direction = DIR_EGRESS;
+    ev.direction = direction;
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    Ok(Some(ev))
+}
+
+fn on_connect(ctx: &TracePointContext) -> Result<(), i32> {
+    let Some(mut ev) =
+        new_connection(ctx, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)?
+    else {
+        return Ok(());
+    };
     fill_process(&mut ev);
     let sk: u64 = field(ctx, SS_SKADDR);
     if PENDING_OUT.insert(sk, ev, 0).is_err() {
@@ -313,14 +330,15 @@ fn on_connect_done(ctx: &TracePointContext, new_state: i32) -> Result<(), i32> {
 }
 
 fn on_inbound(ctx: &TracePointContext) -> Result<(), i32> {
-    count(counter::INBOUND_SEEN);
-    let mut ev = ConnEvent::ZERO;
-    read_endpoints(ctx, &mut ev)?;
-    if !classify(&mut ev, counter::INBOUND_HIT) {
+    let Some(mut ev) = new_connection(
+        ctx,
+        counter::INBOUND_SEEN,
+        counter::INBOUND_HIT,
+        DIR_INGRESS,
+    )?
+    else {
         return Ok(());
-    }
-    ev.direction = DIR_INGRESS;
-    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    };
     if ACCEPT_PROBE.load() == 0 {
         ev.flags |= FLAG_NO_PROCESS;
         emit(ctx, &ev);
