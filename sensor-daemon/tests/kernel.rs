@@ -387,3 +387,27 @@ fn sigterm_drains_and_detaches_within_two_seconds() {
         .collect();
     assert!(ours.is_empty(), "programs left behind: {ours:#?}");
 }
+
+#[test]
+fn audit_all_reports_unlisted_connections_as_plain_events() {
+    if !kernel_tests_allowed("audit_all") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("audit", "127.66.13.1\n", &["--audit-all"]);
+    let server = listen(addr("127.66.14.1:0"), false);
+    let to = server.local_addr().unwrap();
+    let client = TcpStream::connect(to).unwrap();
+    let from = client.local_addr().unwrap();
+    let _accepted = server.accept().unwrap();
+    let out = alert_for(&sensor, "egress", "destination", to);
+    assert_eq!(get(&out, "event.kind"), "event", "{out:#}");
+    assert_eq!(get(&out, "torsensor.audit"), true);
+    assert!(get(&out, "rule").is_null() && get(&out, "threat").is_null());
+    assert_eq!(get(&out, "source.port"), &json!(from.port()));
+    assert_own_process(&out, gettid());
+    // The accepting side of the same connection is reported too.
+    let inbound = alert_for(&sensor, "ingress", "source", from);
+    assert_eq!(get(&inbound, "torsensor.audit"), true);
+    assert_eq!(get(&inbound, "destination.port"), &json!(to.port()));
+}
