@@ -104,6 +104,17 @@ fn alert_for(sensor: &Sensor, direction: &str, peer_field: &str, peer: SocketAdd
     })
 }
 
+/// Connects from this thread to a server listening on `listen_on` and
+/// returns the egress alert with the connection's (from, to).
+fn outbound_case(sensor: &Sensor, listen_on: &str) -> (Value, SocketAddr, SocketAddr) {
+    let server = listen(addr(listen_on), false);
+    let to = server.local_addr().unwrap();
+    let client = TcpStream::connect(to).unwrap();
+    let from = client.local_addr().unwrap();
+    let _accepted = server.accept().unwrap();
+    (alert_for(sensor, "egress", "destination", to), from, to)
+}
+
 #[test]
 fn outbound_ipv4_to_listed_address_names_the_process() {
     if !kernel_tests_allowed("outbound_ipv4") {
@@ -111,12 +122,7 @@ fn outbound_ipv4_to_listed_address_names_the_process() {
     }
     let _serial = serial();
     let sensor = Sensor::start("outbound4", "127.66.1.1\n", &[]);
-    let server = listen(addr("127.66.1.1:0"), false);
-    let to = server.local_addr().unwrap();
-    let client = TcpStream::connect(to).unwrap();
-    let from = client.local_addr().unwrap();
-    let _accepted = server.accept().unwrap();
-    let doc = alert_for(&sensor, "egress", "destination", to);
+    let (doc, from, to) = outbound_case(&sensor, "127.66.1.1:0");
     assert_alert(&doc, "egress", from, to);
     assert_own_process(&doc, gettid());
     assert_eq!(get(&doc, "event.action"), "tor-connection-outbound");
@@ -395,12 +401,7 @@ fn audit_all_reports_unlisted_connections_as_plain_events() {
     }
     let _serial = serial();
     let sensor = Sensor::start("audit", "127.66.13.1\n", &["--audit-all"]);
-    let server = listen(addr("127.66.14.1:0"), false);
-    let to = server.local_addr().unwrap();
-    let client = TcpStream::connect(to).unwrap();
-    let from = client.local_addr().unwrap();
-    let _accepted = server.accept().unwrap();
-    let out = alert_for(&sensor, "egress", "destination", to);
+    let (out, from, to) = outbound_case(&sensor, "127.66.14.1:0");
     assert_eq!(get(&out, "event.kind"), "event", "{out:#}");
     assert_eq!(get(&out, "torsensor.audit"), true);
     assert!(get(&out, "rule").is_null() && get(&out, "threat").is_null());
