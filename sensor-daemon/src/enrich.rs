@@ -118,13 +118,7 @@ fn bounded_insert<V>(map: &mut HashMap<u32, V>, capacity: usize, key: u32, value
     map.insert(key, value);
 }
 
-/// Reads what `/proc` still knows about `p` (user name included).
-pub fn process_info(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
-    let mut info = read_process(p, proc_root);
-    info.user_name = user_name(p.uid, Path::new("/etc/passwd"));
-    info
-}
-
+/// Reads what `/proc` still knows about `p` (the user name is the cache's job).
 fn read_process(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
     let dir = proc_root.join(p.tgid.to_string());
     let executable = fs::read_link(dir.join("exe"))
@@ -200,7 +194,7 @@ mod tests {
             comm: "tester".into(),
             cgroup_id: 7,
         };
-        let info = process_info(&me, Path::new("/proc"));
+        let info = ProcessCache::host().lookup(&me);
         let exe = std::env::current_exe().unwrap();
         assert_eq!(info.executable.as_deref(), Some(exe.to_str().unwrap()));
         assert_eq!(info.args[0], std::env::args().next().unwrap());
@@ -222,7 +216,7 @@ mod tests {
             comm: "ghost".into(),
             cgroup_id: 0,
         };
-        let info = process_info(&gone, Path::new("/proc"));
+        let info = ProcessCache::host().lookup(&gone);
         assert_eq!(info.pid, u32::MAX - 1);
         assert_eq!(info.name, "ghost");
         assert_eq!(info.thread_name, "ghost");

@@ -115,7 +115,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         stats_file: args.stats_file,
         health_interval: Duration::from_secs(args.health_interval_secs),
     };
-    cfg.validate()?;
+    // sensor::run validates the configuration before anything else.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
