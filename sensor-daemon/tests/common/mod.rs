@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod http;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_torsensor");
 
 /// Kernel tests need root. Under `CI=true` they must run: not being root is a
@@ -72,9 +74,12 @@ impl Sensor {
     }
 
     pub fn start_args(args: &[&str], feed: PathBuf) -> Sensor {
+        // A state directory of its own unless the test names one.
+        let state_dir = temp_path(&format!("state-{}", std::process::id()));
         let mut child = Command::new(BIN)
             .args(args)
             .env("TORSENSOR_LOG", "info")
+            .env("TORSENSOR_STATE_DIR", &state_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
