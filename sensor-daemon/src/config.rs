@@ -428,6 +428,15 @@ location = "http://127.0.0.1:8080/details"
     }
 
     #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../deploy/torsensor.toml");
+        let c = SensorConfig::from_toml(Path::new("deploy/torsensor.toml"), text).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.feeds.len(), 2);
+        assert!(c.feeds.iter().all(|f| f.location.starts_with("https://")));
+    }
+
+    #[test]
     fn feed_names_from_locations_are_unique() {
         let mut c = SensorConfig::default();
         c.add_feed_locations(&[

@@ -308,6 +308,20 @@ pub struct Probes {
 impl Probes {
     /// Loads the programs, fills the tries from `feeds`, attaches.
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
+        let mut probes = Self::open(opts)?;
+        probes.apply_feeds(feeds)?;
+        release_heap();
+        probes.attach("sock_state", "sock", "inet_sock_set_state")?;
+        if probes.accept_probe {
+            probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
+            probes.attach("exit_accept4", "syscalls", "sys_exit_accept4")?;
+        }
+        Ok(probes)
+    }
+
+    /// Creates the maps (programs neither loaded nor attached): what `load`
+    /// starts with, and what the feed benchmark measures map updates on.
+    pub fn open(opts: &LoadOptions) -> Result<Self, KernelError> {
         raise_memlock_limit();
         let offsets = match kernel_offsets(Path::new(VMLINUX_BTF)) {
             Ok(o) => Some(o),
@@ -348,7 +362,7 @@ impl Probes {
         } else {
             None
         };
-        let mut probes = Probes {
+        Ok(Probes {
             ebpf,
             accept_probe: accept == 1,
             logger,
@@ -356,15 +370,7 @@ impl Probes {
             active: 0,
             last_flip: None,
             max_entries: opts.max_entries,
-        };
-        probes.apply_feeds(feeds)?;
-        release_heap();
-        probes.attach("sock_state", "sock", "inet_sock_set_state")?;
-        if probes.accept_probe {
-            probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
-            probes.attach("exit_accept4", "syscalls", "sys_exit_accept4")?;
-        }
-        Ok(probes)
+        })
     }
 
     fn attach(

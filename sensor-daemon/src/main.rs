@@ -46,6 +46,13 @@ enum FeedCommand {
     Fetch(ConfigArgs),
     /// What the running sensor has loaded, from where, and how old.
     Status(ConfigArgs),
+    /// Benchmark: parse, merge, load and refresh the relay set at 1x and
+    /// 10x (needs root; run by `cargo xtask bench`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 /// Where the configuration comes from; flags override the file.
@@ -158,6 +165,9 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
+        Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
         Ok(code) => code,

@@ -73,11 +73,13 @@ fn log_loaded(manager: &FeedManager, set: &FeedSet) {
             .age(now)
             .map(crate::feed::format_age)
             .unwrap_or_else(|| "unknown".into());
+        let from = match feed.origin {
+            crate::feed::Origin::Embedded => "the embedded snapshot".to_owned(),
+            origin => format!("{origin} {}", feed.location),
+        };
         tracing::info!(
-            "feed {} loaded from {} {} (version {}, age {age}): {}",
+            "feed {} loaded from {from} (version {}, age {age}): {}",
             feed.name,
-            feed.origin,
-            feed.location,
             feed.data
                 .version
                 .map(crate::alert::rfc3339_secs)

@@ -32,6 +32,9 @@ pub enum Behavior {
         body: Vec<u8>,
         content_type: &'static str,
     },
+    /// Each request gets the next body (round robin), each with its own
+    /// ETag: a source that changes at every fetch.
+    Cycle { bodies: Vec<Vec<u8>>, next: usize },
 }
 
 /// One request as the server saw it.
@@ -143,7 +146,18 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
             }
         }
-        let behavior = state.lock().unwrap().routes.get(&path).cloned();
+        let behavior = {
+            let mut st = state.lock().unwrap();
+            match st.routes.get_mut(&path) {
+                Some(Behavior::Cycle { bodies, next }) => {
+                    let body = bodies[*next % bodies.len()].clone();
+                    let etag = format!("\"cycle-{next}\"");
+                    *next += 1;
+                    Some(Behavior::Serve { body, etag })
+                }
+                other => other.cloned(),
+            }
+        };
         let record = |status: u16| {
             state.lock().unwrap().seen.push(Seen {
                 path: path.clone(),
@@ -203,6 +217,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 conn.flush()?;
                 return conn.shutdown(std::net::Shutdown::Both);
             }
+            Some(Behavior::Cycle { .. }) => unreachable!("resolved above"),
             Some(Behavior::Slow {
                 body,
                 bytes_per_step,

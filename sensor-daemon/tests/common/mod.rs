@@ -159,6 +159,19 @@ impl Sensor {
         self.shared.0.lock().unwrap().stderr.clone()
     }
 
+    /// Waits until stderr contains `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        self.wait_until(timeout, &format!("{count} x {needle:?} in the log"), |s| {
+            s.stderr.matches(needle).count() >= count
+        });
+    }
+
+    /// Sends a signal (SIGHUP...) to the sensor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
