@@ -5,6 +5,7 @@
 //! output ([`sensor`]).
 
 pub mod alert;
+pub mod community_id;
 pub mod config;
 pub mod enrich;
 pub mod event;
