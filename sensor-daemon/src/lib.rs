@@ -7,6 +7,7 @@
 pub mod alert;
 pub mod community_id;
 pub mod config;
+pub mod container;
 pub mod enrich;
 pub mod event;
 pub mod feed;
