@@ -11,6 +11,7 @@ pub mod container;
 pub mod enrich;
 pub mod event;
 pub mod feed;
+pub mod format;
 pub mod kernel;
 pub mod rules;
 pub mod sensor;
