@@ -196,14 +196,26 @@ pub fn unified_path(proc_cgroup: &str) -> Option<&str> {
 /// only uses cgroup v1, e.g. Docker with the cgroupfs driver) from the first
 /// v1 line that names a container.
 pub fn from_proc_cgroup(proc_cgroup: &str) -> Option<ContainerInfo> {
-    if let Some(found) = unified_path(proc_cgroup).and_then(parse_cgroup_path) {
-        return Some(found);
-    }
+    unified_path(proc_cgroup)
+        .and_then(parse_cgroup_path)
+        .or_else(|| from_v1_lines(proc_cgroup))
+}
+
+/// The container named by a cgroup v1 line of `/proc/<pid>/cgroup` text.
+fn from_v1_lines(proc_cgroup: &str) -> Option<ContainerInfo> {
     proc_cgroup
         .lines()
         .filter(|l| !l.starts_with("0::"))
         .filter_map(|l| l.splitn(3, ':').nth(2))
         .find_map(parse_cgroup_path)
+}
+
+/// Whether `/proc/mounts` text shows a cgroup v1 hierarchy (a hybrid or
+/// legacy host).
+pub fn has_cgroup_v1(proc_mounts: &str) -> bool {
+    proc_mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup"))
 }
 
 /// Where cgroup2 is mounted, from the text of `/proc/mounts` (first match;
@@ -298,6 +310,7 @@ pub struct ContainerCache {
     cgroup_root: Option<PathBuf>,
     capacity: usize,
     max_walk: usize,
+    v1_fallback: bool,
     by_cgroup: HashMap<u64, Option<ContainerInfo>>,
 }
 
@@ -315,19 +328,41 @@ impl ContainerCache {
             cgroup_root: cgroup_root.map(Path::to_owned),
             capacity,
             max_walk,
+            v1_fallback: false,
             by_cgroup: HashMap::new(),
         }
     }
 
+    /// Also look at the cgroup v1 lines of `/proc/<pid>/cgroup` when the v2
+    /// cgroup names no container. Needed on hybrid hosts whose runtime only
+    /// uses v1 (e.g. Docker with the cgroupfs driver): there many containers
+    /// share one v2 cgroup, so a v1 answer is per process and never cached,
+    /// and a cached "no container" costs one `/proc` read per lookup.
+    pub fn with_v1_fallback(mut self, on: bool) -> Self {
+        self.v1_fallback = on;
+        self
+    }
+
+    fn v1_only(&self, pid: u32) -> Option<ContainerInfo> {
+        if !self.v1_fallback {
+            return None;
+        }
+        let text = fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok()?;
+        from_v1_lines(&text)
+    }
+
     /// `/proc`, the cgroup2 mount found in `/proc/self/mounts`, 4096 entries,
-    /// walks of at most 20,000 directories.
+    /// walks of at most 20,000 directories, and the v1 fallback when cgroup v1
+    /// hierarchies are mounted.
     pub fn host() -> Self {
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         Self::new(
             Path::new("/proc"),
-            host_cgroup2_mount().as_deref(),
+            cgroup2_mount(&mounts).as_deref(),
             4096,
             20_000,
         )
+        .with_v1_fallback(has_cgroup_v1(&mounts))
     }
 
     pub fn cgroup_root(&self) -> Option<&Path> {
@@ -340,7 +375,7 @@ impl ContainerCache {
         if cgroup_id != 0
             && let Some(cached) = self.by_cgroup.get(&cgroup_id)
         {
-            return cached.clone();
+            return cached.clone().or_else(|| self.v1_only(pid));
         }
         let proc_cgroup =
             fs::read_to_string(self.proc_root.join(pid.to_string()).join("cgroup")).ok();
@@ -356,16 +391,22 @@ impl ContainerCache {
             .filter(|path| cgroup_id_of(&root, path).is_ok_and(|ino| ino == cgroup_id))
             .map(str::to_owned);
         let path = from_proc.or_else(|| path_for_cgroup_id(&root, cgroup_id, self.max_walk));
+        let v1 = || {
+            proc_cgroup
+                .as_deref()
+                .filter(|_| self.v1_fallback)
+                .and_then(from_v1_lines)
+        };
         let Some(path) = path else {
-            // Gone or beyond the walk bound: answer nothing, cache nothing.
-            return None;
+            // Gone or beyond the walk bound: cache nothing.
+            return v1();
         };
         let info = parse_cgroup_path(&path);
         if self.by_cgroup.len() >= self.capacity {
             self.by_cgroup.clear();
         }
         self.by_cgroup.insert(cgroup_id, info.clone());
-        info
+        info.or_else(v1)
     }
 
     pub fn len(&self) -> usize {
@@ -703,6 +744,40 @@ mod tests {
         let mut no_mount = ContainerCache::new(&proc_root, None, 2, 1000);
         assert_eq!(no_mount.lookup(7, id).unwrap().id, ID);
         assert!(no_mount.is_empty());
+        fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn v1_only_containers_on_a_hybrid_host() {
+        // Docker with the cgroupfs driver on a hybrid host: the container is
+        // only in the v1 hierarchies; its v2 cgroup is shared with others.
+        let base = std::env::temp_dir().join(format!("ts-cgv1-{}", std::process::id()));
+        let proc_root = base.join("proc");
+        let cg_root = base.join("cg");
+        fs::create_dir_all(cg_root.join("system.slice/docker.service")).unwrap();
+        for (pid, v1) in [(7, format!("/docker/{ID}")), (8, "/".to_owned())] {
+            fs::create_dir_all(proc_root.join(pid.to_string())).unwrap();
+            fs::write(
+                proc_root.join(format!("{pid}/cgroup")),
+                format!("4:memory:{v1}\n1:name=systemd:{v1}\n0::/system.slice/docker.service\n"),
+            )
+            .unwrap();
+        }
+        let shared = cgroup_id_of(&cg_root, "system.slice/docker.service").unwrap();
+        let mut cache =
+            ContainerCache::new(&proc_root, Some(&cg_root), 8, 100).with_v1_fallback(true);
+        assert_eq!(cache.lookup(8, shared), None);
+        // The shared v2 cgroup is cached as "no container", yet pid 7 is one.
+        let got = cache.lookup(7, shared).unwrap();
+        assert_eq!((got.id.as_str(), got.runtime), (ID, Some(Runtime::Docker)));
+        assert_eq!(cache.lookup(8, shared), None);
+        // Without the fallback the v1 lines are ignored.
+        let mut v2_only = ContainerCache::new(&proc_root, Some(&cg_root), 8, 100);
+        assert_eq!(v2_only.lookup(7, shared), None);
+        assert!(has_cgroup_v1(
+            "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n"
+        ));
+        assert!(!has_cgroup_v1("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n"));
         fs::remove_dir_all(&base).unwrap();
     }
 
