@@ -776,6 +776,17 @@ pub fn add_container(doc: &mut Value, info: &ContainerInfo) {
     }
 }
 
+/// Adds ECS `process.start` (RFC 3339, ns) when the document has a
+/// `process` (e.g. from [`crate::enrich::process_start_time`]).
+pub fn add_process_start(doc: &mut Value, start: SystemTime) {
+    if let Some(process) = doc.get_mut("process").and_then(Value::as_object_mut) {
+        process.insert(
+            "start".into(),
+            json!(humantime::format_rfc3339_nanos(start).to_string()),
+        );
+    }
+}
+
 /// Adds `network.community_id` (seed 0) from `source`, `destination` and
 /// `network.iana_number`; leaves the document alone when any is missing or
 /// malformed.
@@ -859,6 +870,17 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn process_start_only_with_a_process() {
+        let t = UNIX_EPOCH + std::time::Duration::new(1_700_000_000, 5);
+        let mut doc = json!({"process": {"pid": 1}});
+        add_process_start(&mut doc, t);
+        assert_eq!(doc["process"]["start"], "2023-11-14T22:13:20.000000005Z");
+        let mut none = json!({"torsensor": {"process_unknown": true}});
+        add_process_start(&mut none, t);
+        assert!(none.get("process").is_none());
     }
 
     #[test]
