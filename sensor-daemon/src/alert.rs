@@ -132,6 +132,7 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
             proc.insert("args".into(), json!(p.args));
         }
         put(&mut proc, "parent", p.ppid.map(|pp| json!({"pid": pp})));
+        put(&mut proc, "start", p.start_time.map(rfc3339));
         doc["process"] = Value::Object(proc);
         let mut user = Map::new();
         user.insert("id".into(), json!(p.uid.to_string()));
@@ -343,6 +344,7 @@ mod tests {
             gid: 1000,
             user_name: Some("alice".into()),
             cgroup_id: 9,
+            start_time: Some(UNIX_EPOCH + Duration::from_secs(1_699_990_000)),
         };
         (conn, process, feeds)
     }
@@ -391,6 +393,7 @@ mod tests {
         assert_eq!(doc["process"]["executable"], "/usr/bin/curl");
         assert_eq!(doc["process"]["command_line"], "curl https://x");
         assert_eq!(doc["process"]["parent"]["pid"], 1);
+        assert_eq!(doc["process"]["start"], "2023-11-14T19:26:40.000000000Z");
         assert_eq!(doc["user"]["id"], "1000");
         assert_eq!(doc["user"]["name"], "alice");
         assert_eq!(doc["host"]["name"], "h1");

@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::event::KernelProcess;
 
@@ -30,6 +30,8 @@ pub struct ProcessInfo {
     pub gid: u32,
     pub user_name: Option<String>,
     pub cgroup_id: u64,
+    /// When the process started (`/proc/<pid>/stat`; gone with the process).
+    pub start_time: Option<SystemTime>,
 }
 
 /// Bounded cache of `/proc` and user-name reads, so that a burst of hits from
@@ -153,6 +155,7 @@ fn read_process(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
         gid: p.gid,
         user_name: None,
         cgroup_id: p.cgroup_id,
+        start_time: process_start_time(proc_root, p.tgid),
     }
 }
 
@@ -178,6 +181,75 @@ pub fn hostname() -> String {
     }
     let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
     String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+// --- Process start time and owner -------------------------------------------
+//
+// Kept apart from `ProcessInfo` so that adding them does not change the
+// struct's literal constructions elsewhere; the alert can carry ECS
+// `process.start` from `process_start_time`.
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+/// Boot time, from the `btime` line (seconds since the epoch) of the text of
+/// `/proc/stat`.
+pub fn boot_time(proc_stat: &str) -> Option<SystemTime> {
+    let secs: u64 = proc_stat
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// Field 22 (`starttime`, clock ticks after boot) of a `/proc/<pid>/stat`
+/// line. The command name (field 2) may hold spaces and parentheses, so
+/// fields are counted after its last `)`.
+pub fn start_ticks(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is the first one after the name.
+    after_comm.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// `boot + ticks / hz`, without overflow.
+pub fn ticks_to_time(boot: SystemTime, ticks: u64, hz: u64) -> SystemTime {
+    let nanos = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
+    boot + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+}
+
+/// When process `pid` started (`/proc/stat` `btime` plus `/proc/<pid>/stat`
+/// field 22 over `_SC_CLK_TCK`, as `ps` computes it: `btime` is whole
+/// seconds, so the answer can be up to a second early). `None` when the
+/// process is gone.
+pub fn process_start_time(proc_root: &Path, pid: u32) -> Option<SystemTime> {
+    let boot = boot_time(&fs::read_to_string(proc_root.join("stat")).ok()?)?;
+    let stat = fs::read_to_string(proc_root.join(pid.to_string()).join("stat")).ok()?;
+    Some(ticks_to_time(
+        boot,
+        start_ticks(&stat)?,
+        clock_ticks_per_second(),
+    ))
+}
+
+/// Real uid and gid of process `pid`, from `/proc/<pid>/status`.
+pub fn process_owner(proc_root: &Path, pid: u32) -> Option<(u32, u32)> {
+    let status = fs::read_to_string(proc_root.join(pid.to_string()).join("status")).ok()?;
+    let first = |key: &str| -> Option<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((first("Uid:")?, first("Gid:")?))
 }
 
 #[cfg(test)]
@@ -270,5 +342,108 @@ mod tests {
         assert_eq!(user_name(0, &dir).as_deref(), Some("root"));
         assert_eq!(user_name(4242, &dir), None);
         fs::remove_file(dir).unwrap();
+    }
+
+    // --- start time and owner ---
+
+    /// Root-only tests: required under CI=true, skipped with a note elsewhere.
+    fn root_or_skip(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "{test}: must run as root under CI=true"
+        );
+        eprintln!("skipped {test}: needs root");
+        false
+    }
+
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn stat_fields_after_an_awkward_name() {
+        let line = "4242 (a (b) c) S 1 4242 4242 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10 18446744073709551615\n";
+        assert_eq!(start_ticks(line), Some(987654));
+        assert_eq!(start_ticks("4242 (short) S 1"), None);
+        assert_eq!(start_ticks("garbage"), None);
+        let boot = boot_time("cpu  1 2 3\nbtime 1700000000\nprocesses 5\n").unwrap();
+        assert_eq!(boot, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
+        assert_eq!(boot_time("cpu 1\n"), None);
+        assert_eq!(
+            ticks_to_time(boot, 250, 100),
+            boot + Duration::from_millis(2500)
+        );
+        // No overflow for a machine up for centuries.
+        let far = ticks_to_time(boot, u64::MAX / 2, 100);
+        assert!(far > boot);
+    }
+
+    #[test]
+    fn start_time_of_a_fresh_child() {
+        let child = Reap(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .unwrap(),
+        );
+        let start = process_start_time(Path::new("/proc"), child.0.id()).unwrap();
+        let now = SystemTime::now();
+        let gap = now.duration_since(start).unwrap_or_else(|e| e.duration());
+        // btime is whole seconds: allow that plus scheduling slack.
+        assert!(gap < Duration::from_secs(3), "start {start:?}, now {now:?}");
+        // This test process started earlier than its child.
+        let me = process_start_time(Path::new("/proc"), std::process::id()).unwrap();
+        assert!(me <= start + Duration::from_secs(1));
+        assert_eq!(process_start_time(Path::new("/proc"), u32::MAX - 1), None);
+    }
+
+    #[test]
+    fn a_process_of_another_user_is_read_with_its_name() {
+        if !root_or_skip("a_process_of_another_user_is_read_with_its_name") {
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let child = Reap(
+            std::process::Command::new("sleep")
+                .arg("30")
+                .uid(65534)
+                .gid(65534)
+                .spawn()
+                .unwrap(),
+        );
+        let pid = child.0.id();
+        // The exec may not have happened yet: wait for the new image.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read_link(format!("/proc/{pid}/exe"))
+            .map(|p| !p.ends_with("sleep"))
+            .unwrap_or(true)
+        {
+            assert!(Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (uid, gid) = process_owner(Path::new("/proc"), pid).unwrap();
+        assert_eq!((uid, gid), (65534, 65534));
+        let seen = KernelProcess {
+            tgid: pid,
+            tid: pid,
+            uid,
+            gid,
+            comm: "sleep".into(),
+            cgroup_id: 0,
+        };
+        let info = ProcessCache::host().lookup(&seen);
+        assert_eq!(info.user_name.as_deref(), Some("nobody"));
+        assert_eq!(info.uid, 65534);
+        assert!(info.executable.unwrap().ends_with("/sleep"));
+        assert_eq!(info.args, ["sleep", "30"]);
+        assert!(process_start_time(Path::new("/proc"), pid).is_some());
     }
 }

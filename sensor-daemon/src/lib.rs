@@ -6,10 +6,13 @@
 
 pub mod alert;
 pub mod bench;
+pub mod community_id;
 pub mod config;
+pub mod container;
 pub mod enrich;
 pub mod event;
 pub mod feed;
+pub mod format;
 pub mod kernel;
 pub mod rules;
 pub mod sensor;

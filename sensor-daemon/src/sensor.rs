@@ -13,6 +13,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::alert::{AlertInput, SensorIdentity, ecs, roles_of};
 use crate::config::{ConfigError, SensorConfig};
+use crate::container::ContainerCache;
 use crate::enrich::ProcessCache;
 use crate::event::{BootClock, Connection, decode};
 use crate::feed::manager::{FeedManager, Status};
@@ -129,6 +130,7 @@ struct Pipeline<W: Write> {
     sensor: SensorIdentity,
     clock: BootClock,
     processes: ProcessCache,
+    containers: ContainerCache,
     out: W,
     stats: RunStats,
 }
@@ -146,13 +148,19 @@ impl<W: Write> Pipeline<W> {
         conn.incomplete = incomplete;
         let process = conn.process.as_ref().map(|p| self.processes.lookup(p));
         let matches = self.explain(&conn);
-        let doc = ecs(&AlertInput {
+        let mut doc = ecs(&AlertInput {
             conn: &conn,
             process: process.as_ref(),
             rule: self.rules.for_match(conn.direction, &roles_of(&matches)),
             matches: &matches,
             sensor: &self.sensor,
         });
+        crate::format::add_community_id(&mut doc);
+        if let Some(p) = &conn.process
+            && let Some(container) = self.containers.lookup(p.tgid, p.cgroup_id)
+        {
+            crate::format::add_container(&mut doc, &container);
+        }
         let written = serde_json::to_writer(&mut self.out, &doc)
             .map_err(io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"));
@@ -282,6 +290,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         sensor: SensorIdentity::local(),
         clock: BootClock::now(),
         processes: ProcessCache::host(),
+        containers: ContainerCache::host(),
         out: BufWriter::with_capacity(64 << 10, io::stdout()),
         stats: RunStats::default(),
     };

@@ -345,6 +345,7 @@ fn short_lived_process_is_still_attributed() {
     assert_eq!(get(&doc, "process.pid"), &json!(pid), "{doc:#}");
     assert_eq!(get(&doc, "process.thread.name"), "bash");
     assert_eq!(get(&doc, "process.name"), "bash");
+    assert_eq!(get(&doc, "process.thread.name"), "bash");
     assert_eq!(get(&doc, "destination.ip"), "127.66.10.1");
 }
 
@@ -413,4 +414,84 @@ fn audit_all_reports_unlisted_connections_as_plain_events() {
     let inbound = alert_for(&sensor, "ingress", "source", from);
     assert_eq!(get(&inbound, "torsensor.audit"), true);
     assert_eq!(get(&inbound, "destination.port"), &json!(to.port()));
+}
+
+#[test]
+fn a_process_in_a_pod_cgroup_running_as_nobody_is_attributed_to_its_container() {
+    if !kernel_tests_allowed("pod_container") {
+        return;
+    }
+    use std::io::Write as _;
+    use std::os::unix::process::CommandExt as _;
+    const ID: &str = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
+    const POD: &str = "5e0c7a1b-2d3f-4e5a-8b9c-0d1e2f3a4b5c";
+    let _serial = serial();
+    let sensor = Sensor::start("pod", "127.66.50.1\n", &[]);
+    let server = listen(addr("127.66.50.1:0"), false);
+    let to = server.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for c in server.incoming() {
+            drop(c);
+        }
+    });
+    let mut cg = common::cgroups::Cgroups::new("pod", false);
+    let path = cg.create(&format!(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{ID}.scope",
+        POD.replace('-', "_")
+    ));
+    // The shell waits on stdin until it is inside the pod's cgroup, then
+    // connects, as uid 65534, and lingers a moment.
+    let mut cmd = std::process::Command::new("bash");
+    cmd.args([
+        "-c",
+        &format!(
+            "read go; exec 3<>/dev/tcp/127.66.50.1/{}; sleep 0.5; exit 0",
+            to.port()
+        ),
+    ])
+    .stdin(std::process::Stdio::piped())
+    .uid(65534)
+    .gid(65534);
+    let pid = cg.spawn_cmd_in(&path, cmd);
+    cg.child()
+        .unwrap()
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"go\n")
+        .unwrap();
+    let doc = sensor.expect_alert("alert from the pod's process", |a| {
+        get(a, "process.pid") == &json!(pid)
+    });
+    assert_eq!(get(&doc, "container.id"), ID);
+    assert_eq!(get(&doc, "container.runtime"), "containerd");
+    assert_eq!(get(&doc, "orchestrator.type"), "kubernetes");
+    assert_eq!(get(&doc, "orchestrator.resource.id"), POD);
+    assert_eq!(get(&doc, "torsensor.container.qos"), "burstable");
+    assert_eq!(get(&doc, "user.id"), "65534");
+    assert_eq!(get(&doc, "user.name"), "nobody");
+    assert_eq!(get(&doc, "process.name"), "bash");
+    assert_eq!(get(&doc, "process.thread.name"), "bash");
+    assert!(
+        get(&doc, "process.start")
+            .as_str()
+            .is_some_and(|s| s.ends_with('Z'))
+    );
+    // Community ID of the flow, computed independently here.
+    let from: SocketAddr = format!(
+        "{}:{}",
+        get(&doc, "source.ip").as_str().unwrap(),
+        get(&doc, "source.port")
+    )
+    .parse()
+    .unwrap();
+    assert_eq!(
+        get(&doc, "network.community_id"),
+        &json!(sensor_daemon::community_id::v1_tcp(from, to))
+    );
+    assert!(
+        get(&doc, "network.community_id")
+            .as_str()
+            .is_some_and(|c| c.starts_with("1:"))
+    );
 }

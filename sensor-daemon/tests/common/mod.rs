@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod cgroups;
 pub mod http;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_torsensor");

@@ -1,0 +1,248 @@
+//! Golden files for the alert formats: fixed ECS alerts (as `alert::ecs`
+//! builds them, in `tests/golden/<case>.ecs.json`) are enriched and rendered,
+//! and each result must equal its checked-in file byte for byte.
+//!
+//! After an intended change, rewrite the expected files with
+//! `UPDATE_GOLDEN=1 cargo test -p sensor-daemon --test format` and review
+//! the diff.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use sensor_daemon::container::{ContainerInfo, Qos, Runtime};
+use sensor_daemon::format::{self, Priority};
+
+const CASES: &[&str] = &[
+    "egress_ipv4_host",
+    "ingress_ipv6_container",
+    "egress_audit_failed_no_process",
+];
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+fn container() -> ContainerInfo {
+    ContainerInfo {
+        id: "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899".into(),
+        runtime: Some(Runtime::Containerd),
+        pod_uid: Some("7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f".into()),
+        qos: Some(Qos::Burstable),
+        cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
+    }
+}
+
+struct Rendered {
+    enriched: Value,
+    ocsf: Value,
+    falco: Value,
+}
+
+fn render(case: &str) -> Rendered {
+    let path = golden_dir().join(format!("{case}.ecs.json"));
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let mut doc: Value = serde_json::from_str(&text).unwrap();
+    format::add_community_id(&mut doc);
+    if case.contains("container") {
+        format::add_container(&mut doc, &container());
+    }
+    Rendered {
+        ocsf: format::ocsf(&doc).unwrap_or_else(|e| panic!("{case}: ocsf: {e}")),
+        falco: format::falco(&doc).unwrap_or_else(|e| panic!("{case}: falco: {e}")),
+        enriched: doc,
+    }
+}
+
+/// Compares `value` with `tests/golden/<name>` exactly (pretty JSON plus a
+/// newline), or rewrites the file when `UPDATE_GOLDEN=1`.
+fn golden(name: &str, value: &Value) {
+    let path = golden_dir().join(name);
+    let text = serde_json::to_string_pretty(value).unwrap() + "\n";
+    if std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1") {
+        std::fs::write(&path, &text).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "read {}: {e} (create it with UPDATE_GOLDEN=1)",
+            path.display()
+        )
+    });
+    assert!(
+        expected == text,
+        "{} differs from the output; if the change is intended, rerun with UPDATE_GOLDEN=1\n--- expected\n{expected}\n--- got\n{text}",
+        path.display()
+    );
+}
+
+#[test]
+fn golden_outputs() {
+    for case in CASES {
+        let r = render(case);
+        golden(&format!("{case}.enriched.json"), &r.enriched);
+        golden(&format!("{case}.ocsf.json"), &r.ocsf);
+        golden(&format!("{case}.falco.json"), &r.falco);
+    }
+}
+
+fn get<'a>(doc: &'a Value, path: &str) -> Option<&'a Value> {
+    path.split('.')
+        .try_fold(doc, |v, k| v.get(k))
+        .filter(|v| !v.is_null())
+}
+
+/// No null anywhere: absent fields are left out, not written as null.
+fn assert_no_nulls(doc: &Value, at: &str) {
+    match doc {
+        Value::Null => panic!("null at {at}"),
+        Value::Object(m) => {
+            for (k, v) in m {
+                assert_no_nulls(v, &format!("{at}.{k}"));
+            }
+        }
+        Value::Array(items) => {
+            for (i, v) in items.iter().enumerate() {
+                assert_no_nulls(v, &format!("{at}[{i}]"));
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn ocsf_has_the_required_network_activity_attributes() {
+    for case in CASES {
+        let o = render(case).ocsf;
+        assert_no_nulls(&o, case);
+        for field in [
+            "category_uid",
+            "class_uid",
+            "activity_id",
+            "type_uid",
+            "severity_id",
+            "time",
+            "metadata.product.name",
+            "metadata.product.vendor_name",
+            "metadata.version",
+            "src_endpoint.ip",
+            "dst_endpoint.ip",
+            "connection_info.direction_id",
+            "device.type_id",
+            "observables.0",
+        ] {
+            let value = if let Some(prefix) = field.strip_suffix(".0") {
+                get(&o, prefix).and_then(|v| v.get(0))
+            } else {
+                get(&o, field)
+            };
+            assert!(value.is_some(), "{case}: OCSF lacks {field}");
+        }
+        assert_eq!(o["category_uid"], 4, "{case}");
+        assert_eq!(o["class_uid"], 4001, "{case}");
+        let activity = o["activity_id"].as_u64().unwrap();
+        assert!([1, 4, 5].contains(&activity), "{case}: activity {activity}");
+        assert_eq!(o["type_uid"].as_u64(), Some(400100 + activity), "{case}");
+        assert!(
+            (0..=6).contains(&o["severity_id"].as_u64().unwrap()),
+            "{case}"
+        );
+        assert!(
+            o["time"].as_u64().unwrap() > 1_600_000_000_000,
+            "{case}: time in ms"
+        );
+        assert!(
+            o["metadata"]["version"].as_str().unwrap().starts_with("1."),
+            "{case}"
+        );
+        assert_eq!(o["observables"][0]["type_id"], 2, "{case}");
+        assert!(o["is_alert"].is_boolean(), "{case}");
+    }
+}
+
+#[test]
+fn falco_output_is_what_falcosidekick_accepts() {
+    for case in CASES {
+        let f = render(case).falco;
+        assert_no_nulls(&f, case);
+        let priority = f["priority"].as_str().expect("priority");
+        assert!(
+            Priority::parse(priority).is_some_and(|p| p.as_str() == priority),
+            "{case}: priority {priority}"
+        );
+        assert!(!f["rule"].as_str().unwrap().is_empty(), "{case}: rule");
+        let time = f["time"].as_str().expect("time");
+        humantime::parse_rfc3339(time).unwrap_or_else(|e| panic!("{case}: time {time}: {e}"));
+        assert_eq!(
+            time.split('.').nth(1).map(|ns| ns.len()),
+            Some(10),
+            "{case}: ns + Z"
+        );
+        let fields = f["output_fields"].as_object().unwrap();
+        assert!(!fields.is_empty(), "{case}: output_fields");
+        for key in ["fd.rip", "fd.rport", "fd.lport", "fd.l4proto", "evt.time"] {
+            assert!(fields.contains_key(key), "{case}: {key}");
+        }
+        assert_eq!(f["source"], "torsensor");
+        assert!(!f["output"].as_str().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn absent_fields_are_left_out() {
+    // No process attributed: no actor in OCSF, no proc.* / user.* in Falco.
+    let r = render("egress_audit_failed_no_process");
+    assert!(r.ocsf.get("actor").is_none());
+    let fields = r.falco["output_fields"].as_object().unwrap();
+    assert!(
+        fields.keys().all(|k| !k.starts_with("proc.")
+            && !k.starts_with("user.")
+            && !k.starts_with("container.")),
+        "{fields:?}"
+    );
+    // An audit event is no alert: no disposition, no reputation, no attack.
+    assert_eq!(r.ocsf["is_alert"], false);
+    assert!(r.ocsf.get("disposition_id").is_none());
+    assert!(r.ocsf.get("attacks").is_none());
+    assert!(r.ocsf["observables"][0].get("reputation").is_none());
+    assert_eq!(r.ocsf["activity_id"], 4, "a failed connect is Fail");
+    assert_eq!(r.falco["priority"], "Informational");
+
+    // On the host: no container or Kubernetes fields anywhere.
+    let r = render("egress_ipv4_host");
+    assert!(r.enriched.get("container").is_none());
+    assert!(r.enriched.get("orchestrator").is_none());
+    assert!(r.ocsf["actor"]["process"].get("container").is_none());
+    let fields = r.falco["output_fields"].as_object().unwrap();
+    assert!(
+        fields
+            .keys()
+            .all(|k| !k.starts_with("container.") && !k.starts_with("k8s."))
+    );
+    // Pod name and namespace are unknown without the Kubernetes API.
+    let r = render("ingress_ipv6_container");
+    let fields = r.falco["output_fields"].as_object().unwrap();
+    assert!(!fields.contains_key("k8s.pod.name") && !fields.contains_key("k8s.ns.name"));
+    assert!(fields.contains_key("k8s.pod.uid"));
+}
+
+#[test]
+fn directions_map_to_the_peer() {
+    let out = render("egress_ipv4_host");
+    assert_eq!(out.ocsf["connection_info"]["direction_id"], 2);
+    assert_eq!(out.falco["output_fields"]["fd.rip"], "198.51.100.7");
+    assert_eq!(out.falco["output_fields"]["fd.rport"], 9001);
+    assert_eq!(out.falco["output_fields"]["evt.type"], "connect");
+    let inn = render("ingress_ipv6_container");
+    assert_eq!(inn.ocsf["connection_info"]["direction_id"], 1);
+    assert_eq!(inn.ocsf["connection_info"]["protocol_ver_id"], 6);
+    assert_eq!(inn.falco["output_fields"]["fd.rip"], "2001:db8:7::99");
+    assert_eq!(inn.falco["output_fields"]["fd.lport"], 443);
+    assert_eq!(inn.falco["output_fields"]["evt.type"], "accept");
+    // Both directions carry the same flow hash in ECS and OCSF.
+    assert_eq!(
+        inn.enriched["network"]["community_id"],
+        inn.ocsf["connection_info"]["community_uid"]
+    );
+}
