@@ -77,6 +77,12 @@ pub struct SensorConfig {
     /// Default: 5 s.
     #[serde(deserialize_with = "duration")]
     pub health_interval: Duration,
+    /// Alerts for the same (direction, process, peer, service port) within
+    /// this window are summarised: the first at once, the repeats as one
+    /// alert with `torsensor.count` when the window ends. "0s" turns
+    /// aggregation off. Default: 60 s.
+    #[serde(deserialize_with = "duration")]
+    pub aggregation_window: Duration,
     /// Capacity of each kernel map of Tor addresses (IPv4 prefixes, IPv6
     /// prefixes, OR address+port pairs), per copy. Default: 262,144 (the
     /// whole Tor network is about 10,000 addresses).
@@ -91,6 +97,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
+pub const DEFAULT_AGGREGATION_WINDOW: Duration = Duration::from_secs(60);
 
 impl Default for SensorConfig {
     fn default() -> Self {
@@ -102,6 +109,7 @@ impl Default for SensorConfig {
             kernel_log: false,
             stats_file: None,
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            aggregation_window: DEFAULT_AGGREGATION_WINDOW,
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
         }

@@ -4,6 +4,7 @@
 //! ([`feed`]) and enrichment ([`enrich`]) -> alert ([`alert`], [`rules`]) ->
 //! output ([`sensor`]).
 
+pub mod aggregate;
 pub mod alert;
 pub mod bench;
 pub mod community_id;

@@ -93,6 +93,9 @@ struct RunArgs {
     /// Seconds between checks of the kernel loss counters and feed ages. Default: 5.
     #[arg(long)]
     health_interval_secs: Option<u64>,
+    /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
+    #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = humantime::parse_duration)]
+    aggregation_window: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -136,6 +139,9 @@ impl RunArgs {
         }
         if let Some(secs) = self.health_interval_secs {
             cfg.health_interval = Duration::from_secs(secs);
+        }
+        if let Some(window) = self.aggregation_window {
+            cfg.aggregation_window = window;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -11,6 +11,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::aggregate::{Aggregator, Key};
 use crate::alert::{AlertInput, SensorIdentity, ecs, roles_of};
 use crate::config::{ConfigError, SensorConfig};
 use crate::container::ContainerCache;
@@ -110,8 +111,12 @@ fn write_status(state_dir: &Path, status: &Status) {
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
 pub struct RunStats {
     pub kernel: Counters,
-    /// Alerts written to the output.
+    /// Alerts written to the output (first alerts, summaries, events).
     pub alerts_written: u64,
+    /// Connections those alerts stand for (the sum of `torsensor.count`).
+    pub connections_reported: u64,
+    /// Aggregated summaries among the alerts written.
+    pub summaries_written: u64,
     /// Hits still pending in the kernel at shutdown, reported as incomplete.
     pub incomplete_reported: u64,
     /// Ring-buffer records that could not be decoded.
@@ -131,6 +136,7 @@ struct Pipeline<W: Write> {
     clock: BootClock,
     processes: ProcessCache,
     containers: ContainerCache,
+    aggregator: Aggregator,
     out: W,
     stats: RunStats,
 }
@@ -161,11 +167,56 @@ impl<W: Write> Pipeline<W> {
         {
             crate::format::add_container(&mut doc, &container);
         }
-        let written = serde_json::to_writer(&mut self.out, &doc)
+        if conn.audit {
+            self.write(&doc);
+            return;
+        }
+        let key = Key {
+            direction: conn.direction,
+            pid: conn.process.as_ref().map(|p| p.tgid).unwrap_or(0),
+            peer: conn.remote.ip(),
+            port: match conn.direction {
+                crate::event::Direction::Egress => conn.remote.port(),
+                crate::event::Direction::Ingress => conn.local.port(),
+            },
+        };
+        for doc in self
+            .aggregator
+            .offer(key, doc, conn.time, std::time::Instant::now())
+        {
+            self.write(&doc);
+        }
+    }
+
+    /// Writes the summaries of aggregation windows that have ended (or all
+    /// of them, at shutdown).
+    fn write_summaries(&mut self, all: bool) {
+        let docs = if all {
+            self.aggregator.flush()
+        } else {
+            self.aggregator.due(std::time::Instant::now())
+        };
+        for doc in &docs {
+            self.write(doc);
+        }
+        if !docs.is_empty() {
+            let _ = self.out.flush();
+        }
+    }
+
+    fn write(&mut self, doc: &serde_json::Value) {
+        let written = serde_json::to_writer(&mut self.out, doc)
             .map_err(io::Error::from)
             .and_then(|()| self.out.write_all(b"\n"));
         match written {
-            Ok(()) => self.stats.alerts_written += 1,
+            Ok(()) => {
+                self.stats.alerts_written += 1;
+                let ts = &doc["torsensor"];
+                self.stats.connections_reported += ts["count"].as_u64().unwrap_or(1);
+                if ts["summary"] == true {
+                    self.stats.summaries_written += 1;
+                }
+            }
             Err(e) => {
                 self.stats.write_errors += 1;
                 if self.stats.write_errors == 1 {
@@ -291,10 +342,12 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         clock: BootClock::now(),
         processes: ProcessCache::host(),
         containers: ContainerCache::host(),
+        aggregator: Aggregator::new(cfg.aggregation_window, 10_000),
         out: BufWriter::with_capacity(64 << 10, io::stdout()),
         stats: RunStats::default(),
     };
     let mut health = tokio::time::interval(cfg.health_interval);
+    let mut summaries = tokio::time::interval(std::time::Duration::from_secs(1));
     let mut last = Counters::default();
 
     loop {
@@ -316,6 +369,9 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
                     write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
                 }
+            }
+            _ = summaries.tick(), if pipeline.aggregator.enabled() => {
+                pipeline.write_summaries(false);
             }
             _ = health.tick() => {
                 if let Ok(now) = probes.counters() {
@@ -380,6 +436,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     for ev in &pending {
         pipeline.handle(ev, true);
     }
+    pipeline.write_summaries(true);
     let _ = pipeline.out.flush();
     let counters = probes.counters().unwrap_or_default();
     report_losses(&counters, &last);
@@ -388,6 +445,8 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     let stats = pipeline.stats;
     tracing::info!(
         alerts = stats.alerts_written,
+        connections = stats.connections_reported,
+        summaries = stats.summaries_written,
         incomplete = stats.incomplete_reported,
         lost_ringbuf = counters.ringbuf_full,
         lost_pending = counters.pending_full,

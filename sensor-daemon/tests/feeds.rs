@@ -51,12 +51,15 @@ fn config(tag: &str, feeds: &[(&str, String)]) -> (PathBuf, PathBuf) {
 }
 
 fn start(config: &Path, state: &Path, extra: &[&str]) -> Sensor {
+    // Each connection is checked on its own here: no aggregation.
     let mut args = vec![
         "run",
         "--config",
         config.to_str().unwrap(),
         "--state-dir",
         state.to_str().unwrap(),
+        "--aggregation-window",
+        "0s",
     ];
     args.extend_from_slice(extra);
     Sensor::start_args(&args, config.to_owned())

@@ -372,7 +372,11 @@ fn sigterm_drains_and_detaches_within_two_seconds() {
     assert!(status.success(), "exit status {status:?}\n{stderr}");
     assert!(took < Duration::from_secs(2), "took {took:?} to stop");
     let stats: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
-    assert_eq!(stats["alerts_written"], 20, "{stats:#}");
+    // Aggregation (default window 60 s): the first connection at once, the
+    // 19 repeats as one summary flushed at shutdown; the counts add up.
+    assert_eq!(stats["alerts_written"], 2, "{stats:#}");
+    assert_eq!(stats["summaries_written"], 1, "{stats:#}");
+    assert_eq!(stats["connections_reported"], 20, "{stats:#}");
     assert_eq!(stats["kernel"]["connect_hit"], 20);
     assert_eq!(stats["kernel"]["ringbuf_full"], 0);
     // Nothing left in the kernel: no program of ours, no link.
@@ -494,4 +498,55 @@ fn a_process_in_a_pod_cgroup_running_as_nobody_is_attributed_to_its_container() 
             .as_str()
             .is_some_and(|c| c.starts_with("1:"))
     );
+}
+
+#[test]
+fn repeats_are_aggregated_into_one_summary_whose_counts_add_up() {
+    if !kernel_tests_allowed("aggregation") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start(
+        "aggregate",
+        "127.66.12.1\n",
+        &["--aggregation-window", "2s"],
+    );
+    let server = listen(addr("127.66.12.1:0"), false);
+    let to = server.local_addr().unwrap();
+    let mut ports = Vec::new();
+    for _ in 0..8 {
+        let c = TcpStream::connect(to).unwrap();
+        ports.push(c.local_addr().unwrap().port());
+        let _a = server.accept().unwrap();
+    }
+    let first = sensor.expect_alert("the first alert, at once", |a| {
+        get(a, "source.port") == &json!(ports[0])
+    });
+    assert_eq!(get(&first, "torsensor.count"), 1);
+    assert!(get(&first, "torsensor.summary").is_null());
+    assert_eq!(
+        get(&first, "torsensor.first_seen"),
+        get(&first, "@timestamp")
+    );
+    let summary = sensor.expect_alert("the summary when the window ends", |a| {
+        get(a, "torsensor.summary") == &json!(true)
+    });
+    assert_eq!(get(&summary, "torsensor.count"), 7);
+    assert_eq!(
+        get(&summary, "source.port"),
+        &json!(ports[7]),
+        "the latest repeat"
+    );
+    assert_eq!(get(&summary, "rule.id"), "TORSENSOR-003");
+    let first_seen = get(&summary, "torsensor.first_seen").as_str().unwrap();
+    let last_seen = get(&summary, "torsensor.last_seen").as_str().unwrap();
+    assert!(first_seen <= last_seen && first_seen > get(&first, "@timestamp").as_str().unwrap());
+    let alerts = sensor.alerts();
+    let total: u64 = alerts
+        .iter()
+        .filter(|a| get(a, "destination.port") == &json!(to.port()))
+        .map(|a| get(a, "torsensor.count").as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 8, "{alerts:#?}");
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
 }
