@@ -60,6 +60,16 @@ fn u64_at(doc: &Value, path: &str) -> Option<u64> {
 }
 
 /// Inserts `key: value` unless the value is absent.
+/// Copies the string at `path` in `doc` (if any) to `key` in `map`.
+fn copy_str(map: &mut Map<String, Value>, doc: &Value, key: &str, path: &str) {
+    put(map, key, str_at(doc, path).map(|v| json!(v)));
+}
+
+/// Copies the number at `path` (a number or a numeric string) to `key`.
+fn copy_u64(map: &mut Map<String, Value>, doc: &Value, key: &str, path: &str) {
+    put(map, key, u64_at(doc, path).map(|v| json!(v)));
+}
+
 fn put(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
     if let Some(v) = value {
         map.insert(key.to_owned(), v);
@@ -276,16 +286,8 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
         "direction".into(),
         json!(if egress { "Outbound" } else { "Inbound" }),
     );
-    put(
-        &mut conn,
-        "protocol_name",
-        str_at(doc, "network.transport").map(|t| json!(t)),
-    );
-    put(
-        &mut conn,
-        "protocol_num",
-        u64_at(doc, "network.iana_number").map(|n| json!(n)),
-    );
+    copy_str(&mut conn, doc, "protocol_name", "network.transport");
+    copy_u64(&mut conn, doc, "protocol_num", "network.iana_number");
     put(
         &mut conn,
         "protocol_ver_id",
@@ -295,11 +297,7 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
             _ => None,
         },
     );
-    put(
-        &mut conn,
-        "community_uid",
-        str_at(doc, "network.community_id").map(|c| json!(c)),
-    );
+    copy_str(&mut conn, doc, "community_uid", "network.community_id");
     out.insert("connection_info".into(), Value::Object(conn));
     out.insert(
         "src_endpoint".into(),
@@ -312,29 +310,13 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
 
     // actor
     let mut user = Map::new();
-    put(&mut user, "uid", str_at(doc, "user.id").map(|u| json!(u)));
-    put(
-        &mut user,
-        "name",
-        str_at(doc, "user.name").map(|u| json!(u)),
-    );
+    copy_str(&mut user, doc, "uid", "user.id");
+    copy_str(&mut user, doc, "name", "user.name");
     let user = non_empty(user);
     let mut process = Map::new();
-    put(
-        &mut process,
-        "pid",
-        u64_at(doc, "process.pid").map(|p| json!(p)),
-    );
-    put(
-        &mut process,
-        "tid",
-        u64_at(doc, "process.thread.id").map(|p| json!(p)),
-    );
-    put(
-        &mut process,
-        "name",
-        str_at(doc, "process.name").map(|n| json!(n)),
-    );
+    copy_u64(&mut process, doc, "pid", "process.pid");
+    copy_u64(&mut process, doc, "tid", "process.thread.id");
+    copy_str(&mut process, doc, "name", "process.name");
     put(
         &mut process,
         "file",
@@ -342,11 +324,7 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
             json!({"path": path, "name": file_name(path), "type_id": 1, "type": "Regular File"})
         }),
     );
-    put(
-        &mut process,
-        "cmd_line",
-        str_at(doc, "process.command_line").map(|c| json!(c)),
-    );
+    copy_str(&mut process, doc, "cmd_line", "process.command_line");
     put(
         &mut process,
         "created_time",
@@ -361,22 +339,10 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
     );
     put(&mut process, "user", user.clone());
     let mut container = Map::new();
-    put(
-        &mut container,
-        "uid",
-        str_at(doc, "container.id").map(|c| json!(c)),
-    );
-    put(
-        &mut container,
-        "runtime",
-        str_at(doc, "container.runtime").map(|c| json!(c)),
-    );
+    copy_str(&mut container, doc, "uid", "container.id");
+    copy_str(&mut container, doc, "runtime", "container.runtime");
     if str_at(doc, "orchestrator.resource.type") == Some("pod") {
-        put(
-            &mut container,
-            "pod_uuid",
-            str_at(doc, "orchestrator.resource.id").map(|c| json!(c)),
-        );
+        copy_str(&mut container, doc, "pod_uuid", "orchestrator.resource.id");
     }
     let container = non_empty(container);
     put(&mut process, "container", container.clone());
@@ -386,11 +352,7 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
     put(&mut out, "actor", non_empty(actor));
 
     let mut device = Map::new();
-    put(
-        &mut device,
-        "hostname",
-        str_at(doc, "host.name").map(|h| json!(h)),
-    );
+    copy_str(&mut device, doc, "hostname", "host.name");
     // `type_id` is required by the device object; the sensor cannot tell a
     // server from a desktop, so it says Unknown (0).
     device.insert("type_id".into(), json!(0));
@@ -403,11 +365,7 @@ pub fn ocsf(doc: &Value) -> Result<Value, FormatError> {
     let product_name = str_at(doc, "agent.name").unwrap_or("torsensor");
     product.insert("name".into(), json!(product_name));
     product.insert("vendor_name".into(), json!(product_name));
-    put(
-        &mut product,
-        "version",
-        str_at(doc, "agent.version").map(|v| json!(v)),
-    );
+    copy_str(&mut product, doc, "version", "agent.version");
     let mut profiles = vec!["host", "security_control"];
     if container.is_some() {
         profiles.push("container");
@@ -600,26 +558,10 @@ pub fn falco_with_priority(doc: &Value, priority: Priority) -> Result<Value, For
     );
     let name = str_at(doc, "process.name");
     put(&mut f, "proc.name", name.map(|n| json!(n)));
-    put(
-        &mut f,
-        "proc.pid",
-        u64_at(doc, "process.pid").map(|p| json!(p)),
-    );
-    put(
-        &mut f,
-        "thread.tid",
-        u64_at(doc, "process.thread.id").map(|p| json!(p)),
-    );
-    put(
-        &mut f,
-        "proc.ppid",
-        u64_at(doc, "process.parent.pid").map(|p| json!(p)),
-    );
-    put(
-        &mut f,
-        "proc.exepath",
-        str_at(doc, "process.executable").map(|p| json!(p)),
-    );
+    copy_u64(&mut f, doc, "proc.pid", "process.pid");
+    copy_u64(&mut f, doc, "thread.tid", "process.thread.id");
+    copy_u64(&mut f, doc, "proc.ppid", "process.parent.pid");
+    copy_str(&mut f, doc, "proc.exepath", "process.executable");
     // Falco's proc.cmdline is the process name followed by the arguments
     // after argv[0].
     let cmdline = match (name, at(doc, "process.args").and_then(Value::as_array)) {
@@ -634,38 +576,18 @@ pub fn falco_with_priority(doc: &Value, priority: Priority) -> Result<Value, For
         _ => None,
     };
     put(&mut f, "proc.cmdline", cmdline.map(|c| json!(c)));
-    put(
-        &mut f,
-        "user.name",
-        str_at(doc, "user.name").map(|u| json!(u)),
-    );
-    put(&mut f, "user.uid", u64_at(doc, "user.id").map(|u| json!(u)));
+    copy_str(&mut f, doc, "user.name", "user.name");
+    copy_u64(&mut f, doc, "user.uid", "user.id");
     if let Some(id) = str_at(doc, "container.id") {
         let short = id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i]);
         f.insert("container.id".into(), json!(short));
         f.insert("container.full_id".into(), json!(id));
     }
-    put(
-        &mut f,
-        "container.type",
-        str_at(doc, "container.runtime").map(|r| json!(r)),
-    );
-    put(
-        &mut f,
-        "k8s.ns.name",
-        str_at(doc, "orchestrator.namespace").map(|n| json!(n)),
-    );
+    copy_str(&mut f, doc, "container.type", "container.runtime");
+    copy_str(&mut f, doc, "k8s.ns.name", "orchestrator.namespace");
     if str_at(doc, "orchestrator.resource.type") == Some("pod") {
-        put(
-            &mut f,
-            "k8s.pod.name",
-            str_at(doc, "orchestrator.resource.name").map(|n| json!(n)),
-        );
-        put(
-            &mut f,
-            "k8s.pod.uid",
-            str_at(doc, "orchestrator.resource.id").map(|n| json!(n)),
-        );
+        copy_str(&mut f, doc, "k8s.pod.name", "orchestrator.resource.name");
+        copy_str(&mut f, doc, "k8s.pod.uid", "orchestrator.resource.id");
     }
 
     let output = falco_output(doc, rule, egress, &f);
@@ -677,11 +599,7 @@ pub fn falco_with_priority(doc: &Value, priority: Priority) -> Result<Value, For
     out.insert("output_fields".into(), Value::Object(f));
     out.insert("source".into(), json!("torsensor"));
     put(&mut out, "tags", at(doc, "tags").cloned());
-    put(
-        &mut out,
-        "hostname",
-        str_at(doc, "host.name").map(|h| json!(h)),
-    );
+    copy_str(&mut out, doc, "hostname", "host.name");
     Ok(Value::Object(out))
 }
 

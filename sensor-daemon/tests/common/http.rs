@@ -208,11 +208,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             }
             Some(Behavior::Truncated { body }) => {
                 record(200);
-                write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )?;
+                write_head(&mut conn, body.len())?;
                 conn.write_all(&body[..body.len() / 2])?;
                 conn.flush()?;
                 return conn.shutdown(std::net::Shutdown::Both);
@@ -224,11 +220,7 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 step,
             }) => {
                 record(200);
-                write!(
-                    conn,
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
-                    body.len()
-                )?;
+                write_head(&mut conn, body.len())?;
                 for chunk in body.chunks(bytes_per_step) {
                     conn.write_all(chunk)?;
                     conn.flush()?;
@@ -239,6 +231,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         // Drain a request body if any (feeds are GETs, so none).
         let _ = reader.get_mut().read(&mut []);
     }
+}
+
+/// A 200 status line and headers announcing `len` body bytes.
+fn write_head(conn: &mut TcpStream, len: usize) -> std::io::Result<()> {
+    write!(conn, "HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n")
 }
 
 fn write_response(
