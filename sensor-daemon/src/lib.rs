@@ -12,3 +12,4 @@ pub mod feed;
 pub mod kernel;
 pub mod rules;
 pub mod sensor;
+pub mod sink;
