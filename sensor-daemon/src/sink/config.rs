@@ -332,19 +332,18 @@ impl OutputConfig {
     /// token is readable and non-empty. Called before anything touches the kernel.
     pub fn validate(&self) -> Result<(), SinkError> {
         let dest = self.destination()?;
-        if let Some(name) = &self.name {
-            if name.is_empty()
+        if let Some(name) = &self.name
+            && (name.is_empty()
                 || name.len() > 64
+                || name.starts_with('.')
                 || !name
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                || name.starts_with('.')
-            {
-                return Err(self.err(
-                    "name",
-                    "must be 1-64 characters of A-Z a-z 0-9 . _ - (it names the spool directory)",
-                ));
-            }
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(self.err(
+                "name",
+                "must be 1-64 characters of A-Z a-z 0-9 . _ - (it names the spool directory)",
+            ));
         }
         if self.queue_size == 0 || self.queue_size > 10_000_000 {
             return Err(self.err("queue_size", "must be between 1 and 10,000,000 alerts"));

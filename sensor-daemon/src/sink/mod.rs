@@ -837,121 +837,119 @@ impl Remote {
                 }
                 (b, false)
             };
-            loop {
-                if self.deadline_passed() {
-                    if !backed {
-                        self.spill(Some(&batch)).await;
-                    }
-                    break 'outer;
+            if self.deadline_passed() {
+                if !backed {
+                    self.spill(Some(&batch)).await;
                 }
-                if backed {
-                    self.set_protect(batch.last().map(|r| r.0)).await;
-                }
-                let res = {
-                    let fut = self.transport.deliver(&batch);
-                    tokio::pin!(fut);
-                    loop {
-                        tokio::select! {
-                            r = &mut fut => break r,
-                            _ = self.wake.notified(), if !spool_mode => {
-                                // The queue is filling while this delivery is slow.
-                                let mut records: Records = batch.clone();
+                break 'outer;
+            }
+            if backed {
+                self.set_protect(batch.last().map(|r| r.0)).await;
+            }
+            let res = {
+                let fut = self.transport.deliver(&batch);
+                tokio::pin!(fut);
+                loop {
+                    tokio::select! {
+                        r = &mut fut => break r,
+                        _ = self.wake.notified(), if !spool_mode => {
+                            // The queue is filling while this delivery is slow.
+                            let mut records: Records = batch.clone();
+                            records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
+                            let n = records.len() as u64;
+                            let spool = self.spool.clone();
+                            let last = batch.last().map(|r| r.0);
+                            let res = tokio::task::spawn_blocking(move || {
+                                let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
+                                s.protect(last);
+                                s.append(&records)
+                            }).await;
+                            if !matches!(res, Ok(Ok(()))) {
+                                self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
+                                self.counters.note_drop("cannot write the spool: alerts lost");
+                            }
+                            spool_mode = true;
+                            backed = true;
+                        }
+                        m = self.rx.recv(), if spool_mode && !self.closed => match m {
+                            Some(Msg::Alert(e)) => {
+                                let mut records = vec![(self.spool.lock().unwrap_or_else(|e| e.into_inner()).next_seq(), e)];
                                 records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
                                 let n = records.len() as u64;
                                 let spool = self.spool.clone();
-                                let last = batch.last().map(|r| r.0);
-                                let res = tokio::task::spawn_blocking(move || {
-                                    let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
-                                    s.protect(last);
-                                    s.append(&records)
-                                }).await;
-                                if !matches!(res, Ok(Ok(()))) {
+                                if !matches!(tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&records)).await, Ok(Ok(()))) {
                                     self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
                                     self.counters.note_drop("cannot write the spool: alerts lost");
                                 }
-                                spool_mode = true;
-                                backed = true;
                             }
-                            m = self.rx.recv(), if spool_mode && !self.closed => match m {
-                                Some(Msg::Alert(e)) => {
-                                    let mut records = vec![(self.spool.lock().unwrap_or_else(|e| e.into_inner()).next_seq(), e)];
-                                    records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
-                                    let n = records.len() as u64;
-                                    let spool = self.spool.clone();
-                                    if !matches!(tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&records)).await, Ok(Ok(()))) {
-                                        self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
-                                        self.counters.note_drop("cannot write the spool: alerts lost");
-                                    }
-                                }
-                                Some(Msg::Reopen) => {}
-                                None => self.closed = true,
-                            },
-                            _ = sleep_until(self.deadline.unwrap_or_else(tokio::time::Instant::now)), if self.deadline.is_some() => {
-                                break Err(transport::Failure { reason: "shutdown deadline reached during delivery".into(), done: 0, rejected: 0 });
-                            }
-                            c = self.stop.changed(), if !self.stop_gone => {
-                                match c {
-                                    Ok(()) => self.deadline = (*self.stop.borrow_and_update()).map(tokio::time::Instant::from_std),
-                                    Err(_) => {
-                                        self.stop_gone = true;
-                                        self.deadline.get_or_insert_with(tokio::time::Instant::now);
-                                    }
+                            Some(Msg::Reopen) => {}
+                            None => self.closed = true,
+                        },
+                        _ = sleep_until(self.deadline.unwrap_or_else(tokio::time::Instant::now)), if self.deadline.is_some() => {
+                            break Err(transport::Failure { reason: "shutdown deadline reached during delivery".into(), done: 0, rejected: 0 });
+                        }
+                        c = self.stop.changed(), if !self.stop_gone => {
+                            match c {
+                                Ok(()) => self.deadline = (*self.stop.borrow_and_update()).map(tokio::time::Instant::from_std),
+                                Err(_) => {
+                                    self.stop_gone = true;
+                                    self.deadline.get_or_insert_with(tokio::time::Instant::now);
                                 }
                             }
                         }
                     }
-                };
-                if backed {
-                    self.set_protect(None).await;
                 }
-                match res {
-                    Ok(done) => {
-                        let n = batch.len() as u64;
+            };
+            if backed {
+                self.set_protect(None).await;
+            }
+            match res {
+                Ok(done) => {
+                    let n = batch.len() as u64;
+                    self.counters
+                        .delivered
+                        .fetch_add(n - done.rejected, Ordering::Relaxed);
+                    self.counters
+                        .dropped_undeliverable
+                        .fetch_add(done.rejected, Ordering::Relaxed);
+                    if backed {
+                        self.ack(batch.last().expect("non-empty batch").0).await;
+                    }
+                    failures = 0;
+                    continue 'outer;
+                }
+                Err(f) => {
+                    self.counters.note_failure(&f.reason);
+                    if f.done > 0 {
                         self.counters
                             .delivered
-                            .fetch_add(n - done.rejected, Ordering::Relaxed);
+                            .fetch_add(f.done as u64 - f.rejected, Ordering::Relaxed);
                         self.counters
                             .dropped_undeliverable
-                            .fetch_add(done.rejected, Ordering::Relaxed);
+                            .fetch_add(f.rejected, Ordering::Relaxed);
                         if backed {
-                            self.ack(batch.last().expect("non-empty batch").0).await;
+                            self.ack(batch[f.done - 1].0).await;
                         }
-                        failures = 0;
-                        continue 'outer;
+                        batch.drain(..f.done);
                     }
-                    Err(f) => {
-                        self.counters.note_failure(&f.reason);
-                        if f.done > 0 {
-                            self.counters
-                                .delivered
-                                .fetch_add(f.done as u64 - f.rejected, Ordering::Relaxed);
-                            self.counters
-                                .dropped_undeliverable
-                                .fetch_add(f.rejected, Ordering::Relaxed);
-                            if backed {
-                                self.ack(batch[f.done - 1].0).await;
-                            }
-                            batch.drain(..f.done);
-                        }
-                        if !spool_mode {
-                            // The receiver is down: keep what we hold on disk.
-                            let b = if backed { None } else { Some(&batch[..]) };
-                            let mut records: Records = b.map(<[_]>::to_vec).unwrap_or_default();
-                            records.extend(self.take_queued());
-                            self.append(records).await;
-                            spool_mode = true;
-                        }
-                        if self.deadline_passed() {
-                            break 'outer;
-                        }
-                        let wait = self.backoff(failures);
-                        failures = failures.saturating_add(1);
-                        self.wait_spooling(wait).await;
-                        if self.deadline_passed() {
-                            break 'outer;
-                        }
-                        continue 'outer;
+                    if !spool_mode {
+                        // The receiver is down: keep what we hold on disk.
+                        let b = if backed { None } else { Some(&batch[..]) };
+                        let mut records: Records = b.map(<[_]>::to_vec).unwrap_or_default();
+                        records.extend(self.take_queued());
+                        self.append(records).await;
+                        spool_mode = true;
                     }
+                    if self.deadline_passed() {
+                        break 'outer;
+                    }
+                    let wait = self.backoff(failures);
+                    failures = failures.saturating_add(1);
+                    self.wait_spooling(wait).await;
+                    if self.deadline_passed() {
+                        break 'outer;
+                    }
+                    continue 'outer;
                 }
             }
         }
