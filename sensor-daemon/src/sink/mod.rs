@@ -986,3 +986,52 @@ impl Remote {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_logs_are_rate_limited_but_all_counted() {
+        let c = Counters {
+            name: "t".into(),
+            ..Counters::default()
+        };
+        for _ in 0..5 {
+            c.note_failure("connection refused");
+        }
+        assert_eq!(c.failed.load(Ordering::Relaxed), 5);
+        let g = c.log.lock().unwrap();
+        assert!(g.last.is_some());
+        assert_eq!(g.suppressed, 4, "one warning, four suppressed");
+    }
+
+    #[test]
+    fn format_names() {
+        let f: Vec<Format> = ["ecs", "ocsf", "falco"]
+            .iter()
+            .map(|s| serde_json::from_value(serde_json::json!(s)).unwrap())
+            .collect();
+        assert_eq!(f, [Format::Ecs, Format::Ocsf, Format::Falco]);
+        assert_eq!(Format::default(), Format::Ecs);
+        assert_eq!(Format::Ocsf.to_string(), "ocsf");
+    }
+
+    #[test]
+    fn start_needs_a_runtime_and_unique_names() {
+        let dir = std::env::temp_dir();
+        let out = OutputConfig::new("stdout");
+        assert!(matches!(
+            Sinks::start(std::slice::from_ref(&out), &dir, "t"),
+            Err(SinkError::NoRuntime)
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let e = Sinks::start(&[out.clone(), out], &dir, "t").err().unwrap();
+            assert!(e.to_string().contains("\"stdout\""), "{e}");
+        });
+    }
+}
