@@ -703,6 +703,15 @@ async fn unix_datagram_syslog_and_late_receiver() {
 
 struct Rsyslogd(Child);
 
+impl Rsyslogd {
+    /// SIGTERM (rsyslogd flushes its files) and wait.
+    fn stop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Rsyslogd {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -713,14 +722,14 @@ impl Drop for Rsyslogd {
 const RSYSLOGD: &str = "/usr/sbin/rsyslogd";
 
 #[tokio::test]
-async fn rsyslog_receives_tcp_and_udp() {
+async fn rsyslog_receives_tcp_and_udp_and_a_restart() {
     if !Path::new(RSYSLOGD).exists() {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "{RSYSLOGD} is missing under CI=true: `cargo xtask setup` installs rsyslog"
         );
         eprintln!(
-            "skipped rsyslog_receives_tcp_and_udp: {RSYSLOGD} is not installed (apt-get install rsyslog)"
+            "skipped rsyslog_receives_tcp_and_udp_and_a_restart: {RSYSLOGD} is not installed (apt-get install rsyslog)"
         );
         return;
     }
@@ -752,30 +761,8 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="alerts")
         ),
     )
     .unwrap();
-    let child = Command::new(RSYSLOGD)
-        .args(["-n", "-f"])
-        .arg(&conf)
-        .arg("-i")
-        .arg(dir.join("rsyslogd.pid"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start rsyslogd");
-    let mut rsyslogd = Rsyslogd(child);
-    let addr: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().unwrap();
-    let end = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if let Ok(Some(status)) = rsyslogd.0.try_wait() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(rsyslogd.0.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("rsyslogd exited ({status}): {err}");
-        }
-        assert!(
-            Instant::now() < end,
-            "rsyslogd did not listen on {addr} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let tcp_addr: SocketAddr = format!("127.0.0.1:{tcp_port}").parse().unwrap();
+    let mut rsyslogd = start_rsyslogd(&conf, &dir, tcp_addr);
 
     let read = || -> Vec<Vec<String>> {
         std::fs::read_to_string(&out).map_or_else(
@@ -787,45 +774,65 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="alerts")
             },
         )
     };
-    let outputs = [
-        cfg(&format!(
-            "syslog+tcp://127.0.0.1:{tcp_port},facility=local3,linger_ms=20"
-        )),
-        cfg(&format!("syslog+udp://127.0.0.1:{udp_port},linger_ms=20")),
-    ];
+    let tcp_out = cfg(&format!(
+        "syslog+tcp://127.0.0.1:{tcp_port},facility=local3,linger_ms=20,retry_initial_ms=50,retry_max_ms=200"
+    ));
+    let udp_out = cfg(&format!("syslog+udp://127.0.0.1:{udp_port},linger_ms=20"));
     // TCP first: once those lines are written, rsyslogd's UDP input is up too.
-    let tcp_only = Sinks::start(&outputs[..1], &dir.join("s1"), "torsensor").unwrap();
+    let tcp = Sinks::start(&[tcp_out], &dir.join("s1"), "torsensor").unwrap();
     for n in 0..20 {
-        send(&tcp_only, n);
+        send(&tcp, n);
     }
     wait_for("20 TCP messages in rsyslog's file", 10, || {
         read().len() >= 20
     })
     .await;
-    tcp_only.shutdown(Duration::from_secs(1)).await;
-    let udp_only = Sinks::start(&outputs[1..], &dir.join("s2"), "torsensor").unwrap();
+    let udp = Sinks::start(&[udp_out], &dir.join("s2"), "torsensor").unwrap();
     for n in 20..40 {
-        send(&udp_only, n);
+        send(&udp, n);
     }
     wait_for("20 UDP messages in rsyslog's file", 10, || {
         read().len() >= 40
     })
     .await;
-    let stats = udp_only.shutdown(Duration::from_secs(1)).await;
+    let stats = udp.shutdown(Duration::from_secs(1)).await;
     assert_eq!(stats[0].delivered, 20);
+
+    // rsyslogd stops: the TCP sink notices the closed connection, fails to
+    // reconnect and spools; when rsyslogd is back it reconnects and delivers.
+    rsyslogd.stop();
+    for n in 40..50 {
+        send(&tcp, n);
+    }
+    wait_for("10 alerts spooled while rsyslogd is down", 10, || {
+        let s = &tcp.stats()[0];
+        s.failed >= 1 && s.spooled_events == 10
+    })
+    .await;
+    let rsyslogd = start_rsyslogd(&conf, &dir, tcp_addr);
+    wait_for("the spooled alerts after the restart", 10, || {
+        read().len() >= 50
+    })
+    .await;
+    let stats = tcp.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        (stats[0].delivered, stats[0].spooled_events),
+        (30, 0),
+        "{stats:?}"
+    );
     drop(rsyslogd);
 
     let rows = read();
-    assert_eq!(rows.len(), 40, "{rows:?}");
+    assert_eq!(rows.len(), 50, "{rows:?}");
     let pid = std::process::id().to_string();
     for (i, row) in rows.iter().enumerate() {
         let [input, pri, host, app, procid, msgid, ts, msg] = &row[..] else {
             panic!("row {row:?}")
         };
-        let (want_input, want_pri) = if i < 20 {
-            ("imtcp", "155")
-        } else {
+        let (want_input, want_pri) = if (20..40).contains(&i) {
             ("imudp", "83")
+        } else {
+            ("imtcp", "155")
         };
         assert_eq!(input, want_input, "{row:?}");
         // local3 (19) * 8 + error (3) over TCP; authpriv (10) * 8 + 3 over UDP.
@@ -840,4 +847,116 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="alerts")
         assert_eq!(body["n"], i as u64, "in order, once each");
         assert_eq!(body["format"], "ecs");
     }
+}
+
+/// Starts rsyslogd in the foreground and waits until it listens on `tcp`.
+fn start_rsyslogd(conf: &Path, dir: &Path, tcp: SocketAddr) -> Rsyslogd {
+    let child = Command::new(RSYSLOGD)
+        .args(["-n", "-f"])
+        .arg(conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rsyslogd");
+    let mut rsyslogd = Rsyslogd(child);
+    let end = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(tcp).is_err() {
+        if let Ok(Some(status)) = rsyslogd.0.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(rsyslogd.0.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("rsyslogd exited ({status}): {err}");
+        }
+        assert!(
+            Instant::now() < end,
+            "rsyslogd did not listen on {tcp} within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rsyslogd
+}
+
+// --------------------------------------------------------------------- TLS
+
+/// Accepts TCP connections and completes a TLS handshake on each.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((sock, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            // A client that refuses our certificate fails here; keep serving.
+            if let Ok(s) = self.tls.accept(sock).await {
+                return (s, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+#[tokio::test]
+async fn https_with_ca_file_and_certificate_checks() {
+    use tokio_rustls::rustls;
+    let dir = tmpdir("tls");
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let listener = TlsListener {
+        tcp: tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        tls: tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+    };
+    let port = listener.tcp.local_addr().unwrap().port();
+    let r = Receiver::default();
+    let app = Router::new().fallback(handle).with_state(r.clone());
+    let _server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    // Trusted through ca_file: delivered over TLS.
+    let trusted = cfg(&format!(
+        "https://127.0.0.1:{port}/tls,ca_file={},linger_ms=10",
+        ca.display()
+    ));
+    let sinks = Sinks::start(&[trusted], &dir.join("a"), "torsensor").unwrap();
+    for n in 0..5 {
+        send(&sinks, n);
+    }
+    wait_for("5 alerts over TLS", 10, || r.docs().len() >= 5).await;
+    let stats = sinks.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(stats[0].delivered, 5);
+    assert_seq(&ns_of(&r.docs()), 0..5, "TLS alerts");
+
+    // Without ca_file the self-signed certificate is refused: nothing is
+    // sent, the alerts wait in the spool.
+    let untrusted = cfg(&format!(
+        "https://127.0.0.1:{port}/tls,linger_ms=10,retry_initial_ms=50,retry_max_ms=100"
+    ));
+    let sinks = Sinks::start(&[untrusted], &dir.join("b"), "torsensor").unwrap();
+    send(&sinks, 5);
+    wait_for("a certificate failure", 10, || sinks.stats()[0].failed >= 1).await;
+    let stats = sinks.shutdown(Duration::from_millis(200)).await;
+    assert_eq!(
+        (stats[0].delivered, stats[0].spooled_events),
+        (0, 1),
+        "{stats:?}"
+    );
+    assert_eq!(r.docs().len(), 5, "no request got through without trust");
 }
