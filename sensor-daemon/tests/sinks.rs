@@ -453,6 +453,9 @@ async fn outage_and_restart_deliver_everything_once_in_order() {
         "{stats:?}"
     );
     assert!(stats[0].failed >= 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&spool_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the spool is for root only");
     assert!(
         segments(&spool_dir) >= 3,
         "small segments rotated: {} segments",

@@ -807,6 +807,31 @@ mod tests {
     }
 
     #[test]
+    fn clap_takes_repeated_output_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[arg(long = "output")]
+            output: Vec<OutputConfig>,
+        }
+        let cli = Cli::try_parse_from([
+            "t",
+            "--output",
+            "stdout",
+            "--output",
+            "syslog+udp://127.0.0.1:514,format=falco",
+        ])
+        .unwrap();
+        assert_eq!(cli.output.len(), 2);
+        assert_eq!(cli.output[1].format, Format::Falco);
+        let err = Cli::try_parse_from(["t", "--output", "hec+https://s:8088,token=x"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
     fn derived_names_are_stable_and_safe() {
         assert_eq!(
             OutputConfig::new("syslog+tcp://127.0.0.1:601").sink_name(),

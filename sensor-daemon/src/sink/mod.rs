@@ -915,11 +915,17 @@ impl Remote {
                     if backed {
                         self.ack(batch.last().expect("non-empty batch").0).await;
                     }
+                    if failures > 0 {
+                        tracing::info!(sink = %self.counters.name, failed_attempts = failures, "delivering again");
+                    }
                     failures = 0;
                     continue 'outer;
                 }
                 Err(f) => {
-                    self.counters.note_failure(&f.reason);
+                    // Cut short by the shutdown deadline: not the receiver's failure.
+                    if !self.deadline_passed() {
+                        self.counters.note_failure(&f.reason);
+                    }
                     if f.done > 0 {
                         self.counters
                             .delivered

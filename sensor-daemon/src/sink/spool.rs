@@ -28,7 +28,7 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -81,7 +81,11 @@ impl Spool {
         segment_bytes: u64,
         counters: Arc<Counters>,
     ) -> io::Result<Spool> {
-        std::fs::create_dir_all(dir)?;
+        // Alerts name users and processes: the spool is for root only.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

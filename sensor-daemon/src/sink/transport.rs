@@ -41,6 +41,9 @@ impl Failure {
 
 pub(crate) type Batch = [(u64, Arc<Entry>)];
 
+/// Largest HTTP answer body read.
+const MAX_ANSWER_BYTES: usize = 16 << 20;
+
 /// Display of an error with its sources (reqwest hides the cause otherwise).
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -239,12 +242,23 @@ impl Http {
         if let Some(a) = &self.auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
-        let resp = req.send().await.map_err(|e| Failure::new(chain(&e)))?;
+        let mut resp = req.send().await.map_err(|e| Failure::new(chain(&e)))?;
         let status = resp.status();
-        let text = resp
-            .bytes()
+        // Read the answer, within bounds: a `_bulk` answer is about 200
+        // bytes per item, far below this.
+        let mut text = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
             .await
-            .map_err(|e| Failure::new(format!("reading the answer: {}", chain(&e))))?;
+            .map_err(|e| Failure::new(format!("reading the answer: {}", chain(&e))))?
+        {
+            if text.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Failure::new(format!(
+                    "HTTP {status}: answer larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            text.extend_from_slice(&chunk);
+        }
         let snippet = || String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
         if status.is_success() {
             let verdict = match self.kind {
