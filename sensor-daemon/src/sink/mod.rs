@@ -744,16 +744,9 @@ impl Remote {
         .await;
     }
 
-    async fn read_spool(&self) -> Records {
+    async fn read_spool(&self) -> io::Result<Records> {
         let (me, mb) = (self.max_events, self.max_bytes);
-        match on_spool(&self.spool, move |s| s.read_batch(me, mb)).await {
-            Ok(r) => r,
-            Err(e) => {
-                self.counters
-                    .warn_limited(&format!("cannot read the spool: {e}"));
-                Vec::new()
-            }
-        }
+        on_spool(&self.spool, move |s| s.read_batch(me, mb)).await
     }
 
     async fn ack(&self, seq: u64) {
@@ -818,7 +811,21 @@ impl Remote {
             let (mut batch, mut backed) = if spool_mode {
                 let queued = self.take_queued();
                 self.append(queued).await;
-                let b = self.read_spool().await;
+                let b = match self.read_spool().await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Keep the order: no alert overtakes the spool.
+                        self.counters
+                            .warn_limited(&format!("cannot read the spool: {e}"));
+                        if self.deadline_passed() {
+                            break;
+                        }
+                        let wait = self.backoff(failures);
+                        failures = failures.saturating_add(1);
+                        self.wait_spooling(wait).await;
+                        continue;
+                    }
+                };
                 if b.is_empty() {
                     spool_mode = false;
                     continue;
