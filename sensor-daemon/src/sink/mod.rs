@@ -17,7 +17,7 @@
 //!   `batch_max_bytes`, `linger_ms`) from memory while the receiver keeps up.
 //!   When a delivery fails, or the queue passes half full during a slow
 //!   delivery, the batch in flight and everything queued move to the spool
-//!   (see [`spool`](self::spool) for layout, durability and the size bound),
+//!   (`sink/spool.rs` documents its layout, durability and size bound),
 //!   and from then on new alerts are appended there and delivered from
 //!   there, oldest first, until it is empty again. Retries back off
 //!   exponentially (`retry_initial_ms` doubling to `retry_max_ms`, +-50 %
@@ -42,6 +42,24 @@
 //!
 //! Failures and drops are counted in [`SinkStats`] and logged at most once
 //! per sink per 10 s, with the number of messages suppressed since.
+//!
+//! # Use from the daemon
+//! ```ignore
+//! // `--output` flags (repeatable; `OutputConfig: FromStr`) and/or
+//! // `[[output]]` tables; none given: `vec![OutputConfig::new("stdout")]`.
+//! for o in &outputs {
+//!     o.validate()?; // before anything touches the kernel
+//! }
+//! // Inside the runtime. The state directory is systemd's
+//! // `$STATE_DIRECTORY` (`StateDirectory=torsensor`), else /var/lib/torsensor.
+//! let sinks = Sinks::start(&outputs, &state_dir, "torsensor")?;
+//! // Per alert, from the ring-buffer reader (never blocks):
+//! sinks.send(&AlertMeta { time, severity: rule.severity, rule_id: rule.id.clone(), host },
+//!            &|format| match format { Format::Ecs => ecs_doc.clone(), Format::Ocsf => .., Format::Falco => .. });
+//! sinks.reopen_files();            // on SIGHUP
+//! let per_sink = sinks.stats();    // metrics endpoint
+//! let last = sinks.shutdown(Duration::from_secs(5)).await; // on SIGTERM
+//! ```
 
 pub mod config;
 mod spool;
