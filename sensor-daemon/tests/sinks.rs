@@ -96,6 +96,8 @@ struct Req {
     path: String,
     auth: Option<String>,
     content_type: Option<String>,
+    content_encoding: Option<String>,
+    /// Decompressed when the request was gzipped.
     body: Vec<u8>,
     /// The receiver answered this one with a failure.
     failed: bool,
@@ -153,12 +155,22 @@ async fn handle(
         path: uri.path().to_owned(),
         auth: h("authorization"),
         content_type: h("content-type"),
+        content_encoding: h("content-encoding"),
         body: body.to_vec(),
         failed: false,
     };
+    if req.content_encoding.as_deref() == Some("gzip") {
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .unwrap();
+        req.body = plain;
+    }
     let answer = if r.unavailable.load(Ordering::SeqCst) {
         req.failed = true;
         (StatusCode::SERVICE_UNAVAILABLE, "try later".to_owned())
+    } else if req.path == "/reject" {
+        req.failed = true;
+        (StatusCode::BAD_REQUEST, "malformed".to_owned())
     } else if req.path == "/services/collector/event" {
         (StatusCode::OK, r#"{"text":"Success","code":0}"#.to_owned())
     } else if req.path.ends_with("/_bulk") {
@@ -270,7 +282,7 @@ async fn bulk_ndjson_and_item_errors_are_retried() {
     r.bulk_failures.store(1, Ordering::SeqCst);
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "bulk+http://127.0.0.1:{port}/torsensor-alerts,token_file={},format=ocsf,retry_initial_ms=50,retry_max_ms=100,linger_ms=100",
+        "bulk+http://127.0.0.1:{port}/torsensor-alerts,token_file={},format=ocsf,gzip=true,retry_initial_ms=50,retry_max_ms=100,linger_ms=100",
         tok.display()
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
@@ -286,6 +298,7 @@ async fn bulk_ndjson_and_item_errors_are_retried() {
     let mut ids_per_req = Vec::new();
     for req in &reqs {
         assert_eq!(req.path, "/_bulk");
+        assert_eq!(req.content_encoding.as_deref(), Some("gzip"));
         assert_eq!(req.content_type.as_deref(), Some("application/x-ndjson"));
         assert_eq!(req.auth.as_deref(), Some("ApiKey c2VjcmV0OmtleQ=="));
         let text = String::from_utf8(req.body.clone()).unwrap();
@@ -336,6 +349,7 @@ async fn generic_json_lines() {
     sinks.shutdown(Duration::from_secs(1)).await;
     for req in r.reqs() {
         assert_eq!(req.path, "/ingest/alerts");
+        assert_eq!(req.content_encoding, None, "gzip is off by default");
         assert_eq!(req.content_type.as_deref(), Some("application/x-ndjson"));
         assert_eq!(req.auth, None);
         assert!(req.body.ends_with(b"\n"));
@@ -343,6 +357,47 @@ async fn generic_json_lines() {
     let docs = r.docs();
     assert_seq(&ns_of(&docs), 0..25, "JSON lines");
     assert!(docs.iter().all(|d| d["format"] == "falco"));
+}
+
+#[tokio::test]
+async fn refused_payloads_are_dropped_and_counted_not_retried() {
+    let dir = tmpdir("reject");
+    let r = Receiver::default();
+    let (port, _server) = serve(0, r.clone()).await;
+    let out = cfg(&format!(
+        "http://127.0.0.1:{port}/reject,linger_ms=10,retry_initial_ms=20"
+    ));
+    let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
+    for n in 0..4 {
+        send(&sinks, n);
+    }
+    wait_for("4 alerts refused", 5, || {
+        sinks.stats()[0].dropped_undeliverable == 4
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stats = sinks.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(
+        (
+            stats[0].delivered,
+            stats[0].failed,
+            stats[0].spooled_events,
+            stats[0].dropped_undeliverable
+        ),
+        (0, 0, 0, 4),
+        "{stats:?}"
+    );
+    let sent: usize = r
+        .reqs()
+        .iter()
+        .map(|q| {
+            q.body
+                .split(|&b| b == b'\n')
+                .filter(|l| !l.is_empty())
+                .count()
+        })
+        .sum();
+    assert_eq!(sent, 4, "each refused alert was sent once, not retried");
 }
 
 // ---------------------------------------------- outage, restart, spool bound
@@ -702,6 +757,45 @@ async fn unix_datagram_syslog_and_late_receiver() {
         assert_eq!(body["n"], i as u64);
     }
     assert_eq!(stats[0].delivered, 3);
+}
+
+#[tokio::test]
+async fn udp_datagrams_over_the_limit_are_skipped_and_counted() {
+    let dir = tmpdir("udp");
+    let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = rx.local_addr().unwrap().port();
+    let out = cfg(&format!(
+        "syslog+udp://127.0.0.1:{port},datagram_max_bytes=1024,linger_ms=10"
+    ));
+    let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
+    send(&sinks, 0);
+    sinks.send(&meta(50), &|_| json!({"n": 1, "pad": "y".repeat(2000)}));
+    send(&sinks, 2);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while got.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), rx.recv(&mut buf))
+            .await
+            .expect("datagram within 5 s")
+            .unwrap();
+        assert!(n <= 1024, "{n}-byte datagram over the limit");
+        let msg = String::from_utf8(buf[..n].to_vec()).unwrap();
+        let body: Value = serde_json::from_str(msg.splitn(8, ' ').nth(7).unwrap()).unwrap();
+        got.push(body["n"].as_u64().unwrap());
+    }
+    let stats = sinks.shutdown(Duration::from_secs(1)).await;
+    assert_eq!(got, [0, 2]);
+    assert_eq!(
+        (stats[0].delivered, stats[0].dropped_undeliverable),
+        (2, 1),
+        "{stats:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), rx.recv(&mut buf))
+            .await
+            .is_err(),
+        "the oversize alert was not sent"
+    );
 }
 
 struct Rsyslogd(Child);

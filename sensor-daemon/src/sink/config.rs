@@ -110,6 +110,10 @@ pub struct OutputConfig {
     /// default `maxMessageSize`).
     #[serde(default = "d_datagram_max_bytes")]
     pub datagram_max_bytes: usize,
+    /// Compress HTTP request bodies (`Content-Encoding: gzip`; Splunk HEC
+    /// and Elasticsearch accept it). Default: false.
+    #[serde(default)]
+    pub gzip: bool,
     /// HEC `source`. Default: the application name (`torsensor`).
     #[serde(default)]
     pub hec_source: Option<String>,
@@ -408,6 +412,9 @@ impl OutputConfig {
                 "token_file",
                 "Splunk HEC needs a token: set token_file or token_env",
             ));
+        }
+        if self.gzip && !is_http {
+            return Err(self.err("gzip", "only HTTP outputs compress"));
         }
         if let Some(ca) = &self.ca_file {
             if !is_http {
@@ -770,6 +777,7 @@ mod tests {
             "syslog+udp://127.0.0.1:514,datagram_max_bytes=100",
             "datagram_max_bytes",
         );
+        check("stdout,gzip=true", "gzip");
         // Loopback over plain http is fine, and so is an explicit opt-in.
         "http://127.0.0.1:9/x"
             .parse::<OutputConfig>()

@@ -2,11 +2,12 @@
 //! (TCP with octet counting, UDP, unix datagram). One `deliver` call sends
 //! one batch and says what the receiver acknowledged.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket, UnixDatagram};
 
@@ -77,6 +78,7 @@ pub(crate) struct Http {
     source: String,
     sourcetype: String,
     hec_index: Option<String>,
+    gzip: bool,
 }
 
 pub(crate) struct Tcp {
@@ -189,6 +191,7 @@ impl Transport {
                     source: cfg.hec_source.clone().unwrap_or_else(|| app.to_owned()),
                     sourcetype: cfg.hec_sourcetype.clone(),
                     hec_index: cfg.hec_index.clone(),
+                    gzip: cfg.gzip,
                 }))
             }
         })
@@ -237,8 +240,20 @@ impl Http {
         let mut req = self
             .client
             .post(self.url.clone())
-            .header(CONTENT_TYPE, content_type)
-            .body(body);
+            .header(CONTENT_TYPE, content_type);
+        if self.gzip {
+            // Compression is CPU work: keep it off the runtime thread.
+            body = tokio::task::spawn_blocking(move || {
+                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                z.write_all(&body)?;
+                z.finish()
+            })
+            .await
+            .map_err(|e| Failure::new(format!("gzip: {e}")))?
+            .map_err(|e| Failure::new(format!("gzip: {e}")))?;
+            req = req.header(CONTENT_ENCODING, "gzip");
+        }
+        let mut req = req.body(body);
         if let Some(a) = &self.auth {
             req = req.header(AUTHORIZATION, a.clone());
         }
