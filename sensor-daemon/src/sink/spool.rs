@@ -522,6 +522,39 @@ mod tests {
     }
 
     #[test]
+    fn batch_in_delivery_is_not_dropped() {
+        let d = dir("protect");
+        let c = Arc::new(Counters::default());
+        let mut s = Spool::open(&d, 4096, 1024, c.clone()).unwrap();
+        let first = s.next_seq();
+        s.append(&[(first, entry(0))]).unwrap();
+        s.protect(Some(first));
+        for n in 1..100 {
+            let seq = s.next_seq();
+            s.append(&[(seq, entry(n))]).unwrap();
+        }
+        let left = ns(&s.read_batch(1000, 1 << 20).unwrap());
+        assert_eq!(left[0], 0, "the record in delivery stays");
+        // The head segment (record 0 and its neighbours) stays whole; the
+        // next-oldest segments went instead, and the newest are kept.
+        let gap = left
+            .windows(2)
+            .position(|w| w[1] != w[0] + 1)
+            .expect("a dropped run");
+        assert_eq!(left[..=gap], (0..=gap as u64).collect::<Vec<_>>()[..]);
+        assert_eq!(*left.last().unwrap(), 99);
+        assert!(s.live_bytes() <= 4096);
+        assert_eq!(
+            c.dropped_spool.load(Ordering::Relaxed) + left.len() as u64,
+            100
+        );
+        // Delivered: the next trim drops from the head again.
+        s.ack_through(first).unwrap();
+        s.protect(None);
+        assert!(s.live_bytes() <= 4096);
+    }
+
+    #[test]
     fn full_spool_drops_oldest_and_counts() {
         let d = dir("full");
         let c = Arc::new(Counters::default());
