@@ -16,11 +16,29 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use sensor_daemon::sink::{AlertMeta, Format, OutputConfig, SinkStats, Sinks};
 use serde_json::{Value, json};
 
-fn tmpdir(name: &str) -> PathBuf {
+/// A fresh directory, removed when the test passes (kept for a look when it fails).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn tmpdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("torsensor-sinks-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
 }
 
 fn meta(severity: u8) -> AlertMeta {

@@ -810,6 +810,7 @@ mod tests {
         std::fs::write(&f, "\n").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("empty"));
         // PATH is always set in the test environment.
+        std::fs::remove_dir_all(&dir).unwrap();
         let c: OutputConfig = "https://example.com/x,token_env=PATH".parse().unwrap();
         assert!(c.token().unwrap().is_some());
     }

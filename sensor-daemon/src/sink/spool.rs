@@ -500,6 +500,8 @@ mod tests {
                 .count(),
             0
         );
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -519,6 +521,8 @@ mod tests {
         f.write_all(b"4\t{\"id\":\"x\",\"ti").unwrap();
         let s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1, 2]);
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -552,6 +556,8 @@ mod tests {
         s.ack_through(first).unwrap();
         s.protect(None);
         assert!(s.live_bytes() <= 4096);
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
@@ -569,5 +575,7 @@ mod tests {
         assert_eq!(dropped + left.len() as u64, 200);
         assert_eq!(*left.last().unwrap(), 199);
         assert_eq!(left, (200 - left.len() as u64..200).collect::<Vec<_>>());
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
     }
 }
