@@ -119,6 +119,7 @@ struct Req {
     body: Vec<u8>,
     /// The receiver answered this one with a failure.
     failed: bool,
+    at: Instant,
 }
 
 #[derive(Clone, Default)]
@@ -128,6 +129,8 @@ struct Receiver {
     bulk_failures: Arc<AtomicU32>,
     /// Answer 503 to everything.
     unavailable: Arc<std::sync::atomic::AtomicBool>,
+    /// Requests still to answer 429 with `Retry-After: 1`.
+    throttle: Arc<AtomicU32>,
 }
 
 impl Receiver {
@@ -167,7 +170,7 @@ async fn handle(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, String) {
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
     let h = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
     let mut req = Req {
         path: uri.path().to_owned(),
@@ -176,6 +179,7 @@ async fn handle(
         content_encoding: h("content-encoding"),
         body: body.to_vec(),
         failed: false,
+        at: Instant::now(),
     };
     if req.content_encoding.as_deref() == Some("gzip") {
         let mut plain = Vec::new();
@@ -183,7 +187,14 @@ async fn handle(
             .unwrap();
         req.body = plain;
     }
-    let answer = if r.unavailable.load(Ordering::SeqCst) {
+    let throttled = r
+        .throttle
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    let answer = if throttled {
+        req.failed = true;
+        (StatusCode::TOO_MANY_REQUESTS, "slow down".to_owned())
+    } else if r.unavailable.load(Ordering::SeqCst) {
         req.failed = true;
         (StatusCode::SERVICE_UNAVAILABLE, "try later".to_owned())
     } else if req.path == "/reject" {
@@ -215,7 +226,8 @@ async fn handle(
         (StatusCode::OK, String::new())
     };
     r.reqs.lock().unwrap().push(req);
-    answer
+    let retry_after = if throttled { "1" } else { "" };
+    (answer.0, [("retry-after", retry_after)], answer.1)
 }
 
 /// Serves `r` on 127.0.0.1:`port` (0: any); returns the port and the task.
@@ -416,6 +428,29 @@ async fn refused_payloads_are_dropped_and_counted_not_retried() {
         })
         .sum();
     assert_eq!(sent, 4, "each refused alert was sent once, not retried");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured() {
+    let dir = tmpdir("retryafter");
+    let r = Receiver::default();
+    r.throttle.store(1, Ordering::SeqCst);
+    let (port, _server) = serve(0, r.clone()).await;
+    let out = cfg(&format!(
+        "http://127.0.0.1:{port}/in,linger_ms=10,retry_initial_ms=20,retry_max_ms=5000"
+    ));
+    let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
+    send(&sinks, 0);
+    wait_for("the alert after a 429", 10, || r.docs().len() == 1).await;
+    let stats = sinks.shutdown(Duration::from_secs(1)).await;
+    let reqs = r.reqs();
+    assert_eq!(reqs.len(), 2);
+    let waited = reqs[1].at - reqs[0].at;
+    assert!(
+        waited >= Duration::from_millis(950),
+        "waited {waited:?} for Retry-After: 1 (own back-off 20 ms)"
+    );
+    assert_eq!((stats[0].delivered, stats[0].failed), (1, 1));
 }
 
 // ---------------------------------------------- outage, restart, spool bound

@@ -488,6 +488,14 @@ fn start_one(
                 dir: dir.clone(),
                 source,
             })?;
+            if !spool.is_empty() {
+                tracing::info!(
+                    sink = %name,
+                    alerts = spool.live_events(),
+                    bytes = spool.live_bytes(),
+                    "alerts spooled by an earlier run are delivered first"
+                );
+            }
             let transport = Transport::new(cfg, &dest, &name, app)?;
             let remote = Remote {
                 transport,
@@ -911,7 +919,7 @@ impl Remote {
                             None => self.closed = true,
                         },
                         _ = sleep_until(self.deadline.unwrap_or_else(tokio::time::Instant::now)), if self.deadline.is_some() => {
-                            break Err(transport::Failure { reason: "shutdown deadline reached during delivery".into(), done: 0, rejected: 0 });
+                            break Err(transport::Failure::new("shutdown deadline reached during delivery"));
                         }
                         c = self.stop.changed(), if !self.stop_gone => {
                             match c {
@@ -974,7 +982,11 @@ impl Remote {
                     if self.deadline_passed() {
                         break 'outer;
                     }
-                    let wait = self.backoff(failures);
+                    // A receiver's Retry-After wins over our back-off, up to retry_max.
+                    let wait = match f.retry_after {
+                        Some(ra) => ra.min(self.retry_max).max(self.backoff(failures)),
+                        None => self.backoff(failures),
+                    };
                     failures = failures.saturating_add(1);
                     self.wait_spooling(wait).await;
                     if self.deadline_passed() {

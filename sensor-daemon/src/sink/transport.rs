@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket, UnixDatagram};
 
@@ -28,14 +28,17 @@ pub(crate) struct Failure {
     pub reason: String,
     pub done: usize,
     pub rejected: u64,
+    /// The receiver asked to wait this long (`Retry-After` on 429/503).
+    pub retry_after: Option<Duration>,
 }
 
 impl Failure {
-    fn new(reason: impl Into<String>) -> Failure {
+    pub(crate) fn new(reason: impl Into<String>) -> Failure {
         Failure {
             reason: reason.into(),
             done: 0,
             rejected: 0,
+            retry_after: None,
         }
     }
 }
@@ -259,6 +262,13 @@ impl Http {
         }
         let mut resp = req.send().await.map_err(|e| Failure::new(chain(&e)))?;
         let status = resp.status();
+        // Only the delay-seconds form; an HTTP date is rare for these APIs.
+        let retry_after = resp
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
         // Read the answer, within bounds: a `_bulk` answer is about 200
         // bytes per item, far below this.
         let mut text = Vec::new();
@@ -302,7 +312,10 @@ impl Http {
             }
             // 401/403/404 are configuration problems an operator can fix:
             // keep the alerts (spool) and retry.
-            _ => Err(Failure::new(format!("HTTP {status}: {}", snippet()))),
+            _ => Err(Failure {
+                retry_after,
+                ..Failure::new(format!("HTTP {status}: {}", snippet()))
+            }),
         }
     }
 }
@@ -384,9 +397,9 @@ impl Udp {
                 // ECONNREFUSED here is the ICMP answer to an earlier datagram.
                 self.sock = None;
                 return Err(Failure {
-                    reason: format!("send to {}: {err}", self.addr),
                     done: i,
                     rejected,
+                    ..Failure::new(format!("send to {}: {err}", self.addr))
                 });
             }
         }
@@ -422,9 +435,9 @@ impl Unix {
             };
             self.sock = None;
             return Err(Failure {
-                reason: format!("send to {}: {err}", self.path.display()),
                 done: i,
                 rejected,
+                ..Failure::new(format!("send to {}: {err}", self.path.display()))
             });
         }
         if rejected > 0 {
