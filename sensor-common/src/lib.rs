@@ -28,22 +28,65 @@ pub const FLAG_AUDIT: u8 = 1 << 2;
 /// accept-side probe is unavailable); pid/uid/comm are zero.
 pub const FLAG_NO_PROCESS: u8 = 1 << 3;
 
-/// Role bits in [`MatchInfo::roles`].
-pub const ROLE_EXIT: u32 = 1 << 0;
-pub const ROLE_RELAY: u32 = 1 << 1;
-
 /// Maximum number of feeds a sensor can load at once (one bit each in
-/// [`MatchInfo::feeds`]).
+/// the [`MatchInfo`] masks).
 pub const MAX_FEEDS: usize = 32;
 
-/// Value of an LPM-trie entry: which feeds list the prefix, and in which role.
+/// What matched, as two feed bitmasks (bit `i`: feed number `i`).
+///
+/// As the value of an LPM-trie entry: `exit_feeds` lists the prefix as a Tor
+/// exit address (or as an entry of a generic list): it matches in both
+/// directions on any port. `relay_feeds` lists it as a relay's OR address,
+/// which only counts for an outbound connection to one of that address's
+/// ORPorts (the `OR_PORTS_*` hash maps say which).
+/// In a [`ConnEvent`]: the feeds that matched this connection in each role.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MatchInfo {
-    /// Bit `i` set: feed number `i` lists this prefix.
-    pub feeds: u32,
-    /// `ROLE_*` bits.
-    pub roles: u32,
+    pub exit_feeds: u32,
+    pub relay_feeds: u32,
+}
+
+impl MatchInfo {
+    pub const NONE: Self = Self {
+        exit_feeds: 0,
+        relay_feeds: 0,
+    };
+}
+
+/// Key of the `OR_PORTS_*` hash maps: a relay's OR address and ORPort.
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`) so that the two
+/// families cannot collide. The value is the feed bitmask.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OrPortKey {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u16,
+}
+
+impl OrPortKey {
+    /// The key for an IPv4 address (network order bytes).
+    #[inline(always)]
+    pub const fn v4(a: [u8; 4], port: u16) -> Self {
+        OrPortKey {
+            addr: [
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+            ],
+            port,
+            _pad: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn v6(addr: [u8; 16], port: u16) -> Self {
+        OrPortKey {
+            addr,
+            port,
+            _pad: 0,
+        }
+    }
 }
 
 /// One reported connection, written by the kernel into the ring buffer.
@@ -95,7 +138,7 @@ impl ConnEvent {
         family: 0,
         direction: 0,
         flags: 0,
-        matched: MatchInfo { feeds: 0, roles: 0 },
+        matched: MatchInfo::NONE,
         comm: [0; COMM_LEN],
     };
 }
@@ -118,9 +161,12 @@ pub mod counter {
     pub const PENDING_FULL: u32 = 6;
     /// Accepted sockets examined by the accept-side probe.
     pub const ACCEPT_SEEN: u32 = 7;
+    /// Outbound attempts to a relay's OR address on a port that is not one
+    /// of its ORPorts (and not an exit address): not reported, only counted.
+    pub const RELAY_OTHER_PORT: u32 = 8;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 8;
-    const _: () = assert!(ACCEPT_SEEN < COUNT);
+    pub const COUNT: u32 = 9;
+    const _: () = assert!(RELAY_OTHER_PORT < COUNT);
 }
 
 /// Kernel-structure offsets the daemon reads from the running kernel's BTF and
@@ -150,6 +196,7 @@ mod user {
     unsafe impl aya::Pod for super::MatchInfo {}
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
+    unsafe impl aya::Pod for super::OrPortKey {}
 }
 
 #[cfg(test)]
@@ -180,9 +227,15 @@ mod tests {
     #[test]
     fn small_types_layout() {
         assert_eq!(size_of::<MatchInfo>(), 8);
-        assert_eq!(offset_of!(MatchInfo, roles), 4);
+        assert_eq!(offset_of!(MatchInfo, relay_feeds), 4);
         assert_eq!(size_of::<KernelOffsets>(), 24);
         assert_eq!(offset_of!(KernelOffsets, socket_sk), 20);
+        assert_eq!(size_of::<OrPortKey>(), 20);
+        assert_eq!(offset_of!(OrPortKey, port), 16);
+        assert_eq!(
+            OrPortKey::v4([1, 2, 3, 4], 9001).addr,
+            [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]
+        );
     }
 
     #[test]

@@ -5,12 +5,11 @@
 
 use std::time::SystemTime;
 
-use sensor_common::{ROLE_EXIT, ROLE_RELAY};
 use serde_json::{Map, Value, json};
 
 use crate::enrich::ProcessInfo;
 use crate::event::{Connection, Direction};
-use crate::feed::{FeedSet, Listing};
+use crate::feed::{FeedMatch, Role};
 use crate::rules::Rule;
 
 /// The sensor's identity, stamped on every alert.
@@ -29,20 +28,26 @@ impl SensorIdentity {
     }
 }
 
-/// RFC 3339 UTC with nanoseconds.
+/// RFC 3339 UTC with nanoseconds (event times).
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_nanos(t).to_string()
 }
 
-fn role_names(roles: u32) -> Vec<&'static str> {
-    let mut names = Vec::new();
-    if roles & ROLE_EXIT != 0 {
-        names.push("exit");
-    }
-    if roles & ROLE_RELAY != 0 {
-        names.push("relay");
-    }
-    names
+/// RFC 3339 UTC in whole seconds (feed versions, fetch times).
+pub fn rfc3339_secs(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// At most this many relays are listed in one alert (an address can be
+/// shared by dozens); `torsensor.tor.relay_count` has the full number.
+const MAX_RELAYS_LISTED: usize = 16;
+
+/// The roles in a match, strongest first, without repeats.
+pub fn roles_of(matches: &[FeedMatch<'_>]) -> Vec<Role> {
+    let mut roles: Vec<Role> = matches.iter().map(|m| m.role).collect();
+    roles.sort_by_key(|r| std::cmp::Reverse(*r));
+    roles.dedup();
+    roles
 }
 
 /// Inserts `key: value` unless the value is absent.
@@ -57,8 +62,8 @@ pub struct AlertInput<'a> {
     pub conn: &'a Connection,
     pub process: Option<&'a ProcessInfo>,
     pub rule: &'a Rule,
-    pub listing: Option<&'a Listing>,
-    pub feeds: &'a FeedSet,
+    /// What matched, per feed and role (empty for an audit-only event).
+    pub matches: &'a [FeedMatch<'a>],
     pub sensor: &'a SensorIdentity,
 }
 
@@ -68,8 +73,7 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
         conn,
         process,
         rule,
-        listing,
-        feeds,
+        matches,
         sensor,
     } = input;
     let (source, destination) = conn.source_destination();
@@ -79,7 +83,9 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
         Direction::Egress => "destination.ip",
         Direction::Ingress => "source.ip",
     };
-    let feed_names = feeds.feed_names(conn.matched.feeds);
+    let mut feed_names: Vec<&str> = matches.iter().map(|m| m.feed.name.as_str()).collect();
+    feed_names.dedup();
+    let roles = roles_of(matches);
     let is_alert = !conn.audit;
 
     let mut event = json!({
@@ -142,21 +148,42 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
             "ruleset": "torsensor-builtin",
         });
         doc["tags"] = json!(rule.tags);
-        let enrichments: Vec<Value> = feed_names
+        let enrichments: Vec<Value> = matches
             .iter()
-            .map(|feed| {
+            .map(|m| {
+                let mut indicator = Map::new();
+                indicator.insert("ip".into(), json!(remote_ip));
+                put(&mut indicator, "port", m.or_port);
+                indicator.insert(
+                    "type".into(),
+                    json!(if is_v4 { "ipv4-addr" } else { "ipv6-addr" }),
+                );
+                indicator.insert("provider".into(), json!(m.feed.name));
+                indicator.insert(
+                    "description".into(),
+                    json!(match m.role {
+                        Role::Relay => "Tor relay OR address and ORPort",
+                        Role::Exit => "Tor exit address",
+                    }),
+                );
+                put(
+                    &mut indicator,
+                    "last_seen",
+                    m.exit_last_seen.map(rfc3339_secs),
+                );
+                put(
+                    &mut indicator,
+                    "modified_at",
+                    m.feed.data.version.map(rfc3339_secs),
+                );
                 json!({
-                    "indicator": {
-                        "ip": remote_ip,
-                        "type": if is_v4 { "ipv4-addr" } else { "ipv6-addr" },
-                        "provider": feed,
-                    },
+                    "indicator": indicator,
                     "matched": {
                         "atomic": remote_ip,
                         "field": matched_field,
                         "type": "indicator_match_rule",
                     },
-                    "feed": {"name": feed},
+                    "feed": {"name": m.feed.name},
                 })
             })
             .collect();
@@ -175,8 +202,22 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
 
     let mut ts = Map::new();
     ts.insert("feeds".into(), json!(feed_names));
-    ts.insert("roles".into(), json!(role_names(conn.matched.roles)));
-    put(&mut ts, "prefix", listing.map(|l| l.prefix.to_string()));
+    if !matches.is_empty() {
+        ts.insert("tor".into(), tor_details(matches, &roles));
+        let feeds: Vec<Value> = matches
+            .iter()
+            .map(|m| {
+                let mut f = Map::new();
+                f.insert("name".into(), json!(m.feed.name));
+                f.insert("role".into(), json!(m.role.as_str()));
+                f.insert("prefix".into(), json!(m.prefix.to_string()));
+                put(&mut f, "version", m.feed.data.version.map(rfc3339_secs));
+                f.insert("origin".into(), json!(m.feed.origin.to_string()));
+                Value::Object(f)
+            })
+            .collect();
+        ts.insert("matches".into(), json!(feeds));
+    }
     ts.insert("v4_mapped".into(), json!(conn.v4_mapped));
     ts.insert("audit".into(), json!(conn.audit));
     if conn.incomplete {
@@ -191,23 +232,84 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
     doc
 }
 
+/// `torsensor.tor`: roles, confidence, the relays behind the address.
+fn tor_details(matches: &[FeedMatch<'_>], roles: &[Role]) -> Value {
+    let mut relays: Vec<(&str, Option<&str>)> = matches
+        .iter()
+        .flat_map(|m| m.relays.iter())
+        .map(|r| (r.fingerprint.as_str(), r.nickname.as_deref()))
+        .collect();
+    relays.sort();
+    relays.dedup();
+    let listed: Vec<Value> = relays
+        .iter()
+        .take(MAX_RELAYS_LISTED)
+        .map(|(fp, nick)| {
+            let mut r = Map::new();
+            r.insert("fingerprint".into(), json!(fp));
+            put(&mut r, "nickname", *nick);
+            Value::Object(r)
+        })
+        .collect();
+    let mut tor = Map::new();
+    tor.insert(
+        "roles".into(),
+        json!(roles.iter().map(|r| r.as_str()).collect::<Vec<_>>()),
+    );
+    tor.insert(
+        "confidence".into(),
+        json!(if roles.contains(&Role::Relay) {
+            "high"
+        } else {
+            "medium"
+        }),
+    );
+    put(&mut tor, "or_port", matches.iter().find_map(|m| m.or_port));
+    put(
+        &mut tor,
+        "exit_last_seen",
+        matches
+            .iter()
+            .filter_map(|m| m.exit_last_seen)
+            .max()
+            .map(rfc3339_secs),
+    );
+    tor.insert("relay_count".into(), json!(relays.len()));
+    if !listed.is_empty() {
+        tor.insert("relays".into(), json!(listed));
+    }
+    Value::Object(tor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::event::KernelProcess;
-    use crate::feed::Feed;
+    use crate::feed::{Feed, FeedSet, Origin, parse::parse};
     use crate::rules::Rules;
     use sensor_common::MatchInfo;
+    use std::sync::Arc;
     use std::time::{Duration, UNIX_EPOCH};
 
+    fn lab_feeds() -> FeedSet {
+        let exits = "ExitNode AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nPublished 2023-11-14 20:00:00\nLastStatus 2023-11-14 21:00:00\nExitAddress 198.51.100.7 2023-11-14 21:05:00\n";
+        let relays = r#"{"relays_published":"2023-11-14 21:00:00","relays":[
+            {"nickname":"labGuard","fingerprint":"BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB","or_addresses":["198.51.100.7:443"]},
+            {"nickname":"labGuard2","fingerprint":"CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC","or_addresses":["198.51.100.7:443"]}]}"#;
+        let feed = |name: &str, text: &str| {
+            Arc::new(Feed {
+                name: name.into(),
+                location: format!("https://mirror.example/{name}"),
+                origin: Origin::Network,
+                fetched: None,
+                data: parse(text.as_bytes(), None, true).unwrap(),
+            })
+        };
+        FeedSet::new(vec![feed("lab-exits", exits), feed("lab-relays", relays)]).unwrap()
+    }
+
     fn fixture(direction: Direction) -> (Connection, ProcessInfo, FeedSet) {
-        let feeds = FeedSet::new(vec![Feed::parse_plain(
-            "lab-list",
-            "lab.txt",
-            "198.51.100.7\n",
-            true,
-        )])
-        .unwrap();
+        let feeds = lab_feeds();
         let (local, remote) = ("10.0.0.5:41000", "198.51.100.7:443");
         let conn = Connection {
             time: UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
@@ -218,10 +320,7 @@ mod tests {
             failed: false,
             audit: false,
             incomplete: false,
-            matched: MatchInfo {
-                feeds: 1,
-                roles: ROLE_EXIT,
-            },
+            matched: MatchInfo::NONE,
             process: Some(KernelProcess {
                 tgid: 100,
                 tid: 101,
@@ -251,7 +350,10 @@ mod tests {
     fn render(direction: Direction) -> Value {
         let (conn, process, feeds) = fixture(direction);
         let rules = Rules::builtin().unwrap();
-        let listing = feeds.lookup(conn.remote.ip());
+        let matched = feeds
+            .classify(conn.remote.ip(), conn.remote.port(), direction)
+            .unwrap();
+        let matches = feeds.explain(conn.remote.ip(), conn.remote.port(), matched);
         let sensor = SensorIdentity {
             host_name: "h1".into(),
             version: "0.1.0",
@@ -259,9 +361,8 @@ mod tests {
         ecs(&AlertInput {
             conn: &conn,
             process: Some(&process),
-            rule: rules.for_direction(direction),
-            listing: listing.as_ref(),
-            feeds: &feeds,
+            rule: rules.for_match(direction, &roles_of(&matches)),
+            matches: &matches,
             sensor: &sensor,
         })
     }
@@ -301,11 +402,35 @@ mod tests {
             doc["threat"]["enrichments"][0]["matched"]["field"],
             "destination.ip"
         );
-        assert_eq!(doc["threat"]["feed"]["name"], "lab-list");
+        assert_eq!(doc["threat"]["feed"]["name"], "lab-exits");
         assert_eq!(doc["rule"]["id"], "TORSENSOR-001");
-        assert_eq!(doc["rule"]["name"], "Outbound connection to a Tor address");
-        assert_eq!(doc["torsensor"]["prefix"], "198.51.100.7/32");
-        assert_eq!(doc["torsensor"]["roles"], json!(["exit"]));
+        assert_eq!(doc["rule"]["name"], "Outbound connection to a Tor relay");
+        // Port 443 is the relays' ORPort and the address is also an exit.
+        let tor = &doc["torsensor"]["tor"];
+        assert_eq!(tor["roles"], json!(["relay", "exit"]));
+        assert_eq!(tor["confidence"], "high");
+        assert_eq!(tor["or_port"], 443);
+        assert_eq!(tor["exit_last_seen"], "2023-11-14T21:05:00Z");
+        assert_eq!(tor["relay_count"], 3);
+        assert_eq!(
+            tor["relays"][1],
+            json!({"fingerprint": "BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB", "nickname": "labGuard"})
+        );
+        assert_eq!(
+            doc["torsensor"]["feeds"],
+            json!(["lab-exits", "lab-relays"])
+        );
+        let m = &doc["torsensor"]["matches"];
+        assert_eq!(m[0]["role"], "exit");
+        assert_eq!(m[0]["version"], "2023-11-14T21:05:00Z");
+        assert_eq!(m[0]["prefix"], "198.51.100.7/32");
+        assert_eq!(m[1]["role"], "relay");
+        assert_eq!(m[1]["version"], "2023-11-14T21:00:00Z");
+        assert_eq!(doc["threat"]["enrichments"][1]["indicator"]["port"], 443);
+        assert_eq!(
+            doc["threat"]["enrichments"][0]["indicator"]["last_seen"],
+            "2023-11-14T21:05:00Z"
+        );
     }
 
     #[test]
@@ -320,6 +445,10 @@ mod tests {
         );
         assert_eq!(doc["rule"]["id"], "TORSENSOR-002");
         assert_eq!(doc["event"]["action"], "tor-connection-inbound");
+        // Inbound, only the exit role counts.
+        assert_eq!(doc["torsensor"]["tor"]["roles"], json!(["exit"]));
+        assert_eq!(doc["torsensor"]["tor"]["confidence"], "medium");
+        assert_eq!(doc["threat"]["enrichments"].as_array().unwrap().len(), 1);
     }
 
     #[test]

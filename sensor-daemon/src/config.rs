@@ -1,31 +1,68 @@
-//! The sensor's configuration: one struct, every default documented here once,
-//! validated before anything touches the kernel.
+//! The sensor's configuration: one struct read from a TOML file, overridden
+//! by flags and environment variables, every default documented here once,
+//! validated before anything touches the kernel or the network.
+//!
+//! ```toml
+//! state_dir = "/var/lib/torsensor"
+//!
+//! [[feed]]
+//! name = "tor-exits"
+//! location = "https://check.torproject.org/exit-addresses"
+//!
+//! [[feed]]
+//! name = "tor-relays"
+//! location = "https://onionoo.torproject.org/details?type=relay&running=true&fields=fingerprint,nickname,or_addresses,exit_addresses,flags,last_seen"
+//! refresh = "1h"
+//! ```
 
-use std::path::PathBuf;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer};
+
+use crate::feed::Format;
+use crate::feed::source::Location;
 use sensor_common::MAX_FEEDS;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
+    #[error("cannot read config file {path}: {reason}")]
+    Read { path: PathBuf, reason: String },
+    #[error("config file {path}, line {line}, column {column}: {message}")]
+    Toml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error(
-        "ring-buffer-bytes = {0}: must be a power of two between 4096 (one page) and 268435456 (256 MiB)"
+        "ring_buffer_bytes = {0}: must be a power of two between 4096 (one page) and 268435456 (256 MiB)"
     )]
     RingBufferSize(u32),
     #[error("{0} feeds given: at most {MAX_FEEDS} can be loaded at once")]
     TooManyFeeds(usize),
-    #[error("health-interval must be at least 1 second")]
+    #[error("health_interval must be at least 1 second")]
     HealthInterval,
+    #[error("max_entries = {0}: must be between 1024 and 4194304")]
+    MaxEntries(u32),
+    #[error("feed {feed:?}: {field} {reason}")]
+    Feed {
+        feed: String,
+        field: &'static str,
+        reason: String,
+    },
 }
 
-/// Everything `torsensor run` needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Everything the sensor needs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SensorConfig {
-    /// Plain-list feed files. Default: none, which means the embedded
-    /// snapshot of the Tor bulk exit list.
-    pub feeds: Vec<PathBuf>,
-    /// Keep feed entries in reserved ranges (loopback, private, documentation).
-    /// Default: false (they are dropped with one warning).
+    /// Where the last-known-good feeds (`feeds/`) and `status.json` live.
+    /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
+    pub state_dir: PathBuf,
+    /// Keep feed entries in reserved ranges (loopback, private,
+    /// documentation). Default: false (dropped with one warning per feed).
     pub allow_reserved: bool,
     /// Report every TCP connection, not only feed matches. Default: false.
     pub audit_all: bool,
@@ -36,28 +73,244 @@ pub struct SensorConfig {
     pub kernel_log: bool,
     /// Write the final counters (JSON) here at exit. Default: none.
     pub stats_file: Option<PathBuf>,
-    /// How often kernel counters are checked for losses. Default: 5 s.
+    /// How often kernel counters (losses) and feed ages are checked.
+    /// Default: 5 s.
+    #[serde(deserialize_with = "duration")]
     pub health_interval: Duration,
+    /// Capacity of each kernel map of Tor addresses (IPv4 prefixes, IPv6
+    /// prefixes, OR address+port pairs), per copy. Default: 262,144 (the
+    /// whole Tor network is about 10,000 addresses).
+    pub max_entries: u32,
+    /// Feeds (`[[feed]]` tables). Default: none, which means the embedded
+    /// snapshot (Tor exit list and relay list of 2024-03-12), no network.
+    #[serde(rename = "feed")]
+    pub feeds: Vec<FeedConfig>,
 }
 
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
 
 impl Default for SensorConfig {
     fn default() -> Self {
         SensorConfig {
-            feeds: Vec::new(),
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             allow_reserved: false,
             audit_all: false,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             kernel_log: false,
             stats_file: None,
             health_interval: DEFAULT_HEALTH_INTERVAL,
+            max_entries: DEFAULT_MAX_ENTRIES,
+            feeds: Vec::new(),
         }
     }
 }
 
+/// One feed (`[[feed]]`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FeedConfig {
+    /// Name in alerts and the cache file name (letters, digits, `.`, `_`,
+    /// `-`). Required in a file; derived from the location for `--feed`.
+    pub name: String,
+    /// `https://` URL, `http://` URL (loopback, or with `allow_http`), or a
+    /// local path. Required.
+    pub location: String,
+    /// `plain`, `tordnsel`, `onionoo`, or `auto` (detect from the content).
+    /// Default: auto.
+    #[serde(deserialize_with = "format_choice")]
+    pub format: Option<Format>,
+    /// Time between refreshes. Default: 1 h (sources update hourly).
+    #[serde(deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Random extra delay, 0 to this, added to every wait, so that a fleet
+    /// spreads its requests. Default: 10 min.
+    #[serde(deserialize_with = "duration")]
+    pub jitter: Duration,
+    /// A refresh that shrinks the feed by more than this fraction is
+    /// rejected and the current content stays. Default: 0.5.
+    pub max_shrink: f64,
+    /// A feed older than this (by its published time, or fetch time) is
+    /// reported as stale. Default: 6 h.
+    #[serde(deserialize_with = "duration")]
+    pub stale_after: Duration,
+    /// Largest accepted body, after decompression. Default: 64 MiB (the
+    /// full Onionoo details document is about 20 MB).
+    pub max_bytes: u64,
+    /// Default: 10 s.
+    #[serde(deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole request, body included. Default: 120 s.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// Allow `http://` to a non-loopback host (an internal mirror without
+    /// TLS). Default: false.
+    pub allow_http: bool,
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        FeedConfig {
+            name: String::new(),
+            location: String::new(),
+            format: None,
+            refresh: Duration::from_secs(3600),
+            jitter: Duration::from_secs(600),
+            max_shrink: 0.5,
+            stale_after: Duration::from_secs(6 * 3600),
+            max_bytes: 64 << 20,
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(120),
+            allow_http: false,
+        }
+    }
+}
+
+/// Shortest refresh interval accepted: sources must not be hammered.
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"90s\" or \"1h\" ({e})"
+        ))
+    })
+}
+
+fn format_choice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+    let text = String::deserialize(d)?;
+    match text.as_str() {
+        "auto" => Ok(None),
+        "plain" => Ok(Some(Format::Plain)),
+        "tordnsel" => Ok(Some(Format::Tordnsel)),
+        "onionoo" => Ok(Some(Format::Onionoo)),
+        other => Err(serde::de::Error::custom(format!(
+            "format {other:?}: expected auto, plain, tordnsel or onionoo"
+        ))),
+    }
+}
+
+impl FeedConfig {
+    /// A feed from a `--feed` value, named after its file or URL path.
+    pub fn from_location(location: &str) -> Self {
+        let base = location
+            .split(['?', '#'])
+            .next()
+            .unwrap_or(location)
+            .trim_end_matches('/');
+        let last = base.rsplit('/').next().unwrap_or(base);
+        let name: String = last
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        FeedConfig {
+            name: if name.is_empty() { "feed".into() } else { name },
+            location: location.to_owned(),
+            ..Default::default()
+        }
+    }
+
+    pub fn location(&self) -> Result<Location, ConfigError> {
+        Location::parse(&self.location, self.allow_http).map_err(|e| ConfigError::Feed {
+            feed: self.name.clone(),
+            field: "location",
+            reason: e.to_string(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |field, reason: &str| ConfigError::Feed {
+            feed: self.name.clone(),
+            field,
+            reason: reason.to_owned(),
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            || self.name.starts_with('.')
+        {
+            return Err(bad(
+                "name",
+                "must be letters, digits, '.', '_' or '-' (it names the cache file)",
+            ));
+        }
+        self.location()?;
+        if self.refresh < MIN_REFRESH {
+            return Err(bad(
+                "refresh",
+                "must be at least 60s (do not hammer the source)",
+            ));
+        }
+        if self.jitter > self.refresh {
+            return Err(bad("jitter", "must not exceed refresh"));
+        }
+        if !(0.0..=1.0).contains(&self.max_shrink) {
+            return Err(bad("max_shrink", "must be between 0.0 and 1.0"));
+        }
+        if !(1024..=(1 << 30)).contains(&self.max_bytes) {
+            return Err(bad("max_bytes", "must be between 1024 and 1073741824"));
+        }
+        if self.connect_timeout < Duration::from_millis(100) || self.timeout < self.connect_timeout
+        {
+            return Err(bad(
+                "timeout",
+                "connect_timeout must be at least 100ms and timeout at least connect_timeout",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl SensorConfig {
+    /// Reads a TOML config file (unknown keys are errors).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Self::from_toml(path, &text)
+    }
+
+    pub fn from_toml(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_column(text, span.start))
+                .unwrap_or((0, 0));
+            ConfigError::Toml {
+                path: path.to_owned(),
+                line,
+                column,
+                message: e.message().trim().to_owned(),
+            }
+        })
+    }
+
+    /// Adds `--feed` locations, renaming on a clash so every name is unique.
+    pub fn add_feed_locations(&mut self, locations: &[String]) {
+        for location in locations {
+            let mut feed = FeedConfig::from_location(location);
+            let base = feed.name.clone();
+            let mut n = 2;
+            while self.feeds.iter().any(|f| f.name == feed.name) {
+                feed.name = format!("{base}-{n}");
+                n += 1;
+            }
+            self.feeds.push(feed);
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || !(4096..=(256 << 20)).contains(&rb) {
@@ -69,8 +322,29 @@ impl SensorConfig {
         if self.health_interval < Duration::from_secs(1) {
             return Err(ConfigError::HealthInterval);
         }
+        if !(1024..=(4 << 20)).contains(&self.max_entries) {
+            return Err(ConfigError::MaxEntries(self.max_entries));
+        }
+        let mut names = BTreeSet::new();
+        for feed in &self.feeds {
+            feed.validate()?;
+            if !names.insert(feed.name.as_str()) {
+                return Err(ConfigError::Feed {
+                    feed: feed.name.clone(),
+                    field: "name",
+                    reason: "is used by two feeds".into(),
+                });
+            }
+        }
         Ok(())
     }
+}
+
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    (line, column)
 }
 
 #[cfg(test)]
@@ -92,10 +366,86 @@ mod tests {
         c.ring_buffer_bytes = 1024;
         assert!(c.validate().unwrap_err().to_string().contains("4096"));
         c.ring_buffer_bytes = DEFAULT_RING_BUFFER_BYTES;
-        c.feeds = vec![PathBuf::from("x"); 33];
+        c.add_feed_locations(&vec!["/x".to_owned(); 33]);
         assert_eq!(c.validate(), Err(ConfigError::TooManyFeeds(33)));
         c.feeds.clear();
         c.health_interval = Duration::from_millis(10);
         assert_eq!(c.validate(), Err(ConfigError::HealthInterval));
+    }
+
+    #[test]
+    fn a_full_file_parses_with_defaults_filled_in() {
+        let text = r#"
+state_dir = "/tmp/ts"
+allow_reserved = true
+
+[[feed]]
+name = "tor-exits"
+location = "https://check.torproject.org/exit-addresses"
+format = "tordnsel"
+refresh = "30m"
+jitter = "5m"
+
+[[feed]]
+name = "mirror"
+location = "http://127.0.0.1:8080/details"
+"#;
+        let c = SensorConfig::from_toml(Path::new("t.toml"), text).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/tmp/ts"));
+        assert!(c.allow_reserved);
+        assert_eq!(c.feeds.len(), 2);
+        assert_eq!(c.feeds[0].format, Some(Format::Tordnsel));
+        assert_eq!(c.feeds[0].refresh, Duration::from_secs(1800));
+        assert_eq!(c.feeds[1].format, None);
+        assert_eq!(c.feeds[1].max_shrink, 0.5);
+        assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn file_errors_name_the_file_line_and_field() {
+        let text =
+            "state_dir = \"/tmp\"\n[[feed]]\nname = \"a\"\nlocation = \"/x\"\nrefresh = \"soon\"\n";
+        let err = SensorConfig::from_toml(Path::new("/etc/t.toml"), text).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("config file /etc/t.toml, line 5"), "{msg}");
+        assert!(msg.contains("\"soon\" is not a duration"), "{msg}");
+        assert!(!msg.contains('\n'), "{msg}");
+        let err = SensorConfig::from_toml(Path::new("t.toml"), "colour = 1\n").unwrap_err();
+        assert!(err.to_string().contains("line 1"), "{err}");
+
+        let mut c = SensorConfig::default();
+        c.add_feed_locations(&["http://mirror.example/list".into()]);
+        let err = c.validate().unwrap_err().to_string();
+        assert!(err.starts_with("feed \"list\": location"), "{err}");
+        c.feeds[0].location = "/x".into();
+        c.feeds[0].refresh = Duration::from_secs(5);
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("refresh must be at least 60s")
+        );
+    }
+
+    #[test]
+    fn the_shipped_example_config_is_valid() {
+        let text = include_str!("../../deploy/torsensor.toml");
+        let c = SensorConfig::from_toml(Path::new("deploy/torsensor.toml"), text).unwrap();
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(c.feeds.len(), 2);
+        assert!(c.feeds.iter().all(|f| f.location.starts_with("https://")));
+    }
+
+    #[test]
+    fn feed_names_from_locations_are_unique() {
+        let mut c = SensorConfig::default();
+        c.add_feed_locations(&[
+            "https://check.torproject.org/exit-addresses".into(),
+            "/srv/lists/exit-addresses".into(),
+            "https://onionoo.torproject.org/details?type=relay".into(),
+        ]);
+        let names: Vec<&str> = c.feeds.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, vec!["exit-addresses", "exit-addresses-2", "details"]);
+        assert_eq!(c.validate(), Ok(()));
     }
 }

@@ -180,7 +180,10 @@ mod tests {
         ev.local_port = 8080;
         ev.remote_port = 40000;
         ev.comm[..4].copy_from_slice(b"ngin");
-        ev.matched = MatchInfo { feeds: 1, roles: 1 };
+        ev.matched = MatchInfo {
+            exit_feeds: 1,
+            relay_feeds: 0,
+        };
         ev
     }
 

@@ -2,16 +2,18 @@
 //! object embedded in this binary, filling the LPM tries, attaching the
 //! tracepoints, reading counters, and detaching (on drop).
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader};
 use ipnet::IpNet;
-use sensor_common::{ConnEvent, KernelOffsets, MatchInfo, counter};
+use sensor_common::{ConnEvent, KernelOffsets, MatchInfo, OrPortKey, counter};
 
 use crate::feed::FeedSet;
 
@@ -21,9 +23,16 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Capacity of each LPM trie (IPv4 and IPv6). Tries are not preallocated, so
-/// this is a bound, not a cost.
-pub const TRIE_CAPACITY: u32 = 262_144;
+/// Names of the two copies of the Tor maps (IPv4 trie, IPv6 trie, OR ports).
+const SET_MAPS: [[&str; 3]; 2] = [
+    ["TOR_V4_0", "TOR_V6_0", "OR_PORTS_0"],
+    ["TOR_V4_1", "TOR_V6_1", "OR_PORTS_1"],
+];
+
+/// After a flip, programs that read the old index a moment earlier may still
+/// be looking it up (each run takes well under a microsecond, inside an RCU
+/// read section); the old copy is not rewritten before this much time.
+const FLIP_GRACE: Duration = Duration::from_millis(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -67,6 +76,14 @@ pub enum KernelError {
     },
     #[error("eBPF map {0} is missing from the embedded object (build problem)")]
     MissingMap(&'static str),
+    #[error(
+        "the feeds need {needed} entries in {map}, more than max_entries = {capacity}; raise max_entries"
+    )]
+    TooManyEntries {
+        map: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
 }
 
 /// What to load and how.
@@ -78,6 +95,8 @@ pub struct LoadOptions {
     pub ring_buffer_bytes: u32,
     /// Forward kernel-side debug logs (aya-log) to the daemon's log.
     pub kernel_log: bool,
+    /// Capacity of each Tor map copy.
+    pub max_entries: u32,
 }
 
 /// Checks everything that can be checked before touching the kernel, so that
@@ -250,6 +269,28 @@ pub struct Counters {
     pub ringbuf_full: u64,
     pub pending_full: u64,
     pub accept_seen: u64,
+    pub relay_other_port: u64,
+}
+
+/// What one copy of the Tor maps holds (mirrored in userspace so that a
+/// refresh writes only the difference).
+#[derive(Debug, Clone, Default)]
+struct SetContents {
+    prefixes: BTreeMap<IpNet, MatchInfo>,
+    or_ports: BTreeMap<OrPortKey, u32>,
+}
+
+/// What a feed update did to the kernel maps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// The copy now in use.
+    pub active: usize,
+    /// Entries written (new or changed) and deleted in that copy.
+    pub written: usize,
+    pub deleted: usize,
+    /// Entries in the copy.
+    pub prefixes: usize,
+    pub or_ports: usize,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -258,11 +299,29 @@ pub struct Probes {
     /// Whether inbound connections are attributed at `accept()`.
     pub accept_probe: bool,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    sets: [SetContents; 2],
+    active: usize,
+    last_flip: Option<Instant>,
+    max_entries: u32,
 }
 
 impl Probes {
     /// Loads the programs, fills the tries from `feeds`, attaches.
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
+        let mut probes = Self::open(opts)?;
+        probes.apply_feeds(feeds)?;
+        release_heap();
+        probes.attach("sock_state", "sock", "inet_sock_set_state")?;
+        if probes.accept_probe {
+            probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
+            probes.attach("exit_accept4", "syscalls", "sys_exit_accept4")?;
+        }
+        Ok(probes)
+    }
+
+    /// Creates the maps (programs neither loaded nor attached): what `load`
+    /// starts with, and what the feed benchmark measures map updates on.
+    pub fn open(opts: &LoadOptions) -> Result<Self, KernelError> {
         raise_memlock_limit();
         let offsets = match kernel_offsets(Path::new(VMLINUX_BTF)) {
             Ok(o) => Some(o),
@@ -284,8 +343,12 @@ impl Probes {
             .override_global("ACCEPT_PROBE", &accept, true)
             .override_global("KOFFSETS", &offsets, true)
             .override_global(aya_log::LEVEL, &log_level, true)
-            .map_max_entries("TOR_V4", TRIE_CAPACITY)
-            .map_max_entries("TOR_V6", TRIE_CAPACITY)
+            .map_max_entries("TOR_V4_0", opts.max_entries)
+            .map_max_entries("TOR_V6_0", opts.max_entries)
+            .map_max_entries("OR_PORTS_0", opts.max_entries)
+            .map_max_entries("TOR_V4_1", opts.max_entries)
+            .map_max_entries("TOR_V6_1", opts.max_entries)
+            .map_max_entries("OR_PORTS_1", opts.max_entries)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
             .load(EBPF_OBJECT)?;
         let logger = if opts.kernel_log {
@@ -299,19 +362,15 @@ impl Probes {
         } else {
             None
         };
-        let mut probes = Probes {
+        Ok(Probes {
             ebpf,
             accept_probe: accept == 1,
             logger,
-        };
-        probes.fill_tries(feeds)?;
-        release_heap();
-        probes.attach("sock_state", "sock", "inet_sock_set_state")?;
-        if probes.accept_probe {
-            probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
-            probes.attach("exit_accept4", "syscalls", "sys_exit_accept4")?;
-        }
-        Ok(probes)
+            sets: Default::default(),
+            active: 0,
+            last_flip: None,
+            max_entries: opts.max_entries,
+        })
     }
 
     fn attach(
@@ -341,42 +400,165 @@ impl Probes {
         Ok(())
     }
 
-    fn fill_tries(&mut self, feeds: &FeedSet) -> Result<(), KernelError> {
-        let [v4, v6] = self.ebpf.maps_disjoint_mut(["TOR_V4", "TOR_V6"]);
+    /// Makes `feeds` the set the programs match against, gaplessly: the
+    /// copy not in use is brought to the new content (only the difference is
+    /// written), then one write of `ACTIVE_SET` switches every program to it.
+    /// An address listed before and after is never missing, and additions
+    /// and removals take effect at the same instant.
+    pub fn apply_feeds(&mut self, feeds: &FeedSet) -> Result<ApplyStats, KernelError> {
+        let wanted = SetContents {
+            prefixes: feeds.prefixes().clone(),
+            or_ports: feeds.or_ports().clone(),
+        };
+        let v4 = wanted
+            .prefixes
+            .keys()
+            .filter(|n| matches!(n, IpNet::V4(_)))
+            .count();
+        for (map, needed) in [
+            ("TOR_V4", v4),
+            ("TOR_V6", wanted.prefixes.len() - v4),
+            ("OR_PORTS", wanted.or_ports.len()),
+        ] {
+            if needed > self.max_entries as usize {
+                return Err(KernelError::TooManyEntries {
+                    map,
+                    needed,
+                    capacity: self.max_entries,
+                });
+            }
+        }
+        if let Some(flip) = self.last_flip
+            && flip.elapsed() < FLIP_GRACE
+        {
+            std::thread::sleep(FLIP_GRACE - flip.elapsed());
+        }
+        let target = 1 - self.active;
+        let (written, deleted) = self.write_copy(target, &wanted)?;
+        let map = self
+            .ebpf
+            .map_mut("ACTIVE_SET")
+            .ok_or(KernelError::MissingMap("ACTIVE_SET"))?;
+        let map_err = |source| KernelError::Map {
+            name: "ACTIVE_SET",
+            source,
+        };
+        let mut active: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err)?;
+        active.set(0, target as u32, 0).map_err(map_err)?;
+        self.active = target;
+        self.last_flip = Some(Instant::now());
+        let stats = ApplyStats {
+            active: target,
+            written,
+            deleted,
+            prefixes: wanted.prefixes.len(),
+            or_ports: wanted.or_ports.len(),
+        };
+        self.sets[target] = wanted;
+        Ok(stats)
+    }
+
+    /// Brings copy `index` from what it holds to `wanted`.
+    fn write_copy(
+        &mut self,
+        index: usize,
+        wanted: &SetContents,
+    ) -> Result<(usize, usize), KernelError> {
+        let [v4_name, v6_name, or_name] = SET_MAPS[index];
+        let held = &self.sets[index];
+        let [v4, v6, or] = self.ebpf.maps_disjoint_mut([v4_name, v6_name, or_name]);
         let mut v4: LpmTrie<&mut MapData, [u8; 4], MatchInfo> = v4
-            .ok_or(KernelError::MissingMap("TOR_V4"))?
+            .ok_or(KernelError::MissingMap(v4_name))?
             .try_into()
             .map_err(|source| KernelError::Map {
-                name: "TOR_V4",
+                name: v4_name,
                 source,
             })?;
         let mut v6: LpmTrie<&mut MapData, [u8; 16], MatchInfo> = v6
-            .ok_or(KernelError::MissingMap("TOR_V6"))?
+            .ok_or(KernelError::MissingMap(v6_name))?
             .try_into()
             .map_err(|source| KernelError::Map {
-                name: "TOR_V6",
+                name: v6_name,
                 source,
             })?;
-        for (net, info) in feeds.prefixes() {
+        let mut or: BpfHashMap<&mut MapData, OrPortKey, u32> = or
+            .ok_or(KernelError::MissingMap(or_name))?
+            .try_into()
+            .map_err(|source| KernelError::Map {
+                name: or_name,
+                source,
+            })?;
+        let (mut written, mut deleted) = (0, 0);
+        for net in held
+            .prefixes
+            .keys()
+            .filter(|n| !wanted.prefixes.contains_key(n))
+        {
             let len = u32::from(net.prefix_len());
-            match (net, net.network()) {
-                (IpNet::V4(_), IpAddr::V4(a)) => v4
+            let result = match net.network() {
+                IpAddr::V4(a) => {
+                    v4.remove(&Key::new(len, a.octets()))
+                        .map_err(|source| KernelError::Map {
+                            name: v4_name,
+                            source,
+                        })
+                }
+                IpAddr::V6(a) => {
+                    v6.remove(&Key::new(len, a.octets()))
+                        .map_err(|source| KernelError::Map {
+                            name: v6_name,
+                            source,
+                        })
+                }
+            };
+            result?;
+            deleted += 1;
+        }
+        for (net, info) in &wanted.prefixes {
+            if held.prefixes.get(net) == Some(info) {
+                continue;
+            }
+            let len = u32::from(net.prefix_len());
+            let result = match net.network() {
+                IpAddr::V4(a) => v4
                     .insert(&Key::new(len, a.octets()), info, 0)
                     .map_err(|source| KernelError::Map {
-                        name: "TOR_V4",
+                        name: v4_name,
                         source,
-                    })?,
-                (_, IpAddr::V6(a)) => {
-                    v6.insert(&Key::new(len, a.octets()), info, 0)
-                        .map_err(|source| KernelError::Map {
-                            name: "TOR_V6",
-                            source,
-                        })?
-                }
-                _ => unreachable!("IpNet::V4 always has an IPv4 network address"),
-            }
+                    }),
+                IpAddr::V6(a) => v6
+                    .insert(&Key::new(len, a.octets()), info, 0)
+                    .map_err(|source| KernelError::Map {
+                        name: v6_name,
+                        source,
+                    }),
+            };
+            result?;
+            written += 1;
         }
-        Ok(())
+        for key in held
+            .or_ports
+            .keys()
+            .filter(|k| !wanted.or_ports.contains_key(k))
+        {
+            or.remove(key).map_err(|source| KernelError::Map {
+                name: or_name,
+                source,
+            })?;
+            deleted += 1;
+        }
+        for (key, feeds) in &wanted.or_ports {
+            if held.or_ports.get(key) == Some(feeds) {
+                continue;
+            }
+            or.insert(key, feeds, 0)
+                .map_err(|source| KernelError::Map {
+                    name: or_name,
+                    source,
+                })?;
+            written += 1;
+        }
+        Ok((written, deleted))
     }
 
     /// Detaches and unloads every program; the maps stay readable.
@@ -434,6 +616,7 @@ impl Probes {
             ringbuf_full: get(counter::RINGBUF_FULL),
             pending_full: get(counter::PENDING_FULL),
             accept_seen: get(counter::ACCEPT_SEEN),
+            relay_other_port: get(counter::RELAY_OTHER_PORT),
         })
     }
 

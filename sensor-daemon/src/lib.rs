@@ -5,6 +5,7 @@
 //! output ([`sensor`]).
 
 pub mod alert;
+pub mod bench;
 pub mod config;
 pub mod enrich;
 pub mod event;

@@ -1,13 +1,16 @@
 //! `torsensor`: the command-line edge. Errors become one line on stderr.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use sensor_daemon::config::{DEFAULT_RING_BUFFER_BYTES, SensorConfig};
+use sensor_daemon::alert::rfc3339_secs as rfc3339;
+use sensor_daemon::config::{ConfigError, SensorConfig};
+use sensor_daemon::feed::manager::{FeedManager, Status};
+use sensor_daemon::feed::{FeedMatch, Role};
 use sensor_daemon::sensor;
 
 #[derive(Parser)]
@@ -28,50 +31,115 @@ struct Cli {
 enum Command {
     /// Load feeds into the kernel, attach probes, write one JSON alert per hit to stdout.
     Run(RunArgs),
-    /// Say whether addresses are listed, without touching the kernel
-    /// (exit 0: all listed, 1: some not, 2: bad input).
+    /// Say what the feeds know of addresses, without touching the kernel or
+    /// the network (exit 0: all listed, 1: some not, 2: bad input).
     Check(CheckArgs),
+    /// Feed maintenance.
+    #[command(subcommand)]
+    Feed(FeedCommand),
 }
 
-#[derive(Args)]
-struct FeedArgs {
-    /// Plain-list feed file (one IP or CIDR per line, # comments); repeatable.
-    /// Default: the embedded Tor bulk exit list snapshot.
-    #[arg(long = "feed", value_name = "PATH")]
-    feeds: Vec<PathBuf>,
+#[derive(Subcommand)]
+enum FeedCommand {
+    /// Fetch, validate and cache every configured feed now; print a summary
+    /// (exit 1 if any feed failed).
+    Fetch(ConfigArgs),
+    /// What the running sensor has loaded, from where, and how old.
+    Status(ConfigArgs),
+    /// Benchmark: parse, merge, load and refresh the relay set at 1x and
+    /// 10x (needs root; run by `cargo xtask bench`).
+    #[command(hide = true)]
+    Bench {
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+/// Where the configuration comes from; flags override the file.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long, env = "TORSENSOR_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// A feed location (https URL, loopback http URL, or path); repeatable,
+    /// added to the file's [[feed]] tables. Default (no feed anywhere): the
+    /// embedded snapshot.
+    #[arg(long = "feed", value_name = "LOCATION")]
+    feeds: Vec<String>,
+    /// State directory (feed cache, status.json). Default: /var/lib/torsensor.
+    #[arg(long, env = "TORSENSOR_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
     /// Keep loopback/private/documentation entries (labs and tests).
     #[arg(long, env = "TORSENSOR_ALLOW_RESERVED")]
     allow_reserved: bool,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 struct RunArgs {
     #[command(flatten)]
-    feed: FeedArgs,
+    config: ConfigArgs,
     /// Report every TCP connection, not only feed matches (debugging, benchmarks).
     #[arg(long, env = "TORSENSOR_AUDIT_ALL")]
     audit_all: bool,
-    /// Kernel-to-daemon ring buffer size in bytes (power of two).
-    #[arg(long, env = "TORSENSOR_RING_BUFFER_BYTES", default_value_t = DEFAULT_RING_BUFFER_BYTES)]
-    ring_buffer_bytes: u32,
+    /// Kernel-to-daemon ring buffer size in bytes (power of two). Default: 4 MiB.
+    #[arg(long, env = "TORSENSOR_RING_BUFFER_BYTES")]
+    ring_buffer_bytes: Option<u32>,
     /// Forward kernel-side debug logs to stderr.
     #[arg(long, env = "TORSENSOR_KERNEL_LOG")]
     kernel_log: bool,
     /// Write final counters (JSON) to this file at exit.
     #[arg(long, value_name = "PATH")]
     stats_file: Option<PathBuf>,
-    /// Seconds between checks of the kernel loss counters.
-    #[arg(long, default_value_t = 5)]
-    health_interval_secs: u64,
+    /// Seconds between checks of the kernel loss counters and feed ages. Default: 5.
+    #[arg(long)]
+    health_interval_secs: Option<u64>,
 }
 
 #[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
-    feed: FeedArgs,
-    /// Addresses to look up.
-    #[arg(required = true, value_name = "IP")]
+    config: ConfigArgs,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Addresses to look up: IP, IP:PORT or [IPv6]:PORT (the port decides
+    /// relay ORPort matches; without it every ORPort is shown).
+    #[arg(required = true, value_name = "IP[:PORT]")]
     addresses: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<SensorConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => SensorConfig::from_file(path)?,
+            None => SensorConfig::default(),
+        };
+        cfg.add_feed_locations(&self.feeds);
+        if let Some(dir) = &self.state_dir {
+            cfg.state_dir = dir.clone();
+        }
+        cfg.allow_reserved |= self.allow_reserved;
+        Ok(cfg)
+    }
+}
+
+impl RunArgs {
+    fn load(&self) -> Result<SensorConfig, ConfigError> {
+        let mut cfg = self.config.load()?;
+        cfg.audit_all |= self.audit_all;
+        cfg.kernel_log |= self.kernel_log;
+        if let Some(rb) = self.ring_buffer_bytes {
+            cfg.ring_buffer_bytes = rb;
+        }
+        if let Some(path) = &self.stats_file {
+            cfg.stats_file = Some(path.clone());
+        }
+        if let Some(secs) = self.health_interval_secs {
+            cfg.health_interval = Duration::from_secs(secs);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
@@ -93,11 +161,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let result = match cli.command {
-        Command::Run(args) => run(args),
-        Command::Check(args) => return check(args),
+        Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
+        Command::Check(args) => check(args),
+        Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
+        Command::Feed(FeedCommand::Status(args)) => feed_status(args),
+        Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("torsensor: error: {e:#}");
             ExitCode::FAILURE
@@ -105,60 +178,248 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cfg = SensorConfig {
-        feeds: args.feed.feeds,
-        allow_reserved: args.feed.allow_reserved,
-        audit_all: args.audit_all,
-        ring_buffer_bytes: args.ring_buffer_bytes,
-        kernel_log: args.kernel_log,
-        stats_file: args.stats_file,
-        health_interval: Duration::from_secs(args.health_interval_secs),
-    };
-    // sensor::run validates the configuration before anything else.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(sensor::run(cfg))?;
+        .context("starting the async runtime")
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cfg = args.load()?;
+    let reload = Box::new(move || args.load());
+    runtime()?.block_on(sensor::run(cfg, reload))?;
     Ok(())
 }
 
-fn check(args: CheckArgs) -> ExitCode {
-    let mut addresses = Vec::new();
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`.
+fn parse_target(text: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    text.parse::<SocketAddr>()
+        .ok()
+        .map(|sa| (sa.ip(), Some(sa.port())))
+}
+
+fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut targets = Vec::new();
     for text in &args.addresses {
-        match text.parse::<IpAddr>() {
-            Ok(ip) => addresses.push(ip),
-            Err(_) => {
-                eprintln!("torsensor: error: {text:?} is not an IP address");
-                return ExitCode::from(2);
+        match parse_target(text) {
+            Some(t) => targets.push((text.as_str(), t)),
+            None => {
+                eprintln!("torsensor: error: {text:?} is not IP, IP:PORT or [IPv6]:PORT");
+                return Ok(ExitCode::from(2));
             }
         }
     }
-    let feeds = match sensor::load_feeds(&args.feed.feeds, args.feed.allow_reserved) {
-        Ok(f) => f,
+    let cfg = match args.config.load().and_then(|c| c.validate().map(|()| c)) {
+        Ok(c) => c,
         Err(e) => {
             eprintln!("torsensor: error: {e}");
-            return ExitCode::from(2);
+            return Ok(ExitCode::from(2));
         }
     };
+    let (_, set) = sensor::load_offline(&cfg)?;
     let mut all_listed = true;
-    for ip in addresses {
-        match feeds.lookup(ip) {
-            Some(hit) => println!(
-                "{ip}\tlisted\t{}\t{}",
-                hit.prefix,
-                feeds.feed_names(hit.matched.feeds).join(",")
-            ),
-            None => {
-                all_listed = false;
-                println!("{ip}\tnot-listed");
+    for (text, (ip, port)) in targets {
+        let matches = set.lookup(ip, port);
+        all_listed &= !matches.is_empty();
+        if args.json {
+            let doc = serde_json::json!({
+                "address": text,
+                "listed": !matches.is_empty(),
+                "matches": matches.iter().map(match_json).collect::<Vec<_>>(),
+            });
+            println!("{doc}");
+        } else if matches.is_empty() {
+            println!("{text}\tnot-listed");
+        } else {
+            println!("{text}\tlisted");
+            for m in &matches {
+                println!("  {}", describe(m));
             }
         }
     }
-    if all_listed {
+    Ok(if all_listed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+fn relays_text(m: &FeedMatch<'_>) -> String {
+    let shown: Vec<String> = m
+        .relays
+        .iter()
+        .take(8)
+        .map(|r| match &r.nickname {
+            Some(n) => format!("{}({n})", r.fingerprint),
+            None => r.fingerprint.clone(),
+        })
+        .collect();
+    let more = m.relays.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} +{more} more", shown.join(","))
+    } else {
+        shown.join(",")
     }
+}
+
+fn describe(m: &FeedMatch<'_>) -> String {
+    let mut text = format!(
+        "{:<5} feed={} version={} prefix={}",
+        m.role.as_str(),
+        m.feed.name,
+        m.feed
+            .data
+            .version
+            .map(rfc3339)
+            .unwrap_or_else(|| "none".into()),
+        m.prefix
+    );
+    if let Some(p) = m.or_port {
+        text.push_str(&format!(" orport={p}"));
+    }
+    if let Some(t) = m.exit_last_seen {
+        text.push_str(&format!(" exit_last_seen={}", rfc3339(t)));
+    }
+    if !m.relays.is_empty() {
+        text.push_str(&format!(" relays={}", relays_text(m)));
+    }
+    text
+}
+
+fn match_json(m: &FeedMatch<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "role": m.role,
+        "feed": m.feed.name,
+        "origin": m.feed.origin,
+        "version": m.feed.data.version.map(rfc3339),
+        "prefix": m.prefix.to_string(),
+        "or_port": m.or_port,
+        "exit_last_seen": m.exit_last_seen.map(rfc3339),
+        "relays": m.relays.iter().map(|r| serde_json::json!({
+            "fingerprint": r.fingerprint,
+            "nickname": r.nickname,
+        })).collect::<Vec<_>>(),
+        "confidence": if m.role == Role::Relay { "high" } else { "medium" },
+    })
+}
+
+fn feed_fetch(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.load()?;
+    cfg.validate()?;
+    if cfg.feeds.is_empty() {
+        anyhow::bail!("no feeds configured: give --config with [[feed]] tables or --feed LOCATION");
+    }
+    let mut manager = FeedManager::load_offline(&cfg);
+    let runtime = runtime()?;
+    let mut failed = 0;
+    let now = SystemTime::now();
+    for index in 0..manager.states.len() {
+        let fc = manager.states[index].config.clone();
+        let had = manager.states[index].current.is_some();
+        match runtime.block_on(manager.refresh_once(index)) {
+            Ok(Some(acc)) => println!("{}\taccepted\t{}", fc.name, acc.counts),
+            Ok(None) if had => println!("{}\tnot-modified\t(cached copy kept)", fc.name),
+            Ok(None) => println!("{}\tnot-modified\t(no cached copy!)", fc.name),
+            Err(e) => {
+                failed += 1;
+                println!("{}\trejected\t{e}", fc.name);
+            }
+        }
+        if let Some(feed) = &manager.states[index].current {
+            let age = feed
+                .age(now)
+                .map(sensor_daemon::feed::format_age)
+                .unwrap_or_else(|| "unknown".into());
+            println!(
+                "\tformat={} version={} age={age} origin={} location={}",
+                feed.data.format.map(|f| f.to_string()).unwrap_or_default(),
+                feed.data
+                    .version
+                    .map(rfc3339)
+                    .unwrap_or_else(|| "none".into()),
+                feed.origin,
+                feed.location
+            );
+            let r = &feed.data.report;
+            if r.bad_count + r.reserved_count + r.unknown_lines > 0 {
+                println!(
+                    "\tskipped: {} bad records, {} reserved entries, {} unknown lines",
+                    r.bad_count, r.reserved_count, r.unknown_lines
+                );
+            }
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn feed_status(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.load()?;
+    let path = cfg.state_dir.join("status.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!(
+                "torsensor: no feed status at {} ({e}): is a sensor running with state_dir {}?",
+                path.display(),
+                cfg.state_dir.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let status: Status = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a torsensor status file", path.display()))?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(status.pid as i32, 0) } == 0;
+    let written = humantime::parse_rfc3339(&status.written).ok();
+    let since = written
+        .and_then(|w| SystemTime::now().duration_since(w).ok())
+        .unwrap_or_default();
+    println!(
+        "sensor pid {} ({}), status written {} ({} ago); kernel maps: {} prefixes, {} OR ports{}",
+        status.pid,
+        if alive { "running" } else { "NOT running" },
+        status.written,
+        sensor_daemon::feed::format_age(since),
+        status.prefixes,
+        status.or_ports,
+        if status.embedded_fallback {
+            "; EMBEDDED SNAPSHOT in use (no configured feed has content)"
+        } else {
+            ""
+        }
+    );
+    for f in &status.feeds {
+        let age = f
+            .age_seconds
+            .map(|s| sensor_daemon::feed::format_age(Duration::from_secs(s) + since))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{}\t{}\t{}\torigin={} format={} version={} age={age}{}",
+            f.name,
+            if f.loaded { "loaded" } else { "EMPTY" },
+            f.location,
+            f.origin.as_deref().unwrap_or("-"),
+            f.format.as_deref().unwrap_or("-"),
+            f.version.as_deref().unwrap_or("-"),
+            if f.stale { " STALE" } else { "" },
+        );
+        if f.loaded {
+            println!("\t{}", f.counts);
+        }
+        if let Some(e) = &f.last_error {
+            println!("\tlast error ({} failures in a row): {e}", f.failures);
+        }
+        if let Some(t) = &f.last_success {
+            println!("\tlast success: {t}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use crate::event::Direction;
+use crate::feed::Role;
 
 /// The built-in rule file.
 pub const BUILTIN_RULES: &str = include_str!("../../rules/tor.toml");
@@ -11,8 +12,12 @@ pub const BUILTIN_RULES: &str = include_str!("../../rules/tor.toml");
 pub enum RuleError {
     #[error("rules file {file}: {message}")]
     Parse { file: String, message: String },
-    #[error("rules file {file}: no rule for direction {direction}")]
-    Missing { file: String, direction: Direction },
+    #[error("rules file {file}: no rule for direction {direction} and role {role}")]
+    Missing {
+        file: String,
+        direction: Direction,
+        role: &'static str,
+    },
 }
 
 /// One rule, as written in the rules file.
@@ -23,10 +28,19 @@ pub struct Rule {
     pub name: String,
     pub description: String,
     pub direction: Direction,
+    /// The role that matched: `relay` (OR address and ORPort) or `exit`.
+    pub role: RuleRole,
     pub severity: u8,
     pub priority: String,
     #[serde(default)]
     pub tags: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleRole {
+    Exit,
+    Relay,
 }
 
 #[derive(Deserialize)]
@@ -35,10 +49,12 @@ struct RuleFile {
     rule: Vec<Rule>,
 }
 
-/// The rules in force: one per direction.
+/// The rules in force: outbound to a relay's ORPort, outbound to an exit
+/// address, inbound from an exit.
 #[derive(Debug, Clone)]
 pub struct Rules {
-    pub egress: Rule,
+    pub egress_relay: Rule,
+    pub egress_exit: Rule,
     pub ingress: Rule,
 }
 
@@ -52,26 +68,35 @@ impl Rules {
             file: file.to_owned(),
             message: e.message().to_owned(),
         })?;
-        let pick = |direction: Direction| {
+        let pick = |direction: Direction, role: RuleRole| {
             parsed
                 .rule
                 .iter()
-                .find(|r| r.direction == direction)
+                .find(|r| r.direction == direction && r.role == role)
                 .cloned()
                 .ok_or(RuleError::Missing {
                     file: file.to_owned(),
                     direction,
+                    role: match role {
+                        RuleRole::Exit => "exit",
+                        RuleRole::Relay => "relay",
+                    },
                 })
         };
         Ok(Rules {
-            egress: pick(Direction::Egress)?,
-            ingress: pick(Direction::Ingress)?,
+            egress_relay: pick(Direction::Egress, RuleRole::Relay)?,
+            egress_exit: pick(Direction::Egress, RuleRole::Exit)?,
+            ingress: pick(Direction::Ingress, RuleRole::Exit)?,
         })
     }
 
-    pub fn for_direction(&self, direction: Direction) -> &Rule {
+    /// The rule for a connection: a relay ORPort match outranks an exit
+    /// match; audit-only events (no role) take the exit rule of their
+    /// direction, and are not alerts anyway.
+    pub fn for_match(&self, direction: Direction, roles: &[Role]) -> &Rule {
         match direction {
-            Direction::Egress => &self.egress,
+            Direction::Egress if roles.contains(&Role::Relay) => &self.egress_relay,
+            Direction::Egress => &self.egress_exit,
             Direction::Ingress => &self.ingress,
         }
     }
@@ -84,9 +109,16 @@ mod tests {
     #[test]
     fn builtin_rules_parse_and_cover_both_directions() {
         let rules = Rules::builtin().unwrap();
-        assert_eq!(rules.egress.id, "TORSENSOR-001");
+        assert_eq!(rules.egress_relay.id, "TORSENSOR-001");
         assert_eq!(rules.ingress.id, "TORSENSOR-002");
-        assert!(rules.egress.severity > rules.ingress.severity);
+        assert_eq!(rules.egress_exit.id, "TORSENSOR-003");
+        assert!(rules.egress_relay.severity > rules.egress_exit.severity);
+        assert_eq!(
+            rules
+                .for_match(Direction::Egress, &[Role::Exit, Role::Relay])
+                .id,
+            "TORSENSOR-001"
+        );
     }
 
     #[test]
@@ -96,7 +128,7 @@ mod tests {
         let err = Rules::parse("y.toml", "rule = []\n").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "rules file y.toml: no rule for direction egress"
+            "rules file y.toml: no rule for direction egress and role relay"
         );
     }
 }

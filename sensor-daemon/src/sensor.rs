@@ -2,7 +2,8 @@
 //! stdout, report losses, and shut down cleanly on SIGINT/SIGTERM.
 
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::Path;
+use std::time::SystemTime;
 
 use aya::maps::{MapData, RingBuf};
 use sensor_common::ConnEvent;
@@ -10,11 +11,15 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::alert::{AlertInput, SensorIdentity, ecs};
+use crate::alert::{AlertInput, SensorIdentity, ecs, roles_of};
 use crate::config::{ConfigError, SensorConfig};
 use crate::enrich::ProcessCache;
 use crate::event::{BootClock, Connection, decode};
-use crate::feed::{Feed, FeedError, FeedSet};
+use crate::feed::manager::{FeedManager, Status};
+use crate::feed::refresh::{FetchDone, Refresher, Verdict};
+use crate::feed::set::SetError;
+use crate::feed::source::write_atomic;
+use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::{self, Counters, KernelError, LoadOptions, Probes};
 use crate::rules::{RuleError, Rules};
 
@@ -23,7 +28,9 @@ pub enum SensorError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Feed(#[from] FeedError),
+    Feed(#[from] SetError),
+    #[error("feed {name}: {reason}")]
+    FeedFile { name: String, reason: String },
     #[error(transparent)]
     Rules(#[from] RuleError),
     #[error(transparent)]
@@ -36,26 +43,66 @@ pub enum SensorError {
     },
 }
 
-/// Loads the given feed files, or the embedded snapshot when there are none.
-/// Bad lines and reserved entries are logged; an unreadable or empty file is
-/// an error naming the file.
-pub fn load_feeds(paths: &[PathBuf], allow_reserved: bool) -> Result<FeedSet, FeedError> {
-    let feeds = if paths.is_empty() {
-        vec![Feed::embedded()]
-    } else {
-        paths
-            .iter()
-            .map(|p| Feed::load_file(p, allow_reserved))
-            .collect::<Result<Vec<_>, _>>()?
-    };
-    for feed in &feeds {
-        feed.log_problems();
+/// Re-reads the configuration (file, flags, environment) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<SensorConfig, ConfigError>>;
+
+/// Loads what is available without the network (local files, the cache,
+/// else the embedded snapshot) and logs where each feed came from and how
+/// old it is.
+pub fn load_offline(cfg: &SensorConfig) -> Result<(FeedManager, FeedSet), SensorError> {
+    let manager = FeedManager::load_offline(cfg);
+    // A local file is configuration: one that cannot be loaded is an error,
+    // not a reason to fall back to the embedded snapshot.
+    if let Some((name, reason)) = manager.file_error() {
+        return Err(SensorError::FeedFile { name, reason });
     }
-    let set = FeedSet::new(feeds)?;
-    for info in set.feeds() {
-        tracing::info!("feed loaded: {info}");
+    let set = manager.feed_set()?;
+    log_loaded(&manager, &set);
+    Ok((manager, set))
+}
+
+fn log_loaded(manager: &FeedManager, set: &FeedSet) {
+    let now = SystemTime::now();
+    if manager.needs_embedded() && !manager.states.is_empty() {
+        tracing::warn!(
+            "no configured feed has content yet (no cache, no readable file): using the embedded snapshot until a refresh succeeds"
+        );
     }
-    Ok(set)
+    for feed in set.feeds() {
+        let age = feed
+            .age(now)
+            .map(crate::feed::format_age)
+            .unwrap_or_else(|| "unknown".into());
+        let from = match feed.origin {
+            crate::feed::Origin::Embedded => "the embedded snapshot".to_owned(),
+            origin => format!("{origin} {}", feed.location),
+        };
+        tracing::info!(
+            "feed {} loaded from {from} (version {}, age {age}): {}",
+            feed.name,
+            feed.data
+                .version
+                .map(crate::alert::rfc3339_secs)
+                .unwrap_or_else(|| "none".into()),
+            feed.counts()
+        );
+    }
+    for state in manager.states.iter().filter(|s| s.current.is_none()) {
+        tracing::warn!(
+            "feed {} has no content yet ({}); it will be fetched",
+            state.config.name,
+            state.last_error.as_deref().unwrap_or("no cached copy")
+        );
+    }
+}
+
+/// Writes `status.json` in the state directory (read by `torsensor feed
+/// status`). Failures are logged once per kind, not fatal.
+fn write_status(state_dir: &Path, status: &Status) {
+    let bytes = serde_json::to_vec_pretty(status).expect("status serializes");
+    if let Err(e) = write_atomic(&state_dir.join("status.json"), &bytes, 0o644) {
+        tracing::warn!("cannot write the feed status: {e}");
+    }
 }
 
 /// What happened during a run, written to `stats_file` at exit.
@@ -75,6 +122,9 @@ pub struct RunStats {
 /// Turns kernel events into alert lines.
 struct Pipeline<W: Write> {
     feeds: FeedSet,
+    /// The set before the last refresh: an event the kernel matched just
+    /// before a flip is explained with the set it matched against.
+    previous: Option<FeedSet>,
     rules: Rules,
     sensor: SensorIdentity,
     clock: BootClock,
@@ -95,13 +145,12 @@ impl<W: Write> Pipeline<W> {
         };
         conn.incomplete = incomplete;
         let process = conn.process.as_ref().map(|p| self.processes.lookup(p));
-        let listing = self.feeds.lookup(conn.remote.ip());
+        let matches = self.explain(&conn);
         let doc = ecs(&AlertInput {
             conn: &conn,
             process: process.as_ref(),
-            rule: self.rules.for_direction(conn.direction),
-            listing: listing.as_ref(),
-            feeds: &self.feeds,
+            rule: self.rules.for_match(conn.direction, &roles_of(&matches)),
+            matches: &matches,
             sensor: &self.sensor,
         });
         let written = serde_json::to_writer(&mut self.out, &doc)
@@ -117,6 +166,23 @@ impl<W: Write> Pipeline<W> {
                     );
                 }
             }
+        }
+    }
+
+    /// What matched, from the set the kernel used (current, or the one
+    /// before the last flip).
+    fn explain(&self, conn: &Connection) -> Vec<FeedMatch<'_>> {
+        if conn.audit {
+            return Vec::new();
+        }
+        let (ip, port) = (conn.remote.ip(), conn.remote.port());
+        let current = self.feeds.explain(ip, port, conn.matched);
+        if !current.is_empty() {
+            return current;
+        }
+        match &self.previous {
+            Some(previous) => previous.explain(ip, port, conn.matched),
+            None => current,
         }
     }
 
@@ -160,23 +226,26 @@ fn report_losses(now: &Counters, last: &Counters) {
     }
 }
 
-/// Runs the sensor until SIGINT or SIGTERM.
-pub async fn run(cfg: SensorConfig) -> Result<RunStats, SensorError> {
+/// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
+/// configuration through `reload` and refreshes every feed at once.
+pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorError> {
     cfg.validate()?;
-    let feeds = load_feeds(&cfg.feeds, cfg.allow_reserved)?;
     let rules = Rules::builtin()?;
     let io_err = |what| move |source| SensorError::Io { what, source };
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?;
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
 
+    let (mut manager, feeds) = load_offline(&cfg)?;
     kernel::preflight()?;
     let mut probes = Probes::load(
         &LoadOptions {
             audit_all: cfg.audit_all,
             ring_buffer_bytes: cfg.ring_buffer_bytes,
             kernel_log: cfg.kernel_log,
+            max_entries: cfg.max_entries,
         },
         &feeds,
     )?;
@@ -195,14 +264,20 @@ pub async fn run(cfg: SensorConfig) -> Result<RunStats, SensorError> {
 
     tracing::info!(
         prefixes = feeds.len(),
+        or_ports = feeds.or_ports().len(),
         feeds = feeds.feeds().len(),
         accept_attribution = probes.accept_probe,
         audit_all = cfg.audit_all,
         "torsensor armed: watching TCP connect and accept"
     );
+    let mut state_dir = cfg.state_dir.clone();
+    write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
+    let mut refresher = Refresher::new();
+    refresher.restart(&manager, false);
 
     let mut pipeline = Pipeline {
         feeds,
+        previous: None,
         rules,
         sensor: SensorIdentity::local(),
         clock: BootClock::now(),
@@ -225,17 +300,67 @@ pub async fn run(cfg: SensorConfig) -> Result<RunStats, SensorError> {
                 guard.get_inner_mut().flush();
                 guard.clear_ready();
             }
+            Some(done) = refresher.rx.recv() => {
+                if done.generation == refresher.generation() {
+                    // Events matched against the old set are read first.
+                    pipeline.drain(ring.get_mut());
+                    on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
+                    write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
+                }
+            }
             _ = health.tick() => {
                 if let Ok(now) = probes.counters() {
                     report_losses(&now, &last);
                     last = now;
                 }
+                for (name, age, stale) in manager.stale_changes(SystemTime::now()) {
+                    let age = crate::feed::format_age(age);
+                    if stale {
+                        tracing::warn!("health: feed {name} is stale: {age} old");
+                    } else {
+                        tracing::info!("health: feed {name} is fresh again ({age} old)");
+                    }
+                }
+            }
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration and refreshing every feed now");
+                match reload().and_then(|c| c.validate().map(|()| c)) {
+                    Ok(new_cfg) => {
+                        if new_cfg.state_dir != state_dir {
+                            tracing::info!("state_dir is now {}", new_cfg.state_dir.display());
+                            state_dir = new_cfg.state_dir.clone();
+                        }
+                        let next = manager.reload(&new_cfg);
+                        let set = match next.file_error() {
+                            Some((name, reason)) => Err(format!("feed {name}: {reason}")),
+                            None => next.feed_set().map_err(|e| e.to_string()),
+                        };
+                        match set {
+                            Ok(set) => {
+                                pipeline.drain(ring.get_mut());
+                                match probes.apply_feeds(&set) {
+                                    Ok(_) => {
+                                        manager = next;
+                                        log_loaded(&manager, &set);
+                                        pipeline.previous = Some(std::mem::replace(&mut pipeline.feeds, set));
+                                    }
+                                    Err(e) => tracing::error!("SIGHUP: keeping the running feeds: {e}"),
+                                }
+                            }
+                            Err(e) => tracing::error!("SIGHUP: keeping the running feeds: {e}"),
+                        }
+                    }
+                    Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+                }
+                refresher.restart(&manager, true);
+                write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
     }
 
+    refresher.stop();
     tracing::info!("stopping: detaching probes and draining");
     // Detach first so that nothing new arrives, then take what is left: the
     // ring buffer, then hits still pending in the kernel.
@@ -264,4 +389,65 @@ pub async fn run(cfg: SensorConfig) -> Result<RunStats, SensorError> {
         std::fs::write(path, json).map_err(io_err("writing the stats file"))?;
     }
     Ok(stats)
+}
+
+/// Applies one finished fetch: validation in the manager, then (if the
+/// content changed) a gapless switch of the kernel maps. Nothing already
+/// loaded is lost on any failure.
+fn on_fetch_done<W: Write>(
+    done: FetchDone,
+    manager: &mut FeedManager,
+    probes: &mut Probes,
+    pipeline: &mut Pipeline<W>,
+) {
+    let FetchDone {
+        index,
+        outcome,
+        reply,
+        ..
+    } = done;
+    let name = manager.states[index].config.name.clone();
+    let before = manager.states[index].clone();
+    let accepted = match manager.offer(index, outcome) {
+        Ok(None) => {
+            tracing::info!("feed {name}: not modified");
+            false
+        }
+        Ok(Some(accepted)) => {
+            let set = manager.feed_set();
+            let applied = set.map_err(|e| e.to_string()).and_then(|set| {
+                probes
+                    .apply_feeds(&set)
+                    .map(|stats| (set, stats))
+                    .map_err(|e| e.to_string())
+            });
+            match applied {
+                Ok((set, stats)) => {
+                    tracing::info!(
+                        written = stats.written,
+                        deleted = stats.deleted,
+                        active_copy = stats.active,
+                        "feed {name}: refreshed: {}",
+                        accepted.counts
+                    );
+                    pipeline.previous = Some(std::mem::replace(&mut pipeline.feeds, set));
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "feed {name}: refresh not applied, keeping the current set: {e}"
+                    );
+                    manager.states[index] = before;
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!("feed {name}: refresh rejected, keeping the current content: {e}");
+            false
+        }
+    };
+    let next = manager.next_delay(index);
+    tracing::debug!("feed {name}: next fetch in {next:?}");
+    let _ = reply.send(Verdict { next, accepted });
 }

@@ -35,30 +35,63 @@ fn check_answers_with_exit_codes() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(
         text(&out.stdout),
-        "185.220.101.7\tlisted\t185.220.101.0/24\tcheck.feed\n::ffff:185.220.101.9\tlisted\t185.220.101.0/24\tcheck.feed\n"
+        "185.220.101.7\tlisted\n  exit  feed=check.feed version=none prefix=185.220.101.0/24\n::ffff:185.220.101.9\tlisted\n  exit  feed=check.feed version=none prefix=185.220.101.0/24\n"
     );
 
     let out = torsensor(&["check", "--feed", f, "2a0b:f4c2::1", "9.9.9.9"]);
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
         text(&out.stdout),
-        "2a0b:f4c2::1\tlisted\t2a0b:f4c2::/40\tcheck.feed\n9.9.9.9\tnot-listed\n"
+        "2a0b:f4c2::1\tlisted\n  exit  feed=check.feed version=none prefix=2a0b:f4c2::/40\n9.9.9.9\tnot-listed\n"
     );
 
     let out = torsensor(&["check", "--feed", f, "999.1.1.1"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("\"999.1.1.1\" is not an IP address"));
+    assert!(text(&out.stderr).contains("\"999.1.1.1\" is not IP, IP:PORT or [IPv6]:PORT"));
 }
 
 #[test]
-fn check_uses_the_embedded_bulk_exit_list_by_default() {
-    let first = sensor_daemon::feed::EMBEDDED_BULK_EXIT_LIST
-        .lines()
-        .next()
-        .unwrap();
-    let out = torsensor(&["check", first]);
+fn check_uses_the_embedded_snapshot_by_default_with_roles_fingerprints_and_versions() {
+    // 185.220.101.1 is an exit (TorDNSEL, 4 fingerprints) and four relays'
+    // OR address (Onionoo, ORPorts 9001-9004) on 2024-03-12.
+    let out = torsensor(&["check", "185.220.101.1:9002"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert!(text(&out.stdout).contains("tor-bulk-exit-list (embedded 2024-03-12)"));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines[0], "185.220.101.1:9002\tlisted", "{stdout}");
+    assert!(lines[1].starts_with("  exit  feed=embedded-tor-exits version=2024-03-12T14:28:38Z prefix=185.220.101.1/32 exit_last_seen=2024-03-12T14:24:47Z relays="), "{stdout}");
+    assert_eq!(
+        lines[1].matches(',').count(),
+        3,
+        "four fingerprints: {stdout}"
+    );
+    assert_eq!(
+        lines[2],
+        "  relay feed=embedded-tor-relays version=2024-03-12T11:00:00Z prefix=185.220.101.1/32 orport=9002 relays=FB4A0E4F470B36E7A89159A8569530A47C292BA5"
+    );
+    assert_eq!(lines.len(), 3, "{stdout}");
+    // Without a port, every ORPort; on a non-ORPort only the exit role.
+    let out = torsensor(&["check", "185.220.101.1"]);
+    assert_eq!(text(&out.stdout).matches("  relay ").count(), 4);
+    let out = torsensor(&[
+        "check",
+        "--json",
+        "[2001:41d0:404:300::dd2]:9001",
+        "5.196.8.113:80",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let docs: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs[0]["matches"][0]["role"], "relay");
+    assert_eq!(docs[0]["matches"][0]["confidence"], "high");
+    assert_eq!(
+        docs[0]["matches"][0]["relays"][0]["fingerprint"],
+        "000C351F86033654A82D9FD6AC3B178F44E236BE"
+    );
+    assert_eq!(docs[1]["matches"].as_array().unwrap().len(), 1);
+    assert_eq!(docs[1]["matches"][0]["role"], "exit");
     assert!(text(&out.stderr).is_empty(), "{}", text(&out.stderr));
 }
 
@@ -104,23 +137,135 @@ fn reserved_entries_are_dropped_with_one_warning_unless_allowed() {
 #[test]
 fn unreadable_and_empty_feeds_are_errors_naming_the_file() {
     let out = torsensor(&["check", "--feed", "/nonexistent/tor.txt", "1.2.3.4"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("cannot read feed file /nonexistent/tor.txt"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("feed tor.txt: cannot read /nonexistent/tor.txt"),
+        "{err}"
+    );
 
     let empty = temp_path("empty.feed");
     std::fs::write(&empty, "# nothing\nnot an ip\n").unwrap();
     let out = torsensor(&["run", "--feed", empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
-    assert!(err.contains("has no usable entries (1 bad lines"), "{err}");
+    assert!(
+        err.contains("not a recognised feed format; first line: \"not an ip\""),
+        "{err}"
+    );
     assert!(err.contains(empty.to_str().unwrap()), "{err}");
 }
 
 #[test]
-fn invalid_options_are_rejected_before_the_kernel() {
-    let out = torsensor(&["run", "--ring-buffer-bytes", "5000"]);
+fn config_file_errors_name_the_file_and_line() {
+    let path = temp_path("bad.toml");
+    std::fs::write(
+        &path,
+        "[[feed]]\nname = \"x\"\nlocation = \"/tmp/x\"\nrefresh = \"sometimes\"\n",
+    )
+    .unwrap();
+    let p = path.to_str().unwrap();
+    let out = torsensor(&["check", "--config", p, "1.2.3.4"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("config file {p}, line 4")), "{err}");
+    std::fs::write(
+        &path,
+        "[[feed]]\nname = \"x\"\nlocation = \"http://mirror.example/x\"\n",
+    )
+    .unwrap();
+    let out = torsensor(&["run", "--config", p]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out.stderr).contains("ring-buffer-bytes = 5000: must be a power of two"));
+    let err = text(&out.stderr);
+    assert!(err.contains("feed \"x\": location"), "{err}");
+    assert!(err.contains("allow_http"), "{err}");
+}
+
+#[test]
+fn feed_fetch_caches_and_feed_status_reports_what_is_loaded() {
+    use common::http::{FeedServer, ONIONOO, TORDNSEL, fixture};
+    let server = FeedServer::start();
+    server.serve("/exit-addresses", &fixture(TORDNSEL));
+    server.serve("/details", &fixture(ONIONOO));
+    server.set("/broken", common::http::Behavior::Status(503));
+    let state = temp_path("fetch-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let config = temp_path("fetch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[feed]]\nname = \"exits\"\nlocation = \"{}\"\n[[feed]]\nname = \"relays\"\nlocation = \"{}\"\nformat = \"onionoo\"\n",
+            state.display(),
+            server.url("/exit-addresses"),
+            server.url("/details")
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let out = torsensor(&["feed", "fetch", "--config", c]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("exits\taccepted\texit addresses 1174 IPv4 / 0 IPv6"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("format=tordnsel version=2024-03-12T14:28:38Z"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("relays\taccepted\texit addresses 0 IPv4 / 0 IPv6, relay OR addresses 5766 IPv4 / 2578 IPv6 (11239 ORPorts, 7607 relays)"), "{stdout}");
+    assert!(state.join("feeds/exits.cache").exists());
+    assert!(state.join("feeds/relays.cache").exists());
+
+    // Again: conditional requests, nothing re-downloaded.
+    let out = torsensor(&["feed", "fetch", "--config", c]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout)
+            .matches("not-modified\t(cached copy kept)")
+            .count(),
+        2
+    );
+    assert_eq!(server.seen().iter().filter(|s| s.status == 304).count(), 2);
+
+    // check answers from the cache, without the network.
+    drop(server);
+    let out = torsensor(&["check", "--config", c, "185.220.101.1:9001"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("relay feed=relays version=2024-03-12T11:00:00Z"));
+
+    // A failing feed: exit 1, the reason printed, the cache untouched.
+    let server = FeedServer::start();
+    server.set("/exit-addresses", common::http::Behavior::Status(503));
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[[feed]]\nname = \"exits\"\nlocation = \"{}\"\n",
+            state.display(),
+            server.url("/exit-addresses")
+        ),
+    )
+    .unwrap();
+    let out = torsensor(&["feed", "fetch", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("exits\trejected\t"), "{stdout}");
+    assert!(stdout.contains("HTTP 503"), "{stdout}");
+    // The cached copy was from the old URL: the feed now points elsewhere.
+    assert!(
+        text(&out.stderr).contains("ignoring the cached copy"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // No sensor has run with this state dir: status says so.
+    let out = torsensor(&["feed", "status", "--config", c]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no feed status at"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

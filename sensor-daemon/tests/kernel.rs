@@ -45,8 +45,10 @@ fn assert_alert(doc: &Value, direction: &str, source: SocketAddr, destination: S
         get(doc, "threat.enrichments.0.indicator.ip"),
         &json!(peer.ip().to_string())
     );
+    // Plain lists are exit lists: outbound matches are TORSENSOR-003
+    // (relay ORPort matches, TORSENSOR-001, are tested in tests/feeds.rs).
     let rule = if direction == "egress" {
-        "TORSENSOR-001"
+        "TORSENSOR-003"
     } else {
         "TORSENSOR-002"
     };
@@ -132,7 +134,7 @@ fn outbound_ipv4_to_listed_address_names_the_process() {
         get(&doc, "threat.enrichments.0.matched.field"),
         "destination.ip"
     );
-    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.1.1/32");
+    assert_eq!(get(&doc, "torsensor.matches.0.prefix"), "127.66.1.1/32");
     assert_eq!(get(&doc, "torsensor.v4_mapped"), false);
 }
 
@@ -173,7 +175,7 @@ fn inbound_ipv4_accept_with_null_address_names_the_acceptor() {
     assert_own_process(&doc, tid);
     assert_eq!(get(&doc, "event.action"), "tor-connection-inbound");
     assert_eq!(get(&doc, "threat.enrichments.0.matched.field"), "source.ip");
-    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.2.0/24");
+    assert_eq!(get(&doc, "torsensor.matches.0.prefix"), "127.66.2.0/24");
 }
 
 #[test]
@@ -308,7 +310,7 @@ fn cidr_entries_match_and_unlisted_addresses_do_not_alert() {
     let _a2 = listed.accept().unwrap();
     let doc = alert_for(&sensor, "egress", "destination", to);
     assert_alert(&doc, "egress", c2.local_addr().unwrap(), to);
-    assert_eq!(get(&doc, "torsensor.prefix"), "127.66.8.0/24");
+    assert_eq!(get(&doc, "torsensor.matches.0.prefix"), "127.66.8.0/24");
     std::thread::sleep(Duration::from_millis(300));
     let noise: Vec<_> = sensor
         .alerts()

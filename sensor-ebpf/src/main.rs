@@ -34,13 +34,13 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
     },
     macros::{map, tracepoint},
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::TracePointContext,
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
     AF_INET, AF_INET6, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_CONNECT_FAILED,
-    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, counter,
+    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, counter,
 };
 
 #[unsafe(link_section = "license")]
@@ -65,12 +65,32 @@ static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     socket_sk: 0,
 });
 
-/// Listed IPv4 prefixes (sizes are set by the daemon at load time).
+// The Tor sets, twice: the daemon rewrites the inactive copy, then flips
+// `ACTIVE_SET`, so a refresh takes effect all at once and an address listed
+// before and after it is never missing (see `TorMaps` in the daemon).
+// Sizes are set by the daemon at load time.
+/// Listed IPv4 prefixes (set 0).
 #[map]
-static TOR_V4: LpmTrie<[u8; 4], MatchInfo> = LpmTrie::with_max_entries(1, 0);
-/// Listed IPv6 prefixes.
+static TOR_V4_0: LpmTrie<[u8; 4], MatchInfo> = LpmTrie::with_max_entries(1, 0);
+/// Listed IPv6 prefixes (set 0).
 #[map]
-static TOR_V6: LpmTrie<[u8; 16], MatchInfo> = LpmTrie::with_max_entries(1, 0);
+static TOR_V6_0: LpmTrie<[u8; 16], MatchInfo> = LpmTrie::with_max_entries(1, 0);
+/// Relay OR address + ORPort -> relay feed bitmask (set 0).
+#[map]
+static OR_PORTS_0: HashMap<OrPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+#[map]
+static TOR_V4_1: LpmTrie<[u8; 4], MatchInfo> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static TOR_V6_1: LpmTrie<[u8; 16], MatchInfo> = LpmTrie::with_max_entries(1, 0);
+#[map]
+static OR_PORTS_1: HashMap<OrPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+/// Which set is in use (0 or 1), written only by the daemon.
+#[map]
+static ACTIVE_SET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// `BPF_F_NO_PREALLOC`: allocate hash entries on insert, not all up front.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
 /// Hits (and, in audit mode, every connection) for the daemon.
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
@@ -209,21 +229,61 @@ fn read_endpoints(ctx: &TracePointContext, ev: &mut ConnEvent) -> Result<(), i32
     }
 }
 
-/// Looks the peer up in the tries. A `::ffff:a.b.c.d` peer is matched as IPv4.
+/// Matches the peer against the active set. A `::ffff:a.b.c.d` peer is
+/// matched as IPv4. Exit entries match in both directions on any port; a
+/// relay's OR address only matches outbound on one of its ORPorts.
 #[inline(always)]
 fn lookup(ev: &mut ConnEvent) -> Option<MatchInfo> {
-    let a = &ev.remote_addr;
-    if ev.family == AF_INET {
-        return TOR_V4.get(Key::new(32, [a[0], a[1], a[2], a[3]])).copied();
-    }
-    let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
-    if mapped {
-        ev.flags |= FLAG_V4_MAPPED;
-        TOR_V4
-            .get(Key::new(32, [a[12], a[13], a[14], a[15]]))
-            .copied()
+    let set = ACTIVE_SET.get(0).copied().unwrap_or(0);
+    if set == 0 {
+        match_in(&TOR_V4_0, &TOR_V6_0, &OR_PORTS_0, ev)
     } else {
-        TOR_V6.get(Key::new(128, *a)).copied()
+        match_in(&TOR_V4_1, &TOR_V6_1, &OR_PORTS_1, ev)
+    }
+}
+
+#[inline(always)]
+fn match_in(
+    v4: &LpmTrie<[u8; 4], MatchInfo>,
+    v6: &LpmTrie<[u8; 16], MatchInfo>,
+    or_ports: &HashMap<OrPortKey, u32>,
+    ev: &mut ConnEvent,
+) -> Option<MatchInfo> {
+    let a = ev.remote_addr;
+    let mapped =
+        ev.family == AF_INET6 && a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+    let (listed, key) = if ev.family == AF_INET {
+        let v4a = [a[0], a[1], a[2], a[3]];
+        (
+            v4.get(Key::new(32, v4a)),
+            OrPortKey::v4(v4a, ev.remote_port),
+        )
+    } else if mapped {
+        ev.flags |= FLAG_V4_MAPPED;
+        let v4a = [a[12], a[13], a[14], a[15]];
+        (
+            v4.get(Key::new(32, v4a)),
+            OrPortKey::v4(v4a, ev.remote_port),
+        )
+    } else {
+        (v6.get(Key::new(128, a)), OrPortKey::v6(a, ev.remote_port))
+    };
+    let listed = *listed?;
+    let mut hit = MatchInfo {
+        exit_feeds: listed.exit_feeds,
+        relay_feeds: 0,
+    };
+    if ev.direction == DIR_EGRESS && listed.relay_feeds != 0 {
+        match unsafe { or_ports.get(key) } {
+            Some(feeds) => hit.relay_feeds = *feeds,
+            None if hit.exit_feeds == 0 => count(counter::RELAY_OTHER_PORT),
+            None => {}
+        }
+    }
+    if hit.exit_feeds == 0 && hit.relay_feeds == 0 {
+        None
+    } else {
+        Some(hit)
     }
 }
 
@@ -284,11 +344,11 @@ fn new_connection(
 ) -> Result<Option<ConnEvent>, i32> {
     count(seen);
     let mut ev = ConnEvent::ZERO;
+    ev.direction = direction;
     read_endpoints(ctx, &mut ev)?;
     if !classify(&mut ev, hit) {
         return Ok(None);
     }
-    ev.direction = direction;
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     Ok(Some(ev))
 }

@@ -27,6 +27,9 @@ pub struct BenchArgs {
     /// Rounds with and without the sensor (interleaved).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Only the feed benchmark (section 4).
+    #[arg(long)]
+    feeds_only: bool,
 }
 
 const PROGRAMS: &[&str] = &["sock_state", "exit_accept", "exit_accept4"];
@@ -190,6 +193,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&scratch)?;
     let n = args.connections;
     let rounds = args.rounds.max(1);
+    if args.feeds_only {
+        return feeds(&bin);
+    }
     println!("== 1. overhead: loopback connect+accept storm, no listed peers");
     println!("   {n} connections per round, {rounds} rounds each way, interleaved");
     storm(n / 4)?; // warm-up
@@ -322,5 +328,19 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             "NOT met"
         }
     );
+    feeds(&bin)
+}
+
+/// Section 4: parse, merge, load and refresh the Tor relay set at the real
+/// size and at 10x (the daemon's hidden `feed bench`).
+fn feeds(bin: &Path) -> anyhow::Result<()> {
+    println!("== 4. feeds: parse + merge + kernel load, and a 3% refresh by difference");
+    let status = Command::new(bin)
+        .args(["feed", "bench", "--rounds", "3"])
+        .env("TORSENSOR_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("torsensor feed bench failed ({status})");
+    }
     Ok(())
 }

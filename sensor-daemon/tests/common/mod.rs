@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod http;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_torsensor");
 
 /// Kernel tests need root. Under `CI=true` they must run: not being root is a
@@ -72,9 +74,12 @@ impl Sensor {
     }
 
     pub fn start_args(args: &[&str], feed: PathBuf) -> Sensor {
+        // A state directory of its own unless the test names one.
+        let state_dir = temp_path(&format!("state-{}", std::process::id()));
         let mut child = Command::new(BIN)
             .args(args)
             .env("TORSENSOR_LOG", "info")
+            .env("TORSENSOR_STATE_DIR", &state_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -152,6 +157,19 @@ impl Sensor {
 
     pub fn stderr(&self) -> String {
         self.shared.0.lock().unwrap().stderr.clone()
+    }
+
+    /// Waits until stderr contains `needle` at least `count` times.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) {
+        self.wait_until(timeout, &format!("{count} x {needle:?} in the log"), |s| {
+            s.stderr.matches(needle).count() >= count
+        });
+    }
+
+    /// Sends a signal (SIGHUP...) to the sensor.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
     pub fn pid(&self) -> u32 {

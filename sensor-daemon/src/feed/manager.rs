@@ -1,0 +1,533 @@
+//! Which feeds are loaded, from where and how old; what a refresh must pass
+//! before it replaces the current content; when to fetch next.
+//!
+//! Start-up never waits for the network: local files and the last-known-good
+//! cache are loaded first, and if no feed has any content the embedded
+//! snapshot is used. A refresh that fails, parses to nothing or shrinks a
+//! feed too much is rejected and the current content stays.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+
+use super::parse::{self, ParseError, ParsedFeed};
+use super::set::{FeedSet, SetError};
+use super::source::{Cache, CacheMeta, Fetched, Limits, Location, SourceError, Validators};
+use super::{Feed, FeedCounts, Origin};
+use crate::alert::rfc3339_secs as rfc3339;
+use crate::config::{FeedConfig, SensorConfig};
+
+/// Why a refresh was not used.
+#[derive(Debug, thiserror::Error)]
+pub enum RefreshError {
+    #[error(transparent)]
+    Fetch(#[from] SourceError),
+    #[error("{location}: {source}")]
+    Parse {
+        location: String,
+        #[source]
+        source: ParseError,
+    },
+    #[error(
+        "{location}: refresh has {after} addresses, {before} now: shrinks by more than max_shrink = {max_shrink}; keeping the current content"
+    )]
+    Shrink {
+        location: String,
+        before: usize,
+        after: usize,
+        max_shrink: f64,
+    },
+}
+
+/// A fetched body and what parsing it gave.
+#[derive(Debug)]
+pub struct Candidate {
+    pub body: Vec<u8>,
+    pub validators: Validators,
+    pub fetched: SystemTime,
+    pub parsed: Result<ParsedFeed, ParseError>,
+}
+
+/// What happened to one fetch.
+#[derive(Debug)]
+pub enum Outcome {
+    NotModified,
+    Candidate(Candidate),
+    Failed(SourceError),
+}
+
+impl Outcome {
+    /// Turns a fetch result into an outcome, parsing the body (CPU work:
+    /// callers on an async runtime run this on a blocking thread).
+    pub fn from_fetch(
+        result: Result<Fetched, SourceError>,
+        format: Option<super::Format>,
+        allow_reserved: bool,
+    ) -> Self {
+        match result {
+            Ok(Fetched::NotModified) => Outcome::NotModified,
+            Ok(Fetched::Body {
+                body,
+                validators,
+                fetched,
+            }) => {
+                let parsed = parse::parse(&body, format, allow_reserved);
+                Outcome::Candidate(Candidate {
+                    body,
+                    validators,
+                    fetched,
+                    parsed,
+                })
+            }
+            Err(e) => Outcome::Failed(e),
+        }
+    }
+}
+
+/// The state of one configured feed.
+#[derive(Debug, Clone)]
+pub struct FeedState {
+    pub config: FeedConfig,
+    pub current: Option<Arc<Feed>>,
+    pub validators: Validators,
+    pub last_attempt: Option<SystemTime>,
+    /// Last fetch that was accepted or answered "not modified".
+    pub last_success: Option<SystemTime>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+    /// Whether staleness has been reported (to log the change once).
+    pub stale_reported: bool,
+}
+
+/// What was accepted.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub name: String,
+    pub counts: FeedCounts,
+    pub before: Option<FeedCounts>,
+}
+
+/// All configured feeds.
+#[derive(Debug, Clone)]
+pub struct FeedManager {
+    pub states: Vec<FeedState>,
+    cache: Cache,
+    allow_reserved: bool,
+}
+
+impl FeedManager {
+    /// Loads every feed that can be had without the network: local files,
+    /// then the last-known-good cache. Problems are logged, never fatal.
+    pub fn load_offline(cfg: &SensorConfig) -> Self {
+        let cache = Cache::new(&cfg.state_dir);
+        let states = cfg
+            .feeds
+            .iter()
+            .map(|fc| {
+                let mut state = FeedState {
+                    config: fc.clone(),
+                    current: None,
+                    validators: Validators::default(),
+                    last_attempt: None,
+                    last_success: None,
+                    last_error: None,
+                    failures: 0,
+                    stale_reported: false,
+                };
+                match fc.location() {
+                    Ok(Location::Path(path)) => {
+                        let result = super::source::fetch_file(&path, fc.max_bytes);
+                        match Outcome::from_fetch(result, fc.format, cfg.allow_reserved) {
+                            Outcome::Candidate(c) => {
+                                if let Err(e) = accept_into(&mut state, c, Origin::File, None) {
+                                    state.last_error = Some(e.to_string());
+                                }
+                            }
+                            Outcome::Failed(e) => state.last_error = Some(e.to_string()),
+                            Outcome::NotModified => {}
+                        }
+                    }
+                    Ok(Location::Url(_)) => load_cached(&mut state, &cache, cfg.allow_reserved),
+                    Err(e) => state.last_error = Some(e.to_string()),
+                }
+                state
+            })
+            .collect();
+        FeedManager {
+            states,
+            cache,
+            allow_reserved: cfg.allow_reserved,
+        }
+    }
+
+    /// The manager for a new configuration (SIGHUP): feeds whose name,
+    /// location and format did not change keep their content and state;
+    /// the others are loaded as at start.
+    pub fn reload(&self, cfg: &SensorConfig) -> Self {
+        let mut next = Self::load_offline(cfg);
+        for state in &mut next.states {
+            if let Some(old) = self.states.iter().find(|o| {
+                o.config.name == state.config.name
+                    && o.config.location == state.config.location
+                    && o.config.format == state.config.format
+            }) && old.current.is_some()
+                && cfg.allow_reserved == self.allow_reserved
+            {
+                let config = state.config.clone();
+                *state = old.clone();
+                state.config = config;
+            }
+        }
+        next
+    }
+
+    pub fn allow_reserved(&self) -> bool {
+        self.allow_reserved
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    /// The first local-file feed that could not be loaded, with why. A
+    /// file is configuration: the caller refuses to start (or to reload).
+    pub fn file_error(&self) -> Option<(String, String)> {
+        self.states
+            .iter()
+            .find(|s| s.current.is_none() && matches!(s.config.location(), Ok(Location::Path(_))))
+            .map(|s| {
+                (
+                    s.config.name.clone(),
+                    s.last_error.clone().unwrap_or_default(),
+                )
+            })
+    }
+
+    /// True when no configured feed has content, so the embedded snapshot
+    /// is what gets armed.
+    pub fn needs_embedded(&self) -> bool {
+        self.states.iter().all(|s| s.current.is_none())
+    }
+
+    /// The feeds to arm: every feed with content, or the embedded snapshot.
+    pub fn feed_set(&self) -> Result<FeedSet, SetError> {
+        let feeds: Vec<Arc<Feed>> = if self.needs_embedded() {
+            Feed::embedded().into_iter().map(Arc::new).collect()
+        } else {
+            self.states
+                .iter()
+                .filter_map(|s| s.current.clone())
+                .collect()
+        };
+        FeedSet::new(feeds)
+    }
+
+    /// Applies the outcome of a fetch of feed `index`: a usable body replaces
+    /// the current content (and the cache), anything else keeps it.
+    pub fn offer(
+        &mut self,
+        index: usize,
+        outcome: Outcome,
+    ) -> Result<Option<Accepted>, RefreshError> {
+        let now = SystemTime::now();
+        let state = &mut self.states[index];
+        state.last_attempt = Some(now);
+        let result = match outcome {
+            Outcome::NotModified => Ok(None),
+            Outcome::Failed(e) => Err(RefreshError::Fetch(e)),
+            Outcome::Candidate(c) => {
+                let origin = match state.config.location() {
+                    Ok(Location::Path(_)) => Origin::File,
+                    _ => Origin::Network,
+                };
+                accept_into(state, c, origin, Some(&self.cache)).map(Some)
+            }
+        };
+        match &result {
+            Ok(_) => {
+                state.last_success = Some(now);
+                state.last_error = None;
+                state.failures = 0;
+            }
+            Err(e) => {
+                state.last_error = Some(e.to_string());
+                state.failures += 1;
+            }
+        }
+        result
+    }
+
+    /// Fetches feed `index` now (conditionally) and offers the result: what
+    /// `torsensor feed fetch` does for each feed. The running sensor uses
+    /// [`super::refresh`] instead, so that parsing never blocks its loop.
+    pub async fn refresh_once(&mut self, index: usize) -> Result<Option<Accepted>, RefreshError> {
+        let cfg = self.states[index].config.clone();
+        let location = Location::parse(&cfg.location, cfg.allow_http)?;
+        let lim = limits(&cfg);
+        let client = super::source::client(&lim)?;
+        let result =
+            super::source::fetch(&client, &location, &self.states[index].validators, &lim).await;
+        let outcome = Outcome::from_fetch(result, cfg.format, self.allow_reserved);
+        self.offer(index, outcome)
+    }
+
+    /// Delay before the first fetch of feed `index`: what is left of the
+    /// refresh interval of a fresh cache, else soon (a little jitter, so a
+    /// fleet restarting together does not arrive at once).
+    pub fn first_delay(&self, index: usize, now: SystemTime) -> Duration {
+        let state = &self.states[index];
+        let cfg = &state.config;
+        let fetched_age = state
+            .current
+            .as_ref()
+            .and_then(|f| f.fetched)
+            .map(|t| now.duration_since(t).unwrap_or_default());
+        match fetched_age {
+            Some(age) if age < cfg.refresh => cfg.refresh - age + random_upto(cfg.jitter),
+            _ => random_upto(cfg.jitter.min(Duration::from_secs(60))),
+        }
+    }
+
+    /// Delay before the next fetch of feed `index` after an attempt: the
+    /// refresh interval plus jitter after a success; after failures an
+    /// exponential back-off from 30 s, capped at the refresh interval,
+    /// +-25 % jitter.
+    pub fn next_delay(&self, index: usize) -> Duration {
+        let state = &self.states[index];
+        let cfg = &state.config;
+        if state.failures == 0 {
+            return cfg.refresh + random_upto(cfg.jitter);
+        }
+        let exp = state.failures.saturating_sub(1).min(16);
+        let backoff = (Duration::from_secs(30) * 2u32.pow(exp)).min(cfg.refresh);
+        backoff.mul_f64(0.75 + fastrand::f64() * 0.5)
+    }
+
+    /// Feeds whose age passed `stale_after` (or came back), each once per
+    /// change: `(name, age, stale_now)`.
+    pub fn stale_changes(&mut self, now: SystemTime) -> Vec<(String, Duration, bool)> {
+        let mut changes = Vec::new();
+        for state in &mut self.states {
+            let Some(age) = state.current.as_ref().and_then(|f| f.age(now)) else {
+                continue;
+            };
+            let stale = age > state.config.stale_after;
+            if stale != state.stale_reported {
+                state.stale_reported = stale;
+                changes.push((state.config.name.clone(), age, stale));
+            }
+        }
+        changes
+    }
+
+    /// What is loaded now, for `status.json` and `torsensor feed status`.
+    pub fn status(&self, set: &FeedSet, now: SystemTime) -> Status {
+        let embedded = self.needs_embedded();
+        let mut feeds: Vec<FeedStatus> = Vec::new();
+        if embedded {
+            for feed in set.feeds() {
+                feeds.push(FeedStatus::of(feed, None, now));
+            }
+        }
+        for state in &self.states {
+            match &state.current {
+                Some(feed) => feeds.push(FeedStatus::of(feed, Some(state), now)),
+                None => feeds.push(FeedStatus {
+                    name: state.config.name.clone(),
+                    location: state.config.location.clone(),
+                    loaded: false,
+                    origin: None,
+                    format: None,
+                    version: None,
+                    fetched: None,
+                    age_seconds: None,
+                    stale: false,
+                    counts: FeedCounts::default(),
+                    last_attempt: state.last_attempt.map(rfc3339),
+                    last_success: state.last_success.map(rfc3339),
+                    last_error: state.last_error.clone(),
+                    failures: state.failures,
+                }),
+            }
+        }
+        Status {
+            pid: std::process::id(),
+            written: rfc3339(now),
+            embedded_fallback: embedded,
+            prefixes: set.prefixes().len(),
+            or_ports: set.or_ports().len(),
+            feeds,
+        }
+    }
+}
+
+/// `status.json`: what a running sensor has loaded.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct Status {
+    pub pid: u32,
+    pub written: String,
+    /// No configured feed had content: the embedded snapshot is armed.
+    pub embedded_fallback: bool,
+    /// Entries in the kernel maps.
+    pub prefixes: usize,
+    pub or_ports: usize,
+    pub feeds: Vec<FeedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct FeedStatus {
+    pub name: String,
+    pub location: String,
+    pub loaded: bool,
+    pub origin: Option<String>,
+    pub format: Option<String>,
+    /// The feed's own publication time.
+    pub version: Option<String>,
+    pub fetched: Option<String>,
+    /// Age (from version, else fetch time) when the status was written.
+    pub age_seconds: Option<u64>,
+    pub stale: bool,
+    pub counts: FeedCounts,
+    pub last_attempt: Option<String>,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+    pub failures: u32,
+}
+
+impl FeedStatus {
+    fn of(feed: &Feed, state: Option<&FeedState>, now: SystemTime) -> Self {
+        let age = feed.age(now);
+        FeedStatus {
+            name: feed.name.clone(),
+            location: feed.location.clone(),
+            loaded: true,
+            origin: Some(feed.origin.to_string()),
+            format: feed.data.format.map(|f| f.to_string()),
+            version: feed.data.version.map(rfc3339),
+            fetched: feed.fetched.map(rfc3339),
+            age_seconds: age.map(|a| a.as_secs()),
+            stale: match (age, state) {
+                (Some(a), Some(s)) => a > s.config.stale_after,
+                // The embedded snapshot is always old.
+                (_, None) => true,
+                _ => false,
+            },
+            counts: feed.counts(),
+            last_attempt: state.and_then(|s| s.last_attempt).map(rfc3339),
+            last_success: state.and_then(|s| s.last_success).map(rfc3339),
+            last_error: state.and_then(|s| s.last_error.clone()),
+            failures: state.map(|s| s.failures).unwrap_or(0),
+        }
+    }
+}
+
+fn random_upto(max: Duration) -> Duration {
+    max.mul_f64(fastrand::f64())
+}
+
+fn load_cached(state: &mut FeedState, cache: &Cache, allow_reserved: bool) {
+    let name = &state.config.name;
+    let (meta, body) = match cache.load(name) {
+        Ok(Some(x)) => x,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::warn!("feed {name}: ignoring the cached copy: {e}");
+            return;
+        }
+    };
+    if meta.location != state.config.location {
+        tracing::warn!(
+            "feed {name}: ignoring the cached copy from {} (the feed now points to {})",
+            meta.location,
+            state.config.location
+        );
+        return;
+    }
+    match parse::parse(&body, Some(meta.format), allow_reserved) {
+        Ok(data) => {
+            let feed = Feed {
+                name: name.clone(),
+                location: state.config.location.clone(),
+                origin: Origin::Cache,
+                fetched: meta.fetched_time(),
+                data,
+            };
+            state.validators = meta.validators;
+            state.last_success = feed.fetched;
+            state.current = Some(Arc::new(feed));
+        }
+        Err(e) => tracing::warn!(
+            "feed {name}: ignoring the cached copy {}: {e}",
+            cache.path(name).display()
+        ),
+    }
+}
+
+/// Validates a candidate against the feed's current content and, if it
+/// passes, makes it current and (with a cache) writes it as last-known-good.
+fn accept_into(
+    state: &mut FeedState,
+    c: Candidate,
+    origin: Origin,
+    cache: Option<&Cache>,
+) -> Result<Accepted, RefreshError> {
+    let cfg = &state.config;
+    let data = c.parsed.map_err(|source| RefreshError::Parse {
+        location: cfg.location.clone(),
+        source,
+    })?;
+    let after = data.address_count();
+    if let Some(current) = &state.current {
+        let before = current.data.address_count();
+        if (after as f64) < (before as f64) * (1.0 - cfg.max_shrink) {
+            return Err(RefreshError::Shrink {
+                location: cfg.location.clone(),
+                before,
+                after,
+                max_shrink: cfg.max_shrink,
+            });
+        }
+    }
+    let feed = Feed {
+        name: cfg.name.clone(),
+        location: cfg.location.clone(),
+        origin,
+        fetched: Some(c.fetched),
+        data,
+    };
+    feed.log_problems();
+    if let (Some(cache), Origin::Network) = (cache, origin) {
+        let meta = CacheMeta {
+            name: cfg.name.clone(),
+            location: cfg.location.clone(),
+            format: feed.data.format.unwrap_or(super::Format::Plain),
+            validators: c.validators.clone(),
+            fetched: rfc3339(c.fetched),
+            bytes: c.body.len(),
+        };
+        if let Err(e) = cache.store(&meta, &c.body) {
+            tracing::warn!(
+                "feed {}: accepted but not cached (the next start cannot use it offline): {e}",
+                cfg.name
+            );
+        }
+    }
+    let accepted = Accepted {
+        name: cfg.name.clone(),
+        counts: feed.counts(),
+        before: state.current.as_ref().map(|f| f.counts()),
+    };
+    state.validators = c.validators;
+    state.current = Some(Arc::new(feed));
+    Ok(accepted)
+}
+
+/// Fetch limits of a feed.
+pub fn limits(cfg: &FeedConfig) -> Limits {
+    Limits {
+        connect_timeout: cfg.connect_timeout,
+        timeout: cfg.timeout,
+        max_bytes: cfg.max_bytes,
+    }
+}

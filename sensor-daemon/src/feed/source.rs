@@ -1,0 +1,518 @@
+//! Where feed bodies come from: HTTP(S) with conditional requests, local
+//! files, and the last-known-good cache in the state directory.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::Format;
+
+/// The User-Agent of every feed request: names the product and version so
+/// that a source operator can tell who is fetching.
+pub const USER_AGENT: &str = concat!(
+    "torsensor/",
+    env!("CARGO_PKG_VERSION"),
+    " (Tor network sensor; feed refresh)"
+);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("feed location {location:?}: {reason}")]
+    Location { location: String, reason: String },
+    #[error("{url}: HTTP {status}")]
+    Status { url: String, status: u16 },
+    #[error("{url}: no complete answer within {after:?} (timeout)")]
+    Timeout { url: String, after: Duration },
+    #[error("{url}: body larger than max_bytes = {max_bytes}")]
+    TooLarge { url: String, max_bytes: u64 },
+    #[error("{url}: {detail}")]
+    Transport { url: String, detail: String },
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cache file {path} is damaged: {reason}")]
+    BadCache { path: PathBuf, reason: String },
+}
+
+/// A feed's location, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Url(reqwest::Url),
+    Path(PathBuf),
+}
+
+impl Location {
+    /// `https://...`; `http://...` only to a loopback host unless
+    /// `allow_http`; anything without a scheme is a local path.
+    pub fn parse(text: &str, allow_http: bool) -> Result<Self, SourceError> {
+        let bad = |reason: &str| SourceError::Location {
+            location: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if !text.contains("://") {
+            if text.is_empty() {
+                return Err(bad("empty"));
+            }
+            return Ok(Location::Path(PathBuf::from(text)));
+        }
+        let url = reqwest::Url::parse(text).map_err(|e| bad(&format!("not a URL ({e})")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(bad(
+                "credentials in a URL end up in logs and process listings; feeds need none",
+            ));
+        }
+        match url.scheme() {
+            "https" => Ok(Location::Url(url)),
+            "http" if allow_http || is_loopback_host(&url) => Ok(Location::Url(url)),
+            "http" => Err(bad(
+                "plain http is only allowed to loopback; use https, or set allow_http = true for this feed",
+            )),
+            other => Err(bad(&format!(
+                "scheme {other:?} is not supported (https, http, or a path)"
+            ))),
+        }
+    }
+}
+
+fn is_loopback_host(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// HTTP validators for a conditional request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// Limits of one fetch.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub max_bytes: u64,
+}
+
+/// The result of a fetch that did not fail.
+#[derive(Debug)]
+pub enum Fetched {
+    /// 304, or an unchanged local file.
+    NotModified,
+    Body {
+        body: Vec<u8>,
+        validators: Validators,
+        fetched: SystemTime,
+    },
+}
+
+/// An HTTP client for feeds: rustls, gzip, the product's User-Agent, at
+/// most 5 redirects and never from https down to http.
+pub fn client(limits: &Limits) -> Result<reqwest::Client, SourceError> {
+    let policy = reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else if downgrade {
+            attempt.error("redirect from https to http refused")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .connect_timeout(limits.connect_timeout)
+        .redirect(policy)
+        .build()
+        .map_err(|e| SourceError::Transport {
+            url: "(client)".into(),
+            detail: chain(&e),
+        })
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
+}
+
+/// Fetches a location, conditionally when `validators` has something.
+pub async fn fetch(
+    client: &reqwest::Client,
+    location: &Location,
+    validators: &Validators,
+    limits: &Limits,
+) -> Result<Fetched, SourceError> {
+    match location {
+        Location::Url(url) => fetch_url(client, url, validators, limits).await,
+        Location::Path(path) => read_file(path, validators, limits.max_bytes),
+    }
+}
+
+async fn fetch_url(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+    validators: &Validators,
+    limits: &Limits,
+) -> Result<Fetched, SourceError> {
+    let name = url.to_string();
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            SourceError::Timeout {
+                url: name.clone(),
+                after: limits.timeout,
+            }
+        } else {
+            SourceError::Transport {
+                url: name.clone(),
+                detail: chain(&e),
+            }
+        }
+    };
+    let mut request = client.get(url.clone()).timeout(limits.timeout);
+    if let Some(etag) = &validators.etag {
+        request = request.header(reqwest::header::IF_NONE_MATCH, etag);
+    }
+    if let Some(lm) = &validators.last_modified {
+        request = request.header(reqwest::header::IF_MODIFIED_SINCE, lm);
+    }
+    let mut response = request.send().await.map_err(transport)?;
+    let status = response.status();
+    if status == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(Fetched::NotModified);
+    }
+    if !status.is_success() {
+        return Err(SourceError::Status {
+            url: name,
+            status: status.as_u16(),
+        });
+    }
+    let too_large = || SourceError::TooLarge {
+        url: name.clone(),
+        max_bytes: limits.max_bytes,
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > limits.max_bytes)
+    {
+        return Err(too_large());
+    }
+    let header = |h| {
+        response
+            .headers()
+            .get(h)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let validators = Validators {
+        etag: header(reqwest::header::ETAG),
+        last_modified: header(reqwest::header::LAST_MODIFIED),
+    };
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() as u64 + chunk.len() as u64 > limits.max_bytes {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Fetched::Body {
+        body,
+        validators,
+        fetched: SystemTime::now(),
+    })
+}
+
+/// Reads a local feed file unconditionally.
+pub fn fetch_file(path: &Path, max_bytes: u64) -> Result<Fetched, SourceError> {
+    read_file(path, &Validators::default(), max_bytes)
+}
+
+/// Reads a local feed file; its modification time and size stand in for an
+/// HTTP validator, so an unchanged file is not parsed again.
+fn read_file(path: &Path, validators: &Validators, max_bytes: u64) -> Result<Fetched, SourceError> {
+    let read_err = |source| SourceError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = fs::metadata(path).map_err(read_err)?;
+    let stamp = format!(
+        "{}:{}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    );
+    if validators.last_modified.as_deref() == Some(stamp.as_str()) {
+        return Ok(Fetched::NotModified);
+    }
+    if meta.len() > max_bytes {
+        return Err(SourceError::TooLarge {
+            url: path.display().to_string(),
+            max_bytes,
+        });
+    }
+    let mut body = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(max_bytes + 1).read_to_end(&mut body))
+        .map_err(read_err)?;
+    Ok(Fetched::Body {
+        body,
+        validators: Validators {
+            etag: None,
+            last_modified: Some(stamp),
+        },
+        fetched: SystemTime::now(),
+    })
+}
+
+/// What the cache keeps beside a body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheMeta {
+    pub name: String,
+    pub location: String,
+    pub format: Format,
+    pub validators: Validators,
+    /// When the body was fetched (RFC 3339).
+    pub fetched: String,
+    pub bytes: usize,
+}
+
+impl CacheMeta {
+    pub fn fetched_time(&self) -> Option<SystemTime> {
+        humantime::parse_rfc3339(&self.fetched).ok()
+    }
+}
+
+const CACHE_MAGIC: &str = "torsensor-feed-cache 1";
+
+/// The last-known-good feeds: `<state_dir>/feeds/<name>.cache`, one file per
+/// feed (a magic line, a JSON metadata line, then the body as fetched),
+/// replaced atomically so that a crash leaves the old or the new copy.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+}
+
+impl Cache {
+    pub fn new(state_dir: &Path) -> Self {
+        Cache {
+            dir: state_dir.join("feeds"),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.cache"))
+    }
+
+    /// Reads a cached feed; `Ok(None)` when there is none.
+    pub fn load(&self, name: &str) -> Result<Option<(CacheMeta, Vec<u8>)>, SourceError> {
+        let path = self.path(name);
+        let file = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(SourceError::Read { path, source }),
+        };
+        let mut reader = BufReader::new(file);
+        let meta = read_header(&mut reader, &path)?;
+        let mut body = Vec::with_capacity(meta.bytes);
+        reader
+            .read_to_end(&mut body)
+            .map_err(|source| SourceError::Read {
+                path: path.clone(),
+                source,
+            })?;
+        if body.len() != meta.bytes {
+            return Err(SourceError::BadCache {
+                path,
+                reason: format!("{} body bytes, header says {}", body.len(), meta.bytes),
+            });
+        }
+        Ok(Some((meta, body)))
+    }
+
+    /// Only the metadata of a cached feed.
+    pub fn meta(&self, name: &str) -> Result<Option<CacheMeta>, SourceError> {
+        let path = self.path(name);
+        match fs::File::open(&path) {
+            Ok(f) => read_header(&mut BufReader::new(f), &path).map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(SourceError::Read { path, source }),
+        }
+    }
+
+    pub fn store(&self, meta: &CacheMeta, body: &[u8]) -> Result<(), SourceError> {
+        let mut bytes = Vec::with_capacity(body.len() + 512);
+        bytes.extend_from_slice(CACHE_MAGIC.as_bytes());
+        bytes.push(b'\n');
+        serde_json::to_writer(&mut bytes, meta).expect("meta serializes");
+        bytes.push(b'\n');
+        bytes.extend_from_slice(body);
+        write_atomic(&self.path(&meta.name), &bytes, 0o640)
+    }
+}
+
+fn read_header(reader: &mut impl BufRead, path: &Path) -> Result<CacheMeta, SourceError> {
+    let bad = |reason: String| SourceError::BadCache {
+        path: path.to_owned(),
+        reason,
+    };
+    let mut magic = String::new();
+    let mut meta = String::new();
+    reader
+        .read_line(&mut magic)
+        .and_then(|_| reader.read_line(&mut meta))
+        .map_err(|source| SourceError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    if magic.trim_end() != CACHE_MAGIC {
+        return Err(bad(format!("first line is not {CACHE_MAGIC:?}")));
+    }
+    serde_json::from_str(&meta).map_err(|e| bad(format!("metadata line: {e}")))
+}
+
+/// Writes `bytes` to `path` so that readers see the old or the new content,
+/// never a mix: a temporary file in the same directory, fsync, rename, fsync
+/// of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SourceError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let write_err = |source| SourceError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(write_err)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(write_err)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(write_err)?;
+    drop(file);
+    fs::rename(&tmp, path).map_err(write_err)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations() {
+        assert!(matches!(
+            Location::parse("https://check.torproject.org/exit-addresses", false),
+            Ok(Location::Url(_))
+        ));
+        assert!(matches!(
+            Location::parse("http://127.0.0.1:8080/x", false),
+            Ok(Location::Url(_))
+        ));
+        assert!(matches!(
+            Location::parse("http://[::1]:8080/x", false),
+            Ok(Location::Url(_))
+        ));
+        assert!(matches!(
+            Location::parse("http://localhost/x", false),
+            Ok(Location::Url(_))
+        ));
+        let err = Location::parse("http://mirror.example/x", false).unwrap_err();
+        assert!(err.to_string().contains("allow_http"), "{err}");
+        assert!(Location::parse("http://mirror.example/x", true).is_ok());
+        assert!(Location::parse("ftp://x/y", false).is_err());
+        let err = Location::parse("https://user:secret@mirror.example/x", false).unwrap_err();
+        assert!(err.to_string().contains("credentials"), "{err}");
+        assert_eq!(
+            Location::parse("/var/lib/x.txt", false).unwrap(),
+            Location::Path("/var/lib/x.txt".into())
+        );
+    }
+
+    #[test]
+    fn cache_round_trip_and_damage() {
+        let dir = std::env::temp_dir().join(format!("torsensor-cache-{}", std::process::id()));
+        let cache = Cache::new(&dir);
+        assert!(cache.load("x").unwrap().is_none());
+        let meta = CacheMeta {
+            name: "x".into(),
+            location: "https://a/b".into(),
+            format: Format::Plain,
+            validators: Validators {
+                etag: Some("\"v1\"".into()),
+                last_modified: None,
+            },
+            fetched: "2026-11-24T10:00:00Z".into(),
+            bytes: 8,
+        };
+        cache.store(&meta, b"1.2.3.4\n").unwrap();
+        let (back, body) = cache.load("x").unwrap().unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(body, b"1.2.3.4\n");
+        assert_eq!(cache.meta("x").unwrap().unwrap(), meta);
+        // A truncated file is reported, not half-loaded.
+        let bytes = fs::read(cache.path("x")).unwrap();
+        fs::write(cache.path("x"), &bytes[..bytes.len() - 3]).unwrap();
+        let err = cache.load("x").unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn unchanged_local_file_is_not_modified() {
+        let path = std::env::temp_dir().join(format!("torsensor-file-{}", std::process::id()));
+        fs::write(&path, "1.2.3.4\n").unwrap();
+        let Fetched::Body { validators, .. } =
+            read_file(&path, &Validators::default(), 100).unwrap()
+        else {
+            panic!("first read has a body")
+        };
+        assert!(matches!(
+            read_file(&path, &validators, 100).unwrap(),
+            Fetched::NotModified
+        ));
+        assert!(matches!(
+            read_file(&path, &Validators::default(), 4),
+            Err(SourceError::TooLarge { .. })
+        ));
+        fs::remove_file(&path).unwrap();
+    }
+}
