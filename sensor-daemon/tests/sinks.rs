@@ -258,7 +258,7 @@ async fn hec_wire_format_headers_and_batching() {
     let r = Receiver::default();
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "hec+http://127.0.0.1:{port},token_file={},batch_max_events=50,linger_ms=100,hec_index=security",
+        "hec+http://127.0.0.1:{port},token_file={},batch_max_events=50,linger=100ms,hec_index=security",
         tok.display()
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
@@ -312,7 +312,7 @@ async fn bulk_ndjson_and_item_errors_are_retried() {
     r.bulk_failures.store(1, Ordering::SeqCst);
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "bulk+http://127.0.0.1:{port}/torsensor-alerts,token_file={},format=ocsf,gzip=true,retry_initial_ms=50,retry_max_ms=100,linger_ms=100",
+        "bulk+http://127.0.0.1:{port}/torsensor-alerts,token_file={},format=ocsf,gzip=true,retry_initial=50ms,retry_max=100ms,linger=100ms",
         tok.display()
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
@@ -369,7 +369,7 @@ async fn generic_json_lines() {
     let r = Receiver::default();
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "http://127.0.0.1:{port}/ingest/alerts,format=falco,linger_ms=50"
+        "http://127.0.0.1:{port}/ingest/alerts,format=falco,linger=50ms"
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
     for n in 0..25 {
@@ -395,7 +395,7 @@ async fn refused_payloads_are_dropped_and_counted_not_retried() {
     let r = Receiver::default();
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "http://127.0.0.1:{port}/reject,linger_ms=10,retry_initial_ms=20"
+        "http://127.0.0.1:{port}/reject,linger=10ms,retry_initial=20ms"
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
     for n in 0..4 {
@@ -437,7 +437,7 @@ async fn retry_after_is_honoured() {
     r.throttle.store(1, Ordering::SeqCst);
     let (port, _server) = serve(0, r.clone()).await;
     let out = cfg(&format!(
-        "http://127.0.0.1:{port}/in,linger_ms=10,retry_initial_ms=20,retry_max_ms=5000"
+        "http://127.0.0.1:{port}/in,linger=10ms,retry_initial=20ms,retry_max=5000ms"
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
     send(&sinks, 0);
@@ -462,7 +462,7 @@ async fn receiver_errors_mid_stream_keep_order_without_loss() {
     let r = Receiver::default();
     let (port, _server) = serve(0, r.clone()).await;
     let spec = format!(
-        "hec+http://127.0.0.1:{port},token_file={},batch_max_events=15,linger_ms=10,retry_initial_ms=30,retry_max_ms=100",
+        "hec+http://127.0.0.1:{port},token_file={},batch_max_events=15,linger=10ms,retry_initial=30ms,retry_max=100ms",
         tok.display()
     );
     let sinks = Sinks::start(&[cfg(&spec)], &dir, "torsensor").unwrap();
@@ -532,7 +532,7 @@ async fn outage_and_restart_deliver_everything_once_in_order() {
     let tok = token_file(&dir, "tok");
     let port = free_port();
     let spec = format!(
-        "hec+http://127.0.0.1:{port},name=siem,token_file={},batch_max_events=40,linger_ms=20,retry_initial_ms=50,retry_max_ms=200,spool_segment_bytes=4096,connect_timeout_ms=500",
+        "hec+http://127.0.0.1:{port},name=siem,token_file={},batch_max_events=40,linger=20ms,retry_initial=50ms,retry_max=200ms,spool_segment_bytes=4096,connect_timeout=500ms",
         tok.display()
     );
     let spool_dir = dir.join("spool").join("siem");
@@ -607,7 +607,7 @@ async fn full_spool_drops_oldest_and_counts_them() {
     // One alert per batch, so at most one alert is ever "in delivery" (and
     // kept while the spool is trimmed).
     let spec = format!(
-        "http://127.0.0.1:{port}/in,name=small,batch_max_events=1,linger_ms=0,retry_initial_ms=50,retry_max_ms=100,spool_max_bytes=8192,spool_segment_bytes=1024,connect_timeout_ms=500"
+        "http://127.0.0.1:{port}/in,name=small,batch_max_events=1,linger=0ms,retry_initial=50ms,retry_max=100ms,spool_max_bytes=8192,spool_segment_bytes=1024,connect_timeout=500ms"
     );
     let sinks = Sinks::start(&[cfg(&spec)], &dir, "torsensor").unwrap();
     for n in 0..300 {
@@ -719,7 +719,7 @@ async fn stalled_http_receiver_delays_neither_send_nor_the_file_sink() {
     let path = dir.join("alerts.json");
     let outputs = [
         cfg(&format!(
-            "http://127.0.0.1:{port}/stall,timeout_ms=30000,queue_size=100,batch_max_events=10"
+            "http://127.0.0.1:{port}/stall,timeout=30000ms,queue_size=100,batch_max_events=10"
         )),
         cfg(&format!("file:{}", path.display())),
     ];
@@ -772,7 +772,7 @@ async fn unix_datagram_syslog_and_late_receiver() {
     let dir = tmpdir("devlog");
     let sock_path = dir.join("log.sock");
     let spec = format!(
-        "syslog://{},facility=local0,retry_initial_ms=50,retry_max_ms=100",
+        "syslog://{},facility=local0,retry_initial=50ms,retry_max=100ms",
         sock_path.display()
     );
     let sinks = Sinks::start(&[cfg(&spec)], &dir, "torsensor").unwrap();
@@ -823,7 +823,7 @@ async fn udp_datagrams_over_the_limit_are_skipped_and_counted() {
     let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let port = rx.local_addr().unwrap().port();
     let out = cfg(&format!(
-        "syslog+udp://127.0.0.1:{port},datagram_max_bytes=1024,linger_ms=10"
+        "syslog+udp://127.0.0.1:{port},datagram_max_bytes=1024,linger=10ms"
     ));
     let sinks = Sinks::start(&[out], &dir, "torsensor").unwrap();
     send(&sinks, 0);
@@ -930,9 +930,9 @@ input(type="imtcp" address="127.0.0.1" port="{tcp_port}" ruleset="alerts")
         )
     };
     let tcp_out = cfg(&format!(
-        "syslog+tcp://127.0.0.1:{tcp_port},facility=local3,linger_ms=20,retry_initial_ms=50,retry_max_ms=200"
+        "syslog+tcp://127.0.0.1:{tcp_port},facility=local3,linger=20ms,retry_initial=50ms,retry_max=200ms"
     ));
-    let udp_out = cfg(&format!("syslog+udp://127.0.0.1:{udp_port},linger_ms=20"));
+    let udp_out = cfg(&format!("syslog+udp://127.0.0.1:{udp_port},linger=20ms"));
     // TCP first: once those lines are written, rsyslogd's UDP input is up too.
     let tcp = Sinks::start(&[tcp_out], &dir.join("s1"), "torsensor").unwrap();
     for n in 0..20 {
@@ -1087,7 +1087,7 @@ async fn https_with_ca_file_and_certificate_checks() {
 
     // Trusted through ca_file: delivered over TLS.
     let trusted = cfg(&format!(
-        "https://127.0.0.1:{port}/tls,ca_file={},linger_ms=10",
+        "https://127.0.0.1:{port}/tls,ca_file={},linger=10ms",
         ca.display()
     ));
     let sinks = Sinks::start(&[trusted], &dir.join("a"), "torsensor").unwrap();
@@ -1102,7 +1102,7 @@ async fn https_with_ca_file_and_certificate_checks() {
     // Without ca_file the self-signed certificate is refused: nothing is
     // sent, the alerts wait in the spool.
     let untrusted = cfg(&format!(
-        "https://127.0.0.1:{port}/tls,linger_ms=10,retry_initial_ms=50,retry_max_ms=100"
+        "https://127.0.0.1:{port}/tls,linger=10ms,retry_initial=50ms,retry_max=100ms"
     ));
     let sinks = Sinks::start(&[untrusted], &dir.join("b"), "torsensor").unwrap();
     send(&sinks, 5);

@@ -71,21 +71,22 @@ pub struct OutputConfig {
     /// historical `max_content_length`).
     #[serde(default = "d_batch_max_bytes")]
     pub batch_max_bytes: usize,
-    /// How long a batch waits for more alerts before it is sent. Default: 200 ms.
-    #[serde(default = "d_linger_ms")]
-    pub linger_ms: u64,
-    /// TCP (and TLS) connect timeout. Default: 5,000 ms.
-    #[serde(default = "d_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Whole-request timeout (connect, send, response). Default: 15,000 ms.
-    #[serde(default = "d_timeout_ms")]
-    pub timeout_ms: u64,
+    /// How long a batch waits for more alerts before it is sent (durations
+    /// are written like `"200ms"`, `"15s"`, `"1m"`). Default: 200 ms.
+    #[serde(default = "d_linger", deserialize_with = "duration")]
+    pub linger: Duration,
+    /// TCP (and TLS) connect timeout. Default: 5 s.
+    #[serde(default = "d_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (connect, send, answer). Default: 15 s.
+    #[serde(default = "d_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
     /// First retry delay; doubles per failure, with +-50 % jitter. Default: 500 ms.
-    #[serde(default = "d_retry_initial_ms")]
-    pub retry_initial_ms: u64,
-    /// Retry delay cap. Default: 60,000 ms.
-    #[serde(default = "d_retry_max_ms")]
-    pub retry_max_ms: u64,
+    #[serde(default = "d_retry_initial", deserialize_with = "duration")]
+    pub retry_initial: Duration,
+    /// Retry delay cap (also caps a receiver's `Retry-After`). Default: 60 s.
+    #[serde(default = "d_retry_max", deserialize_with = "duration")]
+    pub retry_max: Duration,
     /// File holding the token (HEC token, Elasticsearch API key, or bearer
     /// token for generic HTTP); surrounding whitespace is ignored. Default: none.
     #[serde(default)]
@@ -140,20 +141,40 @@ fn d_batch_max_events() -> usize {
 fn d_batch_max_bytes() -> usize {
     1 << 20
 }
-fn d_linger_ms() -> u64 {
-    200
+fn d_linger() -> Duration {
+    Duration::from_millis(200)
 }
-fn d_connect_timeout_ms() -> u64 {
-    5_000
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(5)
 }
-fn d_timeout_ms() -> u64 {
-    15_000
+fn d_timeout() -> Duration {
+    Duration::from_secs(15)
 }
-fn d_retry_initial_ms() -> u64 {
-    500
+fn d_retry_initial() -> Duration {
+    Duration::from_millis(500)
 }
-fn d_retry_max_ms() -> u64 {
-    60_000
+fn d_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A duration as text: `"200ms"`, `"15s"`, `"1m"` (as in `[[feed]]`).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(i64),
+    }
+    match Text::deserialize(d)? {
+        Text::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration like \"200ms\" or \"15s\" ({e})"
+            ))
+        }),
+        Text::Number(n) => Err(serde::de::Error::custom(format!(
+            "{n} has no unit; write a duration like \"{n}ms\" or \"{n}s\""
+        ))),
+    }
 }
 fn d_facility() -> String {
     "authpriv".to_owned()
@@ -364,24 +385,20 @@ impl OutputConfig {
         if self.spool_segment_bytes < 1024 {
             return Err(self.err("spool_segment_bytes", "must be at least 1024"));
         }
-        if self.connect_timeout_ms == 0 || self.timeout_ms == 0 {
+        if self.connect_timeout < Duration::from_millis(10) {
+            return Err(self.err("connect_timeout", "must be at least 10ms"));
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return Err(self.err("timeout", "must be at least 10ms"));
+        }
+        if self.retry_initial < Duration::from_millis(1) || self.retry_initial > self.retry_max {
             return Err(self.err(
-                if self.timeout_ms == 0 {
-                    "timeout_ms"
-                } else {
-                    "connect_timeout_ms"
-                },
-                "must be more than 0",
+                "retry_initial",
+                "must be at least 1ms and at most retry_max",
             ));
         }
-        if self.retry_initial_ms == 0 || self.retry_initial_ms > self.retry_max_ms {
-            return Err(self.err(
-                "retry_initial_ms",
-                "must be more than 0 and at most retry_max_ms",
-            ));
-        }
-        if self.linger_ms > 60_000 {
-            return Err(self.err("linger_ms", "must be at most 60,000"));
+        if self.linger > Duration::from_secs(60) {
+            return Err(self.err("linger", "must be at most 60s"));
         }
         if facility_code(&self.facility).is_none() {
             return Err(self.err("facility", format!("unknown syslog facility {:?}; use kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp or local0..local7", self.facility)));
@@ -525,12 +542,6 @@ impl OutputConfig {
 
     pub(crate) fn facility_code(&self) -> u8 {
         facility_code(&self.facility).unwrap_or(10)
-    }
-    pub(crate) fn connect_timeout(&self) -> Duration {
-        Duration::from_millis(self.connect_timeout_ms)
-    }
-    pub(crate) fn timeout(&self) -> Duration {
-        Duration::from_millis(self.timeout_ms)
     }
 }
 
@@ -722,6 +733,8 @@ mod tests {
             to = "bulk+https://es:9200/alerts"
             format = "falco"
             batch_max_events = 100
+            timeout = "30s"
+            linger = "50ms"
             allow_insecure_http = false
             "#,
         )
@@ -730,6 +743,9 @@ mod tests {
         assert_eq!(doc.output[0], OutputConfig::new("stdout"));
         assert_eq!(doc.output[1].format, Format::Falco);
         assert_eq!(doc.output[1].batch_max_events, 100);
+        assert_eq!(doc.output[1].timeout, Duration::from_secs(30));
+        assert_eq!(doc.output[1].linger, Duration::from_millis(50));
+        assert_eq!(doc.output[0].retry_max, Duration::from_secs(60));
         assert_eq!(doc.output[1].sink_name(), "bulk-es-9200-alerts");
         let bad = toml::from_str::<Doc>("[[output]]\nto = \"stdout\"\nqueue = 5\n")
             .err()
@@ -770,7 +786,9 @@ mod tests {
         check("syslog+udp://127.0.0.1:514,facility=bogus", "facility");
         check("stdout,queue_size=0", "queue_size");
         check("stdout,batch_max_events=0", "batch_max_events");
-        check("stdout,retry_initial_ms=100000", "retry_initial_ms");
+        check("stdout,retry_initial=2m", "retry_initial");
+        check("stdout,timeout=15", "no unit");
+        check("stdout,linger=soon", "not a duration");
         check("stdout,name=../x", "name");
         check("syslog+udp://127.0.0.1:514,token_env=HOME", "only HTTP");
         check(

@@ -14,13 +14,13 @@
 //!   for logrotate); the reopen travels through the queue, so alerts sent
 //!   before the call land in the old file and later ones in the new file.
 //! * **Remote sinks** (HTTP, syslog) deliver batches (`batch_max_events`,
-//!   `batch_max_bytes`, `linger_ms`) from memory while the receiver keeps up.
+//!   `batch_max_bytes`, `linger`) from memory while the receiver keeps up.
 //!   When a delivery fails, or the queue passes half full during a slow
 //!   delivery, the batch in flight and everything queued move to the spool
 //!   (`sink/spool.rs` documents its layout, durability and size bound),
 //!   and from then on new alerts are appended there and delivered from
 //!   there, oldest first, until it is empty again. Retries back off
-//!   exponentially (`retry_initial_ms` doubling to `retry_max_ms`, +-50 %
+//!   exponentially (`retry_initial` doubling to `retry_max`, +-50 %
 //!   jitter). An alert leaves the spool only when the receiver acknowledged
 //!   it: HTTP 2xx, plus `"code":0` for HEC and per-item statuses for `_bulk`;
 //!   for syslog, a completed write (syslog has no application-level ack).
@@ -509,9 +509,9 @@ fn start_one(
                 stop_gone: false,
                 max_events: cfg.batch_max_events,
                 max_bytes: cfg.batch_max_bytes,
-                linger: Duration::from_millis(cfg.linger_ms),
-                retry_initial: Duration::from_millis(cfg.retry_initial_ms),
-                retry_max: Duration::from_millis(cfg.retry_max_ms),
+                linger: cfg.linger,
+                retry_initial: cfg.retry_initial,
+                retry_max: cfg.retry_max,
                 rng: RandomState::new().build_hasher().finish() | 1,
             };
             tokio::spawn(remote.run())

@@ -133,8 +133,8 @@ impl Transport {
             Destination::SyslogTcp(addr) => Transport::Tcp(Tcp {
                 addr: addr.clone(),
                 conn: None,
-                connect_timeout: cfg.connect_timeout(),
-                timeout: cfg.timeout(),
+                connect_timeout: cfg.connect_timeout,
+                timeout: cfg.timeout,
                 syslog: syslog(),
             }),
             Destination::SyslogUdp(addr) => Transport::Udp(Udp {
@@ -147,7 +147,7 @@ impl Transport {
                 path: path.clone(),
                 sock: None,
                 max: cfg.datagram_max_bytes,
-                timeout: cfg.timeout(),
+                timeout: cfg.timeout,
                 syslog: syslog(),
             }),
             Destination::Http { kind, url, index } => {
@@ -156,8 +156,8 @@ impl Transport {
                     reason,
                 };
                 let mut b = reqwest::Client::builder()
-                    .connect_timeout(cfg.connect_timeout())
-                    .timeout(cfg.timeout())
+                    .connect_timeout(cfg.connect_timeout)
+                    .timeout(cfg.timeout)
                     .user_agent(format!("{app}/{}", env!("CARGO_PKG_VERSION")))
                     .pool_idle_timeout(Duration::from_secs(50));
                 if url.scheme() == "https" {
