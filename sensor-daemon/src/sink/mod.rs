@@ -1050,6 +1050,31 @@ mod tests {
     }
 
     #[test]
+    fn unusable_paths_are_named() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let file = OutputConfig::new("file:/nonexistent-dir/alerts.json");
+            let e = Sinks::start(&[file], Path::new("/tmp"), "t")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("/nonexistent-dir/alerts.json"), "{e}");
+            let remote = OutputConfig::new("syslog+udp://127.0.0.1:514");
+            let e = Sinks::start(&[remote], Path::new("/proc/torsensor-state"), "t")
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(
+                e.contains("/proc/torsensor-state/spool/syslog-udp-127.0.0.1-514"),
+                "{e}"
+            );
+        });
+    }
+
+    #[test]
     fn format_names() {
         let f: Vec<Format> = ["ecs", "ocsf", "falco"]
             .iter()
