@@ -24,7 +24,10 @@
 //!   jitter). An alert leaves the spool only when the receiver acknowledged
 //!   it: HTTP 2xx, plus `"code":0` for HEC and per-item statuses for `_bulk`;
 //!   for syslog, a completed write (syslog has no application-level ack).
-//!   Every disk operation runs on tokio's blocking pool.
+//!   Every disk operation runs on tokio's blocking pool. While a receiver
+//!   is down, its sink moves the queue to the spool as fast as the disk
+//!   allows, so the memory queue overflows (drop, counted) only when the
+//!   disk cannot keep up.
 //! * **Shutdown** ([`Sinks::shutdown`]): local sinks write what is queued;
 //!   remote sinks keep delivering until the deadline, then put what is left
 //!   (in order) in the spool and fsync it. The next [`Sinks::start`] with the
@@ -50,8 +53,9 @@
 //! for o in &outputs {
 //!     o.validate()?; // before anything touches the kernel
 //! }
-//! // Inside the runtime. The state directory is systemd's
-//! // `$STATE_DIRECTORY` (`StateDirectory=torsensor`), else /var/lib/torsensor.
+//! // Inside the runtime. The state directory is the sensor's `state_dir`
+//! // (default /var/lib/torsensor, beside status.json and feeds/); spools
+//! // go to `<state_dir>/spool/<sink name>/`.
 //! let sinks = Sinks::start(&outputs, &state_dir, "torsensor")?;
 //! // Per alert, from the ring-buffer reader (never blocks):
 //! sinks.send(&AlertMeta { time, severity: rule.severity, rule_id: rule.id.clone(), host },
@@ -317,8 +321,9 @@ impl Sinks {
     }
 
     /// Never blocks and never awaits: renders once per format in use and
-    /// enqueues to every sink. A full queue: a remote sink is told to spill
-    /// to its spool, the alert itself is dropped and counted.
+    /// enqueues to every sink. A remote sink whose queue passes half full is
+    /// woken to move it to its spool; an alert that finds a queue full is
+    /// dropped for that sink and counted (`dropped_queue`).
     pub fn send(&self, meta: &AlertMeta, render: &dyn Fn(Format) -> serde_json::Value) {
         if self.sinks.is_empty() {
             return;
