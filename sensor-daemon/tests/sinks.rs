@@ -693,14 +693,68 @@ async fn file_sink_reopens_after_rotation() {
         send(&sinks, n);
     }
     wait_for("7 lines in the new file", 5, || lines(&path).len() == 7).await;
+    // Shutdown writes what is still queued.
+    for n in 12..40 {
+        send(&sinks, n);
+    }
     let stats = sinks.shutdown(Duration::from_secs(1)).await;
     assert_seq(&ns_of(&lines(&rotated)), 0..5, "the rotated file");
-    assert_seq(&ns_of(&lines(&path)), 5..12, "the new file");
+    assert_seq(&ns_of(&lines(&path)), 5..40, "the new file");
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o640
     );
-    assert_eq!(stat(&stats, "file").delivered, 12);
+    assert_eq!(stat(&stats, "file").delivered, 40);
+}
+
+/// The stdout sink, checked from outside: this test runs itself again as a
+/// child process whose standard output is read back.
+#[tokio::test]
+async fn stdout_sink_writes_json_lines() {
+    if std::env::var_os("TORSENSOR_STDOUT_SINK_CHILD").is_some() {
+        let dir = tmpdir("stdout-child");
+        let sinks = Sinks::start(&[cfg("stdout,format=ocsf")], &dir, "torsensor").unwrap();
+        for n in 0..30 {
+            send(&sinks, n);
+        }
+        let stats = sinks.shutdown(Duration::from_secs(2)).await;
+        assert_eq!(stats[0].delivered, 30);
+        return;
+    }
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "stdout_sink_writes_json_lines",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("TORSENSOR_STDOUT_SINK_CHILD", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its output is a few kilobytes: it fits the pipes while we wait.
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output());
+    let out = tokio::time::timeout(Duration::from_secs(20), out)
+        .await
+        .expect("child within 20 s")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // libtest's own lines are not JSON; the sink's are, one per line (the
+    // first one may follow libtest's "test ... " prefix on the same line).
+    let docs: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.find('{').map(|i| &l[i..]))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_seq(&ns_of(&docs), 0..30, "stdout");
+    assert!(docs.iter().all(|d| d["format"] == "ocsf"));
 }
 
 #[tokio::test]
