@@ -707,6 +707,38 @@ async fn file_sink_reopens_after_rotation() {
     assert_eq!(stat(&stats, "file").delivered, 40);
 }
 
+#[tokio::test]
+async fn renders_once_per_format_in_use() {
+    let dir = tmpdir("formats");
+    let (a, b, c) = (dir.join("a.json"), dir.join("b.json"), dir.join("c.json"));
+    let outputs = [
+        cfg(&format!("file:{}", a.display())),
+        cfg(&format!("file:{},format=ecs", b.display())),
+        cfg(&format!("file:{},format=falco", c.display())),
+    ];
+    let sinks = Sinks::start(&outputs, &dir, "torsensor").unwrap();
+    let calls = std::cell::RefCell::new(Vec::new());
+    for n in 0..3 {
+        sinks.send(&meta(50), &|f| {
+            calls.borrow_mut().push(f);
+            json!({"n": n, "format": f.to_string()})
+        });
+    }
+    sinks.shutdown(Duration::from_secs(1)).await;
+    let calls = calls.into_inner();
+    assert_eq!(
+        calls.len(),
+        6,
+        "two formats in use, three alerts: {calls:?}"
+    );
+    assert_eq!(calls.iter().filter(|f| **f == Format::Ecs).count(), 3);
+    for (path, format) in [(&a, "ecs"), (&b, "ecs"), (&c, "falco")] {
+        let docs = lines(path);
+        assert_seq(&ns_of(&docs), 0..3, "each file");
+        assert!(docs.iter().all(|d| d["format"] == format), "{docs:?}");
+    }
+}
+
 /// The stdout sink, checked from outside: this test runs itself again as a
 /// child process whose standard output is read back.
 #[tokio::test]
