@@ -278,7 +278,15 @@ impl Spool {
                 events += 1;
                 i += 1;
             }
-            self.writer.as_mut().expect("writer").write_all(&buf)?;
+            if let Err(e) = self.writer.as_mut().expect("writer").write_all(&buf) {
+                // Undo a partial write so the file matches the index; the
+                // next append starts a new segment.
+                if let Some(w) = self.writer.take() {
+                    let _ = w.set_len(tail.bytes);
+                }
+                self.publish();
+                return Err(e);
+            }
             tail.bytes += buf.len() as u64;
             tail.events += events;
         }
