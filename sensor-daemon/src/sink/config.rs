@@ -18,6 +18,7 @@
 //! `--output 'hec+https://splunk:8088,format=ocsf,token_file=/etc/torsensor/hec.token'`.
 //! Tokens never come from the command line or the URL: only `token_file` or
 //! `token_env` (the name of an environment variable).
+//! A destination containing a comma (a file path, say) needs `[[output]]`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
