@@ -534,6 +534,27 @@ mod tests {
     }
 
     #[test]
+    fn failed_write_leaves_a_consistent_spool() {
+        let d = dir("enospc");
+        let c = Arc::new(Counters::default());
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        let first = s.next_seq();
+        // The segment this append opens is /dev/full: the write fails (ENOSPC).
+        std::os::unix::fs::symlink("/dev/full", d.join(seg_name(first))).unwrap();
+        let err = s.append(&[(first, entry(0))]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
+        // The next append goes to a new segment; nothing garbled is read back.
+        let recs: Vec<_> = (1..4).map(|n| (s.next_seq(), entry(n))).collect();
+        s.append(&recs).unwrap();
+        let b = s.read_batch(10, 1 << 20).unwrap();
+        assert_eq!(ns(&b), vec![1, 2, 3]);
+        s.ack_through(b.last().unwrap().0).unwrap();
+        assert!(s.is_empty());
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn batch_in_delivery_is_not_dropped() {
         let d = dir("protect");
         let c = Arc::new(Counters::default());
