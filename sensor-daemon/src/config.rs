@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::feed::Format;
 use crate::feed::source::Location;
+use crate::sink::OutputConfig;
 use sensor_common::MAX_FEEDS;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -46,6 +47,8 @@ pub enum ConfigError {
     HealthInterval,
     #[error("max_entries = {0}: must be between 1024 and 4194304")]
     MaxEntries(u32),
+    #[error("{0}")]
+    Output(String),
     #[error("feed {feed:?}: {field} {reason}")]
     Feed {
         feed: String,
@@ -91,6 +94,11 @@ pub struct SensorConfig {
     /// snapshot (Tor exit list and relay list of 2024-03-12), no network.
     #[serde(rename = "feed")]
     pub feeds: Vec<FeedConfig>,
+    /// Where alerts go (`[[output]]` tables or `--output`), each with its
+    /// own format, queue and spool; see `sink::OutputConfig` for every key.
+    /// Default: none, which means one `stdout` output in ECS.
+    #[serde(rename = "output")]
+    pub outputs: Vec<OutputConfig>,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
@@ -112,6 +120,7 @@ impl Default for SensorConfig {
             aggregation_window: DEFAULT_AGGREGATION_WINDOW,
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
+            outputs: Vec::new(),
         }
     }
 }
@@ -319,6 +328,15 @@ impl SensorConfig {
         }
     }
 
+    /// The outputs in force: the configured ones, or stdout in ECS.
+    pub fn outputs_or_stdout(&self) -> Vec<OutputConfig> {
+        if self.outputs.is_empty() {
+            vec![OutputConfig::new("stdout")]
+        } else {
+            self.outputs.clone()
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || !(4096..=(256 << 20)).contains(&rb) {
@@ -332,6 +350,11 @@ impl SensorConfig {
         }
         if !(1024..=(4 << 20)).contains(&self.max_entries) {
             return Err(ConfigError::MaxEntries(self.max_entries));
+        }
+        for output in &self.outputs {
+            output
+                .validate()
+                .map_err(|e| ConfigError::Output(e.to_string()))?;
         }
         let mut names = BTreeSet::new();
         for feed in &self.feeds {

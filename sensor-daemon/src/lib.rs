@@ -17,3 +17,4 @@ pub mod format;
 pub mod kernel;
 pub mod rules;
 pub mod sensor;
+pub mod sink;

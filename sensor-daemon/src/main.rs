@@ -93,6 +93,12 @@ struct RunArgs {
     /// Seconds between checks of the kernel loss counters and feed ages. Default: 5.
     #[arg(long)]
     health_interval_secs: Option<u64>,
+    /// Where alerts go, repeatable: stdout, file:PATH, syslog+udp://H:P,
+    /// syslog+tcp://H:P, syslog:///dev/log, https://..., hec+https://...,
+    /// bulk+https://H:P/INDEX, with ",format=ocsf" etc. (README, "Outputs").
+    /// Default: stdout in ECS. Tokens come from token_file/token_env only.
+    #[arg(long = "output", value_name = "DEST[,key=value...]")]
+    outputs: Vec<sensor_daemon::sink::OutputConfig>,
     /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
     #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = humantime::parse_duration)]
     aggregation_window: Option<Duration>,
@@ -143,6 +149,7 @@ impl RunArgs {
         if let Some(window) = self.aggregation_window {
             cfg.aggregation_window = window;
         }
+        cfg.outputs.extend(self.outputs.iter().cloned());
         cfg.validate()?;
         Ok(cfg)
     }

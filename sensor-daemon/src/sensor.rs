@@ -1,7 +1,7 @@
 //! The running sensor: load feeds, arm the kernel, turn events into alerts on
 //! stdout, report losses, and shut down cleanly on SIGINT/SIGTERM.
 
-use std::io::{self, BufWriter, Write};
+use std::io;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -24,6 +24,8 @@ use crate::feed::source::write_atomic;
 use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::{self, Counters, KernelError, LoadOptions, Probes};
 use crate::rules::{RuleError, Rules};
+use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
+use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -37,6 +39,8 @@ pub enum SensorError {
     Rules(#[from] RuleError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -108,7 +112,7 @@ fn write_status(state_dir: &Path, status: &Status) {
 }
 
 /// What happened during a run, written to `stats_file` at exit.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunStats {
     pub kernel: Counters,
     /// Alerts written to the output (first alerts, summaries, events).
@@ -121,12 +125,12 @@ pub struct RunStats {
     pub incomplete_reported: u64,
     /// Ring-buffer records that could not be decoded.
     pub decode_errors: u64,
-    /// Alerts that could not be written (output closed or failing).
-    pub write_errors: u64,
+    /// Per output: delivered, failed attempts, dropped, spooled.
+    pub outputs: Vec<crate::sink::SinkStats>,
 }
 
-/// Turns kernel events into alert lines.
-struct Pipeline<W: Write> {
+/// Turns kernel events into alerts for the outputs.
+struct Pipeline {
     feeds: FeedSet,
     /// The set before the last refresh: an event the kernel matched just
     /// before a flip is explained with the set it matched against.
@@ -137,11 +141,26 @@ struct Pipeline<W: Write> {
     processes: ProcessCache,
     containers: ContainerCache,
     aggregator: Aggregator,
-    out: W,
+    sinks: Sinks,
     stats: RunStats,
 }
 
-impl<W: Write> Pipeline<W> {
+/// The alert in the format an output asked for. OCSF and Falco are derived
+/// from the ECS document; should that fail (it would be a bug), the output
+/// gets the ECS document rather than nothing.
+fn render(doc: &Value, format: OutputFormat) -> Value {
+    let derived = match format {
+        OutputFormat::Ecs => return doc.clone(),
+        OutputFormat::Ocsf => crate::format::ocsf(doc),
+        OutputFormat::Falco => crate::format::falco(doc),
+    };
+    derived.unwrap_or_else(|e| {
+        tracing::error!("cannot render an alert as {format}: {e}; sending it as ECS");
+        doc.clone()
+    })
+}
+
+impl Pipeline {
     fn handle(&mut self, ev: &ConnEvent, incomplete: bool) {
         let mut conn = match Connection::from_event(ev, &self.clock) {
             Ok(c) => c,
@@ -199,32 +218,29 @@ impl<W: Write> Pipeline<W> {
         for doc in &docs {
             self.write(doc);
         }
-        if !docs.is_empty() {
-            let _ = self.out.flush();
-        }
     }
 
-    fn write(&mut self, doc: &serde_json::Value) {
-        let written = serde_json::to_writer(&mut self.out, doc)
-            .map_err(io::Error::from)
-            .and_then(|()| self.out.write_all(b"\n"));
-        match written {
-            Ok(()) => {
-                self.stats.alerts_written += 1;
-                let ts = &doc["torsensor"];
-                self.stats.connections_reported += ts["count"].as_u64().unwrap_or(1);
-                if ts["summary"] == true {
-                    self.stats.summaries_written += 1;
-                }
-            }
-            Err(e) => {
-                self.stats.write_errors += 1;
-                if self.stats.write_errors == 1 {
-                    tracing::error!(
-                        "cannot write alerts to stdout: {e} (counting further failures)"
-                    );
-                }
-            }
+    /// Hands one alert to every output (never blocks: each output has its
+    /// own queue and task).
+    fn write(&mut self, doc: &Value) {
+        let meta = AlertMeta {
+            time: doc["@timestamp"]
+                .as_str()
+                .and_then(|t| humantime::parse_rfc3339(t).ok())
+                .unwrap_or_else(SystemTime::now),
+            severity: doc["event"]["severity"]
+                .as_u64()
+                .map(|s| s.min(100) as u8)
+                .unwrap_or(0),
+            rule_id: doc["rule"]["id"].as_str().unwrap_or("").to_owned(),
+            host: self.sensor.host_name.clone(),
+        };
+        self.sinks.send(&meta, &|format| render(doc, format));
+        self.stats.alerts_written += 1;
+        let ts = &doc["torsensor"];
+        self.stats.connections_reported += ts["count"].as_u64().unwrap_or(1);
+        if ts["summary"] == true {
+            self.stats.summaries_written += 1;
         }
     }
 
@@ -257,10 +273,6 @@ impl<W: Write> Pipeline<W> {
                     tracing::warn!("dropped a kernel record: {e}");
                 }
             }
-        }
-        if let Err(e) = self.out.flush() {
-            self.stats.write_errors += 1;
-            tracing::error!("cannot flush alerts: {e}");
         }
     }
 }
@@ -329,6 +341,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         audit_all = cfg.audit_all,
         "torsensor armed: watching TCP connect and accept"
     );
+    let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
     let mut state_dir = cfg.state_dir.clone();
     write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
     let mut refresher = Refresher::new();
@@ -343,7 +356,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         processes: ProcessCache::host(),
         containers: ContainerCache::host(),
         aggregator: Aggregator::new(cfg.aggregation_window, 10_000),
-        out: BufWriter::with_capacity(64 << 10, io::stdout()),
+        sinks,
         stats: RunStats::default(),
     };
     let mut health = tokio::time::interval(cfg.health_interval);
@@ -418,6 +431,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
                 }
                 refresher.restart(&manager, true);
+                pipeline.sinks.reopen_files();
                 write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
             }
             _ = sigint.recv() => break,
@@ -437,12 +451,16 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         pipeline.handle(ev, true);
     }
     pipeline.write_summaries(true);
-    let _ = pipeline.out.flush();
     let counters = probes.counters().unwrap_or_default();
     report_losses(&counters, &last);
-    pipeline.stats.kernel = counters;
     drop(probes);
-    let stats = pipeline.stats;
+    let Pipeline {
+        sinks, mut stats, ..
+    } = pipeline;
+    stats.kernel = counters;
+    // Local outputs are flushed; remote ones try to deliver, and what is
+    // left goes to their spool for the next start.
+    stats.outputs = sinks.shutdown(std::time::Duration::from_secs(3)).await;
     tracing::info!(
         alerts = stats.alerts_written,
         connections = stats.connections_reported,
@@ -462,11 +480,11 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
 /// Applies one finished fetch: validation in the manager, then (if the
 /// content changed) a gapless switch of the kernel maps. Nothing already
 /// loaded is lost on any failure.
-fn on_fetch_done<W: Write>(
+fn on_fetch_done(
     done: FetchDone,
     manager: &mut FeedManager,
     probes: &mut Probes,
-    pipeline: &mut Pipeline<W>,
+    pipeline: &mut Pipeline,
 ) {
     let FetchDone {
         index,

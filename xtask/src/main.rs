@@ -23,6 +23,7 @@ const APT_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "systemd",
+    "rsyslog",
 ];
 
 #[derive(Parser)]

@@ -116,6 +116,31 @@ impl Drop for FeedServer {
     }
 }
 
+/// Reads a request line and headers: the path and the headers (lower-case
+/// names), or `None` when the client closed the connection.
+fn read_head(
+    reader: &mut BufReader<TcpStream>,
+) -> std::io::Result<Option<(String, HashMap<String, String>)>> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h)?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+        }
+    }
+    Ok(Some((path, headers)))
+}
+
 fn fnv(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
@@ -129,23 +154,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut conn = conn;
     loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        let Some((path, headers)) = read_head(&mut reader)? else {
             return Ok(());
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let mut headers = HashMap::new();
-        loop {
-            let mut h = String::new();
-            reader.read_line(&mut h)?;
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
-            }
-        }
+        };
         let behavior = {
             let mut st = state.lock().unwrap();
             match st.routes.get_mut(&path) {
@@ -275,3 +286,90 @@ pub fn fixture(name: &str) -> Vec<u8> {
 pub const TORDNSEL: &str = "exit-addresses_check.torproject.org_2024-03-12.txt";
 pub const ONIONOO: &str = "onionoo_details_running-relays_fp-or-country_2024-03-12.json";
 pub const BULK: &str = "torbulkexitlist_2024-03-12.txt";
+
+/// One POST as a receiver saw it.
+#[derive(Clone, Debug)]
+pub struct Post {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+/// A real HTTP/1.1 receiver on loopback (a SIEM stand-in): records every
+/// POST and answers 200 with `answer`.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    posts: Arc<Mutex<Vec<Post>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Receiver {
+    /// Listens on `addr` (port 0 for any).
+    pub fn start(addr: SocketAddr, answer: &'static str) -> Receiver {
+        let listener = TcpListener::bind(addr).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let posts = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, st) = (posts.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if st.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let _ = receive(conn, &p, answer);
+                });
+            }
+        });
+        Receiver { addr, posts, stop }
+    }
+
+    pub fn posts(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+fn receive(conn: TcpStream, posts: &Mutex<Vec<Post>>, answer: &str) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut conn = conn;
+    loop {
+        let Some((path, headers)) = read_head(&mut reader)? else {
+            return Ok(());
+        };
+        let len: usize = headers
+            .get("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body)?;
+        if headers
+            .get("content-encoding")
+            .is_some_and(|v| v.contains("gzip"))
+        {
+            let mut plain = Vec::new();
+            flate2::read::GzDecoder::new(&body[..]).read_to_end(&mut plain)?;
+            body = plain;
+        }
+        posts.lock().unwrap().push(Post {
+            path,
+            headers,
+            body,
+        });
+        write_response(
+            &mut conn,
+            200,
+            &["Content-Type: application/json"],
+            answer.as_bytes(),
+        )?;
+    }
+}

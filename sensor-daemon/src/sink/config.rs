@@ -1,0 +1,881 @@
+//! One output's configuration: the `[[output]]` TOML table and the
+//! `--output` flag value are the same struct, parsed by the same code.
+//!
+//! Destinations (`to`, or the part of `--output` before the first comma):
+//!
+//! | `to` | sink |
+//! |---|---|
+//! | `stdout` | JSON lines on standard output |
+//! | `file:/var/log/torsensor/alerts.json` | JSON lines appended to a file (reopened on SIGHUP) |
+//! | `syslog+udp://HOST:PORT` | RFC 5424, one message per datagram |
+//! | `syslog+tcp://HOST:PORT` | RFC 5424 with octet counting (RFC 6587) |
+//! | `syslog:///dev/log` | RFC 5424 to a local unix datagram socket (any path) |
+//! | `https://HOST[:PORT]/PATH` (or `http://`) | generic JSON lines, one POST per batch |
+//! | `hec+https://HOST[:PORT][/PATH]` | Splunk HEC; PATH defaults to `/services/collector/event` |
+//! | `bulk+https://HOST[:PORT]/INDEX` | Elasticsearch/OpenSearch `_bulk` into INDEX |
+//!
+//! Options follow as `,key=value` pairs, with the same names as the TOML keys:
+//! `--output 'hec+https://splunk:8088,format=ocsf,token_file=/etc/torsensor/hec.token'`.
+//! Tokens never come from the command line or the URL: only `token_file` or
+//! `token_env` (the name of an environment variable).
+//! A destination containing a comma (a file path, say) needs `[[output]]`.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Format, SinkError};
+
+/// Default bounded in-memory queue per sink (alerts).
+pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+/// Default spool limit per remote sink: 256 MiB.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
+/// Default spool segment size: 8 MiB (the unit of fsync and of dropping).
+pub const DEFAULT_SPOOL_SEGMENT_BYTES: u64 = 8 << 20;
+
+/// One `[[output]]` table in the TOML config, or one `--output` flag value.
+///
+/// Every field except `to` has a default, given in its doc comment.
+#[derive(Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Where alerts go (see the module docs for the syntax). Required.
+    pub to: String,
+    /// Name in logs, metrics and the spool directory (`<state>/spool/<name>/`).
+    /// Default: derived from `to` (for example `hec-127.0.0.1-8088`), so it
+    /// stays the same across restarts as long as `to` does.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Alert schema: `ecs`, `ocsf` or `falco`. Default: `ecs`.
+    #[serde(default)]
+    pub format: Format,
+    /// Alerts held in memory before a remote sink spills to its spool (a
+    /// local sink drops and counts). Default: 10,000.
+    #[serde(default = "d_queue_size")]
+    pub queue_size: usize,
+    /// On-disk spool limit in bytes for remote sinks (HTTP, syslog); when
+    /// full the oldest spooled alerts are dropped and counted. Default: 256 MiB.
+    #[serde(default = "d_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Spool segment size in bytes: a segment is fsynced when it is closed,
+    /// and dropped whole when the spool is full. Default: 8 MiB, at most a
+    /// quarter of `spool_max_bytes` (it is lowered to that when larger).
+    #[serde(default = "d_spool_segment_bytes")]
+    pub spool_segment_bytes: u64,
+    /// Most alerts in one request / write. Default: 500.
+    #[serde(default = "d_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Most bytes in one request body. Default: 1 MiB (Splunk HEC's
+    /// historical `max_content_length`).
+    #[serde(default = "d_batch_max_bytes")]
+    pub batch_max_bytes: usize,
+    /// How long a batch waits for more alerts before it is sent (durations
+    /// are written like `"200ms"`, `"15s"`, `"1m"`). Default: 200 ms.
+    #[serde(default = "d_linger", deserialize_with = "duration")]
+    pub linger: Duration,
+    /// TCP (and TLS) connect timeout. Default: 5 s.
+    #[serde(default = "d_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Whole-request timeout (connect, send, answer). Default: 15 s.
+    #[serde(default = "d_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+    /// First retry delay; doubles per failure, with +-50 % jitter. Default: 500 ms.
+    #[serde(default = "d_retry_initial", deserialize_with = "duration")]
+    pub retry_initial: Duration,
+    /// Retry delay cap (also caps a receiver's `Retry-After`). Default: 60 s.
+    #[serde(default = "d_retry_max", deserialize_with = "duration")]
+    pub retry_max: Duration,
+    /// File holding the token (HEC token, Elasticsearch API key, or bearer
+    /// token for generic HTTP); surrounding whitespace is ignored. Default: none.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding the token. Default: none.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// Extra PEM CA bundle trusted besides the system roots. Default: none.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Allow `http://` to a non-loopback host (alerts and token in clear text).
+    /// Default: false.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
+    /// Syslog facility name (`kern` .. `local7`). Default: `authpriv`:
+    /// alerts carry user and process details, and Debian's rsyslog routes
+    /// authpriv to the root/adm-only `auth.log` rather than to `syslog`.
+    #[serde(default = "d_facility")]
+    pub facility: String,
+    /// Largest syslog UDP / unix datagram; larger alerts are skipped and
+    /// counted (a truncated JSON body is useless). Default: 8,192 (rsyslog's
+    /// default `maxMessageSize`).
+    #[serde(default = "d_datagram_max_bytes")]
+    pub datagram_max_bytes: usize,
+    /// Compress HTTP request bodies (`Content-Encoding: gzip`; Splunk HEC
+    /// and Elasticsearch accept it). Default: false.
+    #[serde(default)]
+    pub gzip: bool,
+    /// HEC `source`. Default: the application name (`torsensor`).
+    #[serde(default)]
+    pub hec_source: Option<String>,
+    /// HEC `sourcetype`. Default: `_json`.
+    #[serde(default = "d_hec_sourcetype")]
+    pub hec_sourcetype: String,
+    /// HEC `index`. Default: none (the token's default index).
+    #[serde(default)]
+    pub hec_index: Option<String>,
+}
+
+fn d_queue_size() -> usize {
+    DEFAULT_QUEUE_SIZE
+}
+fn d_spool_max_bytes() -> u64 {
+    DEFAULT_SPOOL_MAX_BYTES
+}
+fn d_spool_segment_bytes() -> u64 {
+    DEFAULT_SPOOL_SEGMENT_BYTES
+}
+fn d_batch_max_events() -> usize {
+    500
+}
+fn d_batch_max_bytes() -> usize {
+    1 << 20
+}
+fn d_linger() -> Duration {
+    Duration::from_millis(200)
+}
+fn d_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn d_timeout() -> Duration {
+    Duration::from_secs(15)
+}
+fn d_retry_initial() -> Duration {
+    Duration::from_millis(500)
+}
+fn d_retry_max() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// A duration as text: `"200ms"`, `"15s"`, `"1m"` (as in `[[feed]]`).
+fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(i64),
+    }
+    match Text::deserialize(d)? {
+        Text::Text(t) => humantime::parse_duration(&t).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{t:?} is not a duration like \"200ms\" or \"15s\" ({e})"
+            ))
+        }),
+        Text::Number(n) => Err(serde::de::Error::custom(format!(
+            "{n} has no unit; write a duration like \"{n}ms\" or \"{n}s\""
+        ))),
+    }
+}
+fn d_facility() -> String {
+    "authpriv".to_owned()
+}
+fn d_datagram_max_bytes() -> usize {
+    8192
+}
+fn d_hec_sourcetype() -> String {
+    "_json".to_owned()
+}
+
+/// Which HTTP protocol an HTTP sink speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpKind {
+    /// Generic JSON lines (`application/x-ndjson`), `Authorization: Bearer`.
+    Lines,
+    /// Splunk HTTP Event Collector, `Authorization: Splunk`.
+    Hec,
+    /// Elasticsearch `_bulk`, `Authorization: ApiKey`.
+    Bulk,
+}
+
+/// Where an output writes, parsed from `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    Stdout,
+    File(PathBuf),
+    SyslogUdp(String),
+    SyslogTcp(String),
+    SyslogUnix(PathBuf),
+    Http {
+        kind: HttpKind,
+        /// The URL requests go to (for `_bulk`: `<base>/_bulk`).
+        url: reqwest::Url,
+        /// `_bulk` only: the index from the URL path.
+        index: Option<String>,
+    },
+}
+
+impl Destination {
+    /// Remote destinations get an on-disk spool; local ones drop when full.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Destination::Stdout | Destination::File(_))
+    }
+
+    /// Short kind name for stats and logs.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Destination::Stdout => "stdout",
+            Destination::File(_) => "file",
+            Destination::SyslogUdp(_) => "syslog-udp",
+            Destination::SyslogTcp(_) => "syslog-tcp",
+            Destination::SyslogUnix(_) => "syslog-unix",
+            Destination::Http { kind, .. } => match kind {
+                HttpKind::Lines => "http",
+                HttpKind::Hec => "hec",
+                HttpKind::Bulk => "bulk",
+            },
+        }
+    }
+}
+
+impl OutputConfig {
+    /// A config for `to` with every default.
+    pub fn new(to: &str) -> OutputConfig {
+        let mut t = toml::Table::new();
+        t.insert("to".into(), toml::Value::String(to.to_owned()));
+        t.try_into().expect("defaults deserialize")
+    }
+
+    fn err(&self, field: &'static str, reason: impl Into<String>) -> SinkError {
+        SinkError::Config {
+            output: self.to.clone(),
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Parses `to` (no I/O).
+    pub fn destination(&self) -> Result<Destination, SinkError> {
+        let to = self.to.trim();
+        if to == "stdout" || to == "-" {
+            return Ok(Destination::Stdout);
+        }
+        if let Some(path) = to.strip_prefix("file:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() || !path.starts_with('/') {
+                return Err(self.err(
+                    "to",
+                    "file: needs an absolute path, e.g. file:/var/log/torsensor/alerts.json",
+                ));
+            }
+            return Ok(Destination::File(PathBuf::from(path)));
+        }
+        let Some((scheme, rest)) = to.split_once("://") else {
+            return Err(self.err(
+                "to",
+                "unknown destination; use stdout, file:PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog:///dev/log, http(s)://..., hec+https://... or bulk+https://.../INDEX",
+            ));
+        };
+        match scheme {
+            "syslog" => {
+                if !rest.starts_with('/') {
+                    return Err(self.err("to", "syslog:// takes a unix socket path (syslog:///dev/log); use syslog+udp:// or syslog+tcp:// for the network"));
+                }
+                Ok(Destination::SyslogUnix(PathBuf::from(rest)))
+            }
+            "syslog+udp" | "syslog+tcp" => {
+                let hostport = rest.trim_end_matches('/');
+                if hostport.contains('@') {
+                    return Err(self.err("to", "credentials are not accepted in the address"));
+                }
+                let Some((host, port)) = hostport.rsplit_once(':') else {
+                    return Err(self.err("to", "syslog address needs HOST:PORT, e.g. syslog+tcp://127.0.0.1:601"));
+                };
+                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+                    return Err(self.err("to", format!("bad syslog address {hostport:?}: needs HOST:PORT")));
+                }
+                if scheme == "syslog+udp" {
+                    Ok(Destination::SyslogUdp(hostport.to_owned()))
+                } else {
+                    Ok(Destination::SyslogTcp(hostport.to_owned()))
+                }
+            }
+            "http" | "https" | "hec+http" | "hec+https" | "bulk+http" | "bulk+https" => {
+                let (kind, http_scheme) = match scheme.split_once('+') {
+                    Some(("hec", s)) => (HttpKind::Hec, s),
+                    Some(("bulk", s)) => (HttpKind::Bulk, s),
+                    _ => (HttpKind::Lines, scheme),
+                };
+                let mut url = reqwest::Url::parse(&format!("{http_scheme}://{rest}"))
+                    .map_err(|e| self.err("to", format!("bad URL: {e}")))?;
+                if !url.username().is_empty() || url.password().is_some() {
+                    return Err(self.err("to", "credentials in the URL are not accepted; use token_file or token_env"));
+                }
+                if url.query_pairs().any(|(k, _)| {
+                    let k = k.to_ascii_lowercase();
+                    k.contains("token") || k.contains("key") || k.contains("password") || k.contains("auth")
+                }) {
+                    return Err(self.err("to", "a token in the URL query is not accepted; use token_file or token_env"));
+                }
+                let Some(host) = url.host_str().map(str::to_owned) else {
+                    return Err(self.err("to", "URL has no host"));
+                };
+                if http_scheme == "http" && !self.allow_insecure_http && !is_loopback_host(&host) {
+                    return Err(self.err("to", format!("http:// to {host} sends alerts and credentials in clear text; use https:// or set allow_insecure_http = true")));
+                }
+                let mut index = None;
+                match kind {
+                    HttpKind::Lines => {}
+                    HttpKind::Hec => {
+                        if url.path() == "/" || url.path().is_empty() {
+                            url.set_path("/services/collector/event");
+                        }
+                    }
+                    HttpKind::Bulk => {
+                        let path = url.path().trim_matches('/').to_owned();
+                        let (base, idx) = match path.rsplit_once('/') {
+                            Some((b, i)) => (format!("/{b}"), i.to_owned()),
+                            None => (String::new(), path),
+                        };
+                        if idx.is_empty() || idx == "_bulk" {
+                            return Err(self.err("to", "bulk+https:// needs the index as the last path segment, e.g. bulk+https://es:9200/torsensor-alerts"));
+                        }
+                        if idx.starts_with(['_', '-', '+']) || idx.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c)) {
+                            return Err(self.err("to", format!("{idx:?} is not a valid Elasticsearch index name (lowercase, no leading _ - +, none of \\/*?\"<>| ,#:)")));
+                        }
+                        url.set_path(&format!("{base}/_bulk"));
+                        index = Some(idx);
+                    }
+                }
+                Ok(Destination::Http { kind, url, index })
+            }
+            other => Err(self.err("to", format!("unknown scheme {other:?}; use syslog+udp, syslog+tcp, syslog, http, https, hec+https or bulk+https"))),
+        }
+    }
+
+    /// Checks everything that can be checked without sending: the
+    /// destination, sizes, timeouts, the facility, and that a configured
+    /// token is readable and non-empty. Called before anything touches the kernel.
+    pub fn validate(&self) -> Result<(), SinkError> {
+        let dest = self.destination()?;
+        if let Some(name) = &self.name
+            && (name.is_empty()
+                || name.len() > 64
+                || name.starts_with('.')
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(self.err(
+                "name",
+                "must be 1-64 characters of A-Z a-z 0-9 . _ - (it names the spool directory)",
+            ));
+        }
+        if self.queue_size == 0 || self.queue_size > 10_000_000 {
+            return Err(self.err("queue_size", "must be between 1 and 10,000,000 alerts"));
+        }
+        if self.batch_max_events == 0 {
+            return Err(self.err("batch_max_events", "must be at least 1"));
+        }
+        if self.batch_max_bytes < 1024 {
+            return Err(self.err("batch_max_bytes", "must be at least 1024"));
+        }
+        if self.spool_max_bytes < 4096 {
+            return Err(self.err("spool_max_bytes", "must be at least 4096"));
+        }
+        if self.spool_segment_bytes < 1024 {
+            return Err(self.err("spool_segment_bytes", "must be at least 1024"));
+        }
+        if self.connect_timeout < Duration::from_millis(10) {
+            return Err(self.err("connect_timeout", "must be at least 10ms"));
+        }
+        if self.timeout < Duration::from_millis(10) {
+            return Err(self.err("timeout", "must be at least 10ms"));
+        }
+        if self.retry_initial < Duration::from_millis(1) || self.retry_initial > self.retry_max {
+            return Err(self.err(
+                "retry_initial",
+                "must be at least 1ms and at most retry_max",
+            ));
+        }
+        if self.linger > Duration::from_secs(60) {
+            return Err(self.err("linger", "must be at most 60s"));
+        }
+        if facility_code(&self.facility).is_none() {
+            return Err(self.err("facility", format!("unknown syslog facility {:?}; use kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp or local0..local7", self.facility)));
+        }
+        if self.datagram_max_bytes < 480 || self.datagram_max_bytes > 65_507 {
+            return Err(self.err(
+                "datagram_max_bytes",
+                "must be between 480 (RFC 5426 minimum) and 65507",
+            ));
+        }
+        if self.token_file.is_some() && self.token_env.is_some() {
+            return Err(self.err("token_file", "give token_file or token_env, not both"));
+        }
+        let is_http = matches!(dest, Destination::Http { .. });
+        if !is_http && (self.token_file.is_some() || self.token_env.is_some()) {
+            return Err(self.err("token_file", "only HTTP outputs take a token"));
+        }
+        if matches!(
+            dest,
+            Destination::Http {
+                kind: HttpKind::Hec,
+                ..
+            }
+        ) && self.token_file.is_none()
+            && self.token_env.is_none()
+        {
+            return Err(self.err(
+                "token_file",
+                "Splunk HEC needs a token: set token_file or token_env",
+            ));
+        }
+        if self.gzip && !is_http {
+            return Err(self.err("gzip", "only HTTP outputs compress"));
+        }
+        if let Some(ca) = &self.ca_file {
+            if !is_http {
+                return Err(self.err("ca_file", "only HTTP outputs use TLS"));
+            }
+            std::fs::metadata(ca)
+                .map_err(|e| self.err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
+        }
+        self.token()?;
+        Ok(())
+    }
+
+    /// Reads the token from `token_file` or `token_env` (None when neither is set).
+    pub fn token(&self) -> Result<Option<String>, SinkError> {
+        let token = if let Some(path) = &self.token_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                self.err("token_file", format!("cannot read {}: {e}", path.display()))
+            })?;
+            text.trim().to_owned()
+        } else if let Some(var) = &self.token_env {
+            let value = std::env::var(var).map_err(|_| {
+                self.err(
+                    "token_env",
+                    format!("environment variable {var} is not set (or not UTF-8)"),
+                )
+            })?;
+            value.trim().to_owned()
+        } else {
+            return Ok(None);
+        };
+        if token.is_empty() {
+            return Err(self.err(
+                if self.token_file.is_some() {
+                    "token_file"
+                } else {
+                    "token_env"
+                },
+                "the token is empty",
+            ));
+        }
+        if token.chars().any(|c| c.is_control()) {
+            return Err(self.err(
+                if self.token_file.is_some() {
+                    "token_file"
+                } else {
+                    "token_env"
+                },
+                "the token contains control characters",
+            ));
+        }
+        Ok(Some(token))
+    }
+
+    /// The sink's name: `name`, or one derived from `to`.
+    pub fn sink_name(&self) -> String {
+        if let Some(n) = &self.name {
+            return n.clone();
+        }
+        let derived = match self.destination() {
+            Ok(Destination::Stdout) => "stdout".to_owned(),
+            Ok(Destination::File(p)) => format!("file-{}", p.display()),
+            Ok(Destination::SyslogUnix(p)) => format!("syslog-unix-{}", p.display()),
+            Ok(d @ (Destination::SyslogUdp(_) | Destination::SyslogTcp(_))) => {
+                let (Destination::SyslogUdp(a) | Destination::SyslogTcp(a)) = &d else {
+                    unreachable!()
+                };
+                format!("{}-{a}", d.kind_name())
+            }
+            Ok(d @ Destination::Http { .. }) => {
+                let Destination::Http { url, index, .. } = &d else {
+                    unreachable!()
+                };
+                let mut s = format!(
+                    "{}-{}-{}",
+                    d.kind_name(),
+                    url.host_str().unwrap_or(""),
+                    url.port_or_known_default().unwrap_or(0)
+                );
+                if let Some(i) = index {
+                    s.push('-');
+                    s.push_str(i);
+                }
+                s
+            }
+            Err(_) => self.to.clone(),
+        };
+        let mut out: String = derived
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        while out.contains("--") {
+            out = out.replace("--", "-");
+        }
+        out = out.trim_matches(['-', '.']).to_owned();
+        out.truncate(64);
+        if out.is_empty() {
+            "output".to_owned()
+        } else {
+            out
+        }
+    }
+
+    pub(crate) fn facility_code(&self) -> u8 {
+        facility_code(&self.facility).unwrap_or(10)
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// RFC 5424 facility numbers.
+pub fn facility_code(name: &str) -> Option<u8> {
+    const NAMES: [&str; 24] = [
+        "kern",
+        "user",
+        "mail",
+        "daemon",
+        "auth",
+        "syslog",
+        "lpr",
+        "news",
+        "uucp",
+        "cron",
+        "authpriv",
+        "ftp",
+        "ntp",
+        "security",
+        "console",
+        "solaris-cron",
+        "local0",
+        "local1",
+        "local2",
+        "local3",
+        "local4",
+        "local5",
+        "local6",
+        "local7",
+    ];
+    NAMES
+        .iter()
+        .position(|n| n.eq_ignore_ascii_case(name))
+        .map(|i| i as u8)
+}
+
+impl FromStr for OutputConfig {
+    type Err = SinkError;
+
+    /// `DESTINATION[,key=value...]`, keys as in `[[output]]`. Numbers and
+    /// `true`/`false` are taken as such, everything else as a string.
+    /// A `token=` option is refused: secrets do not belong on a command line.
+    fn from_str(s: &str) -> Result<Self, SinkError> {
+        let mut parts = s.split(',');
+        let to = parts.next().unwrap_or("").trim();
+        let perr = |reason: String| SinkError::Flag {
+            value: s.to_owned(),
+            reason,
+        };
+        if to.is_empty() {
+            return Err(perr("empty destination; e.g. --output stdout or --output 'hec+https://splunk:8088,token_file=/etc/torsensor/hec.token'".into()));
+        }
+        let mut table = toml::Table::new();
+        table.insert("to".into(), toml::Value::String(to.to_owned()));
+        for part in parts {
+            let Some((k, v)) = part.split_once('=') else {
+                return Err(perr(format!("option {part:?} is not key=value")));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if matches!(k, "token" | "password" | "api_key" | "apikey") {
+                return Err(perr(format!(
+                    "{k}= is not accepted on the command line (it would show in ps and shell history); use token_file= or token_env="
+                )));
+            }
+            if k == "to" {
+                return Err(perr("the destination comes first, not as to=".into()));
+            }
+            let value = if let Ok(n) = v.parse::<i64>() {
+                toml::Value::Integer(n)
+            } else if let Ok(b) = v.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                toml::Value::String(v.to_owned())
+            };
+            if table.insert(k.to_owned(), value).is_some() {
+                return Err(perr(format!("option {k} given twice")));
+            }
+        }
+        let cfg: OutputConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| perr(e.message().to_owned()))?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_destinations() {
+        let d = |s: &str| s.parse::<OutputConfig>().unwrap().destination().unwrap();
+        assert_eq!(d("stdout"), Destination::Stdout);
+        assert_eq!(
+            d("file:/var/log/a.json"),
+            Destination::File("/var/log/a.json".into())
+        );
+        assert_eq!(
+            d("syslog+udp://127.0.0.1:514"),
+            Destination::SyslogUdp("127.0.0.1:514".into())
+        );
+        assert_eq!(
+            d("syslog+tcp://[::1]:601"),
+            Destination::SyslogTcp("[::1]:601".into())
+        );
+        assert_eq!(
+            d("syslog:///dev/log"),
+            Destination::SyslogUnix("/dev/log".into())
+        );
+        let Destination::Http { kind, url, index } = d("hec+https://splunk.example:8088") else {
+            panic!()
+        };
+        assert_eq!(
+            (kind, url.as_str(), index),
+            (
+                HttpKind::Hec,
+                "https://splunk.example:8088/services/collector/event",
+                None
+            )
+        );
+        let Destination::Http { kind, url, index } =
+            d("bulk+https://es.example:9200/torsensor-alerts")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (kind, url.as_str(), index.as_deref()),
+            (
+                HttpKind::Bulk,
+                "https://es.example:9200/_bulk",
+                Some("torsensor-alerts")
+            )
+        );
+        let Destination::Http { kind, url, .. } = d("http://127.0.0.1:8080/ingest") else {
+            panic!()
+        };
+        assert_eq!(
+            (kind, url.as_str()),
+            (HttpKind::Lines, "http://127.0.0.1:8080/ingest")
+        );
+    }
+
+    #[test]
+    fn flag_options() {
+        let c: OutputConfig =
+            "syslog+tcp://127.0.0.1:601,format=ocsf,queue_size=5,facility=local3,name=siem"
+                .parse()
+                .unwrap();
+        assert_eq!(c.format, Format::Ocsf);
+        assert_eq!(c.queue_size, 5);
+        assert_eq!(c.facility_code(), 19);
+        assert_eq!(c.sink_name(), "siem");
+        assert_eq!(c.spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+        c.validate().unwrap();
+        let e = "stdout,format=xml"
+            .parse::<OutputConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xml") && e.contains("ecs"), "{e}");
+        let e = "stdout,colour=red"
+            .parse::<OutputConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("colour"), "{e}");
+        let e = "hec+https://s:8088,token=abc"
+            .parse::<OutputConfig>()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("token_file"), "{e}");
+    }
+
+    #[test]
+    fn toml_outputs() {
+        #[derive(Deserialize)]
+        struct Doc {
+            output: Vec<OutputConfig>,
+        }
+        let doc: Doc = toml::from_str(
+            r#"
+            [[output]]
+            to = "stdout"
+            [[output]]
+            to = "bulk+https://es:9200/alerts"
+            format = "falco"
+            batch_max_events = 100
+            timeout = "30s"
+            linger = "50ms"
+            allow_insecure_http = false
+            "#,
+        )
+        .unwrap();
+        assert_eq!(doc.output.len(), 2);
+        assert_eq!(doc.output[0], OutputConfig::new("stdout"));
+        assert_eq!(doc.output[1].format, Format::Falco);
+        assert_eq!(doc.output[1].batch_max_events, 100);
+        assert_eq!(doc.output[1].timeout, Duration::from_secs(30));
+        assert_eq!(doc.output[1].linger, Duration::from_millis(50));
+        assert_eq!(doc.output[0].retry_max, Duration::from_secs(60));
+        assert_eq!(doc.output[1].sink_name(), "bulk-es-9200-alerts");
+        let bad = toml::from_str::<Doc>("[[output]]\nto = \"stdout\"\nqueue = 5\n")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(bad.contains("queue"), "{bad}");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let check = |s: &str, field: &str| {
+            let e = s
+                .parse::<OutputConfig>()
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(field), "{s}: {e}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        };
+        check("file:relative.json", "absolute path");
+        check("ftp://x", "unknown scheme");
+        check("nowhere", "unknown destination");
+        check("http://10.0.0.1/x", "allow_insecure_http");
+        check("https://user:pw@example.com/x", "credentials");
+        check("https://example.com/x?token=abc", "token_file");
+        check("hec+https://splunk:8088", "token_file");
+        check(
+            "hec+https://splunk:8088,token_env=TORSENSOR_TEST_UNSET_VAR",
+            "TORSENSOR_TEST_UNSET_VAR",
+        );
+        check(
+            "hec+https://splunk:8088,token_file=/nonexistent/tok",
+            "/nonexistent/tok",
+        );
+        check("bulk+https://es:9200", "index");
+        check("bulk+https://es:9200/Upper", "index name");
+        check("syslog+udp://127.0.0.1", "HOST:PORT");
+        check("syslog+udp://127.0.0.1:514,facility=bogus", "facility");
+        check("stdout,queue_size=0", "queue_size");
+        check("stdout,batch_max_events=0", "batch_max_events");
+        check("stdout,retry_initial=2m", "retry_initial");
+        check("stdout,timeout=15", "no unit");
+        check("stdout,linger=soon", "not a duration");
+        check("stdout,name=../x", "name");
+        check("syslog+udp://127.0.0.1:514,token_env=HOME", "only HTTP");
+        check(
+            "syslog+udp://127.0.0.1:514,datagram_max_bytes=100",
+            "datagram_max_bytes",
+        );
+        check("stdout,gzip=true", "gzip");
+        // Loopback over plain http is fine, and so is an explicit opt-in.
+        "http://127.0.0.1:9/x"
+            .parse::<OutputConfig>()
+            .unwrap()
+            .validate()
+            .unwrap();
+        "http://[::1]:9/x"
+            .parse::<OutputConfig>()
+            .unwrap()
+            .validate()
+            .unwrap();
+        "http://10.0.0.1/x,allow_insecure_http=true"
+            .parse::<OutputConfig>()
+            .unwrap()
+            .validate()
+            .unwrap();
+    }
+
+    #[test]
+    fn token_from_file_and_env() {
+        let dir = std::env::temp_dir().join(format!("torsensor-sinkcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("tok");
+        std::fs::write(&f, "  s3cret\n").unwrap();
+        let c: OutputConfig = format!("hec+https://s:8088,token_file={}", f.display())
+            .parse()
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.token().unwrap().as_deref(), Some("s3cret"));
+        std::fs::write(&f, "\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("empty"));
+        // PATH is always set in the test environment.
+        std::fs::remove_dir_all(&dir).unwrap();
+        let c: OutputConfig = "https://example.com/x,token_env=PATH".parse().unwrap();
+        assert!(c.token().unwrap().is_some());
+    }
+
+    #[test]
+    fn clap_takes_repeated_output_flags() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[arg(long = "output")]
+            output: Vec<OutputConfig>,
+        }
+        let cli = Cli::try_parse_from([
+            "t",
+            "--output",
+            "stdout",
+            "--output",
+            "syslog+udp://127.0.0.1:514,format=falco",
+        ])
+        .unwrap();
+        assert_eq!(cli.output.len(), 2);
+        assert_eq!(cli.output[1].format, Format::Falco);
+        let err = Cli::try_parse_from(["t", "--output", "hec+https://s:8088,token=x"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("token_file"), "{err}");
+    }
+
+    #[test]
+    fn derived_names_are_stable_and_safe() {
+        assert_eq!(
+            OutputConfig::new("syslog+tcp://127.0.0.1:601").sink_name(),
+            "syslog-tcp-127.0.0.1-601"
+        );
+        assert_eq!(
+            OutputConfig::new("hec+https://splunk:8088").sink_name(),
+            "hec-splunk-8088"
+        );
+        assert_eq!(
+            OutputConfig::new("file:/var/log/a.json").sink_name(),
+            "file-var-log-a.json"
+        );
+        assert_eq!(
+            OutputConfig::new("syslog:///dev/log").sink_name(),
+            "syslog-unix-dev-log"
+        );
+    }
+}
