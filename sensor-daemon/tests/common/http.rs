@@ -63,18 +63,9 @@ impl FeedServer {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(Mutex::new(State::default()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (state.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let _ = serve(conn, &s);
-                });
-            }
+        let s = state.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let _ = serve(conn, &s);
         });
         FeedServer { addr, state, stop }
     }
@@ -114,6 +105,25 @@ impl Drop for FeedServer {
         // Wake the accept loop.
         let _ = TcpStream::connect(self.addr);
     }
+}
+
+/// Accepts connections until `stop`, each served on its own thread.
+fn accept_loop(
+    listener: TcpListener,
+    stop: Arc<AtomicBool>,
+    handle: impl Fn(TcpStream) + Send + Sync + 'static,
+) {
+    let handle = Arc::new(handle);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(conn) = conn else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(conn));
+        }
+    });
 }
 
 /// Reads a request line and headers: the path and the headers (lower-case
@@ -310,18 +320,9 @@ impl Receiver {
         let addr = listener.local_addr().unwrap();
         let posts = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (p, st) = (posts.clone(), stop.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(conn) = conn else { continue };
-                let p = p.clone();
-                std::thread::spawn(move || {
-                    let _ = receive(conn, &p, answer);
-                });
-            }
+        let p = posts.clone();
+        accept_loop(listener, stop.clone(), move |conn| {
+            let _ = receive(conn, &p, answer);
         });
         Receiver { addr, posts, stop }
     }
