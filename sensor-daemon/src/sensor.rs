@@ -129,6 +129,9 @@ pub struct RunStats {
     pub outputs: Vec<crate::sink::SinkStats>,
 }
 
+/// Records handled before the loop yields to the output tasks.
+const DRAIN_CHUNK: usize = 256;
+
 /// Turns kernel events into alerts for the outputs.
 struct Pipeline {
     feeds: FeedSet,
@@ -261,8 +264,12 @@ impl Pipeline {
         }
     }
 
-    fn drain(&mut self, ring: &mut RingBuf<MapData>) {
-        while let Some(item) = ring.next() {
+    /// Handles up to `max` ring-buffer records; true if more may be left.
+    fn drain_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
             match decode(&item) {
                 Ok(ev) => {
                     drop(item);
@@ -273,6 +280,16 @@ impl Pipeline {
                     tracing::warn!("dropped a kernel record: {e}");
                 }
             }
+        }
+        true
+    }
+
+    /// Handles every record in the ring buffer, in chunks, letting the
+    /// output tasks (same thread) run between chunks so that their queues
+    /// drain as fast as alerts arrive.
+    async fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.drain_some(ring, DRAIN_CHUNK) {
+            tokio::task::yield_now().await;
         }
     }
 }
@@ -367,8 +384,15 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         tokio::select! {
             guard = ring.readable_mut() => {
                 let mut guard = guard.map_err(io_err("polling the ring buffer"))?;
-                pipeline.drain(guard.get_inner_mut());
-                guard.clear_ready();
+                let more = pipeline.drain_some(guard.get_inner_mut(), DRAIN_CHUNK);
+                if !more {
+                    guard.clear_ready();
+                }
+                drop(guard);
+                if more {
+                    // Let the output tasks take what was just queued.
+                    tokio::task::yield_now().await;
+                }
             }
             guard = async { kernel_log.as_mut().expect("guarded").readable_mut().await }, if kernel_log.is_some() => {
                 let mut guard = guard.map_err(io_err("polling the kernel log"))?;
@@ -378,7 +402,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
             Some(done) = refresher.rx.recv() => {
                 if done.generation == refresher.generation() {
                     // Events matched against the old set are read first.
-                    pipeline.drain(ring.get_mut());
+                    pipeline.drain(ring.get_mut()).await;
                     on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
                     write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
                 }
@@ -415,7 +439,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                         };
                         match set {
                             Ok(set) => {
-                                pipeline.drain(ring.get_mut());
+                                pipeline.drain(ring.get_mut()).await;
                                 match probes.apply_feeds(&set) {
                                     Ok(_) => {
                                         manager = next;
@@ -444,7 +468,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     // Detach first so that nothing new arrives, then take what is left: the
     // ring buffer, then hits still pending in the kernel.
     probes.detach();
-    pipeline.drain(ring.get_mut());
+    pipeline.drain(ring.get_mut()).await;
     let pending = probes.pending();
     pipeline.stats.incomplete_reported = pending.len() as u64;
     for ev in &pending {
