@@ -124,35 +124,7 @@ impl FeedManager {
         let states = cfg
             .feeds
             .iter()
-            .map(|fc| {
-                let mut state = FeedState {
-                    config: fc.clone(),
-                    current: None,
-                    validators: Validators::default(),
-                    last_attempt: None,
-                    last_success: None,
-                    last_error: None,
-                    failures: 0,
-                    stale_reported: false,
-                };
-                match fc.location() {
-                    Ok(Location::Path(path)) => {
-                        let result = super::source::fetch_file(&path, fc.max_bytes);
-                        match Outcome::from_fetch(result, fc.format, cfg.allow_reserved) {
-                            Outcome::Candidate(c) => {
-                                if let Err(e) = accept_into(&mut state, c, Origin::File, None) {
-                                    state.last_error = Some(e.to_string());
-                                }
-                            }
-                            Outcome::Failed(e) => state.last_error = Some(e.to_string()),
-                            Outcome::NotModified => {}
-                        }
-                    }
-                    Ok(Location::Url(_)) => load_cached(&mut state, &cache, cfg.allow_reserved),
-                    Err(e) => state.last_error = Some(e.to_string()),
-                }
-                state
-            })
+            .map(|fc| load_one(fc, &cache, cfg.allow_reserved))
             .collect();
         FeedManager {
             states,
@@ -162,24 +134,35 @@ impl FeedManager {
     }
 
     /// The manager for a new configuration (SIGHUP): feeds whose name,
-    /// location and format did not change keep their content and state;
-    /// the others are loaded as at start.
+    /// location and format did not change keep their content and state
+    /// (nothing is read or parsed again); the others are loaded as at start.
     pub fn reload(&self, cfg: &SensorConfig) -> Self {
-        let mut next = Self::load_offline(cfg);
-        for state in &mut next.states {
-            if let Some(old) = self.states.iter().find(|o| {
-                o.config.name == state.config.name
-                    && o.config.location == state.config.location
-                    && o.config.format == state.config.format
-            }) && old.current.is_some()
-                && cfg.allow_reserved == self.allow_reserved
-            {
-                let config = state.config.clone();
-                *state = old.clone();
-                state.config = config;
-            }
+        let cache = Cache::new(&cfg.state_dir);
+        let states = cfg
+            .feeds
+            .iter()
+            .map(|fc| {
+                let kept = self.states.iter().find(|o| {
+                    o.config.name == fc.name
+                        && o.config.location == fc.location
+                        && o.config.format == fc.format
+                        && o.current.is_some()
+                        && cfg.allow_reserved == self.allow_reserved
+                });
+                match kept {
+                    Some(old) => FeedState {
+                        config: fc.clone(),
+                        ..old.clone()
+                    },
+                    None => load_one(fc, &cache, cfg.allow_reserved),
+                }
+            })
+            .collect();
+        FeedManager {
+            states,
+            cache,
+            allow_reserved: cfg.allow_reserved,
         }
-        next
     }
 
     pub fn allow_reserved(&self) -> bool {
@@ -424,6 +407,38 @@ impl FeedStatus {
 
 fn random_upto(max: Duration) -> Duration {
     max.mul_f64(fastrand::f64())
+}
+
+/// One feed as it can be had without the network: a local file, or the
+/// cached copy of a URL.
+fn load_one(fc: &FeedConfig, cache: &Cache, allow_reserved: bool) -> FeedState {
+    let mut state = FeedState {
+        config: fc.clone(),
+        current: None,
+        validators: Validators::default(),
+        last_attempt: None,
+        last_success: None,
+        last_error: None,
+        failures: 0,
+        stale_reported: false,
+    };
+    match fc.location() {
+        Ok(Location::Path(path)) => {
+            let result = super::source::fetch_file(&path, fc.max_bytes);
+            match Outcome::from_fetch(result, fc.format, allow_reserved) {
+                Outcome::Candidate(c) => {
+                    if let Err(e) = accept_into(&mut state, c, Origin::File, None) {
+                        state.last_error = Some(e.to_string());
+                    }
+                }
+                Outcome::Failed(e) => state.last_error = Some(e.to_string()),
+                Outcome::NotModified => {}
+            }
+        }
+        Ok(Location::Url(_)) => load_cached(&mut state, cache, allow_reserved),
+        Err(e) => state.last_error = Some(e.to_string()),
+    }
+    state
 }
 
 fn load_cached(state: &mut FeedState, cache: &Cache, allow_reserved: bool) {

@@ -136,12 +136,7 @@ impl FeedSet {
 
     /// Longest listed prefix containing `ip` (IPv4-mapped IPv6 is IPv4).
     fn longest(&self, ip: IpAddr) -> Option<(IpNet, MatchInfo)> {
-        let ip = canonical_ip(ip);
-        let max = if ip.is_ipv4() { 32 } else { 128 };
-        (0..=max).rev().find_map(|len| {
-            let prefix = IpNet::new(ip, len).ok()?.trunc();
-            self.prefixes.get(&prefix).map(|m| (prefix, *m))
-        })
+        longest_prefix(&self.prefixes, ip).map(|(prefix, m)| (prefix, *m))
     }
 
     /// The kernel's decision for a connection: exits match in both
@@ -191,12 +186,7 @@ impl FeedSet {
 
 /// The longest exit prefix of one feed containing `ip`.
 fn exit_match(feed: &Feed, ip: IpAddr) -> Option<FeedMatch<'_>> {
-    let ip = canonical_ip(ip);
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    let (prefix, info): (IpNet, &ExitInfo) = (0..=max).rev().find_map(|len| {
-        let prefix = IpNet::new(ip, len).ok()?.trunc();
-        feed.data.exits.get(&prefix).map(|i| (prefix, i))
-    })?;
+    let (prefix, info): (IpNet, &ExitInfo) = longest_prefix(&feed.data.exits, ip)?;
     Some(FeedMatch {
         feed,
         role: Role::Exit,
@@ -204,6 +194,17 @@ fn exit_match(feed: &Feed, ip: IpAddr) -> Option<FeedMatch<'_>> {
         or_port: None,
         relays: relays_of(feed, &info.relays),
         exit_last_seen: info.last_seen,
+    })
+}
+
+/// The longest prefix of `map` containing `ip` (IPv4-mapped IPv6 is IPv4),
+/// as the kernel's LPM lookup finds it.
+fn longest_prefix<V>(map: &BTreeMap<IpNet, V>, ip: IpAddr) -> Option<(IpNet, &V)> {
+    let ip = canonical_ip(ip);
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    (0..=max).rev().find_map(|len| {
+        let prefix = IpNet::new(ip, len).ok()?.trunc();
+        map.get(&prefix).map(|v| (prefix, v))
     })
 }
 
