@@ -115,7 +115,8 @@ fn write_status(state_dir: &Path, status: &Status) {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunStats {
     pub kernel: Counters,
-    /// Alerts written to the output (first alerts, summaries, events).
+    /// Alerts handed to the outputs (first alerts, summaries, events);
+    /// what each output delivered or dropped is in `outputs`.
     pub alerts_written: u64,
     /// Connections those alerts stand for (the sum of `torsensor.count`).
     pub connections_reported: u64,
@@ -327,6 +328,9 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
 
     let (mut manager, feeds) = load_offline(&cfg)?;
+    // Outputs open their files, sockets and spools before the kernel is
+    // touched: a path that cannot be used stops the start with nothing loaded.
+    let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
     kernel::preflight()?;
     let mut probes = Probes::load(
         &LoadOptions {
@@ -358,7 +362,6 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         audit_all = cfg.audit_all,
         "torsensor armed: watching TCP connect and accept"
     );
-    let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
     let mut state_dir = cfg.state_dir.clone();
     write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
     let mut refresher = Refresher::new();
