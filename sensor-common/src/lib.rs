@@ -24,8 +24,9 @@ pub const FLAG_V4_MAPPED: u8 = 1 << 0;
 pub const FLAG_CONNECT_FAILED: u8 = 1 << 1;
 /// `ConnEvent::flags`: sent because "audit all" is on, not because a feed matched.
 pub const FLAG_AUDIT: u8 = 1 << 2;
-/// `ConnEvent::flags`: no process could be attributed (inbound fallback when the
-/// accept-side probe is unavailable); pid/uid/comm are zero.
+/// `ConnEvent::flags`: no process could be attributed: an inbound connection
+/// that ended, or that no process read, wrote or closed within the daemon's
+/// wait, before one did; pid/uid/comm are zero.
 pub const FLAG_NO_PROCESS: u8 = 1 << 3;
 
 /// Maximum number of feeds a sensor can load at once (one bit each in
@@ -159,34 +160,82 @@ pub mod counter {
     pub const RINGBUF_FULL: u32 = 5;
     /// Hits lost because the pending-connection map could not take them.
     pub const PENDING_FULL: u32 = 6;
-    /// Accepted sockets examined by the accept-side probe.
-    pub const ACCEPT_SEEN: u32 = 7;
+    /// Inbound hits attributed in the kernel to the first process that
+    /// read, wrote, shut down or closed the accepted connection.
+    pub const INBOUND_ATTRIBUTED: u32 = 7;
     /// Outbound attempts to a relay's OR address on a port that is not one
     /// of its ORPorts (and not an exit address): not reported, only counted.
     pub const RELAY_OTHER_PORT: u32 = 8;
+    /// Inbound hits whose connection ended before any process used it
+    /// (reported without a process).
+    pub const INBOUND_UNATTRIBUTED: u32 = 9;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 9;
-    const _: () = assert!(RELAY_OTHER_PORT < COUNT);
+    pub const COUNT: u32 = 10;
+    const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
 }
 
-/// Kernel-structure offsets the daemon reads from the running kernel's BTF and
-/// passes to the accept probe (global `KOFFSETS`), so that the probe can go from
-/// an accepted file descriptor to its `struct sock` without CO-RE.
+/// Slots of the kernel's `PENDING_COUNT` array. For each pending map, the
+/// kernel adds one per entry it inserts and subtracts one per entry it
+/// removes (`*_KERNEL`); the daemon writes the `*_SYNC` slot with that value
+/// whenever it finds the map empty (LRU evictions and entries it removed
+/// itself leave the kernel count too high). Equal slots mean "nothing
+/// pending", the programs' fast path that skips the hash lookup.
+pub mod pending {
+    pub const OUT_KERNEL: u32 = 0;
+    pub const IN_KERNEL: u32 = 1;
+    pub const OUT_SYNC: u32 = 2;
+    pub const IN_SYNC: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// The pre-filter in front of the LPM tries: a bitmap (kernel map
+/// `PREFILTER`, `WORDS` u64 words) with one bit per IPv4 /16 and one bit
+/// per 16-bit fold of an IPv6 /32. A clear bit means no listed prefix can
+/// contain the address, and the trie lookup is skipped; a set bit only
+/// means "look it up". The daemon keeps it a superset of the active set.
+pub mod prefilter {
+    /// Bits per family.
+    pub const BITS: usize = 1 << 16;
+    /// Words of the whole map: IPv4 bits, then IPv6 bits.
+    pub const WORDS: u32 = (2 * BITS / 64) as u32;
+
+    /// Bit index of an IPv4 address: its /16.
+    #[inline(always)]
+    pub fn v4(a: &[u8; 4]) -> usize {
+        (a[0] as usize) << 8 | a[1] as usize
+    }
+
+    /// Bit index of an IPv6 address: its /32, folded to 16 bits.
+    #[inline(always)]
+    pub fn v6(a: &[u8; 16]) -> usize {
+        BITS + (((a[0] ^ a[2]) as usize) << 8 | (a[1] ^ a[3]) as usize)
+    }
+}
+
+/// Kernel-structure offsets the daemon reads from the running kernel's BTF
+/// and passes to the programs (global `KOFFSETS`): the BTF tracepoint
+/// receives a `struct sock *` and reads these fields with
+/// `bpf_probe_read_kernel`, so one object runs on any kernel layout without
+/// CO-RE. `struct sock` starts with `struct sock_common`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
-    /// `task_struct.files`
-    pub task_files: u32,
-    /// `files_struct.fdt`
-    pub files_fdt: u32,
-    /// `fdtable.fd`
-    pub fdt_fd: u32,
-    /// `fdtable.max_fds`
-    pub fdt_max_fds: u32,
-    /// `file.private_data`
-    pub file_private_data: u32,
-    /// `socket.sk`
-    pub socket_sk: u32,
+    /// `sock_common.skc_daddr` (IPv4 peer, network order)
+    pub skc_daddr: u32,
+    /// `sock_common.skc_rcv_saddr` (IPv4 local, network order)
+    pub skc_rcv_saddr: u32,
+    /// `sock_common.skc_dport` (peer port, network order)
+    pub skc_dport: u32,
+    /// `sock_common.skc_num` (local port, host order)
+    pub skc_num: u32,
+    /// `sock_common.skc_family`
+    pub skc_family: u32,
+    /// `sock_common.skc_v6_daddr`
+    pub skc_v6_daddr: u32,
+    /// `sock_common.skc_v6_rcv_saddr`
+    pub skc_v6_rcv_saddr: u32,
+    /// `sock.sk_protocol` (u16)
+    pub sk_protocol: u32,
 }
 
 #[cfg(feature = "user")]
@@ -203,6 +252,20 @@ mod user {
 mod tests {
     use super::*;
     use core::mem::{offset_of, size_of};
+
+    #[test]
+    fn prefilter_indexes_stay_in_their_half() {
+        assert_eq!(prefilter::v4(&[0, 0, 9, 9]), 0);
+        assert_eq!(prefilter::v4(&[255, 255, 1, 2]), prefilter::BITS - 1);
+        assert_eq!(prefilter::v4(&[127, 66, 0, 1]), 127 * 256 + 66);
+        let mut a = [0u8; 16];
+        assert_eq!(prefilter::v6(&a), prefilter::BITS);
+        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+        assert_eq!(prefilter::v6(&a), prefilter::BITS + (0x2d << 8 | 0xb9));
+        a.fill(0xff);
+        assert!(prefilter::v6(&a) < 2 * prefilter::BITS);
+        assert_eq!(prefilter::WORDS as usize * 64, 2 * prefilter::BITS);
+    }
 
     #[test]
     fn conn_event_layout_has_no_hidden_padding() {
@@ -228,8 +291,8 @@ mod tests {
     fn small_types_layout() {
         assert_eq!(size_of::<MatchInfo>(), 8);
         assert_eq!(offset_of!(MatchInfo, relay_feeds), 4);
-        assert_eq!(size_of::<KernelOffsets>(), 24);
-        assert_eq!(offset_of!(KernelOffsets, socket_sk), 20);
+        assert_eq!(size_of::<KernelOffsets>(), 32);
+        assert_eq!(offset_of!(KernelOffsets, sk_protocol), 28);
         assert_eq!(size_of::<OrPortKey>(), 20);
         assert_eq!(offset_of!(OrPortKey, port), 16);
         assert_eq!(

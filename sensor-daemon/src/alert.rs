@@ -224,6 +224,16 @@ pub fn ecs(input: &AlertInput<'_>) -> Value {
     if conn.incomplete {
         ts.insert("incomplete".into(), json!(true));
     }
+    // How the process was found: the caller of connect(); for an accepted
+    // connection, the first process that read, wrote, shut down or closed
+    // it; or none (an inbound connection that ended, or that nobody used
+    // within `inbound_wait`).
+    let attribution = match (process.is_some(), conn.direction) {
+        (false, _) => "none",
+        (true, crate::event::Direction::Egress) => "connect",
+        (true, crate::event::Direction::Ingress) => "first-use",
+    };
+    ts.insert("attribution".into(), json!(attribution));
     if let Some(p) = process {
         ts.insert("cgroup_id".into(), json!(p.cgroup_id));
     } else {

@@ -45,6 +45,8 @@ pub enum ConfigError {
     TooManyFeeds(usize),
     #[error("health_interval must be at least 1 second")]
     HealthInterval,
+    #[error("inbound_wait must be between 100ms and 60s")]
+    InboundWait,
     #[error("max_entries = {0}: must be between 1024 and 4194304")]
     MaxEntries(u32),
     #[error("{0}")]
@@ -86,6 +88,12 @@ pub struct SensorConfig {
     /// aggregation off. Default: 60 s.
     #[serde(deserialize_with = "duration")]
     pub aggregation_window: Duration,
+    /// How long an inbound hit waits for a process to read, write or close
+    /// the accepted connection (which names that process in the alert)
+    /// before it is sent without one: a connection never accepted, or
+    /// accepted and left idle. Between 100ms and 60s. Default: 5 s.
+    #[serde(deserialize_with = "duration")]
+    pub inbound_wait: Duration,
     /// Capacity of each kernel map of Tor addresses (IPv4 prefixes, IPv6
     /// prefixes, OR address+port pairs), per copy. Default: 262,144 (the
     /// whole Tor network is about 10,000 addresses).
@@ -106,6 +114,7 @@ pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
 pub const DEFAULT_AGGREGATION_WINDOW: Duration = Duration::from_secs(60);
+pub const DEFAULT_INBOUND_WAIT: Duration = Duration::from_secs(5);
 
 impl Default for SensorConfig {
     fn default() -> Self {
@@ -118,6 +127,7 @@ impl Default for SensorConfig {
             stats_file: None,
             health_interval: DEFAULT_HEALTH_INTERVAL,
             aggregation_window: DEFAULT_AGGREGATION_WINDOW,
+            inbound_wait: DEFAULT_INBOUND_WAIT,
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
             outputs: Vec::new(),
@@ -348,6 +358,9 @@ impl SensorConfig {
         if self.health_interval < Duration::from_secs(1) {
             return Err(ConfigError::HealthInterval);
         }
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&self.inbound_wait) {
+            return Err(ConfigError::InboundWait);
+        }
         if !(1024..=(4 << 20)).contains(&self.max_entries) {
             return Err(ConfigError::MaxEntries(self.max_entries));
         }
@@ -402,6 +415,13 @@ mod tests {
         c.feeds.clear();
         c.health_interval = Duration::from_millis(10);
         assert_eq!(c.validate(), Err(ConfigError::HealthInterval));
+        c.health_interval = DEFAULT_HEALTH_INTERVAL;
+        for bad in [Duration::from_millis(50), Duration::from_secs(61)] {
+            c.inbound_wait = bad;
+            assert_eq!(c.validate(), Err(ConfigError::InboundWait));
+        }
+        c.inbound_wait = Duration::from_millis(100);
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -1,26 +1,28 @@
 //! The kernel side, seen from userspace: pre-flight checks, loading the eBPF
 //! object embedded in this binary, filling the LPM tries, attaching the
-//! tracepoints, reading counters, and detaching (on drop).
+//! BTF tracepoints, reading counters, sweeping inbound hits no process has
+//! used yet, and detaching (on drop).
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::programs::BtfTracePoint;
+use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::IpNet;
-use sensor_common::{ConnEvent, KernelOffsets, MatchInfo, OrPortKey, counter};
+use sensor_common::{
+    ConnEvent, FLAG_NO_PROCESS, KernelOffsets, MatchInfo, OrPortKey, counter, pending, prefilter,
+};
 
 use crate::feed::FeedSet;
 
 /// The eBPF object built from `sensor-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
 
-pub const TRACEFS: &str = "/sys/kernel/tracing";
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
 /// Names of the two copies of the Tor maps (IPv4 trie, IPv6 trie, OR ports).
@@ -41,25 +43,13 @@ pub enum KernelError {
     )]
     MissingCapabilities,
     #[error(
-        "kernel BTF is missing at {VMLINUX_BTF}: this kernel was built without CONFIG_DEBUG_INFO_BTF, which torsensor needs to attribute accepted connections"
+        "kernel BTF is missing at {VMLINUX_BTF}: this kernel was built without CONFIG_DEBUG_INFO_BTF, which torsensor's BTF tracepoints need (Linux 5.5 or later with BTF)"
     )]
     NoBtf,
     #[error("cannot read kernel BTF at {VMLINUX_BTF}: {0}")]
     BadBtf(String),
-    #[error(
-        "tracefs is not mounted at {TRACEFS} and mounting it failed ({0}); mount it with `mount -t tracefs tracefs {TRACEFS}`"
-    )]
-    NoTracefs(std::io::Error),
     #[error("tracepoint {tracepoint} is not available on this kernel: {detail}")]
     Tracepoint { tracepoint: String, detail: String },
-    #[error(
-        "tracepoint sock:inet_sock_set_state has field {field} at offset {found}, torsensor expects {expected}; this kernel's layout is not supported"
-    )]
-    TracepointLayout {
-        field: &'static str,
-        expected: usize,
-        found: String,
-    },
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
@@ -103,11 +93,10 @@ pub struct LoadOptions {
 /// the user gets one clear sentence instead of a verifier dump.
 pub fn preflight() -> Result<(), KernelError> {
     check_capabilities()?;
-    ensure_tracefs()?;
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(KernelError::NoBtf);
     }
-    check_sock_state_format()?;
+    kernel_offsets(Path::new(VMLINUX_BTF))?;
     Ok(())
 }
 
@@ -129,95 +118,28 @@ fn check_capabilities() -> Result<(), KernelError> {
     }
 }
 
-fn ensure_tracefs() -> Result<(), KernelError> {
-    if Path::new(TRACEFS).join("events").is_dir() {
-        return Ok(());
-    }
-    let target = std::ffi::CString::new(TRACEFS).expect("no NUL");
-    let fstype = c"tracefs";
-    // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(KernelError::NoTracefs(std::io::Error::last_os_error()));
-    }
-    tracing::info!("mounted tracefs at {TRACEFS}");
-    Ok(())
-}
-
-/// The kernel programs read `sock:inet_sock_set_state` at fixed offsets (it is
-/// a stable ABI); verify them against the live format file anyway.
-fn check_sock_state_format() -> Result<(), KernelError> {
-    let path = PathBuf::from(TRACEFS).join("events/sock/inet_sock_set_state/format");
-    let format = fs::read_to_string(&path).map_err(|e| KernelError::Tracepoint {
-        tracepoint: "sock:inet_sock_set_state".into(),
-        detail: format!("{}: {e}", path.display()),
-    })?;
-    for (field, expected) in [
-        ("skaddr", 8),
-        ("oldstate", 16),
-        ("newstate", 20),
-        ("sport", 24),
-        ("dport", 26),
-        ("family", 28),
-        ("protocol", 30),
-        ("saddr", 32),
-        ("daddr", 36),
-        ("saddr_v6", 40),
-        ("daddr_v6", 56),
-    ] {
-        let found = tracepoint_field_offset(&format, field);
-        if found != Some(expected) {
-            return Err(KernelError::TracepointLayout {
-                field,
-                expected,
-                found: found.map_or_else(|| "none (field missing)".into(), |o| o.to_string()),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// Offset of `field` in a tracefs `format` description.
-pub fn tracepoint_field_offset(format: &str, field: &str) -> Option<usize> {
-    format.lines().find_map(|line| {
-        let decl = line.trim().strip_prefix("field:")?;
-        let (decl, rest) = decl.split_once(';')?;
-        let name = decl.split_whitespace().last()?;
-        let name = name.split('[').next()?;
-        if name != field {
-            return None;
-        }
-        rest.trim()
-            .strip_prefix("offset:")?
-            .split(';')
-            .next()?
-            .parse()
-            .ok()
-    })
-}
-
-/// Reads the struct offsets the accept probe needs from the kernel's BTF.
+/// Reads the `struct sock` offsets the programs need from the kernel's BTF.
 pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets, KernelError> {
     let btf = btf_rs::Btf::from_file(btf_path).map_err(|e| KernelError::BadBtf(e.to_string()))?;
     let off = |st: &str, member: &str| -> Result<u32, KernelError> {
         member_offset(&btf, st, member)
             .ok_or_else(|| KernelError::BadBtf(format!("no member {st}.{member}")))
     };
+    // `struct sock` begins with its `struct sock_common`.
+    if off("sock", "__sk_common")? != 0 {
+        return Err(KernelError::BadBtf(
+            "sock.__sk_common is not at offset 0".into(),
+        ));
+    }
     Ok(KernelOffsets {
-        task_files: off("task_struct", "files")?,
-        files_fdt: off("files_struct", "fdt")?,
-        fdt_fd: off("fdtable", "fd")?,
-        fdt_max_fds: off("fdtable", "max_fds")?,
-        file_private_data: off("file", "private_data")?,
-        socket_sk: off("socket", "sk")?,
+        skc_daddr: off("sock_common", "skc_daddr")?,
+        skc_rcv_saddr: off("sock_common", "skc_rcv_saddr")?,
+        skc_dport: off("sock_common", "skc_dport")?,
+        skc_num: off("sock_common", "skc_num")?,
+        skc_family: off("sock_common", "skc_family")?,
+        skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
+        skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
+        sk_protocol: off("sock", "sk_protocol")?,
     })
 }
 
@@ -268,8 +190,9 @@ pub struct Counters {
     pub events_sent: u64,
     pub ringbuf_full: u64,
     pub pending_full: u64,
-    pub accept_seen: u64,
+    pub inbound_attributed: u64,
     pub relay_other_port: u64,
+    pub inbound_unattributed: u64,
 }
 
 /// What one copy of the Tor maps holds (mirrored in userspace so that a
@@ -296,10 +219,10 @@ pub struct ApplyStats {
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
-    /// Whether inbound connections are attributed at `accept()`.
-    pub accept_probe: bool,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
     sets: [SetContents; 2],
+    /// What the kernel's `PREFILTER` bitmap holds.
+    prefilter: Vec<u64>,
     active: usize,
     last_flip: Option<Instant>,
     max_entries: u32,
@@ -311,11 +234,12 @@ impl Probes {
         let mut probes = Self::open(opts)?;
         probes.apply_feeds(feeds)?;
         release_heap();
-        probes.attach("sock_state", "sock", "inet_sock_set_state")?;
-        if probes.accept_probe {
-            probes.attach("exit_accept", "syscalls", "sys_exit_accept")?;
-            probes.attach("exit_accept4", "syscalls", "sys_exit_accept4")?;
+        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
+        for (name, tracepoint) in PROGRAMS {
+            probes.attach(name, tracepoint, &btf)?;
         }
+        drop(btf);
+        release_heap();
         Ok(probes)
     }
 
@@ -323,16 +247,8 @@ impl Probes {
     /// starts with, and what the feed benchmark measures map updates on.
     pub fn open(opts: &LoadOptions) -> Result<Self, KernelError> {
         raise_memlock_limit();
-        let offsets = match kernel_offsets(Path::new(VMLINUX_BTF)) {
-            Ok(o) => Some(o),
-            Err(e) => {
-                tracing::warn!("inbound connections will not be attributed to a process: {e}");
-                None
-            }
-        };
+        let offsets = kernel_offsets(Path::new(VMLINUX_BTF))?;
         let audit: u32 = opts.audit_all.into();
-        let accept: u32 = offsets.is_some().into();
-        let offsets = offsets.unwrap_or_default();
         let log_level: u8 = if opts.kernel_log {
             aya_log::Level::Trace as u8
         } else {
@@ -340,7 +256,6 @@ impl Probes {
         };
         let mut ebpf = EbpfLoader::new()
             .override_global("AUDIT_ALL", &audit, true)
-            .override_global("ACCEPT_PROBE", &accept, true)
             .override_global("KOFFSETS", &offsets, true)
             .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("TOR_V4_0", opts.max_entries)
@@ -364,9 +279,9 @@ impl Probes {
         };
         Ok(Probes {
             ebpf,
-            accept_probe: accept == 1,
             logger,
             sets: Default::default(),
+            prefilter: vec![0; prefilter::WORDS as usize],
             active: 0,
             last_flip: None,
             max_entries: opts.max_entries,
@@ -376,10 +291,10 @@ impl Probes {
     fn attach(
         &mut self,
         name: &'static str,
-        category: &str,
-        tracepoint: &str,
+        tracepoint: &'static str,
+        btf: &Btf,
     ) -> Result<(), KernelError> {
-        let program: &mut TracePoint = self
+        let program: &mut BtfTracePoint = self
             .ebpf
             .program_mut(name)
             .ok_or(KernelError::Program {
@@ -389,14 +304,12 @@ impl Probes {
             .try_into()
             .map_err(|source| KernelError::Program { name, source })?;
         program
-            .load()
+            .load(tracepoint, btf)
             .map_err(|source| KernelError::Program { name, source })?;
-        program
-            .attach(category, tracepoint)
-            .map_err(|e| KernelError::Tracepoint {
-                tracepoint: format!("{category}:{tracepoint}"),
-                detail: e.to_string(),
-            })?;
+        program.attach().map_err(|e| KernelError::Tracepoint {
+            tracepoint: tracepoint.to_owned(),
+            detail: e.to_string(),
+        })?;
         Ok(())
     }
 
@@ -433,6 +346,14 @@ impl Probes {
         {
             std::thread::sleep(FLIP_GRACE - flip.elapsed());
         }
+        // The pre-filter must let through everything of the set in use and
+        // of the one about to be: the union, written before the flip (and
+        // narrowed to the then-current set at the next update).
+        let mut bits = prefilter_bits(self.sets[self.active].prefixes.keys());
+        for (w, n) in bits.iter_mut().zip(prefilter_bits(wanted.prefixes.keys())) {
+            *w |= n;
+        }
+        self.write_prefilter(bits)?;
         let target = 1 - self.active;
         let (written, deleted) = self.write_copy(target, &wanted)?;
         let map = self
@@ -456,6 +377,26 @@ impl Probes {
         };
         self.sets[target] = wanted;
         Ok(stats)
+    }
+
+    /// Writes the words of the pre-filter that differ from `bits`.
+    fn write_prefilter(&mut self, bits: Vec<u64>) -> Result<(), KernelError> {
+        let map = self
+            .ebpf
+            .map_mut("PREFILTER")
+            .ok_or(KernelError::MissingMap("PREFILTER"))?;
+        let map_err = |source| KernelError::Map {
+            name: "PREFILTER",
+            source,
+        };
+        let mut array: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err)?;
+        for (i, (old, new)) in self.prefilter.iter_mut().zip(bits).enumerate() {
+            if *old != new {
+                array.set(i as u32, new, 0).map_err(map_err)?;
+                *old = new;
+            }
+        }
+        Ok(())
     }
 
     /// Brings copy `index` from what it holds to `wanted`.
@@ -564,7 +505,7 @@ impl Probes {
     /// Detaches and unloads every program; the maps stay readable.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::TracePoint(tp) = program
+            if let aya::programs::Program::BtfTracePoint(tp) = program
                 && tp.fd().is_ok()
                 && let Err(e) = tp.unload()
             {
@@ -615,13 +556,74 @@ impl Probes {
             events_sent: get(counter::EVENTS_SENT),
             ringbuf_full: get(counter::RINGBUF_FULL),
             pending_full: get(counter::PENDING_FULL),
-            accept_seen: get(counter::ACCEPT_SEEN),
+            inbound_attributed: get(counter::INBOUND_ATTRIBUTED),
             relay_other_port: get(counter::RELAY_OTHER_PORT),
+            inbound_unattributed: get(counter::INBOUND_UNATTRIBUTED),
         })
     }
 
+    /// Inbound hits that have waited longer than `wait` for a process to use
+    /// their socket (never accepted, or accepted and left idle): taken out
+    /// of the kernel map and returned with `FLAG_NO_PROCESS`, so that the
+    /// alert is not held back any longer. Also lets the programs' fast path
+    /// resume once both pending maps are empty.
+    pub fn sweep_inbound(&mut self, wait: Duration) -> Vec<ConnEvent> {
+        let now = boot_ns();
+        let wait = wait.as_nanos() as u64;
+        let mut out = Vec::new();
+        if let Some(map) = self.ebpf.map_mut("PENDING_IN")
+            && let Ok(mut hash) = BpfHashMap::<&mut MapData, u64, ConnEvent>::try_from(map)
+        {
+            let old: Vec<(u64, ConnEvent)> = hash
+                .iter()
+                .filter_map(Result::ok)
+                .filter(|(_, ev)| now.saturating_sub(ev.ts_boot_ns) >= wait)
+                .collect();
+            for (sk, mut ev) in old {
+                // The kernel may have taken it meanwhile: whoever removes
+                // the entry sends it.
+                if hash.remove(&sk).is_ok() {
+                    ev.flags |= FLAG_NO_PROCESS;
+                    out.push(ev);
+                }
+            }
+        }
+        self.resync_pending("PENDING_OUT", pending::OUT_KERNEL, pending::OUT_SYNC);
+        self.resync_pending("PENDING_IN", pending::IN_KERNEL, pending::IN_SYNC);
+        out
+    }
+
+    /// If `map` is empty, makes its sync slot equal to the kernel's count
+    /// (read first: an insert the read missed is visible in the map, one
+    /// after it leaves the slots unequal), so the fast path holds again.
+    fn resync_pending(&mut self, map: &'static str, kernel: u32, sync: u32) {
+        let Some(counts) = self.ebpf.map("PENDING_COUNT") else {
+            return;
+        };
+        let Ok(counts) = Array::<&MapData, u64>::try_from(counts) else {
+            return;
+        };
+        let (Ok(k), Ok(s)) = (counts.get(&kernel, 0), counts.get(&sync, 0)) else {
+            return;
+        };
+        if k == s {
+            return;
+        }
+        let empty = self
+            .ebpf
+            .map(map)
+            .and_then(|m| BpfHashMap::<&MapData, u64, ConnEvent>::try_from(m).ok())
+            .is_some_and(|h| h.keys().next().is_none());
+        if empty
+            && let Some(counts) = self.ebpf.map_mut("PENDING_COUNT")
+            && let Ok(mut counts) = Array::<&mut MapData, u64>::try_from(counts)
+        {
+            let _ = counts.set(sync, k, 0);
+        }
+    }
+
     /// Hits still waiting in the kernel (an outbound attempt not yet answered,
-    /// an inbound connection not yet accepted). Read at shutdown so that they
+    /// an inbound connection no process has used yet). Read at shutdown so that they
     /// are reported instead of vanishing with the maps.
     pub fn pending(&self) -> Vec<ConnEvent> {
         let mut out = Vec::new();
@@ -636,6 +638,48 @@ impl Probes {
         }
         out
     }
+}
+
+/// The pre-filter bitmap for `prefixes` (see `sensor_common::prefilter`):
+/// every /16 an IPv4 prefix touches, every folded /32 of an IPv6 prefix
+/// (all of them for an IPv6 prefix shorter than /32).
+pub fn prefilter_bits<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> Vec<u64> {
+    let mut words = vec![0u64; prefilter::WORDS as usize];
+    let mut set = |bit: usize| words[bit / 64] |= 1 << (bit % 64);
+    let mut all_v6 = false;
+    for net in prefixes {
+        match net {
+            IpNet::V4(n) => {
+                let first = prefilter::v4(&n.network().octets());
+                let count = 1usize << 16u8.saturating_sub(n.prefix_len());
+                (first..first + count).for_each(&mut set);
+            }
+            IpNet::V6(n) if n.prefix_len() >= 32 => set(prefilter::v6(&n.network().octets())),
+            IpNet::V6(_) => all_v6 = true,
+        }
+    }
+    if all_v6 {
+        words[prefilter::BITS / 64..].fill(u64::MAX);
+    }
+    words
+}
+
+/// The programs and the BTF tracepoints they attach to.
+const PROGRAMS: [(&str, &str); 3] = [
+    ("sock_state", "inet_sock_set_state"),
+    ("sock_send", "sock_send_length"),
+    ("sock_recv", "sock_recv_length"),
+];
+
+/// `CLOCK_BOOTTIME` in nanoseconds, the clock of `ConnEvent::ts_boot_ns`.
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Loading parses the kernel's BTF (several MiB, twice: aya and the offset
@@ -664,14 +708,43 @@ fn raise_memlock_limit() {
 mod tests {
     use super::*;
 
-    const FORMAT: &str = "name: inet_sock_set_state\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;\n\tfield:__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;\n";
+    fn bit(words: &[u64], bit: usize) -> bool {
+        words[bit / 64] & (1 << (bit % 64)) != 0
+    }
 
     #[test]
-    fn tracepoint_format_offsets_are_parsed() {
-        assert_eq!(tracepoint_field_offset(FORMAT, "skaddr"), Some(8));
-        assert_eq!(tracepoint_field_offset(FORMAT, "saddr_v6"), Some(40));
-        assert_eq!(tracepoint_field_offset(FORMAT, "saddr"), None);
-        assert_eq!(tracepoint_field_offset(FORMAT, "common_type"), Some(0));
+    fn prefilter_covers_every_listed_address_and_little_else() {
+        let nets: Vec<IpNet> = [
+            "127.66.1.9/32",
+            "10.0.0.0/8",
+            "2001:db8:77::2/128",
+            "192.0.2.0/24",
+        ]
+        .iter()
+        .map(|n| n.parse().unwrap())
+        .collect();
+        let w = prefilter_bits(nets.iter());
+        assert!(bit(&w, prefilter::v4(&[127, 66, 1, 9])));
+        assert!(!bit(&w, prefilter::v4(&[127, 0, 0, 1])));
+        // A /8 covers its 256 /16s and nothing beyond.
+        assert!(bit(&w, prefilter::v4(&[10, 0, 0, 1])));
+        assert!(bit(&w, prefilter::v4(&[10, 255, 3, 4])));
+        assert!(!bit(&w, prefilter::v4(&[11, 0, 0, 1])));
+        assert!(!bit(&w, prefilter::v4(&[9, 255, 0, 1])));
+        assert!(bit(&w, prefilter::v4(&[192, 0, 2, 200])));
+        let v6: std::net::Ipv6Addr = "2001:db8:77::2".parse().unwrap();
+        assert!(bit(&w, prefilter::v6(&v6.octets())));
+        let other: std::net::Ipv6Addr = "2a00:1450::1".parse().unwrap();
+        assert!(!bit(&w, prefilter::v6(&other.octets())));
+        let set: usize = w.iter().map(|x| x.count_ones() as usize).sum();
+        assert_eq!(set, 1 + 256 + 1 + 1);
+        // A short IPv6 prefix and 0.0.0.0/0 open their whole half.
+        let wide: Vec<IpNet> = ["2000::/3", "0.0.0.0/0"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let w = prefilter_bits(wide.iter());
+        assert!(w.iter().all(|x| *x == u64::MAX));
     }
 
     #[test]
@@ -686,9 +759,14 @@ mod tests {
             return;
         }
         let o = kernel_offsets(path).expect("offsets from BTF");
-        // fdtable starts with max_fds (unsigned int) then the fd array pointer.
-        assert_eq!(o.fdt_max_fds, 0);
-        assert_eq!(o.fdt_fd, 8);
-        assert!(o.task_files > 0 && o.file_private_data > 0 && o.socket_sk > 0);
+        // sock_common opens with the address pair, then the hash, then the
+        // port pair (dport, num), then the family: stable since Linux 4.x.
+        assert_eq!(o.skc_daddr, 0);
+        assert_eq!(o.skc_rcv_saddr, 4);
+        assert_eq!(o.skc_dport, 12);
+        assert_eq!(o.skc_num, 14);
+        assert_eq!(o.skc_family, 16);
+        assert!(o.skc_v6_daddr > 16 && o.skc_v6_rcv_saddr > o.skc_v6_daddr);
+        assert!(o.sk_protocol > o.skc_v6_rcv_saddr);
     }
 }

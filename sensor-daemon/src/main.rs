@@ -102,6 +102,10 @@ struct RunArgs {
     /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
     #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = humantime::parse_duration)]
     aggregation_window: Option<Duration>,
+    /// How long an inbound hit waits for a process to use the accepted
+    /// connection before it is sent without one (100ms..60s). Default: 5s.
+    #[arg(long, env = "TORSENSOR_INBOUND_WAIT", value_parser = humantime::parse_duration)]
+    inbound_wait: Option<Duration>,
 }
 
 #[derive(Args)]
@@ -148,6 +152,9 @@ impl RunArgs {
         }
         if let Some(window) = self.aggregation_window {
             cfg.aggregation_window = window;
+        }
+        if let Some(wait) = self.inbound_wait {
+            cfg.inbound_wait = wait;
         }
         cfg.outputs.extend(self.outputs.iter().cloned());
         cfg.validate()?;

@@ -124,6 +124,9 @@ pub struct RunStats {
     pub summaries_written: u64,
     /// Hits still pending in the kernel at shutdown, reported as incomplete.
     pub incomplete_reported: u64,
+    /// Inbound hits no process used within `inbound_wait`, reported
+    /// without a process.
+    pub inbound_unattributed: u64,
     /// Ring-buffer records that could not be decoded.
     pub decode_errors: u64,
     /// Per output: delivered, failed attempts, dropped, spooled.
@@ -354,16 +357,16 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         None => None,
     };
 
+    // status.json first: whoever waits for "armed" may read it at once.
+    let mut state_dir = cfg.state_dir.clone();
+    write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
     tracing::info!(
         prefixes = feeds.len(),
         or_ports = feeds.or_ports().len(),
         feeds = feeds.feeds().len(),
-        accept_attribution = probes.accept_probe,
         audit_all = cfg.audit_all,
         "torsensor armed: watching TCP connect and accept"
     );
-    let mut state_dir = cfg.state_dir.clone();
-    write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
     let mut refresher = Refresher::new();
     refresher.restart(&manager, false);
 
@@ -381,6 +384,10 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     };
     let mut health = tokio::time::interval(cfg.health_interval);
     let mut summaries = tokio::time::interval(std::time::Duration::from_secs(1));
+    // Inbound hits no process has used within `inbound_wait` are sent
+    // without one; checked a few times per wait.
+    let mut sweep =
+        tokio::time::interval((cfg.inbound_wait / 4).max(std::time::Duration::from_millis(50)));
     let mut last = Counters::default();
 
     loop {
@@ -408,6 +415,15 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     pipeline.drain(ring.get_mut()).await;
                     on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
                     write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
+                }
+            }
+            _ = sweep.tick() => {
+                // Whatever the ring buffer already holds comes first: a
+                // process may have claimed one of these hits meanwhile.
+                pipeline.drain(ring.get_mut()).await;
+                for ev in probes.sweep_inbound(cfg.inbound_wait) {
+                    pipeline.stats.inbound_unattributed += 1;
+                    pipeline.handle(&ev, false);
                 }
             }
             _ = summaries.tick(), if pipeline.aggregator.enabled() => {

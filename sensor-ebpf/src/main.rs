@@ -1,23 +1,31 @@
 //! torsensor kernel programs.
 //!
-//! Why tracepoints: they are a stable ABI and the only tracing hook this
-//! project can rely on (kprobes and fentry are often unavailable; see the
-//! README). Everything here is deliberately small; decisions live in the daemon.
+//! Why BTF tracepoints (`tp_btf`): tracepoints are a stable interface and
+//! the only tracing hook this project can rely on (kprobes and fentry are
+//! often unavailable; see the README), and the BTF flavour calls the program
+//! directly with the tracepoint's arguments, without formatting a trace
+//! record first: the cheapest hook there is. No syscall tracepoint is used:
+//! enabling any of them sends every syscall of every task through the slow
+//! path, a tax on the whole machine. Everything here is deliberately small;
+//! decisions live in the daemon.
 //!
 //! Outbound (`connect`):
-//!   `sock:inet_sock_set_state` CLOSE -> SYN_SENT runs inside `connect()` in the
+//!   `inet_sock_set_state` CLOSE -> SYN_SENT runs inside `connect()` in the
 //!   caller's context: match the peer, and for a hit remember the process in
 //!   `PENDING_OUT` keyed by the socket address. The local port is still 0 there,
 //!   so the event is sent at the socket's next transition (SYN_SENT ->
 //!   ESTABLISHED, or -> CLOSE when the attempt fails), which has the real port.
 //! Inbound (`accept`):
 //!   SYN_RECV -> ESTABLISHED runs in softirq context (the current task is
-//!   whoever was running), so it only records a hit in `PENDING_IN` keyed by the
-//!   new socket. `sys_exit_accept{,4}` runs in the accepting process: it follows
-//!   the returned fd to its `struct sock` (offsets read from the kernel's BTF by
-//!   the daemon) and, if that socket is pending, sends the event with the
-//!   process that accepted it. This works whether or not the caller asked for
-//!   the peer address (`accept(fd, NULL, NULL)`).
+//!   whoever was running), so it only records a hit in `PENDING_IN` keyed by
+//!   the new socket. The first time a process then uses that socket (a read
+//!   or write: `sock_recv_length` / `sock_send_length`; a shutdown or close:
+//!   ESTABLISHED -> FIN_WAIT1, CLOSE_WAIT -> LAST_ACK) runs in that process,
+//!   which is the one that accepted it, or the child it handed it to: the
+//!   event is sent with it. This needs nothing from `accept()` itself, so it
+//!   works whether or not the caller asked for the peer address. A pending
+//!   socket that reaches CLOSE first is sent without a process, and the
+//!   daemon sends the ones nobody touches after a short wait.
 #![no_std]
 #![no_main]
 // Atomic add on a map value (BPF_ATOMIC): `core::sync::atomic` has no
@@ -27,20 +35,20 @@
 #![allow(internal_features)]
 
 use aya_ebpf::{
-    EbpfContext, Global,
+    Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_current_task, bpf_ktime_get_boot_ns},
+        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
-    macros::{map, tracepoint},
+    macros::{btf_tracepoint, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::TracePointContext,
+    programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
     AF_INET, AF_INET6, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_CONNECT_FAILED,
-    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, counter,
+    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, counter, pending,
+    prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -50,19 +58,16 @@ static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
 /// 1: send every connection, matched or not (debugging, benchmarks).
 #[unsafe(no_mangle)]
 static AUDIT_ALL: Global<u32> = Global::new(0);
-/// 1: the accept-side programs are attached and `KOFFSETS` is valid, so
-/// inbound hits wait for `accept()`; 0: inbound hits are sent at once with
-/// `FLAG_NO_PROCESS`.
-#[unsafe(no_mangle)]
-static ACCEPT_PROBE: Global<u32> = Global::new(0);
 #[unsafe(no_mangle)]
 static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
-    task_files: 0,
-    files_fdt: 0,
-    fdt_fd: 0,
-    fdt_max_fds: 0,
-    file_private_data: 0,
-    socket_sk: 0,
+    skc_daddr: 0,
+    skc_rcv_saddr: 0,
+    skc_dport: 0,
+    skc_num: 0,
+    skc_family: 0,
+    skc_v6_daddr: 0,
+    skc_v6_rcv_saddr: 0,
+    sk_protocol: 0,
 });
 
 // The Tor sets, twice: the daemon rewrites the inactive copy, then flips
@@ -84,6 +89,22 @@ static TOR_V4_1: LpmTrie<[u8; 4], MatchInfo> = LpmTrie::with_max_entries(1, 0);
 static TOR_V6_1: LpmTrie<[u8; 16], MatchInfo> = LpmTrie::with_max_entries(1, 0);
 #[map]
 static OR_PORTS_1: HashMap<OrPortKey, u32> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+/// Pre-filter bitmap (see `sensor_common::prefilter`): one bit per IPv4 /16
+/// and per folded IPv6 /32 that may hold a listed address. Most peers are
+/// nowhere near a Tor address, and one array read rules them out before
+/// the trie walk. One copy: the daemon keeps it a superset of both sets
+/// around a flip.
+#[map]
+static PREFILTER: Array<u64> = Array::with_max_entries(prefilter::WORDS, 0);
+
+/// Whether bit `index` of the pre-filter is set.
+#[inline(always)]
+fn may_be_listed(index: usize) -> bool {
+    PREFILTER
+        .get((index / 64) as u32)
+        .is_some_and(|w| *w & (1u64 << (index % 64)) != 0)
+}
+
 /// Which set is in use (0 or 1), written only by the daemon.
 #[map]
 static ACTIVE_SET: Array<u32> = Array::with_max_entries(1, 0);
@@ -103,77 +124,69 @@ static PENDING_OUT: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16
 #[map]
 static PENDING_IN: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16384, 0);
 
-/// Upper bound of the entries in `PENDING_IN` (LRU evictions are not
-/// subtracted). While it is 0, which is the normal case, `accept()` exits
-/// skip the fd walk entirely.
+/// Fast path for the pending maps (see `sensor_common::pending`): while a
+/// map's kernel and sync slots are equal, nothing is pending in it and the
+/// programs skip the hash lookup, which is the normal case.
 #[map]
-static INBOUND_PENDING: Array<u64> = Array::with_max_entries(1, 0);
+static PENDING_COUNT: Array<u64> = Array::with_max_entries(pending::COUNT, 0);
 
-/// Atomically adds `delta` (two's complement for a decrement).
+/// Atomically adds `delta` (two's complement for a decrement) to a slot.
 #[inline(always)]
-fn inbound_pending_add(delta: u64) {
-    if let Some(slot) = INBOUND_PENDING.get_ptr_mut(0) {
+fn pending_add(slot: u32, delta: u64) {
+    if let Some(p) = PENDING_COUNT.get_ptr_mut(slot) {
         // SAFETY: a valid, aligned map value; BPF_ATOMIC add.
         unsafe {
             core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                slot, delta,
+                p, delta,
             )
         };
     }
 }
 
 #[inline(always)]
-fn inbound_pending() -> u64 {
-    INBOUND_PENDING
-        .get(0)
+fn pending_slot(slot: u32) -> u64 {
+    PENDING_COUNT
+        .get(slot)
         .map(|v| unsafe { core::ptr::read_volatile(v) })
         .unwrap_or(0)
+}
+
+/// Whether the map with these slots may hold an entry.
+#[inline(always)]
+fn may_be_pending(kernel: u32, sync: u32) -> bool {
+    pending_slot(kernel) != pending_slot(sync)
 }
 
 const IPPROTO_TCP: u16 = 6;
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
+const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
+const TCP_LAST_ACK: i32 = 9;
 
-// Field offsets of `sock:inet_sock_set_state` (stable tracepoint ABI; the
-// daemon checks them against the live `format` file before loading).
-const SS_SKADDR: usize = 8;
-const SS_OLDSTATE: usize = 16;
-const SS_NEWSTATE: usize = 20;
-const SS_SPORT: usize = 24;
-const SS_DPORT: usize = 26;
-const SS_FAMILY: usize = 28;
-const SS_PROTOCOL: usize = 30;
-const SS_SADDR: usize = 32;
-const SS_DADDR: usize = 36;
-const SS_SADDR_V6: usize = 40;
-const SS_DADDR_V6: usize = 56;
-// `syscalls:sys_exit_accept{,4}`: `long ret`.
-const SYS_EXIT_RET: usize = 16;
-
-/// Reads a tracepoint field straight from the context (no helper call; the
-/// verifier checks the bounds). Every offset used here is naturally aligned.
+/// Reads a `T` at `sk + offset` (a field of `struct sock`).
+///
+/// A direct load, not `bpf_probe_read_kernel`: the tracepoint's `sk` is a
+/// BTF-typed pointer, and `offset` comes from `KOFFSETS` in the frozen,
+/// read-only `.rodata` map, so the verifier knows it as a constant, checks
+/// the access against the kernel's own `struct sock`, and the JIT makes the
+/// load fault-safe. No helper call on the hot path.
 #[inline(always)]
-fn field<T: Copy>(ctx: &TracePointContext, offset: usize) -> T {
-    unsafe { core::ptr::read(ctx.as_ptr().cast::<u8>().add(offset).cast::<T>()) }
+fn sk_field<T: Copy>(sk: u64, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile((sk + offset as u64) as *const T) }
 }
 
-/// An IPv4 address field (4 bytes, network order), read as one aligned word.
+/// A 16-byte address field, as two 8-byte loads (the widest the verifier
+/// accepts from kernel memory).
 #[inline(always)]
-fn field_v4(ctx: &TracePointContext, offset: usize) -> [u8; 4] {
-    field::<u32>(ctx, offset).to_ne_bytes()
-}
-
-/// An IPv6 address field, read as two aligned 8-byte words: the verifier only
-/// accepts context loads at a constant offset from the context pointer.
-#[inline(always)]
-fn field_v6(ctx: &TracePointContext, offset: usize) -> [u8; 16] {
-    let lo = field::<u64>(ctx, offset).to_ne_bytes();
-    let hi = field::<u64>(ctx, offset + 8).to_ne_bytes();
+fn sk_field_v6(sk: u64, offset: u32) -> [u8; 16] {
+    let lo: u64 = sk_field(sk, offset);
+    let hi: u64 = sk_field(sk, offset + 8);
     let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&lo);
-    out[8..].copy_from_slice(&hi);
+    out[..8].copy_from_slice(&lo.to_ne_bytes());
+    out[8..].copy_from_slice(&hi.to_ne_bytes());
     out
 }
 
@@ -185,44 +198,76 @@ fn count(index: u32) {
     }
 }
 
-#[tracepoint(category = "sock", name = "inet_sock_set_state")]
-pub fn sock_state(ctx: TracePointContext) -> u32 {
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
     let _ = try_sock_state(&ctx);
     0
 }
 
-fn try_sock_state(ctx: &TracePointContext) -> Result<(), i32> {
-    let protocol: u16 = field(ctx, SS_PROTOCOL);
-    if protocol != IPPROTO_TCP {
-        return Ok(());
-    }
-    let old: i32 = field(ctx, SS_OLDSTATE);
-    let new: i32 = field(ctx, SS_NEWSTATE);
+fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
+    // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
+    let sk: u64 = ctx.arg(0);
+    let old: i32 = ctx.arg(1);
+    let new: i32 = ctx.arg(2);
     match (old, new) {
-        (TCP_CLOSE, TCP_SYN_SENT) => on_connect(ctx),
-        (TCP_SYN_SENT, _) => on_connect_done(ctx, new),
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(ctx),
+        (TCP_CLOSE, TCP_SYN_SENT) => on_connect(ctx, sk),
+        (TCP_SYN_SENT, _) => on_connect_done(ctx, sk, new),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(ctx, sk),
+        // A shutdown or close: only ever in the calling process.
+        (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
+            attribute(ctx, sk, true);
+            Ok(())
+        }
+        // An abort or a reset, possibly in softirq context: the socket is
+        // gone before any process used it.
+        (_, TCP_CLOSE) => {
+            attribute(ctx, sk, false);
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
 
-/// Fills family, addresses and ports from `inet_sock_set_state`. For the
-/// socket that reports, "s" is local and "d" is the peer, in both directions.
+/// `sock_send_length(struct sock *sk, int ret, int flags)`: every socket
+/// write, in the writing process.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
+    attribute(&ctx, ctx.arg(0), true);
+    0
+}
+
+/// `sock_recv_length(struct sock *sk, int ret, int flags)`: every socket
+/// read, in the reading process.
+#[btf_tracepoint(function = "sock_recv_length")]
+pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
+    attribute(&ctx, ctx.arg(0), true);
+    0
+}
+
+/// Whether `sk` is a TCP socket (the state tracepoint also fires for SCTP).
 #[inline(always)]
-fn read_endpoints(ctx: &TracePointContext, ev: &mut ConnEvent) -> Result<(), i32> {
-    let family: u16 = field(ctx, SS_FAMILY);
+fn is_tcp(sk: u64) -> bool {
+    sk_field::<u16>(sk, KOFFSETS.load().sk_protocol) == IPPROTO_TCP
+}
+
+/// Fills family, addresses and ports from the socket: the local end and the
+/// peer, in both directions.
+#[inline(always)]
+fn read_endpoints(sk: u64, ev: &mut ConnEvent) -> Result<(), i32> {
+    let off = KOFFSETS.load();
+    let family: u16 = sk_field(sk, off.skc_family);
     ev.family = family;
-    ev.local_port = field(ctx, SS_SPORT);
-    ev.remote_port = field(ctx, SS_DPORT);
+    ev.local_port = sk_field(sk, off.skc_num);
+    ev.remote_port = u16::from_be(sk_field(sk, off.skc_dport));
     if family == AF_INET {
-        let s = field_v4(ctx, SS_SADDR);
-        let d = field_v4(ctx, SS_DADDR);
-        ev.local_addr[..4].copy_from_slice(&s);
-        ev.remote_addr[..4].copy_from_slice(&d);
+        let s: u32 = sk_field(sk, off.skc_rcv_saddr);
+        let d: u32 = sk_field(sk, off.skc_daddr);
+        ev.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
+        ev.remote_addr[..4].copy_from_slice(&d.to_ne_bytes());
         Ok(())
     } else if family == AF_INET6 {
-        ev.local_addr = field_v6(ctx, SS_SADDR_V6);
-        ev.remote_addr = field_v6(ctx, SS_DADDR_V6);
+        ev.local_addr = sk_field_v6(sk, off.skc_v6_rcv_saddr);
+        ev.remote_addr = sk_field_v6(sk, off.skc_v6_daddr);
         Ok(())
     } else {
         Err(0)
@@ -252,20 +297,24 @@ fn match_in(
     let a = ev.remote_addr;
     let mapped =
         ev.family == AF_INET6 && a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
-    let (listed, key) = if ev.family == AF_INET {
-        let v4a = [a[0], a[1], a[2], a[3]];
-        (
-            v4.get(Key::new(32, v4a)),
-            OrPortKey::v4(v4a, ev.remote_port),
-        )
-    } else if mapped {
-        ev.flags |= FLAG_V4_MAPPED;
-        let v4a = [a[12], a[13], a[14], a[15]];
+    let (listed, key) = if ev.family == AF_INET || mapped {
+        let v4a = if mapped {
+            ev.flags |= FLAG_V4_MAPPED;
+            [a[12], a[13], a[14], a[15]]
+        } else {
+            [a[0], a[1], a[2], a[3]]
+        };
+        if !may_be_listed(prefilter::v4(&v4a)) {
+            return None;
+        }
         (
             v4.get(Key::new(32, v4a)),
             OrPortKey::v4(v4a, ev.remote_port),
         )
     } else {
+        if !may_be_listed(prefilter::v6(&a)) {
+            return None;
+        }
         (v6.get(Key::new(128, a)), OrPortKey::v6(a, ev.remote_port))
     };
     let listed = *listed?;
@@ -319,7 +368,7 @@ fn fill_process(ev: &mut ConnEvent) {
 
 /// Sends `ev` to the daemon; a full ring buffer is counted, never silent.
 #[inline(always)]
-fn emit(ctx: &TracePointContext, ev: &ConnEvent) {
+fn emit(ctx: &BtfTracePointContext, ev: &ConnEvent) {
     match EVENTS.reserve::<ConnEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);
@@ -336,16 +385,14 @@ fn emit(ctx: &TracePointContext, ev: &ConnEvent) {
 /// Counts a new connection and returns its event if it is to be reported
 /// (a feed match, or audit mode), stamped with direction and time.
 #[inline(always)]
-fn new_connection(
-    ctx: &TracePointContext,
-    seen: u32,
-    hit: u32,
-    direction: u8,
-) -> Result<Option<ConnEvent>, i32> {
+fn new_connection(sk: u64, seen: u32, hit: u32, direction: u8) -> Result<Option<ConnEvent>, i32> {
+    if !is_tcp(sk) {
+        return Ok(None);
+    }
     count(seen);
     let mut ev = ConnEvent::ZERO;
     ev.direction = direction;
-    read_endpoints(ctx, &mut ev)?;
+    read_endpoints(sk, &mut ev)?;
     if !classify(&mut ev, hit) {
         return Ok(None);
     }
@@ -353,34 +400,54 @@ fn new_connection(
     Ok(Some(ev))
 }
 
-fn on_connect(ctx: &TracePointContext) -> Result<(), i32> {
-    let Some(mut ev) =
-        new_connection(ctx, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)?
+/// Keeps `ev` in a pending map until the socket's next step; counted in
+/// `slot` so that the fast path knows something is pending.
+#[inline(always)]
+fn hold(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64, ev: &ConnEvent) {
+    if map.insert(sk, *ev, 0).is_err() {
+        count(counter::PENDING_FULL);
+        return;
+    }
+    pending_add(slot, 1);
+}
+
+/// Takes the pending entry for `sk` out of `map`, if there is one and this
+/// caller is the one that removed it (the daemon's sweep may race): the
+/// event is then this caller's to send, exactly once.
+#[inline(always)]
+fn take(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEvent> {
+    let ev = unsafe { *map.get_ptr(sk)? };
+    map.remove(sk).ok()?;
+    pending_add(slot, u64::MAX); // -1
+    Some(ev)
+}
+
+fn on_connect(ctx: &BtfTracePointContext, sk: u64) -> Result<(), i32> {
+    let _ = ctx;
+    let Some(mut ev) = new_connection(sk, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)?
     else {
         return Ok(());
     };
     fill_process(&mut ev);
-    let sk: u64 = field(ctx, SS_SKADDR);
-    if PENDING_OUT.insert(sk, ev, 0).is_err() {
-        count(counter::PENDING_FULL);
-    }
+    hold(&PENDING_OUT, pending::OUT_KERNEL, sk, &ev);
     Ok(())
 }
 
-fn on_connect_done(ctx: &TracePointContext, new_state: i32) -> Result<(), i32> {
-    let sk: u64 = field(ctx, SS_SKADDR);
-    let Some(pending) = PENDING_OUT.get_ptr(sk) else {
+fn on_connect_done(ctx: &BtfTracePointContext, sk: u64, new_state: i32) -> Result<(), i32> {
+    if !may_be_pending(pending::OUT_KERNEL, pending::OUT_SYNC) {
+        return Ok(());
+    }
+    let Some(mut ev) = take(&PENDING_OUT, pending::OUT_KERNEL, sk) else {
         return Ok(());
     };
-    let mut ev = unsafe { *pending };
-    let _ = PENDING_OUT.remove(sk);
     // Now the local address and port are final.
-    ev.local_port = field(ctx, SS_SPORT);
+    let off = KOFFSETS.load();
+    ev.local_port = sk_field(sk, off.skc_num);
     if ev.family == AF_INET {
-        let s = field_v4(ctx, SS_SADDR);
-        ev.local_addr[..4].copy_from_slice(&s);
+        let s: u32 = sk_field(sk, off.skc_rcv_saddr);
+        ev.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
     } else {
-        ev.local_addr = field_v6(ctx, SS_SADDR_V6);
+        ev.local_addr = sk_field_v6(sk, off.skc_v6_rcv_saddr);
     }
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
@@ -389,80 +456,40 @@ fn on_connect_done(ctx: &TracePointContext, new_state: i32) -> Result<(), i32> {
     Ok(())
 }
 
-fn on_inbound(ctx: &TracePointContext) -> Result<(), i32> {
-    let Some(mut ev) = new_connection(
-        ctx,
-        counter::INBOUND_SEEN,
-        counter::INBOUND_HIT,
-        DIR_INGRESS,
-    )?
+fn on_inbound(ctx: &BtfTracePointContext, sk: u64) -> Result<(), i32> {
+    let Some(ev) = new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)?
     else {
         return Ok(());
     };
-    if ACCEPT_PROBE.load() == 0 {
+    if ev.flags & FLAG_AUDIT != 0 {
+        // Audit mode is for volume, not attribution: sent at once.
+        let mut ev = ev;
         ev.flags |= FLAG_NO_PROCESS;
         emit(ctx, &ev);
         return Ok(());
     }
-    let sk: u64 = field(ctx, SS_SKADDR);
-    inbound_pending_add(1);
-    if PENDING_IN.insert(sk, ev, 0).is_err() {
-        count(counter::PENDING_FULL);
-    }
+    hold(&PENDING_IN, pending::IN_KERNEL, sk, &ev);
     Ok(())
 }
 
-#[tracepoint(category = "syscalls", name = "sys_exit_accept4")]
-pub fn exit_accept4(ctx: TracePointContext) -> u32 {
-    let _ = try_accept_exit(&ctx);
-    0
-}
-
-#[tracepoint(category = "syscalls", name = "sys_exit_accept")]
-pub fn exit_accept(ctx: TracePointContext) -> u32 {
-    let _ = try_accept_exit(&ctx);
-    0
-}
-
-/// Reads a kernel pointer stored at `base + offset`.
+/// A process (`in_process`) or the stack is using `sk`: if it is an inbound
+/// hit waiting for its process, send it now.
 #[inline(always)]
-fn read_ptr(base: u64, offset: u32) -> Result<u64, i32> {
-    unsafe { bpf_probe_read_kernel((base + offset as u64) as *const u64) }
-}
-
-fn try_accept_exit(ctx: &TracePointContext) -> Result<(), i32> {
-    let ret: i64 = field(ctx, SYS_EXIT_RET);
-    if ret < 0 {
-        return Ok(());
+fn attribute(ctx: &BtfTracePointContext, sk: u64, in_process: bool) {
+    if !may_be_pending(pending::IN_KERNEL, pending::IN_SYNC) {
+        return;
     }
-    count(counter::ACCEPT_SEEN);
-    if inbound_pending() == 0 {
-        return Ok(());
-    }
-    let off = KOFFSETS.load();
-    // current->files->fdt->fd[ret]->private_data (struct socket)->sk
-    let task = unsafe { bpf_get_current_task() };
-    let files = read_ptr(task, off.task_files)?;
-    let fdt = read_ptr(files, off.files_fdt)?;
-    let max_fds: u32 =
-        unsafe { bpf_probe_read_kernel((fdt + off.fdt_max_fds as u64) as *const u32)? };
-    if ret as u64 >= max_fds as u64 {
-        return Ok(());
-    }
-    let fd_array = read_ptr(fdt, off.fdt_fd)?;
-    let file = read_ptr(fd_array + (ret as u64) * 8, 0)?;
-    let socket = read_ptr(file, off.file_private_data)?;
-    let sk = read_ptr(socket, off.socket_sk)?;
-    let Some(pending) = PENDING_IN.get_ptr(sk) else {
-        return Ok(());
+    let Some(mut ev) = take(&PENDING_IN, pending::IN_KERNEL, sk) else {
+        return;
     };
-    let mut ev = unsafe { *pending };
-    if PENDING_IN.remove(sk).is_ok() {
-        inbound_pending_add(u64::MAX); // -1
+    if in_process {
+        fill_process(&mut ev);
+        count(counter::INBOUND_ATTRIBUTED);
+    } else {
+        ev.flags |= FLAG_NO_PROCESS;
+        count(counter::INBOUND_UNATTRIBUTED);
     }
-    fill_process(&mut ev);
     emit(ctx, &ev);
-    Ok(())
 }
 
 #[cfg(not(test))]
