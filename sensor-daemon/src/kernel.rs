@@ -356,16 +356,12 @@ impl Probes {
         self.write_prefilter(bits)?;
         let target = 1 - self.active;
         let (written, deleted) = self.write_copy(target, &wanted)?;
-        let map = self
-            .ebpf
-            .map_mut("ACTIVE_SET")
-            .ok_or(KernelError::MissingMap("ACTIVE_SET"))?;
-        let map_err = |source| KernelError::Map {
-            name: "ACTIVE_SET",
-            source,
-        };
-        let mut active: Array<&mut MapData, u32> = Array::try_from(map).map_err(map_err)?;
-        active.set(0, target as u32, 0).map_err(map_err)?;
+        array_mut::<u32>(&mut self.ebpf, "ACTIVE_SET")?
+            .set(0, target as u32, 0)
+            .map_err(|source| KernelError::Map {
+                name: "ACTIVE_SET",
+                source,
+            })?;
         self.active = target;
         self.last_flip = Some(Instant::now());
         let stats = ApplyStats {
@@ -381,15 +377,11 @@ impl Probes {
 
     /// Writes the words of the pre-filter that differ from `bits`.
     fn write_prefilter(&mut self, bits: Vec<u64>) -> Result<(), KernelError> {
-        let map = self
-            .ebpf
-            .map_mut("PREFILTER")
-            .ok_or(KernelError::MissingMap("PREFILTER"))?;
         let map_err = |source| KernelError::Map {
             name: "PREFILTER",
             source,
         };
-        let mut array: Array<&mut MapData, u64> = Array::try_from(map).map_err(map_err)?;
+        let mut array = array_mut::<u64>(&mut self.ebpf, "PREFILTER")?;
         for (i, (old, new)) in self.prefilter.iter_mut().zip(bits).enumerate() {
             if *old != new {
                 array.set(i as u32, new, 0).map_err(map_err)?;
@@ -614,10 +606,7 @@ impl Probes {
             .map(map)
             .and_then(|m| BpfHashMap::<&MapData, u64, ConnEvent>::try_from(m).ok())
             .is_some_and(|h| h.keys().next().is_none());
-        if empty
-            && let Some(counts) = self.ebpf.map_mut("PENDING_COUNT")
-            && let Ok(mut counts) = Array::<&mut MapData, u64>::try_from(counts)
-        {
+        if empty && let Ok(mut counts) = array_mut::<u64>(&mut self.ebpf, "PENDING_COUNT") {
             let _ = counts.set(sync, k, 0);
         }
     }
@@ -638,6 +627,15 @@ impl Probes {
         }
         out
     }
+}
+
+/// One of the programs' array maps, writable.
+fn array_mut<'a, T: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, T>, KernelError> {
+    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
+    Array::try_from(map).map_err(|source| KernelError::Map { name, source })
 }
 
 /// The pre-filter bitmap for `prefixes` (see `sensor_common::prefilter`):
