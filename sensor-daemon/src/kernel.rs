@@ -96,7 +96,6 @@ pub fn preflight() -> Result<(), KernelError> {
     if !Path::new(VMLINUX_BTF).exists() {
         return Err(KernelError::NoBtf);
     }
-    kernel_offsets(Path::new(VMLINUX_BTF))?;
     Ok(())
 }
 
@@ -233,7 +232,6 @@ impl Probes {
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
         probes.apply_feeds(feeds)?;
-        release_heap();
         let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
         for (name, tracepoint) in PROGRAMS {
             probes.attach(name, tracepoint, &btf)?;
@@ -663,7 +661,7 @@ pub fn prefilter_bits<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> Vec<u64>
 }
 
 /// The programs and the BTF tracepoints they attach to.
-const PROGRAMS: [(&str, &str); 3] = [
+pub const PROGRAMS: [(&str, &str); 3] = [
     ("sock_state", "inet_sock_set_state"),
     ("sock_send", "sock_send_length"),
     ("sock_recv", "sock_recv_length"),

@@ -418,9 +418,8 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                 }
             }
             _ = sweep.tick() => {
-                // Whatever the ring buffer already holds comes first: a
-                // process may have claimed one of these hits meanwhile.
-                pipeline.drain(ring.get_mut()).await;
+                // A hit a program claimed is no longer in the map, so the
+                // sweep cannot send it twice; no drain needed first.
                 for ev in probes.sweep_inbound(cfg.inbound_wait) {
                     pipeline.stats.inbound_unattributed += 1;
                     pipeline.handle(&ev, false);

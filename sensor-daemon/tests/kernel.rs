@@ -476,7 +476,9 @@ fn programs_of(pid: u32) -> Vec<Value> {
         .iter()
         .filter(|p| {
             let name = p["name"].as_str().unwrap_or("");
-            ["sock_state", "sock_send", "sock_recv"].contains(&name)
+            sensor_daemon::kernel::PROGRAMS
+                .iter()
+                .any(|(ours, _)| *ours == name)
                 && p["pids"]
                     .as_array()
                     .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))

@@ -210,7 +210,7 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     match (old, new) {
-        (TCP_CLOSE, TCP_SYN_SENT) => on_connect(ctx, sk),
+        (TCP_CLOSE, TCP_SYN_SENT) => on_connect(sk),
         (TCP_SYN_SENT, _) => on_connect_done(ctx, sk, new),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(ctx, sk),
         // A shutdown or close: only ever in the calling process.
@@ -422,8 +422,7 @@ fn take(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEven
     Some(ev)
 }
 
-fn on_connect(ctx: &BtfTracePointContext, sk: u64) -> Result<(), i32> {
-    let _ = ctx;
+fn on_connect(sk: u64) -> Result<(), i32> {
     let Some(mut ev) = new_connection(sk, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)?
     else {
         return Ok(());
@@ -457,13 +456,13 @@ fn on_connect_done(ctx: &BtfTracePointContext, sk: u64, new_state: i32) -> Resul
 }
 
 fn on_inbound(ctx: &BtfTracePointContext, sk: u64) -> Result<(), i32> {
-    let Some(ev) = new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)?
+    let Some(mut ev) =
+        new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)?
     else {
         return Ok(());
     };
     if ev.flags & FLAG_AUDIT != 0 {
         // Audit mode is for volume, not attribution: sent at once.
-        let mut ev = ev;
         ev.flags |= FLAG_NO_PROCESS;
         emit(ctx, &ev);
         return Ok(());
