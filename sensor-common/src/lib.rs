@@ -174,12 +174,19 @@ pub mod counter {
     const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
 }
 
-/// Slots of the kernel's `PENDING_COUNT` array. For each pending map, the
-/// kernel adds one per entry it inserts and subtracts one per entry it
-/// removes (`*_KERNEL`); the daemon writes the `*_SYNC` slot with that value
-/// whenever it finds the map empty (LRU evictions and entries it removed
-/// itself leave the kernel count too high). Equal slots mean "nothing
-/// pending", the programs' fast path that skips the hash lookup.
+/// Slots of the kernel's `PENDING_COUNT` array, the programs' fast path
+/// that skips the hash lookup while a pending map is empty (the normal case).
+///
+/// For each pending map, `*_KERNEL` is what the programs inserted minus what
+/// they removed (each adjusted right after its map operation), and `*_SYNC`
+/// is the total the daemon removed (its sweep; only the daemon writes it, and
+/// only ever upwards, right after the removals). So `KERNEL - SYNC` is never
+/// below the number of entries in the map whose insert has been counted. A
+/// program reads `SYNC` first, then `KERNEL`: `SYNC` can only have grown in
+/// between, so a pending entry still makes the two differ. Equal slots mean
+/// nothing is pending. (An earlier scheme let the daemon copy `KERNEL` into
+/// `SYNC` when it saw the map empty; an insert landing between its check and
+/// its write was then invisible to the programs, and its hit was lost.)
 pub mod pending {
     pub const OUT_KERNEL: u32 = 0;
     pub const IN_KERNEL: u32 = 1;

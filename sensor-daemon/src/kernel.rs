@@ -35,6 +35,19 @@ const SET_MAPS: [[&str; 3]; 2] = [
 /// be looking it up (each run takes well under a microsecond, inside an RCU
 /// read section); the old copy is not rewritten before this much time.
 const FLIP_GRACE: Duration = Duration::from_millis(20);
+/// How long an outbound attempt may wait for its answer (and its local
+/// port) before the sweep reports it as incomplete. Far beyond the kernel's
+/// default SYN retries (about 2 minutes); only a stuck entry gets here.
+pub const OUTBOUND_STALE: Duration = Duration::from_secs(600);
+
+/// What `Probes::sweep` took out of the pending maps.
+#[derive(Debug, Default)]
+pub struct Swept {
+    /// Inbound hits reported without a process.
+    pub inbound: Vec<ConnEvent>,
+    /// Outbound attempts reported as incomplete.
+    pub outbound_stale: Vec<ConnEvent>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
@@ -552,61 +565,62 @@ impl Probes {
         })
     }
 
-    /// Inbound hits that have waited longer than `wait` for a process to use
-    /// their socket (never accepted, or accepted and left idle): taken out
-    /// of the kernel map and returned with `FLAG_NO_PROCESS`, so that the
-    /// alert is not held back any longer. Also lets the programs' fast path
-    /// resume once both pending maps are empty.
-    pub fn sweep_inbound(&mut self, wait: Duration) -> Vec<ConnEvent> {
+    /// Hits that have waited too long in the kernel's pending maps, taken
+    /// out and returned so that they are not held back any longer:
+    /// - inbound hits no process has used within `inbound_wait` (never
+    ///   accepted, or accepted and left idle), with `FLAG_NO_PROCESS`;
+    /// - outbound attempts still unanswered after `OUTBOUND_STALE` (no
+    ///   local port yet), which the caller reports as incomplete.
+    ///
+    /// Each removal is added to the map's sync slot, which keeps the
+    /// programs' fast path exact (see `sensor_common::pending`).
+    pub fn sweep(&mut self, inbound_wait: Duration) -> Swept {
+        let mut inbound = self.sweep_map("PENDING_IN", pending::IN_SYNC, inbound_wait);
+        for ev in &mut inbound {
+            ev.flags |= FLAG_NO_PROCESS;
+        }
+        let outbound_stale = self.sweep_map("PENDING_OUT", pending::OUT_SYNC, OUTBOUND_STALE);
+        Swept {
+            inbound,
+            outbound_stale,
+        }
+    }
+
+    /// Removes and returns the entries of `map` older than `age`, and adds
+    /// their number to the sync slot `sync`.
+    fn sweep_map(&mut self, map: &'static str, sync: u32, age: Duration) -> Vec<ConnEvent> {
         let now = boot_ns();
-        let wait = wait.as_nanos() as u64;
+        let age = age.as_nanos() as u64;
         let mut out = Vec::new();
-        if let Some(map) = self.ebpf.map_mut("PENDING_IN")
-            && let Ok(mut hash) = BpfHashMap::<&mut MapData, u64, ConnEvent>::try_from(map)
+        if let Some(m) = self.ebpf.map_mut(map)
+            && let Ok(mut hash) = BpfHashMap::<&mut MapData, u64, ConnEvent>::try_from(m)
         {
             let old: Vec<(u64, ConnEvent)> = hash
                 .iter()
                 .filter_map(Result::ok)
-                .filter(|(_, ev)| now.saturating_sub(ev.ts_boot_ns) >= wait)
+                .filter(|(_, ev)| now.saturating_sub(ev.ts_boot_ns) >= age)
                 .collect();
-            for (sk, mut ev) in old {
-                // The kernel may have taken it meanwhile: whoever removes
+            for (sk, ev) in old {
+                // A program may have taken it meanwhile: whoever removes
                 // the entry sends it.
                 if hash.remove(&sk).is_ok() {
-                    ev.flags |= FLAG_NO_PROCESS;
                     out.push(ev);
                 }
             }
         }
-        self.resync_pending("PENDING_OUT", pending::OUT_KERNEL, pending::OUT_SYNC);
-        self.resync_pending("PENDING_IN", pending::IN_KERNEL, pending::IN_SYNC);
+        if !out.is_empty() {
+            // Only the daemon writes this slot, so read-add-write is safe.
+            match array_mut::<u64>(&mut self.ebpf, "PENDING_COUNT") {
+                Ok(mut counts) => {
+                    let synced = counts.get(&sync, 0).unwrap_or(0);
+                    if let Err(e) = counts.set(sync, synced.wrapping_add(out.len() as u64), 0) {
+                        tracing::warn!("PENDING_COUNT: {e}; the programs stay on the slow path");
+                    }
+                }
+                Err(e) => tracing::warn!("{e}; the programs stay on the slow path"),
+            }
+        }
         out
-    }
-
-    /// If `map` is empty, makes its sync slot equal to the kernel's count
-    /// (read first: an insert the read missed is visible in the map, one
-    /// after it leaves the slots unequal), so the fast path holds again.
-    fn resync_pending(&mut self, map: &'static str, kernel: u32, sync: u32) {
-        let Some(counts) = self.ebpf.map("PENDING_COUNT") else {
-            return;
-        };
-        let Ok(counts) = Array::<&MapData, u64>::try_from(counts) else {
-            return;
-        };
-        let (Ok(k), Ok(s)) = (counts.get(&kernel, 0), counts.get(&sync, 0)) else {
-            return;
-        };
-        if k == s {
-            return;
-        }
-        let empty = self
-            .ebpf
-            .map(map)
-            .and_then(|m| BpfHashMap::<&MapData, u64, ConnEvent>::try_from(m).ok())
-            .is_some_and(|h| h.keys().next().is_none());
-        if empty && let Ok(mut counts) = array_mut::<u64>(&mut self.ebpf, "PENDING_COUNT") {
-            let _ = counts.set(sync, k, 0);
-        }
     }
 
     /// Hits still waiting in the kernel (an outbound attempt not yet answered,

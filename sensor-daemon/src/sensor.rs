@@ -420,9 +420,14 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
             _ = sweep.tick() => {
                 // A hit a program claimed is no longer in the map, so the
                 // sweep cannot send it twice; no drain needed first.
-                for ev in probes.sweep_inbound(cfg.inbound_wait) {
+                let swept = probes.sweep(cfg.inbound_wait);
+                for ev in &swept.inbound {
                     pipeline.stats.inbound_unattributed += 1;
-                    pipeline.handle(&ev, false);
+                    pipeline.handle(ev, false);
+                }
+                for ev in &swept.outbound_stale {
+                    pipeline.stats.incomplete_reported += 1;
+                    pipeline.handle(ev, true);
                 }
             }
             _ = summaries.tick(), if pipeline.aggregator.enabled() => {
@@ -488,7 +493,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     probes.detach();
     pipeline.drain(ring.get_mut()).await;
     let pending = probes.pending();
-    pipeline.stats.incomplete_reported = pending.len() as u64;
+    pipeline.stats.incomplete_reported += pending.len() as u64;
     for ev in &pending {
         pipeline.handle(ev, true);
     }

@@ -261,6 +261,82 @@ fn inbound_connection_nobody_accepts_is_reported_without_a_process_after_the_wai
 }
 
 #[test]
+fn churn_while_the_sweep_takes_entries_loses_and_repeats_nothing() {
+    if !kernel_tests_allowed("churn_with_sweep") {
+        return;
+    }
+    let _serial = serial();
+    // Both ends listed: every connection is one egress and one ingress hit.
+    // With a 100 ms wait the daemon sweeps every 50 ms while the programs
+    // insert and take entries of the same maps, and every 50th connection
+    // is never accepted, so the sweep really removes entries as it goes.
+    let sensor = Sensor::start(
+        "churn",
+        "127.66.13.0/24\n",
+        &["--inbound-wait", "100ms", "--aggregation-window", "0s"],
+    );
+    let server = listen(addr("127.66.13.1:0"), false);
+    let idle = listen(addr("127.66.13.1:0"), false);
+    let (to, to_idle) = (server.local_addr().unwrap(), idle.local_addr().unwrap());
+    let from = addr("127.66.13.2:0");
+    let mut ports = std::collections::BTreeSet::new();
+    let mut never_accepted = Vec::new();
+    let start = Instant::now();
+    let mut n = 0usize;
+    // Bounded in time and count; at most 100 wait in the idle backlog.
+    while start.elapsed() < Duration::from_millis(1500) && n < 5000 {
+        n += 1;
+        let idle_one = n.is_multiple_of(50);
+        let c = if idle_one {
+            connect_from(from, to_idle)
+        } else {
+            connect_from(from, to)
+        };
+        ports.insert(c.local_addr().unwrap().port());
+        if idle_one {
+            never_accepted.push(c);
+        } else {
+            let (a, _) = server.accept().unwrap();
+            drop((c, a));
+        }
+    }
+    assert_eq!(ports.len(), n, "client ports are unique within the run");
+    sensor.expect_count(2 * n, Duration::from_secs(20));
+    // Time for a wrongly repeated alert to show up too.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(never_accepted);
+    let (status, _, stderr, alerts) = sensor.stop_collect();
+    assert!(status.success(), "{stderr}");
+    let mut seen = std::collections::BTreeMap::new();
+    for a in &alerts {
+        let direction = get(a, "network.direction").as_str().unwrap().to_owned();
+        let port = get(a, "source.port").as_u64().unwrap() as u16;
+        *seen.entry((direction, port)).or_insert(0u32) += 1;
+    }
+    for port in &ports {
+        for direction in ["egress", "ingress"] {
+            let times = seen
+                .get(&(direction.to_owned(), *port))
+                .copied()
+                .unwrap_or(0);
+            assert_eq!(
+                times, 1,
+                "{direction} alert for client port {port}, of {n} connections"
+            );
+        }
+    }
+    assert_eq!(alerts.len(), 2 * n, "nothing but these alerts");
+    let unattributed = alerts
+        .iter()
+        .filter(|a| get(a, "torsensor.attribution") == "none")
+        .count();
+    assert!(
+        unattributed >= n / 50,
+        "the never-accepted connections are reported without a process: {unattributed}"
+    );
+}
+
+#[test]
 fn ipv6_between_network_namespaces_both_directions() {
     if !kernel_tests_allowed("ipv6_netns") {
         return;

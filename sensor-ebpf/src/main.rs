@@ -41,7 +41,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, map},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::BtfTracePointContext,
 };
 use aya_log_ebpf::warn;
@@ -117,12 +117,17 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+// The pending maps are plain (preallocated) hashes, not LRU ones: an LRU map
+// would make room by silently evicting a hit, where a full plain map fails
+// the insert, which is counted (`PENDING_FULL`). Every entry leaves: taken by
+// a program at the socket's next step, or by the daemon's sweep.
 /// Outbound hits waiting for their local port, keyed by `struct sock *`.
 #[map]
-static PENDING_OUT: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16384, 0);
-/// Inbound hits waiting for `accept()`, keyed by `struct sock *`.
+static PENDING_OUT: HashMap<u64, ConnEvent> = HashMap::with_max_entries(16384, 0);
+/// Inbound hits waiting for a process to use the socket, keyed by
+/// `struct sock *`.
 #[map]
-static PENDING_IN: LruHashMap<u64, ConnEvent> = LruHashMap::with_max_entries(16384, 0);
+static PENDING_IN: HashMap<u64, ConnEvent> = HashMap::with_max_entries(16384, 0);
 
 /// Fast path for the pending maps (see `sensor_common::pending`): while a
 /// map's kernel and sync slots are equal, nothing is pending in it and the
@@ -151,10 +156,13 @@ fn pending_slot(slot: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Whether the map with these slots may hold an entry.
+/// Whether the map with these slots may hold an entry. The sync slot is
+/// read first (volatile reads keep their order): see
+/// `sensor_common::pending` for why that order makes "equal" safe.
 #[inline(always)]
 fn may_be_pending(kernel: u32, sync: u32) -> bool {
-    pending_slot(kernel) != pending_slot(sync)
+    let synced = pending_slot(sync);
+    pending_slot(kernel) != synced
 }
 
 const IPPROTO_TCP: u16 = 6;
@@ -403,7 +411,7 @@ fn new_connection(sk: u64, seen: u32, hit: u32, direction: u8) -> Result<Option<
 /// Keeps `ev` in a pending map until the socket's next step; counted in
 /// `slot` so that the fast path knows something is pending.
 #[inline(always)]
-fn hold(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64, ev: &ConnEvent) {
+fn hold(map: &HashMap<u64, ConnEvent>, slot: u32, sk: u64, ev: &ConnEvent) {
     if map.insert(sk, *ev, 0).is_err() {
         count(counter::PENDING_FULL);
         return;
@@ -415,7 +423,7 @@ fn hold(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64, ev: &ConnEvent) {
 /// caller is the one that removed it (the daemon's sweep may race): the
 /// event is then this caller's to send, exactly once.
 #[inline(always)]
-fn take(map: &LruHashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEvent> {
+fn take(map: &HashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEvent> {
     let ev = unsafe { *map.get_ptr(sk)? };
     map.remove(sk).ok()?;
     pending_add(slot, u64::MAX); // -1

@@ -53,6 +53,7 @@ struct Shared {
     stderr: String,
     armed: bool,
     closed: bool,
+    stdout_closed: bool,
 }
 
 /// A running sensor.
@@ -96,6 +97,8 @@ impl Sensor {
                 s.0.lock().unwrap().alerts.push(doc);
                 s.1.notify_all();
             }
+            s.0.lock().unwrap().stdout_closed = true;
+            s.1.notify_all();
         });
         let stderr = child.stderr.take().unwrap();
         let s = shared.clone();
@@ -152,6 +155,25 @@ impl Sensor {
         found.unwrap()
     }
 
+    /// Waits until at least `n` alerts have arrived (`timeout` at most).
+    /// On a timeout, says how many came (not all of them: there may be
+    /// thousands).
+    pub fn expect_count(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let (lock, cv) = &*self.shared;
+        let mut g = lock.lock().unwrap();
+        while g.alerts.len() < n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "timed out waiting for {n} alerts: {} came; stderr:\n{}",
+                g.alerts.len(),
+                g.stderr
+            );
+            g = cv.wait_timeout(g, left).unwrap().0;
+        }
+    }
+
     pub fn alerts(&self) -> Vec<Value> {
         self.shared.0.lock().unwrap().alerts.clone()
     }
@@ -179,7 +201,13 @@ impl Sensor {
 
     /// Sends SIGTERM and waits for the exit; returns the status and how long
     /// it took.
-    pub fn stop(mut self) -> (ExitStatus, Duration, String) {
+    pub fn stop(self) -> (ExitStatus, Duration, String) {
+        let (status, took, stderr, _) = self.stop_collect();
+        (status, took, stderr)
+    }
+
+    /// `stop`, and every alert the sensor wrote, up to its last line.
+    pub fn stop_collect(mut self) -> (ExitStatus, Duration, String, Vec<Value>) {
         let mut child = self.child.take().unwrap();
         let start = Instant::now();
         // SAFETY: plain kill(2) on our own child.
@@ -195,8 +223,10 @@ impl Sensor {
             std::thread::sleep(Duration::from_millis(10));
         };
         let took = start.elapsed();
-        self.wait_until(Duration::from_secs(5), "stderr to close", |s| s.closed);
-        (status, took, self.stderr())
+        self.wait_until(Duration::from_secs(5), "stderr and stdout to close", |s| {
+            s.closed && s.stdout_closed
+        });
+        (status, took, self.stderr(), self.alerts())
     }
 }
 
