@@ -188,3 +188,33 @@ pub fn run(rounds: usize) -> Result<(), KernelError> {
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
+
+/// `torsensor bench-floor` (hidden; run by `cargo xtask bench`): attaches
+/// only an empty program where the sensor's state program goes, with the
+/// same maps loaded, says "torsensor armed" on stderr, and waits for
+/// SIGTERM or SIGINT. The throughput under it is the floor no program on
+/// that hook can go below.
+pub fn hook_floor() -> Result<(), KernelError> {
+    // Blocked before anything else, so that sigwait takes them.
+    // SAFETY: plain signal-mask calls on a zeroed sigset_t.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    };
+    let probes = Probes::load_hook_floor(&LoadOptions {
+        audit_all: false,
+        ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
+        kernel_log: false,
+        max_entries: 1 << 16,
+    })?;
+    tracing::info!("torsensor armed (hook floor: an empty program on inet_sock_set_state)");
+    let mut sig = 0;
+    // SAFETY: waits on the blocked set built above.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    drop(probes);
+    Ok(())
+}

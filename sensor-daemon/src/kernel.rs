@@ -254,6 +254,18 @@ impl Probes {
         Ok(probes)
     }
 
+    /// Loads the maps like `load`, but attaches only `hook_floor`, an empty
+    /// program, where `sock_state` goes: the benchmark's measure of what the
+    /// hook costs by itself.
+    pub fn load_hook_floor(opts: &LoadOptions) -> Result<Self, KernelError> {
+        let mut probes = Self::open(opts)?;
+        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
+        probes.attach("hook_floor", PROGRAMS[0].1, &btf)?;
+        drop(btf);
+        release_heap();
+        Ok(probes)
+    }
+
     /// Creates the maps (programs neither loaded nor attached): what `load`
     /// starts with, and what the feed benchmark measures map updates on.
     pub fn open(opts: &LoadOptions) -> Result<Self, KernelError> {

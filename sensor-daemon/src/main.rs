@@ -37,6 +37,9 @@ enum Command {
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// Benchmark control: an empty program on the sensor's hook, nothing else.
+    #[command(hide = true)]
+    BenchFloor,
 }
 
 #[derive(Subcommand)]
@@ -185,6 +188,9 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
+        Command::BenchFloor => sensor_daemon::bench::hook_floor()
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
         Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),

@@ -236,6 +236,14 @@ fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     }
 }
 
+/// Not part of the sensor: an empty program on the same tracepoint, which
+/// `cargo xtask bench` attaches alone (`torsensor bench-floor`) to measure
+/// what the hook itself costs, the floor under `sock_state`'s overhead.
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn hook_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
 /// `sock_send_length(struct sock *sk, int ret, int flags)`: every socket
 /// write, in the writing process.
 #[btf_tracepoint(function = "sock_send_length")]

@@ -2,8 +2,10 @@
 //! measured in the same run (these machines are noisy; compare, don't trust
 //! absolute numbers).
 //!
-//! 1. Overhead: a loopback connect+accept storm with no listed peers, with the
-//!    sensor detached and attached, interleaved round by round; medians.
+//! 1. Overhead: a loopback connect+accept storm with no listed peers, with no
+//!    sensor, with the sensor, and with only an empty program on the
+//!    sensor's hook (the floor any program there pays), interleaved round by
+//!    round; medians of the per-round ratios.
 //! 2. Worst case: the same storm with every peer listed; alerts delivered vs
 //!    connections made, and the kernel's loss counters.
 //! 3. Memory: daemon RSS after start with the embedded feed.
@@ -42,9 +44,14 @@ struct Running {
 }
 
 impl Running {
-    fn start(bin: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Running> {
+    fn start(
+        bin: &Path,
+        command: &[&str],
+        args: &[&str],
+        stdout: Stdio,
+    ) -> anyhow::Result<Running> {
         let mut child = Command::new(bin)
-            .arg("run")
+            .args(command)
             .args(args)
             .env("TORSENSOR_LOG", "info")
             // Keep the bench's status.json and caches out of /var/lib.
@@ -259,44 +266,68 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         "   {n} connections per round, {rounds} rounds each way, interleaved (order alternates), storm pinned to one CPU"
     );
     storm(n / 4)?; // warm-up
-    let (mut without, mut with, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // Three conditions per round: no sensor, the sensor, and the hook floor
+    // (an empty program on the same tracepoint, same maps loaded): what any
+    // program on that hook costs, so the sensor's own share is visible.
+    // The order cycles through all six permutations.
+    const ORDERS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [2, 1, 0],
+        [1, 0, 2],
+        [2, 0, 1],
+        [0, 2, 1],
+        [1, 2, 0],
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    let (mut ratios, mut floor_ratios, mut above_floor) = (Vec::new(), Vec::new(), Vec::new());
     let mut daemon_cpu = 0.0;
     for round in 0..rounds {
-        let mut measure_with = || -> anyhow::Result<f64> {
-            let sensor = Running::start(&bin, &[], Stdio::null())?;
-            sensor.settle();
-            let cpu0 = cpu_seconds(sensor.pid());
-            let rate = storm(n)?;
-            daemon_cpu += cpu_seconds(sensor.pid()) - cpu0;
-            sensor.stop()?;
-            Ok(rate)
-        };
-        let measure_without = || -> anyhow::Result<f64> {
-            // The same pause as the sensor's settling, on both sides.
-            std::thread::sleep(Duration::from_millis(300));
-            storm(n)
-        };
-        let (w0, w1) = if round % 2 == 0 {
-            let w0 = measure_without()?;
-            (w0, measure_with()?)
-        } else {
-            let w1 = measure_with()?;
-            (measure_without()?, w1)
-        };
-        without.push(w0);
-        with.push(w1);
+        let mut rate = [0.0; 3];
+        for which in ORDERS[round % ORDERS.len()] {
+            rate[which] = match which {
+                0 => {
+                    // The same pause as the sensor's settling, on all sides.
+                    std::thread::sleep(Duration::from_millis(300));
+                    storm(n)?
+                }
+                1 => {
+                    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
+                    sensor.settle();
+                    let cpu0 = cpu_seconds(sensor.pid());
+                    let r = storm(n)?;
+                    daemon_cpu += cpu_seconds(sensor.pid()) - cpu0;
+                    sensor.stop()?;
+                    r
+                }
+                _ => {
+                    let floor = Running::start(&bin, &["bench-floor"], &[], Stdio::null())?;
+                    floor.settle();
+                    let r = storm(n)?;
+                    floor.stop()?;
+                    r
+                }
+            };
+        }
+        let [w0, w1, wf] = rate;
+        for (v, r) in rates.iter_mut().zip(rate) {
+            v.push(r);
+        }
         ratios.push(w1 / w0);
+        floor_ratios.push(wf / w0);
+        above_floor.push(w1 / wf);
         println!(
-            "   round {}: without {w0:>8.0} conn/s   with {w1:>8.0} conn/s   ratio {:.3}",
+            "   round {}: without {w0:>7.0}  sensor {w1:>7.0}  hook floor {wf:>7.0} conn/s   ratio sensor {:.3}, floor {:.3}",
             round + 1,
-            w1 / w0
+            w1 / w0,
+            wf / w0
         );
     }
-    let (m0, m1) = (median(&without), median(&with));
+    let (m0, m1, mf) = (median(&rates[0]), median(&rates[1]), median(&rates[2]));
     let ratio = median(&ratios);
     let slowdown = 1.0 - ratio;
-    println!("   median without sensor: {m0:.0} conn/s");
-    println!("   median with sensor:    {m1:.0} conn/s");
+    println!(
+        "   median without sensor: {m0:.0} conn/s, with sensor: {m1:.0}, with the hook floor: {mf:.0}"
+    );
     println!(
         "   RATIO with/without (median of the per-round ratios): {ratio:.3}  (slowdown {:.1} %, target <= {:.0} %: {}); ratio of the medians {:.3}",
         slowdown * 100.0,
@@ -308,6 +339,15 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         },
         m1 / m0
     );
+    let floor = median(&floor_ratios);
+    println!(
+        "   RATIO hook floor/without: {floor:.3}  (an empty program on inet_sock_set_state: {:.1} % slower, for any program there)",
+        (1.0 - floor) * 100.0
+    );
+    println!(
+        "   RATIO sensor/hook floor: {:.3}  (the sensor's own work, above the hook's cost)",
+        median(&above_floor)
+    );
     println!(
         "   daemon CPU during the storms: {daemon_cpu:.2} s for {} connections (no hits, so nothing crosses to userspace)",
         n * rounds
@@ -317,7 +357,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     // itself slows every program run, so it stays off in the rounds above.
     let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let old_stats = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
-    let sensor = Running::start(&bin, &[], Stdio::null())?;
+    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
     let _ = std::fs::write(stats_flag, "1");
     let before = program_stats();
     let per_conn_ns = 1e9 / storm(n)?;
@@ -354,6 +394,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let alerts = std::fs::File::create(&alerts_path)?;
     let sensor = Running::start(
         &bin,
+        &["run"],
         &[
             "--allow-reserved",
             "--feed",
@@ -404,7 +445,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!("== 3. memory: daemon RSS after start with the embedded feed");
-    let sensor = Running::start(&bin, &[], Stdio::null())?;
+    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
     std::thread::sleep(Duration::from_secs(1));
     let rss = status_kib(sensor.pid(), "VmRSS:") / 1024.0;
     let hwm = status_kib(sensor.pid(), "VmHWM:") / 1024.0;
