@@ -208,32 +208,24 @@ fn count(index: u32) {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
-    let _ = try_sock_state(&ctx);
-    0
-}
-
-fn try_sock_state(ctx: &BtfTracePointContext) -> Result<(), i32> {
     // inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)
     let sk: u64 = ctx.arg(0);
     let old: i32 = ctx.arg(1);
     let new: i32 = ctx.arg(2);
     match (old, new) {
         (TCP_CLOSE, TCP_SYN_SENT) => on_connect(sk),
-        (TCP_SYN_SENT, _) => on_connect_done(ctx, sk, new),
-        (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(ctx, sk),
+        (TCP_SYN_SENT, _) => on_connect_done(&ctx, sk, new),
+        (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(&ctx, sk),
         // A shutdown or close: only ever in the calling process.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
-            attribute(ctx, sk, true);
-            Ok(())
+            attribute(&ctx, sk, true)
         }
         // An abort or a reset, possibly in softirq context: the socket is
         // gone before any process used it.
-        (_, TCP_CLOSE) => {
-            attribute(ctx, sk, false);
-            Ok(())
-        }
-        _ => Ok(()),
+        (_, TCP_CLOSE) => attribute(&ctx, sk, false),
+        _ => {}
     }
+    0
 }
 
 /// Not part of the sensor: an empty program on the same tracepoint, which
@@ -260,47 +252,102 @@ pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
     0
 }
 
+/// One field of `KOFFSETS`: a single load (`Global::load` would read the
+/// whole struct, eight loads, for each use).
+macro_rules! koff {
+    ($field:ident) => {
+        // SAFETY: `Global` is `repr(transparent)` over the value, which is
+        // always initialised; a volatile read of one of its fields.
+        unsafe {
+            let offsets = (&raw const KOFFSETS).cast::<KernelOffsets>();
+            core::ptr::read_volatile(&raw const (*offsets).$field)
+        }
+    };
+}
+
 /// Whether `sk` is a TCP socket (the state tracepoint also fires for SCTP).
 #[inline(always)]
 fn is_tcp(sk: u64) -> bool {
-    sk_field::<u16>(sk, KOFFSETS.load().sk_protocol) == IPPROTO_TCP
+    sk_field::<u16>(sk, koff!(sk_protocol)) == IPPROTO_TCP
 }
 
-/// Fills family, addresses and ports from the socket: the local end and the
-/// peer, in both directions.
+/// The peer of a socket: all that matching needs. Read first, so that a
+/// connection that is not reported (nearly all of them) costs a few loads;
+/// the rest of the event is only filled in for a hit.
+struct Peer {
+    family: u16,
+    /// IPv4 in the first 4 bytes, or IPv6.
+    addr: [u8; 16],
+    port: u16,
+}
+
 #[inline(always)]
-fn read_endpoints(sk: u64, ev: &mut ConnEvent) -> Result<(), i32> {
-    let off = KOFFSETS.load();
-    let family: u16 = sk_field(sk, off.skc_family);
-    ev.family = family;
-    ev.local_port = sk_field(sk, off.skc_num);
-    ev.remote_port = u16::from_be(sk_field(sk, off.skc_dport));
+fn read_peer(sk: u64) -> Option<Peer> {
+    let family: u16 = sk_field(sk, koff!(skc_family));
+    let mut addr = [0u8; 16];
     if family == AF_INET {
-        let s: u32 = sk_field(sk, off.skc_rcv_saddr);
-        let d: u32 = sk_field(sk, off.skc_daddr);
-        ev.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
-        ev.remote_addr[..4].copy_from_slice(&d.to_ne_bytes());
-        Ok(())
+        let d: u32 = sk_field(sk, koff!(skc_daddr));
+        addr[..4].copy_from_slice(&d.to_ne_bytes());
     } else if family == AF_INET6 {
-        ev.local_addr = sk_field_v6(sk, off.skc_v6_rcv_saddr);
-        ev.remote_addr = sk_field_v6(sk, off.skc_v6_daddr);
-        Ok(())
+        addr = sk_field_v6(sk, koff!(skc_v6_daddr));
     } else {
-        Err(0)
+        return None;
     }
+    let port = u16::from_be(sk_field(sk, koff!(skc_dport)));
+    Some(Peer { family, addr, port })
+}
+
+/// Fills the local address and port from the socket.
+#[inline(always)]
+fn read_local(sk: u64, ev: &mut ConnEvent) {
+    ev.local_port = sk_field(sk, koff!(skc_num));
+    if ev.family == AF_INET {
+        let s: u32 = sk_field(sk, koff!(skc_rcv_saddr));
+        ev.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
+    } else {
+        ev.local_addr = sk_field_v6(sk, koff!(skc_v6_rcv_saddr));
+    }
+}
+
+/// What the match of a peer found: the feeds, and whether the peer was an
+/// IPv4-mapped IPv6 address matched as IPv4.
+struct Hit {
+    matched: MatchInfo,
+    mapped: bool,
 }
 
 /// Matches the peer against the active set. A `::ffff:a.b.c.d` peer is
 /// matched as IPv4. Exit entries match in both directions on any port; a
-/// relay's OR address only matches outbound on one of its ORPorts.
+/// relay's OR address only matches outbound on one of its ORPorts. The
+/// pre-filter comes first: for nearly every peer it is the only read.
 #[inline(always)]
-fn lookup(ev: &mut ConnEvent) -> Option<MatchInfo> {
-    let set = ACTIVE_SET.get(0).copied().unwrap_or(0);
-    if set == 0 {
-        match_in(&TOR_V4_0, &TOR_V6_0, &OR_PORTS_0, ev)
+fn lookup(peer: &Peer, direction: u8) -> Option<Hit> {
+    let a = &peer.addr;
+    let mapped = peer.family == AF_INET6
+        && a[..10].iter().all(|b| *b == 0)
+        && a[10] == 0xff
+        && a[11] == 0xff;
+    let v4 = if peer.family == AF_INET {
+        Some([a[0], a[1], a[2], a[3]])
+    } else if mapped {
+        Some([a[12], a[13], a[14], a[15]])
     } else {
-        match_in(&TOR_V4_1, &TOR_V6_1, &OR_PORTS_1, ev)
+        None
+    };
+    let index = match &v4 {
+        Some(v4a) => prefilter::v4(v4a),
+        None => prefilter::v6(a),
+    };
+    if !may_be_listed(index) {
+        return None;
     }
+    let set = ACTIVE_SET.get(0).copied().unwrap_or(0);
+    let matched = if set == 0 {
+        match_in(&TOR_V4_0, &TOR_V6_0, &OR_PORTS_0, peer, v4, direction)
+    } else {
+        match_in(&TOR_V4_1, &TOR_V6_1, &OR_PORTS_1, peer, v4, direction)
+    }?;
+    Some(Hit { matched, mapped })
 }
 
 #[inline(always)]
@@ -308,37 +355,23 @@ fn match_in(
     v4: &LpmTrie<[u8; 4], MatchInfo>,
     v6: &LpmTrie<[u8; 16], MatchInfo>,
     or_ports: &HashMap<OrPortKey, u32>,
-    ev: &mut ConnEvent,
+    peer: &Peer,
+    v4_addr: Option<[u8; 4]>,
+    direction: u8,
 ) -> Option<MatchInfo> {
-    let a = ev.remote_addr;
-    let mapped =
-        ev.family == AF_INET6 && a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
-    let (listed, key) = if ev.family == AF_INET || mapped {
-        let v4a = if mapped {
-            ev.flags |= FLAG_V4_MAPPED;
-            [a[12], a[13], a[14], a[15]]
-        } else {
-            [a[0], a[1], a[2], a[3]]
-        };
-        if !may_be_listed(prefilter::v4(&v4a)) {
-            return None;
-        }
-        (
-            v4.get(Key::new(32, v4a)),
-            OrPortKey::v4(v4a, ev.remote_port),
-        )
-    } else {
-        if !may_be_listed(prefilter::v6(&a)) {
-            return None;
-        }
-        (v6.get(Key::new(128, a)), OrPortKey::v6(a, ev.remote_port))
+    let (listed, key) = match v4_addr {
+        Some(a) => (v4.get(Key::new(32, a)), OrPortKey::v4(a, peer.port)),
+        None => (
+            v6.get(Key::new(128, peer.addr)),
+            OrPortKey::v6(peer.addr, peer.port),
+        ),
     };
     let listed = *listed?;
     let mut hit = MatchInfo {
         exit_feeds: listed.exit_feeds,
         relay_feeds: 0,
     };
-    if ev.direction == DIR_EGRESS && listed.relay_feeds != 0 {
+    if direction == DIR_EGRESS && listed.relay_feeds != 0 {
         match unsafe { or_ports.get(key) } {
             Some(feeds) => hit.relay_feeds = *feeds,
             None if hit.exit_feeds == 0 => count(counter::RELAY_OTHER_PORT),
@@ -349,23 +382,6 @@ fn match_in(
         None
     } else {
         Some(hit)
-    }
-}
-
-/// Decides whether a connection is reported: a feed match, or audit mode.
-#[inline(always)]
-fn classify(ev: &mut ConnEvent, hit_counter: u32) -> bool {
-    match lookup(ev) {
-        Some(m) => {
-            ev.matched = m;
-            count(hit_counter);
-            true
-        }
-        None if AUDIT_ALL.load() != 0 => {
-            ev.flags |= FLAG_AUDIT;
-            true
-        }
-        None => false,
     }
 }
 
@@ -401,19 +417,31 @@ fn emit(ctx: &BtfTracePointContext, ev: &ConnEvent) {
 /// Counts a new connection and returns its event if it is to be reported
 /// (a feed match, or audit mode), stamped with direction and time.
 #[inline(always)]
-fn new_connection(sk: u64, seen: u32, hit: u32, direction: u8) -> Result<Option<ConnEvent>, i32> {
+fn new_connection(sk: u64, seen: u32, hit: u32, direction: u8) -> Option<ConnEvent> {
     if !is_tcp(sk) {
-        return Ok(None);
+        return None;
     }
     count(seen);
+    let peer = read_peer(sk)?;
     let mut ev = ConnEvent::ZERO;
-    ev.direction = direction;
-    read_endpoints(sk, &mut ev)?;
-    if !classify(&mut ev, hit) {
-        return Ok(None);
+    match lookup(&peer, direction) {
+        Some(h) => {
+            ev.matched = h.matched;
+            if h.mapped {
+                ev.flags |= FLAG_V4_MAPPED;
+            }
+            count(hit);
+        }
+        None if AUDIT_ALL.load() != 0 => ev.flags |= FLAG_AUDIT,
+        None => return None,
     }
+    ev.direction = direction;
+    ev.family = peer.family;
+    ev.remote_addr = peer.addr;
+    ev.remote_port = peer.port;
+    read_local(sk, &mut ev);
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
-    Ok(Some(ev))
+    Some(ev)
 }
 
 /// Keeps `ev` in a pending map until the socket's next step; counted in
@@ -438,53 +466,45 @@ fn take(map: &HashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEvent> 
     Some(ev)
 }
 
-fn on_connect(sk: u64) -> Result<(), i32> {
-    let Some(mut ev) = new_connection(sk, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)?
+#[inline(always)]
+fn on_connect(sk: u64) {
+    let Some(mut ev) = new_connection(sk, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)
     else {
-        return Ok(());
+        return;
     };
     fill_process(&mut ev);
     hold(&PENDING_OUT, pending::OUT_KERNEL, sk, &ev);
-    Ok(())
 }
 
-fn on_connect_done(ctx: &BtfTracePointContext, sk: u64, new_state: i32) -> Result<(), i32> {
+#[inline(always)]
+fn on_connect_done(ctx: &BtfTracePointContext, sk: u64, new_state: i32) {
     if !may_be_pending(pending::OUT_KERNEL, pending::OUT_SYNC) {
-        return Ok(());
+        return;
     }
     let Some(mut ev) = take(&PENDING_OUT, pending::OUT_KERNEL, sk) else {
-        return Ok(());
+        return;
     };
     // Now the local address and port are final.
-    let off = KOFFSETS.load();
-    ev.local_port = sk_field(sk, off.skc_num);
-    if ev.family == AF_INET {
-        let s: u32 = sk_field(sk, off.skc_rcv_saddr);
-        ev.local_addr[..4].copy_from_slice(&s.to_ne_bytes());
-    } else {
-        ev.local_addr = sk_field_v6(sk, off.skc_v6_rcv_saddr);
-    }
+    read_local(sk, &mut ev);
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
     }
     emit(ctx, &ev);
-    Ok(())
 }
 
-fn on_inbound(ctx: &BtfTracePointContext, sk: u64) -> Result<(), i32> {
-    let Some(mut ev) =
-        new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)?
+#[inline(always)]
+fn on_inbound(ctx: &BtfTracePointContext, sk: u64) {
+    let Some(mut ev) = new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)
     else {
-        return Ok(());
+        return;
     };
     if ev.flags & FLAG_AUDIT != 0 {
         // Audit mode is for volume, not attribution: sent at once.
         ev.flags |= FLAG_NO_PROCESS;
         emit(ctx, &ev);
-        return Ok(());
+        return;
     }
     hold(&PENDING_IN, pending::IN_KERNEL, sk, &ev);
-    Ok(())
 }
 
 /// A process (`in_process`) or the stack is using `sk`: if it is an inbound
