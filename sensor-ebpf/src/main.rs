@@ -34,8 +34,10 @@
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
+use core::ffi::c_void;
+
 use aya_ebpf::{
-    Global,
+    EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
@@ -279,22 +281,69 @@ struct Peer {
     /// IPv4 in the first 4 bytes, or IPv6.
     addr: [u8; 16],
     port: u16,
+    /// The IPv4 address to match: the peer's, or the one inside a
+    /// `::ffff:a.b.c.d` peer (`mapped`).
+    v4: Option<[u8; 4]>,
+    mapped: bool,
+}
+
+impl Peer {
+    /// Its bit in the pre-filter.
+    #[inline(always)]
+    fn prefilter_index(&self) -> usize {
+        match &self.v4 {
+            Some(a) => prefilter::v4(a),
+            None => prefilter::v6(&self.addr),
+        }
+    }
 }
 
 #[inline(always)]
 fn read_peer(sk: u64) -> Option<Peer> {
     let family: u16 = sk_field(sk, koff!(skc_family));
-    let mut addr = [0u8; 16];
+    let port = u16::from_be(sk_field(sk, koff!(skc_dport)));
     if family == AF_INET {
         let d: u32 = sk_field(sk, koff!(skc_daddr));
-        addr[..4].copy_from_slice(&d.to_ne_bytes());
+        let v4 = d.to_ne_bytes();
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&v4);
+        Some(Peer {
+            family,
+            addr,
+            port,
+            v4: Some(v4),
+            mapped: false,
+        })
     } else if family == AF_INET6 {
-        addr = sk_field_v6(sk, koff!(skc_v6_daddr));
+        let a = sk_field_v6(sk, koff!(skc_v6_daddr));
+        let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+        Some(Peer {
+            family,
+            addr: a,
+            port,
+            v4: mapped.then_some([a[12], a[13], a[14], a[15]]),
+            mapped,
+        })
     } else {
+        None
+    }
+}
+
+/// The hot part of a new connection: counts it and returns its peer if the
+/// rest must look further (the pre-filter lets it through, or audit mode).
+/// For an unlisted peer this is the whole cost.
+#[inline(always)]
+fn screen(sk: u64, seen: u32) -> Option<Peer> {
+    if !is_tcp(sk) {
         return None;
     }
-    let port = u16::from_be(sk_field(sk, koff!(skc_dport)));
-    Some(Peer { family, addr, port })
+    count(seen);
+    let peer = read_peer(sk)?;
+    if may_be_listed(peer.prefilter_index()) || AUDIT_ALL.load() != 0 {
+        Some(peer)
+    } else {
+        None
+    }
 }
 
 /// Fills the local address and port from the socket.
@@ -309,45 +358,18 @@ fn read_local(sk: u64, ev: &mut ConnEvent) {
     }
 }
 
-/// What the match of a peer found: the feeds, and whether the peer was an
-/// IPv4-mapped IPv6 address matched as IPv4.
-struct Hit {
-    matched: MatchInfo,
-    mapped: bool,
-}
-
-/// Matches the peer against the active set. A `::ffff:a.b.c.d` peer is
-/// matched as IPv4. Exit entries match in both directions on any port; a
-/// relay's OR address only matches outbound on one of its ORPorts. The
-/// pre-filter comes first: for nearly every peer it is the only read.
+/// Matches the peer against the active set (past the pre-filter). A
+/// `::ffff:a.b.c.d` peer is matched as IPv4. Exit entries match in both
+/// directions on any port; a relay's OR address only matches outbound on
+/// one of its ORPorts.
 #[inline(always)]
-fn lookup(peer: &Peer, direction: u8) -> Option<Hit> {
-    let a = &peer.addr;
-    let mapped = peer.family == AF_INET6
-        && a[..10].iter().all(|b| *b == 0)
-        && a[10] == 0xff
-        && a[11] == 0xff;
-    let v4 = if peer.family == AF_INET {
-        Some([a[0], a[1], a[2], a[3]])
-    } else if mapped {
-        Some([a[12], a[13], a[14], a[15]])
-    } else {
-        None
-    };
-    let index = match &v4 {
-        Some(v4a) => prefilter::v4(v4a),
-        None => prefilter::v6(a),
-    };
-    if !may_be_listed(index) {
-        return None;
-    }
+fn lookup(peer: &Peer, direction: u8) -> Option<MatchInfo> {
     let set = ACTIVE_SET.get(0).copied().unwrap_or(0);
-    let matched = if set == 0 {
-        match_in(&TOR_V4_0, &TOR_V6_0, &OR_PORTS_0, peer, v4, direction)
+    if set == 0 {
+        match_in(&TOR_V4_0, &TOR_V6_0, &OR_PORTS_0, peer, direction)
     } else {
-        match_in(&TOR_V4_1, &TOR_V6_1, &OR_PORTS_1, peer, v4, direction)
-    }?;
-    Some(Hit { matched, mapped })
+        match_in(&TOR_V4_1, &TOR_V6_1, &OR_PORTS_1, peer, direction)
+    }
 }
 
 #[inline(always)]
@@ -356,10 +378,9 @@ fn match_in(
     v6: &LpmTrie<[u8; 16], MatchInfo>,
     or_ports: &HashMap<OrPortKey, u32>,
     peer: &Peer,
-    v4_addr: Option<[u8; 4]>,
     direction: u8,
 ) -> Option<MatchInfo> {
-    let (listed, key) = match v4_addr {
+    let (listed, key) = match peer.v4 {
         Some(a) => (v4.get(Key::new(32, a)), OrPortKey::v4(a, peer.port)),
         None => (
             v6.get(Key::new(128, peer.addr)),
@@ -414,20 +435,15 @@ fn emit(ctx: &BtfTracePointContext, ev: &ConnEvent) {
     }
 }
 
-/// Counts a new connection and returns its event if it is to be reported
-/// (a feed match, or audit mode), stamped with direction and time.
+/// The event of a screened connection if it is to be reported (a feed
+/// match, or audit mode), stamped with direction and time.
 #[inline(always)]
-fn new_connection(sk: u64, seen: u32, hit: u32, direction: u8) -> Option<ConnEvent> {
-    if !is_tcp(sk) {
-        return None;
-    }
-    count(seen);
-    let peer = read_peer(sk)?;
+fn report(sk: u64, peer: &Peer, hit: u32, direction: u8) -> Option<ConnEvent> {
     let mut ev = ConnEvent::ZERO;
-    match lookup(&peer, direction) {
-        Some(h) => {
-            ev.matched = h.matched;
-            if h.mapped {
+    match lookup(peer, direction) {
+        Some(m) => {
+            ev.matched = m;
+            if peer.mapped {
                 ev.flags |= FLAG_V4_MAPPED;
             }
             count(hit);
@@ -466,56 +482,84 @@ fn take(map: &HashMap<u64, ConnEvent>, slot: u32, sk: u64) -> Option<ConnEvent> 
     Some(ev)
 }
 
+// The hot paths below stay inline and short; whatever only runs for a
+// possible hit or a pending socket is a separate BPF function
+// (`inline(never)`, a BPF-to-BPF call), so that the code every state change
+// runs is a few contiguous cache lines, not spread through the whole
+// program. `ctx` crosses as the raw context pointer.
+
 #[inline(always)]
 fn on_connect(sk: u64) {
-    let Some(mut ev) = new_connection(sk, counter::CONNECT_SEEN, counter::CONNECT_HIT, DIR_EGRESS)
-    else {
-        return;
-    };
-    fill_process(&mut ev);
-    hold(&PENDING_OUT, pending::OUT_KERNEL, sk, &ev);
+    if let Some(peer) = screen(sk, counter::CONNECT_SEEN) {
+        connect_slow(sk, &peer);
+    }
+}
+
+#[inline(never)]
+fn connect_slow(sk: u64, peer: &Peer) -> u32 {
+    if let Some(mut ev) = report(sk, peer, counter::CONNECT_HIT, DIR_EGRESS) {
+        fill_process(&mut ev);
+        hold(&PENDING_OUT, pending::OUT_KERNEL, sk, &ev);
+    }
+    0
 }
 
 #[inline(always)]
 fn on_connect_done(ctx: &BtfTracePointContext, sk: u64, new_state: i32) {
-    if !may_be_pending(pending::OUT_KERNEL, pending::OUT_SYNC) {
-        return;
+    if may_be_pending(pending::OUT_KERNEL, pending::OUT_SYNC) {
+        connect_done_slow(ctx.as_ptr(), sk, new_state);
     }
+}
+
+#[inline(never)]
+fn connect_done_slow(ctx: *mut c_void, sk: u64, new_state: i32) -> u32 {
     let Some(mut ev) = take(&PENDING_OUT, pending::OUT_KERNEL, sk) else {
-        return;
+        return 0;
     };
     // Now the local address and port are final.
     read_local(sk, &mut ev);
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
     }
-    emit(ctx, &ev);
+    emit(&BtfTracePointContext::new(ctx), &ev);
+    0
 }
 
 #[inline(always)]
 fn on_inbound(ctx: &BtfTracePointContext, sk: u64) {
-    let Some(mut ev) = new_connection(sk, counter::INBOUND_SEEN, counter::INBOUND_HIT, DIR_INGRESS)
-    else {
-        return;
+    if let Some(peer) = screen(sk, counter::INBOUND_SEEN) {
+        inbound_slow(ctx.as_ptr(), sk, &peer);
+    }
+}
+
+#[inline(never)]
+fn inbound_slow(ctx: *mut c_void, sk: u64, peer: &Peer) -> u32 {
+    let Some(mut ev) = report(sk, peer, counter::INBOUND_HIT, DIR_INGRESS) else {
+        return 0;
     };
     if ev.flags & FLAG_AUDIT != 0 {
         // Audit mode is for volume, not attribution: sent at once.
         ev.flags |= FLAG_NO_PROCESS;
-        emit(ctx, &ev);
-        return;
+        emit(&BtfTracePointContext::new(ctx), &ev);
+        return 0;
     }
     hold(&PENDING_IN, pending::IN_KERNEL, sk, &ev);
+    0
 }
 
 /// A process (`in_process`) or the stack is using `sk`: if it is an inbound
 /// hit waiting for its process, send it now.
 #[inline(always)]
 fn attribute(ctx: &BtfTracePointContext, sk: u64, in_process: bool) {
-    if !may_be_pending(pending::IN_KERNEL, pending::IN_SYNC) {
-        return;
+    if may_be_pending(pending::IN_KERNEL, pending::IN_SYNC) {
+        attribute_slow(ctx.as_ptr(), sk, in_process);
     }
+}
+
+#[inline(never)]
+fn attribute_slow(ctx: *mut c_void, sk: u64, in_process: bool) -> u32 {
     let Some(mut ev) = take(&PENDING_IN, pending::IN_KERNEL, sk) else {
-        return;
+        return 0;
     };
     if in_process {
         fill_process(&mut ev);
@@ -524,7 +568,8 @@ fn attribute(ctx: &BtfTracePointContext, sk: u64, in_process: bool) {
         ev.flags |= FLAG_NO_PROCESS;
         count(counter::INBOUND_UNATTRIBUTED);
     }
-    emit(ctx, &ev);
+    emit(&BtfTracePointContext::new(ctx), &ev);
+    0
 }
 
 #[cfg(not(test))]
