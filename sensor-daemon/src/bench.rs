@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::DEFAULT_RING_BUFFER_BYTES;
+use crate::config::{DEFAULT_MAX_ENTRIES, DEFAULT_RING_BUFFER_BYTES};
 use crate::feed::parse::{Format, parse};
 use crate::feed::{Feed, FeedSet, Origin, is_reserved};
 use crate::kernel::{KernelError, LoadOptions, Probes};
@@ -191,7 +191,7 @@ fn ms(d: Duration) -> f64 {
 
 /// `torsensor bench-floor` (hidden; run by `cargo xtask bench`): attaches
 /// only an empty program where the sensor's state program goes, with the
-/// same maps loaded, says "torsensor armed" on stderr, and waits for
+/// sensor's maps created (empty), says "torsensor armed" on stderr, and waits for
 /// SIGTERM or SIGINT. The throughput under it is the floor no program on
 /// that hook can go below.
 pub fn hook_floor() -> Result<(), KernelError> {
@@ -209,7 +209,7 @@ pub fn hook_floor() -> Result<(), KernelError> {
         audit_all: false,
         ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
         kernel_log: false,
-        max_entries: 1 << 16,
+        max_entries: DEFAULT_MAX_ENTRIES,
     })?;
     tracing::info!("torsensor armed (hook floor: an empty program on inet_sock_set_state)");
     let mut sig = 0;

@@ -245,12 +245,7 @@ impl Probes {
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
         probes.apply_feeds(feeds)?;
-        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
-        for (name, tracepoint) in PROGRAMS {
-            probes.attach(name, tracepoint, &btf)?;
-        }
-        drop(btf);
-        release_heap();
+        probes.attach_all(&PROGRAMS)?;
         Ok(probes)
     }
 
@@ -259,11 +254,20 @@ impl Probes {
     /// hook costs by itself.
     pub fn load_hook_floor(opts: &LoadOptions) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
+        probes.attach_all(&[("hook_floor", PROGRAMS[0].1)])?;
+        Ok(probes)
+    }
+
+    /// Loads and attaches each (program, tracepoint), then gives the
+    /// kernel BTF's parse memory back.
+    fn attach_all(&mut self, programs: &[(&'static str, &'static str)]) -> Result<(), KernelError> {
         let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
-        probes.attach("hook_floor", PROGRAMS[0].1, &btf)?;
+        for &(name, tracepoint) in programs {
+            self.attach(name, tracepoint, &btf)?;
+        }
         drop(btf);
         release_heap();
-        Ok(probes)
+        Ok(())
     }
 
     /// Creates the maps (programs neither loaded nor attached): what `load`

@@ -282,12 +282,17 @@ struct Peer {
     addr: [u8; 16],
     port: u16,
     /// The IPv4 address to match: the peer's, or the one inside a
-    /// `::ffff:a.b.c.d` peer (`mapped`).
+    /// `::ffff:a.b.c.d` peer.
     v4: Option<[u8; 4]>,
-    mapped: bool,
 }
 
 impl Peer {
+    /// An IPv4-mapped IPv6 peer, matched as IPv4.
+    #[inline(always)]
+    fn mapped(&self) -> bool {
+        self.family == AF_INET6 && self.v4.is_some()
+    }
+
     /// Its bit in the pre-filter.
     #[inline(always)]
     fn prefilter_index(&self) -> usize {
@@ -312,7 +317,6 @@ fn read_peer(sk: u64) -> Option<Peer> {
             addr,
             port,
             v4: Some(v4),
-            mapped: false,
         })
     } else if family == AF_INET6 {
         let a = sk_field_v6(sk, koff!(skc_v6_daddr));
@@ -322,7 +326,6 @@ fn read_peer(sk: u64) -> Option<Peer> {
             addr: a,
             port,
             v4: mapped.then_some([a[12], a[13], a[14], a[15]]),
-            mapped,
         })
     } else {
         None
@@ -443,7 +446,7 @@ fn report(sk: u64, peer: &Peer, hit: u32, direction: u8) -> Option<ConnEvent> {
     match lookup(peer, direction) {
         Some(m) => {
             ev.matched = m;
-            if peer.mapped {
+            if peer.mapped() {
                 ev.flags |= FLAG_V4_MAPPED;
             }
             count(hit);

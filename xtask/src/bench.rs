@@ -44,14 +44,10 @@ struct Running {
 }
 
 impl Running {
-    fn start(
-        bin: &Path,
-        command: &[&str],
-        args: &[&str],
-        stdout: Stdio,
-    ) -> anyhow::Result<Running> {
+    /// Starts `bin` with `args` (subcommand first) and waits until it says
+    /// it is armed.
+    fn start(bin: &Path, args: &[&str], stdout: Stdio) -> anyhow::Result<Running> {
         let mut child = Command::new(bin)
-            .args(command)
             .args(args)
             .env("TORSENSOR_LOG", "info")
             // Keep the bench's status.json and caches out of /var/lib.
@@ -263,11 +259,11 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
     println!("== 1. overhead: loopback connect+accept storm, no listed peers");
     println!(
-        "   {n} connections per round, {rounds} rounds each way, interleaved (order alternates), storm pinned to one CPU"
+        "   {n} connections per round, {rounds} rounds of three (no sensor, sensor, hook floor; the order cycles through all six), storm pinned to one CPU"
     );
     storm(n / 4)?; // warm-up
     // Three conditions per round: no sensor, the sensor, and the hook floor
-    // (an empty program on the same tracepoint, same maps loaded): what any
+    // (an empty program on the same tracepoint, the sensor's maps created, empty): what any
     // program on that hook costs, so the sensor's own share is visible.
     // The order cycles through all six permutations.
     const ORDERS: [[usize; 3]; 6] = [
@@ -291,7 +287,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                     storm(n)?
                 }
                 1 => {
-                    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
+                    let sensor = Running::start(&bin, &["run"], Stdio::null())?;
                     sensor.settle();
                     let cpu0 = cpu_seconds(sensor.pid());
                     let r = storm(n)?;
@@ -300,7 +296,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
                     r
                 }
                 _ => {
-                    let floor = Running::start(&bin, &["bench-floor"], &[], Stdio::null())?;
+                    let floor = Running::start(&bin, &["bench-floor"], Stdio::null())?;
                     floor.settle();
                     let r = storm(n)?;
                     floor.stop()?;
@@ -357,7 +353,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     // itself slows every program run, so it stays off in the rounds above.
     let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
     let old_stats = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
-    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
+    let sensor = Running::start(&bin, &["run"], Stdio::null())?;
     let _ = std::fs::write(stats_flag, "1");
     let before = program_stats();
     let per_conn_ns = 1e9 / storm(n)?;
@@ -394,8 +390,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     let alerts = std::fs::File::create(&alerts_path)?;
     let sensor = Running::start(
         &bin,
-        &["run"],
         &[
+            "run",
             "--allow-reserved",
             "--feed",
             feed.to_str().unwrap(),
@@ -445,7 +441,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     );
 
     println!("== 3. memory: daemon RSS after start with the embedded feed");
-    let sensor = Running::start(&bin, &["run"], &[], Stdio::null())?;
+    let sensor = Running::start(&bin, &["run"], Stdio::null())?;
     std::thread::sleep(Duration::from_secs(1));
     let rss = status_kib(sensor.pid(), "VmRSS:") / 1024.0;
     let hwm = status_kib(sensor.pid(), "VmHWM:") / 1024.0;

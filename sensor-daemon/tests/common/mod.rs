@@ -129,18 +129,28 @@ impl Sensor {
         sensor
     }
 
-    fn wait_until(&self, timeout: Duration, what: &str, mut done: impl FnMut(&Shared) -> bool) {
+    fn wait_until(&self, timeout: Duration, what: &str, done: impl FnMut(&Shared) -> bool) {
+        self.wait_or_fail(timeout, done, |s| {
+            format!(
+                "timed out waiting for {what}; stderr:\n{}\nalerts:\n{:#?}",
+                s.stderr, s.alerts
+            )
+        });
+    }
+
+    /// Waits until `done`, or panics with `failure` after `timeout`.
+    fn wait_or_fail(
+        &self,
+        timeout: Duration,
+        mut done: impl FnMut(&Shared) -> bool,
+        failure: impl Fn(&Shared) -> String,
+    ) {
         let deadline = Instant::now() + timeout;
         let (lock, cv) = &*self.shared;
         let mut g = lock.lock().unwrap();
         while !done(&g) {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {what}; stderr:\n{}\nalerts:\n{:#?}",
-                g.stderr,
-                g.alerts
-            );
+            assert!(!left.is_zero(), "{}", failure(&g));
             g = cv.wait_timeout(g, left).unwrap().0;
         }
     }
@@ -159,19 +169,17 @@ impl Sensor {
     /// On a timeout, says how many came (not all of them: there may be
     /// thousands).
     pub fn expect_count(&self, n: usize, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        let (lock, cv) = &*self.shared;
-        let mut g = lock.lock().unwrap();
-        while g.alerts.len() < n {
-            let left = deadline.saturating_duration_since(Instant::now());
-            assert!(
-                !left.is_zero(),
-                "timed out waiting for {n} alerts: {} came; stderr:\n{}",
-                g.alerts.len(),
-                g.stderr
-            );
-            g = cv.wait_timeout(g, left).unwrap().0;
-        }
+        self.wait_or_fail(
+            timeout,
+            |s| s.alerts.len() >= n,
+            |s| {
+                format!(
+                    "timed out waiting for {n} alerts: {} came; stderr:\n{}",
+                    s.alerts.len(),
+                    s.stderr
+                )
+            },
+        );
     }
 
     pub fn alerts(&self) -> Vec<Value> {
