@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::config::{DEFAULT_MAX_ENTRIES, DEFAULT_RING_BUFFER_BYTES};
+use crate::config::SensorConfig;
 use crate::feed::parse::{Format, parse};
 use crate::feed::{Feed, FeedSet, Origin, is_reserved};
 use crate::kernel::{KernelError, LoadOptions, Probes};
@@ -108,10 +108,8 @@ fn measure(scale: usize) -> Result<Sample, KernelError> {
     ])
     .expect("two feeds");
     let mut probes = Probes::open(&LoadOptions {
-        audit_all: false,
-        ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
-        kernel_log: false,
         max_entries: 1 << 20,
+        ..LoadOptions::of(&SensorConfig::default())
     })?;
     let t = Instant::now();
     probes.apply_feeds(&set)?;
@@ -205,12 +203,7 @@ pub fn hook_floor() -> Result<(), KernelError> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let probes = Probes::load_hook_floor(&LoadOptions {
-        audit_all: false,
-        ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
-        kernel_log: false,
-        max_entries: DEFAULT_MAX_ENTRIES,
-    })?;
+    let probes = Probes::load_hook_floor(&LoadOptions::of(&SensorConfig::default()))?;
     tracing::info!("torsensor armed (hook floor: an empty program on inet_sock_set_state)");
     let mut sig = 0;
     // SAFETY: waits on the blocked set built above.

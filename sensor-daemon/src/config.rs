@@ -23,6 +23,7 @@ use serde::{Deserialize, Deserializer};
 
 use crate::feed::Format;
 use crate::feed::source::Location;
+use crate::kernel::InboundChoice;
 use crate::sink::OutputConfig;
 use sensor_common::MAX_FEEDS;
 
@@ -94,6 +95,12 @@ pub struct SensorConfig {
     /// accepted and left idle. Between 100ms and 60s. Default: 5 s.
     #[serde(deserialize_with = "duration")]
     pub inbound_wait: Duration,
+    /// Which hooks name the process of an inbound connection: `auto` (the
+    /// best that loads on this kernel: sock-length, fentry, kprobe,
+    /// rcv-space, close-only, in that order) or one of them by name, which
+    /// then must work or the start fails. See README, "Requirements".
+    /// Default: auto.
+    pub inbound_hooks: InboundChoice,
     /// Capacity of each kernel map of Tor addresses (IPv4 prefixes, IPv6
     /// prefixes, OR address+port pairs), per copy. Default: 262,144 (the
     /// whole Tor network is about 10,000 addresses).
@@ -128,6 +135,7 @@ impl Default for SensorConfig {
             health_interval: DEFAULT_HEALTH_INTERVAL,
             aggregation_window: DEFAULT_AGGREGATION_WINDOW,
             inbound_wait: DEFAULT_INBOUND_WAIT,
+            inbound_hooks: InboundChoice::default(),
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
             outputs: Vec::new(),

@@ -9,9 +9,10 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use sensor_daemon::alert::rfc3339_secs as rfc3339;
 use sensor_daemon::config::{ConfigError, SensorConfig};
-use sensor_daemon::feed::manager::{FeedManager, Status};
+use sensor_daemon::feed::manager::FeedManager;
 use sensor_daemon::feed::{FeedMatch, Role};
-use sensor_daemon::sensor;
+use sensor_daemon::kernel::InboundChoice;
+use sensor_daemon::sensor::{self, StatusFile};
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,10 @@ enum Command {
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// Load the programs, choose the hooks as `run` would, print the plan
+    /// (one line, or JSON) and exit without arming (needs root; exit 1 if
+    /// this kernel offers no working plan).
+    Hooks(HooksArgs),
     /// Benchmark control: an empty program on the sensor's hook, nothing else.
     #[command(hide = true)]
     BenchFloor,
@@ -109,6 +114,21 @@ struct RunArgs {
     /// connection before it is sent without one (100ms..60s). Default: 5s.
     #[arg(long, env = "TORSENSOR_INBOUND_WAIT", value_parser = humantime::parse_duration)]
     inbound_wait: Option<Duration>,
+    /// Which hooks name an inbound connection's process: auto, sock-length,
+    /// fentry, kprobe, rcv-space or close-only (`torsensor hooks` shows what
+    /// this kernel offers). Default: auto.
+    #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
+    inbound_hooks: Option<InboundChoice>,
+}
+
+#[derive(Args)]
+struct HooksArgs {
+    /// Print the plan as JSON (the `hooks` object of status.json).
+    #[arg(long)]
+    json: bool,
+    /// Try only this inbound plan (as `run --inbound-hooks`).
+    #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
+    inbound_hooks: Option<InboundChoice>,
 }
 
 #[derive(Args)]
@@ -159,6 +179,9 @@ impl RunArgs {
         if let Some(wait) = self.inbound_wait {
             cfg.inbound_wait = wait;
         }
+        if let Some(plan) = self.inbound_hooks {
+            cfg.inbound_hooks = plan;
+        }
         cfg.outputs.extend(self.outputs.iter().cloned());
         cfg.validate()?;
         Ok(cfg)
@@ -186,6 +209,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),
+        Command::Hooks(args) => hooks(args),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
         Command::BenchFloor => sensor_daemon::bench::hook_floor()
@@ -216,6 +240,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let reload = Box::new(move || args.load());
     runtime()?.block_on(sensor::run(cfg, reload))?;
     Ok(())
+}
+
+fn hooks(args: HooksArgs) -> anyhow::Result<ExitCode> {
+    let plan = sensor::hook_plan(args.inbound_hooks.unwrap_or_default())?;
+    if args.json {
+        println!("{}", serde_json::to_string(&plan)?);
+    } else {
+        println!("hook plan: {plan}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `IP`, `IP:PORT` or `[IPv6]:PORT`.
@@ -400,8 +434,9 @@ fn feed_status(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let status: Status = serde_json::from_str(&text)
+    let file: StatusFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a torsensor status file", path.display()))?;
+    let status = &file.feeds;
     // SAFETY: kill with signal 0 only checks that the process exists.
     let alive = unsafe { libc::kill(status.pid as i32, 0) } == 0;
     let written = humantime::parse_rfc3339(&status.written).ok();
@@ -422,6 +457,9 @@ fn feed_status(args: ConfigArgs) -> anyhow::Result<ExitCode> {
             ""
         }
     );
+    if let Some(plan) = &file.hooks {
+        println!("hook plan: {plan}");
+    }
     for f in &status.feeds {
         let age = f
             .age_seconds

@@ -22,7 +22,7 @@ use crate::feed::refresh::{FetchDone, Refresher, Verdict};
 use crate::feed::set::SetError;
 use crate::feed::source::write_atomic;
 use crate::feed::{FeedMatch, FeedSet};
-use crate::kernel::{self, Counters, KernelError, LoadOptions, Probes};
+use crate::kernel::{self, Counters, HookPlan, InboundChoice, KernelError, LoadOptions, Probes};
 use crate::rules::{RuleError, Rules};
 use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
 use serde_json::Value;
@@ -102,10 +102,23 @@ fn log_loaded(manager: &FeedManager, set: &FeedSet) {
     }
 }
 
+/// `status.json`: the feeds (see [`Status`]) and the hooks in use.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct StatusFile {
+    #[serde(flatten)]
+    pub feeds: Status,
+    /// Absent in files written before the hook plan existed.
+    pub hooks: Option<HookPlan>,
+}
+
 /// Writes `status.json` in the state directory (read by `torsensor feed
 /// status`). Failures are logged once per kind, not fatal.
-fn write_status(state_dir: &Path, status: &Status) {
-    let bytes = serde_json::to_vec_pretty(status).expect("status serializes");
+fn write_status(state_dir: &Path, feeds: Status, hooks: Option<&HookPlan>) {
+    let status = StatusFile {
+        feeds,
+        hooks: hooks.cloned(),
+    };
+    let bytes = serde_json::to_vec_pretty(&status).expect("status serializes");
     if let Err(e) = write_atomic(&state_dir.join("status.json"), &bytes, 0o644) {
         tracing::warn!("cannot write the feed status: {e}");
     }
@@ -318,6 +331,28 @@ fn report_losses(now: &Counters, last: &Counters) {
     }
 }
 
+/// The hook plan line, once: a warning when the plan is degraded.
+fn log_plan(plan: Option<&HookPlan>) {
+    match plan {
+        Some(plan) if plan.degraded.is_some() => tracing::warn!("hook plan: {plan}"),
+        Some(plan) => tracing::info!("hook plan: {plan}"),
+        None => {}
+    }
+}
+
+/// Loads the programs with an empty feed set, chooses the hooks as `run`
+/// would, and unloads everything again (`torsensor hooks`).
+pub fn hook_plan(inbound: InboundChoice) -> Result<HookPlan, SensorError> {
+    kernel::preflight()?;
+    let cfg = SensorConfig {
+        max_entries: 1,
+        inbound_hooks: inbound,
+        ..SensorConfig::default()
+    };
+    let probes = Probes::load(&LoadOptions::of(&cfg), &FeedSet::default())?;
+    Ok(probes.plan().cloned().expect("load chooses a plan"))
+}
+
 /// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
 /// configuration through `reload` and refreshes every feed at once.
 pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorError> {
@@ -335,15 +370,8 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     // touched: a path that cannot be used stops the start with nothing loaded.
     let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
     kernel::preflight()?;
-    let mut probes = Probes::load(
-        &LoadOptions {
-            audit_all: cfg.audit_all,
-            ring_buffer_bytes: cfg.ring_buffer_bytes,
-            kernel_log: cfg.kernel_log,
-            max_entries: cfg.max_entries,
-        },
-        &feeds,
-    )?;
+    let mut probes = Probes::load(&LoadOptions::of(&cfg), &feeds)?;
+    log_plan(probes.plan());
     // SAFETY (both registrations): the ring buffer and the log reader own
     // their fds, and the AsyncFd owns them until the end of this function.
     let mut ring =
@@ -359,7 +387,11 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
 
     // status.json first: whoever waits for "armed" may read it at once.
     let mut state_dir = cfg.state_dir.clone();
-    write_status(&state_dir, &manager.status(&feeds, SystemTime::now()));
+    write_status(
+        &state_dir,
+        manager.status(&feeds, SystemTime::now()),
+        probes.plan(),
+    );
     tracing::info!(
         prefixes = feeds.len(),
         or_ports = feeds.or_ports().len(),
@@ -414,7 +446,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     // Events matched against the old set are read first.
                     pipeline.drain(ring.get_mut()).await;
                     on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
-                    write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
+                    write_status(&state_dir, manager.status(&pipeline.feeds, SystemTime::now()), probes.plan());
                 }
             }
             _ = sweep.tick() => {
@@ -479,7 +511,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                 }
                 refresher.restart(&manager, true);
                 pipeline.sinks.reopen_files();
-                write_status(&state_dir, &manager.status(&pipeline.feeds, SystemTime::now()));
+                write_status(&state_dir, manager.status(&pipeline.feeds, SystemTime::now()), probes.plan());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,

@@ -552,9 +552,7 @@ fn programs_of(pid: u32) -> Vec<Value> {
         .iter()
         .filter(|p| {
             let name = p["name"].as_str().unwrap_or("");
-            sensor_daemon::kernel::PROGRAMS
-                .iter()
-                .any(|(ours, _)| *ours == name)
+            sensor_daemon::kernel::InboundHooks::all_programs().any(|ours| ours == name)
                 && p["pids"]
                     .as_array()
                     .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))
@@ -711,4 +709,208 @@ fn repeats_are_aggregated_into_one_summary_whose_counts_add_up() {
         .sum();
     assert_eq!(total, 8, "{alerts:#?}");
     assert_eq!(alerts.len(), 2, "{alerts:#?}");
+}
+
+/// What a thread does first with an accepted socket.
+#[derive(Clone, Copy, Debug)]
+enum FirstUse {
+    /// Reads what the client sent.
+    Read,
+    /// Writes a banner before reading anything.
+    Write,
+}
+
+/// `torsensor hooks --json [--inbound-hooks PLAN]`: the plan, or the error
+/// line if the kernel cannot run it.
+fn hooks_json(plan: Option<&str>) -> Result<Value, String> {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["hooks", "--json"]);
+    if let Some(p) = plan {
+        cmd.args(["--inbound-hooks", p]);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}")))
+    } else {
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        Err(stderr)
+    }
+}
+
+/// Every plan in the order `auto` tries them (see `InboundHooks`).
+const PLANS: [&str; 5] = ["sock-length", "fentry", "kprobe", "rcv-space", "close-only"];
+
+#[test]
+fn auto_takes_the_first_plan_that_works_and_reports_it_once() {
+    if !kernel_tests_allowed("hook_plan") {
+        return;
+    }
+    let _serial = serial();
+    // Each plan on its own: it works here, or fails with one sentence that
+    // names it.
+    let mut works = Vec::new();
+    for plan in PLANS {
+        match hooks_json(Some(plan)) {
+            Ok(doc) => {
+                assert_eq!(doc["inbound"], plan, "{doc}");
+                works.push(plan);
+            }
+            Err(stderr) => {
+                assert_eq!(stderr.lines().count(), 1, "{stderr}");
+                assert!(
+                    stderr.contains(&format!(
+                        "inbound_hooks = {plan} cannot be used on this kernel"
+                    )),
+                    "{stderr}"
+                );
+            }
+        }
+    }
+    assert!(works.contains(&"close-only"), "{works:?}");
+    // What a distribution kernel should get: the VM matrix says it per
+    // kernel; on the host, the 6.4+ tracepoints exist or they do not.
+    let expected = match std::env::var("TORSENSOR_EXPECT_PLAN") {
+        Ok(plan) if !plan.is_empty() => plan,
+        _ => {
+            let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+            let has = |name: &[u8]| btf.windows(name.len()).any(|w| w == name);
+            assert_eq!(
+                has(b"btf_trace_sock_send_length"),
+                works[0] == "sock-length",
+                "{works:?}"
+            );
+            works[0].to_owned()
+        }
+    };
+    assert_eq!(works[0], expected, "plans that work here: {works:?}");
+
+    let sensor = Sensor::start("plan", "127.66.60.1\n", &[]);
+    let stderr = sensor.stderr();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("hook plan:"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains(&format!("inbound attribution: {expected} ")),
+        "{}",
+        lines[0]
+    );
+    let state_dir = temp_path(&format!("state-{}", std::process::id()));
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(state_dir.join("status.json")).unwrap()).unwrap();
+    let auto = hooks_json(None).unwrap();
+    assert_eq!(
+        status["hooks"], auto,
+        "status.json and `torsensor hooks` agree"
+    );
+    assert_eq!(status["hooks"]["inbound"], expected);
+    assert_eq!(status["hooks"]["connections"], "tp_btf:inet_sock_set_state");
+    // Every better plan is listed as unavailable, with its reason.
+    let skipped: Vec<&str> = PLANS
+        .iter()
+        .copied()
+        .take_while(|p| *p != expected)
+        .collect();
+    let unavailable: Vec<&str> = status["hooks"]["unavailable"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            assert!(!u["reason"].as_str().unwrap().is_empty(), "{u}");
+            u["plan"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(unavailable, skipped);
+    assert_eq!(
+        status["hooks"]["degraded"].is_null(),
+        works[0] != "rcv-space" && works[0] != "close-only"
+    );
+    drop(sensor);
+}
+
+/// With inbound plan `plan`, a connection accepted by one thread and used
+/// first (`first`) by another names that other thread: at the first use
+/// when the plan sees it, else at shutdown. Returns false if the plan does
+/// not work on this kernel.
+fn inbound_plan_case(plan: &str, first: FirstUse, peer: &str) -> bool {
+    if hooks_json(Some(plan)).is_err() {
+        return false;
+    }
+    let sensor = Sensor::start(
+        &format!("plan-{plan}"),
+        &format!("{peer}\n"),
+        &["--inbound-hooks", plan],
+    );
+    let server = listen(addr("127.0.0.1:0"), false);
+    let to = server.local_addr().unwrap();
+    let (fd_tx, fd_rx) = mpsc::channel::<std::os::fd::OwnedFd>();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let (close_tx, close_rx) = mpsc::channel::<()>();
+    let acceptor = std::thread::spawn(move || fd_tx.send(accept_null(&server)).unwrap());
+    let user = std::thread::spawn(move || {
+        let mut stream = TcpStream::from(fd_rx.recv().unwrap());
+        tid_tx.send(gettid()).unwrap();
+        match first {
+            FirstUse::Read => {
+                let mut buf = [0u8; 5];
+                stream.read_exact(&mut buf).unwrap();
+            }
+            FirstUse::Write => std::io::Write::write_all(&mut stream, b"hello").unwrap(),
+        }
+        close_rx.recv().unwrap();
+        stream.shutdown(std::net::Shutdown::Write).unwrap();
+        close_rx.recv().unwrap();
+    });
+    let mut client = connect_from(addr(&format!("{peer}:0")), to);
+    let from = client.local_addr().unwrap();
+    acceptor.join().unwrap();
+    let user_tid = tid_rx.recv().unwrap();
+    let mut buf = [0u8; 5];
+    match first {
+        FirstUse::Read => std::io::Write::write_all(&mut client, b"hello").unwrap(),
+        FirstUse::Write => client.read_exact(&mut buf).unwrap(),
+    }
+    let sees_first_use = !matches!(
+        (plan, first),
+        ("close-only", _) | ("rcv-space", FirstUse::Write)
+    );
+    if !sees_first_use {
+        // Nothing names the thread before it shuts the connection down.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(sensor.alerts().is_empty(), "{plan}: {:#?}", sensor.alerts());
+        close_tx.send(()).unwrap();
+    }
+    let doc = alert_for(&sensor, "ingress", "source", from);
+    assert_alert(&doc, "ingress", from, to);
+    assert_own_process(&doc, user_tid);
+    assert_eq!(get(&doc, "torsensor.attribution"), "first-use");
+    if sees_first_use {
+        close_tx.send(()).unwrap();
+    }
+    close_tx.send(()).unwrap();
+    user.join().unwrap();
+    true
+}
+
+#[test]
+fn every_inbound_plan_this_kernel_offers_names_the_thread_that_uses_the_socket() {
+    if !kernel_tests_allowed("inbound_plans") {
+        return;
+    }
+    let _serial = serial();
+    let mut ran = Vec::new();
+    for (i, plan) in PLANS.iter().enumerate() {
+        for (j, first) in [FirstUse::Read, FirstUse::Write].into_iter().enumerate() {
+            if inbound_plan_case(plan, first, &format!("127.66.61.{}", 10 * i + j + 1)) {
+                ran.push(format!("{plan}/{first:?}"));
+            }
+        }
+    }
+    eprintln!("inbound plans exercised: {ran:?}");
+    // At least the tracepoint plans that every kernel with BTF has.
+    for needed in ["rcv-space/Read", "close-only/Read", "close-only/Write"] {
+        assert!(ran.iter().any(|r| r == needed), "{ran:?}");
+    }
 }

@@ -26,6 +26,18 @@
 //!   works whether or not the caller asked for the peer address. A pending
 //!   socket that reaches CLOSE first is sent without a process, and the
 //!   daemon sends the ones nobody touches after a short wait.
+//!
+//! Which hook reports "a process used the socket" depends on the kernel; the
+//! daemon loads one family at start-up (see `InboundHooks` in the daemon's
+//! `kernel` module), best first:
+//!   - `sock_send_length` / `sock_recv_length` (BTF tracepoints, Linux 6.4+);
+//!   - `fentry` on `tcp_sendmsg` / `tcp_recvmsg` (BPF trampolines);
+//!   - `kprobe` on the same two functions;
+//!   - `tcp_rcv_space_adjust` (BTF tracepoint, every kernel with BTF), which
+//!     runs in the reading task after it copied data: reads only;
+//!   - none: shutdown and close (above) still name the process.
+//!
+//! All of them call `attribute`, which only needs the socket's address.
 #![no_std]
 #![no_main]
 // Atomic add on a map value (BPF_ATOMIC): `core::sync::atomic` has no
@@ -42,9 +54,9 @@ use aya_ebpf::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, fentry, kprobe, map},
     maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
@@ -220,11 +232,11 @@ pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
         (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(&ctx, sk),
         // A shutdown or close: only ever in the calling process.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
-            attribute(&ctx, sk, true)
+            attribute(ctx.as_ptr(), sk, true)
         }
         // An abort or a reset, possibly in softirq context: the socket is
         // gone before any process used it.
-        (_, TCP_CLOSE) => attribute(&ctx, sk, false),
+        (_, TCP_CLOSE) => attribute(ctx.as_ptr(), sk, false),
         _ => {}
     }
     0
@@ -238,19 +250,64 @@ pub fn hook_floor(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
-/// `sock_send_length(struct sock *sk, int ret, int flags)`: every socket
-/// write, in the writing process.
+/// `sock_send_length(struct sock *sk, int ret, int flags)` (Linux 6.4+):
+/// every socket write, in the writing process.
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn sock_send(ctx: BtfTracePointContext) -> u32 {
-    attribute(&ctx, ctx.arg(0), true);
+    attribute(ctx.as_ptr(), ctx.arg(0), true);
     0
 }
 
-/// `sock_recv_length(struct sock *sk, int ret, int flags)`: every socket
-/// read, in the reading process.
+/// `sock_recv_length(struct sock *sk, int ret, int flags)` (Linux 6.4+):
+/// every socket read, in the reading process.
 #[btf_tracepoint(function = "sock_recv_length")]
 pub fn sock_recv(ctx: BtfTracePointContext) -> u32 {
-    attribute(&ctx, ctx.arg(0), true);
+    attribute(ctx.as_ptr(), ctx.arg(0), true);
+    0
+}
+
+/// `tcp_sendmsg(struct sock *sk, ...)`: every TCP write (sendmsg, write,
+/// io_uring), in the writing process; `sk` is the first argument on every
+/// kernel since 4.x.
+#[fentry(function = "tcp_sendmsg")]
+pub fn send_fentry(ctx: FEntryContext) -> u32 {
+    attribute(ctx.as_ptr(), ctx.arg(0), true);
+    0
+}
+
+/// `tcp_recvmsg(struct sock *sk, ...)`: every TCP read, in the reading
+/// process.
+#[fentry(function = "tcp_recvmsg")]
+pub fn recv_fentry(ctx: FEntryContext) -> u32 {
+    attribute(ctx.as_ptr(), ctx.arg(0), true);
+    0
+}
+
+/// The kprobe twin of `send_fentry` (the daemon attaches it to
+/// `tcp_sendmsg`). Only the pointer's value is used, as a map key.
+#[kprobe]
+pub fn send_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        attribute(ctx.as_ptr(), sk, true);
+    }
+    0
+}
+
+/// The kprobe twin of `recv_fentry` (attached to `tcp_recvmsg`).
+#[kprobe]
+pub fn recv_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        attribute(ctx.as_ptr(), sk, true);
+    }
+    0
+}
+
+/// `tcp_rcv_space_adjust(struct sock *sk)`: called by `tcp_recvmsg` after it
+/// copied data to the reader, so it runs in the reading process. On every
+/// kernel with BTF; it sees reads only.
+#[btf_tracepoint(function = "tcp_rcv_space_adjust")]
+pub fn rcv_space(ctx: BtfTracePointContext) -> u32 {
+    attribute(ctx.as_ptr(), ctx.arg(0), true);
     0
 }
 
@@ -422,9 +479,20 @@ fn fill_process(ev: &mut ConnEvent) {
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
+/// Any program's context, as the raw pointer the BPF-to-BPF calls below
+/// pass along (a tracepoint's arguments or a kprobe's registers): all that
+/// `emit` needs of it is the pointer, for the kernel log.
+struct RawCtx(*mut c_void);
+
+impl EbpfContext for RawCtx {
+    fn as_ptr(&self) -> *mut c_void {
+        self.0
+    }
+}
+
 /// Sends `ev` to the daemon; a full ring buffer is counted, never silent.
 #[inline(always)]
-fn emit(ctx: &BtfTracePointContext, ev: &ConnEvent) {
+fn emit(ctx: &RawCtx, ev: &ConnEvent) {
     match EVENTS.reserve::<ConnEvent>(0) {
         Some(mut slot) => {
             slot.write(*ev);
@@ -524,7 +592,7 @@ fn connect_done_slow(ctx: *mut c_void, sk: u64, new_state: i32) -> u32 {
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
     }
-    emit(&BtfTracePointContext::new(ctx), &ev);
+    emit(&RawCtx(ctx), &ev);
     0
 }
 
@@ -543,7 +611,7 @@ fn inbound_slow(ctx: *mut c_void, sk: u64, peer: &Peer) -> u32 {
     if ev.flags & FLAG_AUDIT != 0 {
         // Audit mode is for volume, not attribution: sent at once.
         ev.flags |= FLAG_NO_PROCESS;
-        emit(&BtfTracePointContext::new(ctx), &ev);
+        emit(&RawCtx(ctx), &ev);
         return 0;
     }
     hold(&PENDING_IN, pending::IN_KERNEL, sk, &ev);
@@ -553,9 +621,9 @@ fn inbound_slow(ctx: *mut c_void, sk: u64, peer: &Peer) -> u32 {
 /// A process (`in_process`) or the stack is using `sk`: if it is an inbound
 /// hit waiting for its process, send it now.
 #[inline(always)]
-fn attribute(ctx: &BtfTracePointContext, sk: u64, in_process: bool) {
+fn attribute(ctx: *mut c_void, sk: u64, in_process: bool) {
     if may_be_pending(pending::IN_KERNEL, pending::IN_SYNC) {
-        attribute_slow(ctx.as_ptr(), sk, in_process);
+        attribute_slow(ctx, sk, in_process);
     }
 }
 
@@ -571,7 +639,7 @@ fn attribute_slow(ctx: *mut c_void, sk: u64, in_process: bool) -> u32 {
         ev.flags |= FLAG_NO_PROCESS;
         count(counter::INBOUND_UNATTRIBUTED);
     }
-    emit(&BtfTracePointContext::new(ctx), &ev);
+    emit(&RawCtx(ctx), &ev);
     0
 }
 

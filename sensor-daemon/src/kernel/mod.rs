@@ -1,7 +1,9 @@
 //! The kernel side, seen from userspace: pre-flight checks, loading the eBPF
-//! object embedded in this binary, filling the LPM tries, attaching the
-//! BTF tracepoints, reading counters, sweeping inbound hits no process has
-//! used yet, and detaching (on drop).
+//! object embedded in this binary, filling the LPM tries, choosing and
+//! attaching the hooks ([`plan`]), reading counters, sweeping inbound hits
+//! no process has used yet, and detaching (on drop).
+
+pub mod plan;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::BtfTracePoint;
+use aya::programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
 use ipnet::IpNet;
 use sensor_common::{
@@ -19,6 +21,7 @@ use sensor_common::{
 };
 
 use crate::feed::FeedSet;
+pub use plan::{Hook, HookPlan, InboundChoice, InboundHooks, STATE_PROGRAM, Unavailable};
 
 /// The eBPF object built from `sensor-ebpf` by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sensor-ebpf"));
@@ -61,8 +64,12 @@ pub enum KernelError {
     NoBtf,
     #[error("cannot read kernel BTF at {VMLINUX_BTF}: {0}")]
     BadBtf(String),
-    #[error("tracepoint {tracepoint} is not available on this kernel: {detail}")]
-    Tracepoint { tracepoint: String, detail: String },
+    #[error("{hook} is not available on this kernel: {detail}")]
+    Hook { hook: Hook, detail: String },
+    #[error(
+        "inbound_hooks = {plan} cannot be used on this kernel ({reason}); use auto, or see `torsensor hooks`"
+    )]
+    InboundPlan { plan: InboundHooks, reason: String },
     #[error("loading the eBPF programs failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
@@ -100,6 +107,21 @@ pub struct LoadOptions {
     pub kernel_log: bool,
     /// Capacity of each Tor map copy.
     pub max_entries: u32,
+    /// Force one inbound attribution plan; `None` picks the best that works.
+    pub inbound: Option<InboundHooks>,
+}
+
+impl LoadOptions {
+    /// What a configuration asks of the kernel side.
+    pub fn of(cfg: &crate::config::SensorConfig) -> Self {
+        LoadOptions {
+            audit_all: cfg.audit_all,
+            ring_buffer_bytes: cfg.ring_buffer_bytes,
+            kernel_log: cfg.kernel_log,
+            max_entries: cfg.max_entries,
+            inbound: cfg.inbound_hooks.0,
+        }
+    }
 }
 
 /// Checks everything that can be checked before touching the kernel, so that
@@ -238,14 +260,21 @@ pub struct Probes {
     active: usize,
     last_flip: Option<Instant>,
     max_entries: u32,
+    plan: Option<HookPlan>,
 }
 
 impl Probes {
-    /// Loads the programs, fills the tries from `feeds`, attaches.
+    /// Loads the programs, fills the tries from `feeds`, attaches the state
+    /// program and the best inbound plan that works here (or the one
+    /// `opts.inbound` forces).
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
         probes.apply_feeds(feeds)?;
-        probes.attach_all(&PROGRAMS)?;
+        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
+        probes.attach_required(&[STATE_PROGRAM], &btf)?;
+        probes.plan = Some(probes.choose_inbound(opts.inbound, &btf)?);
+        drop(btf);
+        release_heap();
         Ok(probes)
     }
 
@@ -254,19 +283,68 @@ impl Probes {
     /// hook costs by itself.
     pub fn load_hook_floor(opts: &LoadOptions) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
-        probes.attach_all(&[("hook_floor", PROGRAMS[0].1)])?;
+        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
+        probes.attach_required(&[("hook_floor", STATE_PROGRAM.1)], &btf)?;
+        drop(btf);
+        release_heap();
         Ok(probes)
     }
 
-    /// Loads and attaches each (program, tracepoint), then gives the
-    /// kernel BTF's parse memory back.
-    fn attach_all(&mut self, programs: &[(&'static str, &'static str)]) -> Result<(), KernelError> {
-        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
-        for &(name, tracepoint) in programs {
-            self.attach(name, tracepoint, &btf)?;
+    /// The hooks in use (after `load`).
+    pub fn plan(&self) -> Option<&HookPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Attaches each (program, hook); any failure is the caller's error.
+    fn attach_required(
+        &mut self,
+        programs: &[(&'static str, Hook)],
+        btf: &Btf,
+    ) -> Result<(), KernelError> {
+        for &(name, hook) in programs {
+            self.attach(name, hook, btf)
+                .map_err(|source| KernelError::Hook {
+                    hook,
+                    detail: format!("program {name}: {}", short_reason(&source)),
+                })?;
         }
-        drop(btf);
-        release_heap();
+        Ok(())
+    }
+
+    /// Attaches the first inbound plan whose programs all load and attach
+    /// (only `forced`, if given), undoing a plan that half worked.
+    fn choose_inbound(
+        &mut self,
+        forced: Option<InboundHooks>,
+        btf: &Btf,
+    ) -> Result<HookPlan, KernelError> {
+        let candidates = match forced {
+            Some(plan) => vec![plan],
+            None => InboundHooks::BEST_FIRST.to_vec(),
+        };
+        let mut unavailable = Vec::new();
+        for plan in candidates {
+            match self.attach_plan(plan, btf) {
+                Ok(()) => return Ok(HookPlan::new(plan, unavailable)),
+                Err(reason) if forced.is_some() => {
+                    return Err(KernelError::InboundPlan { plan, reason });
+                }
+                Err(reason) => unavailable.push(Unavailable { plan, reason }),
+            }
+        }
+        unreachable!("close-only attaches nothing, so it cannot fail")
+    }
+
+    /// All of `plan`'s programs, or none of them and the first reason.
+    fn attach_plan(&mut self, plan: InboundHooks, btf: &Btf) -> Result<(), String> {
+        for (i, &(name, hook)) in plan.programs().iter().enumerate() {
+            if let Err(e) = self.attach(name, hook, btf) {
+                for &(done, _) in &plan.programs()[..=i] {
+                    self.unload(done);
+                }
+                return Err(format!("{hook}: {}", short_reason(&e)));
+            }
+        }
         Ok(())
     }
 
@@ -312,32 +390,40 @@ impl Probes {
             active: 0,
             last_flip: None,
             max_entries: opts.max_entries,
+            plan: None,
         })
     }
 
-    fn attach(
-        &mut self,
-        name: &'static str,
-        tracepoint: &'static str,
-        btf: &Btf,
-    ) -> Result<(), KernelError> {
-        let program: &mut BtfTracePoint = self
+    /// Loads program `name` and attaches it at `hook`.
+    fn attach(&mut self, name: &'static str, hook: Hook, btf: &Btf) -> Result<(), ProgramError> {
+        let program = self
             .ebpf
             .program_mut(name)
-            .ok_or(KernelError::Program {
-                name,
-                source: aya::programs::ProgramError::UnexpectedProgramType,
-            })?
-            .try_into()
-            .map_err(|source| KernelError::Program { name, source })?;
-        program
-            .load(tracepoint, btf)
-            .map_err(|source| KernelError::Program { name, source })?;
-        program.attach().map_err(|e| KernelError::Tracepoint {
-            tracepoint: tracepoint.to_owned(),
-            detail: e.to_string(),
-        })?;
-        Ok(())
+            .ok_or(ProgramError::UnexpectedProgramType)?;
+        match hook {
+            Hook::Tracepoint(tracepoint) => {
+                let p: &mut BtfTracePoint = program.try_into()?;
+                p.load(tracepoint, btf)?;
+                p.attach().map(drop)
+            }
+            Hook::FEntry(function) => {
+                let p: &mut FEntry = program.try_into()?;
+                p.load(function, btf)?;
+                p.attach().map(drop)
+            }
+            Hook::KProbe(function) => {
+                let p: &mut KProbe = program.try_into()?;
+                p.load()?;
+                p.attach(function, 0).map(drop)
+            }
+        }
+    }
+
+    /// Detaches and unloads program `name` if it is loaded.
+    fn unload(&mut self, name: &str) {
+        if let Some(program) = self.ebpf.program_mut(name) {
+            unload_program(name, program);
+        }
     }
 
     /// Makes `feeds` the set the programs match against, gaplessly: the
@@ -524,12 +610,7 @@ impl Probes {
     /// Detaches and unloads every program; the maps stay readable.
     pub fn detach(&mut self) {
         for (name, program) in self.ebpf.programs_mut() {
-            if let aya::programs::Program::BtfTracePoint(tp) = program
-                && tp.fd().is_ok()
-                && let Err(e) = tp.unload()
-            {
-                tracing::warn!("detaching {name}: {e}");
-            }
+            unload_program(name, program);
         }
     }
 
@@ -690,12 +771,47 @@ pub fn prefilter_bits<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> Vec<u64>
     words
 }
 
-/// The programs and the BTF tracepoints they attach to.
-pub const PROGRAMS: [(&str, &str); 3] = [
-    ("sock_state", "inet_sock_set_state"),
-    ("sock_send", "sock_send_length"),
-    ("sock_recv", "sock_recv_length"),
-];
+/// Detaches and unloads `program` if it is loaded (of the kinds the plans
+/// use).
+fn unload_program(name: &str, program: &mut Program) {
+    let result = match program {
+        Program::BtfTracePoint(p) if p.fd().is_ok() => p.unload(),
+        Program::FEntry(p) if p.fd().is_ok() => p.unload(),
+        Program::KProbe(p) if p.fd().is_ok() => p.unload(),
+        _ => Ok(()),
+    };
+    if let Err(e) = result {
+        tracing::warn!("detaching {name}: {e}");
+    }
+}
+
+/// Why a program could not be loaded or attached, in one line: the
+/// verifier's log (which can run to thousands of lines) goes to the debug
+/// log, not into the reason.
+fn short_reason(e: &ProgramError) -> String {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            tracing::debug!("verifier log:\n{verifier_log}");
+            format!(
+                "the kernel refused to load it: {io_error} (the verifier's log is in --log debug)"
+            )
+        }
+        ProgramError::SyscallError(e) => format!("{}: {}", e.call, e.io_error),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
 
 /// `CLOCK_BOOTTIME` in nanoseconds, the clock of `ConnEvent::ts_boot_ns`.
 fn boot_ns() -> u64 {
