@@ -221,9 +221,10 @@ pub mod prefilter {
 
 /// Kernel-structure offsets the daemon reads from the running kernel's BTF
 /// and passes to the programs (global `KOFFSETS`): the BTF tracepoint
-/// receives a `struct sock *` and reads these fields with
-/// `bpf_probe_read_kernel`, so one object runs on any kernel layout without
-/// CO-RE. `struct sock` starts with `struct sock_common`.
+/// receives a BTF-typed `struct sock *` and loads these fields directly
+/// (the one past `struct sock` with `bpf_probe_read_kernel`), so one object
+/// runs on any kernel layout without CO-RE. `struct sock` starts with
+/// `struct sock_common`, and `struct inet_sock` with `struct sock`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct KernelOffsets {
@@ -243,6 +244,9 @@ pub struct KernelOffsets {
     pub skc_v6_rcv_saddr: u32,
     /// `sock.sk_protocol` (u16)
     pub sk_protocol: u32,
+    /// `inet_sock.inet_sport` (local port, network order): still set when a
+    /// failed connect has already given `skc_num` back.
+    pub inet_sport: u32,
 }
 
 #[cfg(feature = "user")]
@@ -298,8 +302,9 @@ mod tests {
     fn small_types_layout() {
         assert_eq!(size_of::<MatchInfo>(), 8);
         assert_eq!(offset_of!(MatchInfo, relay_feeds), 4);
-        assert_eq!(size_of::<KernelOffsets>(), 32);
+        assert_eq!(size_of::<KernelOffsets>(), 36);
         assert_eq!(offset_of!(KernelOffsets, sk_protocol), 28);
+        assert_eq!(offset_of!(KernelOffsets, inet_sport), 32);
         assert_eq!(size_of::<OrPortKey>(), 20);
         assert_eq!(offset_of!(OrPortKey, port), 16);
         assert_eq!(

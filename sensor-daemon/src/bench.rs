@@ -192,7 +192,7 @@ fn ms(d: Duration) -> f64 {
 /// sensor's maps created (empty), says "torsensor armed" on stderr, and waits for
 /// SIGTERM or SIGINT. The throughput under it is the floor no program on
 /// that hook can go below.
-pub fn hook_floor() -> Result<(), KernelError> {
+pub fn hook_floor(syscalls: bool) -> Result<(), KernelError> {
     // Blocked before anything else, so that sigwait takes them.
     // SAFETY: plain signal-mask calls on a zeroed sigset_t.
     let set = unsafe {
@@ -203,7 +203,7 @@ pub fn hook_floor() -> Result<(), KernelError> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let probes = Probes::load_hook_floor(&LoadOptions::of(&SensorConfig::default()))?;
+    let probes = Probes::load_hook_floor(&LoadOptions::of(&SensorConfig::default()), syscalls)?;
     tracing::info!("torsensor armed (hook floor: an empty program on inet_sock_set_state)");
     let mut sig = 0;
     // SAFETY: waits on the blocked set built above.

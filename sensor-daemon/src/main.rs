@@ -44,7 +44,11 @@ enum Command {
     Hooks(HooksArgs),
     /// Benchmark control: an empty program on the sensor's hook, nothing else.
     #[command(hide = true)]
-    BenchFloor,
+    BenchFloor {
+        /// Also an empty program on the raw syscall-entry tracepoint.
+        #[arg(long)]
+        syscalls: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -212,7 +216,7 @@ fn main() -> ExitCode {
         Command::Hooks(args) => hooks(args),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
-        Command::BenchFloor => sensor_daemon::bench::hook_floor()
+        Command::BenchFloor { syscalls } => sensor_daemon::bench::hook_floor(syscalls)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
         Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)

@@ -914,3 +914,37 @@ fn every_inbound_plan_this_kernel_offers_names_the_thread_that_uses_the_socket()
         assert!(ran.iter().any(|r| r == needed), "{ran:?}");
     }
 }
+
+#[test]
+fn a_refused_outbound_attempt_reports_its_real_source_port() {
+    if !kernel_tests_allowed("refused_port") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("refused", "127.66.70.1\n", &[]);
+    // A port nothing listens on: bound, then closed.
+    let to = listen(addr("127.66.70.1:0"), false).local_addr().unwrap();
+    let from = refused_connect(to);
+    assert_ne!(from.port(), 0);
+    let doc = sensor.expect_alert("alert for the refused attempt", |a| {
+        get(a, "destination.port") == &json!(to.port())
+    });
+    assert_eq!(get(&doc, "event.outcome"), "failure", "{doc:#}");
+    assert_eq!(get(&doc, "source.port"), &json!(from.port()), "{doc:#}");
+    // The kernel resets the socket's address after the failure (getsockname
+    // says 0.0.0.0), but the attempt went out from loopback's source.
+    assert_eq!(get(&doc, "source.ip"), "127.0.0.1");
+    let from = addr(&format!("127.0.0.1:{}", from.port()));
+    assert_own_process(&doc, gettid());
+    // The Community ID is computed from the real 5-tuple.
+    let community = get(&doc, "network.community_id")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let real = sensor_daemon::community_id::v1_tcp(from, to);
+    assert_eq!(community, real);
+    assert_ne!(
+        community,
+        sensor_daemon::community_id::v1_tcp(SocketAddr::new(from.ip(), 0), to)
+    );
+}

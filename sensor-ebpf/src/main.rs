@@ -52,6 +52,7 @@ use aya_ebpf::{
     EbpfContext, Global,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
     },
     macros::{btf_tracepoint, fentry, kprobe, map},
@@ -82,6 +83,7 @@ static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
     skc_v6_daddr: 0,
     skc_v6_rcv_saddr: 0,
     sk_protocol: 0,
+    inet_sport: 0,
 });
 
 // The Tor sets, twice: the daemon rewrites the inactive copy, then flips
@@ -247,6 +249,15 @@ pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
 /// what the hook itself costs, the floor under `sock_state`'s overhead.
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn hook_floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+/// Not part of the sensor either: an empty program on the raw syscall-entry
+/// tracepoint, which the bench adds to `hook_floor` to measure what the last
+/// resort for inbound attribution (a syscall tracepoint) would cost before
+/// doing anything.
+#[btf_tracepoint(function = "sys_enter")]
+pub fn syscall_floor(_ctx: BtfTracePointContext) -> u32 {
     0
 }
 
@@ -591,6 +602,17 @@ fn connect_done_slow(ctx: *mut c_void, sk: u64, new_state: i32) -> u32 {
     read_local(sk, &mut ev);
     if new_state != TCP_ESTABLISHED {
         ev.flags |= FLAG_CONNECT_FAILED;
+        if ev.local_port == 0 {
+            // A failed attempt gave its port back (`inet_put_port` zeroes
+            // `skc_num`) just before this transition; `inet_sport` keeps
+            // it. It lies past `struct sock`, beyond what the BTF-typed
+            // pointer may load directly, hence the helper (rare path).
+            let at = (sk + koff!(inet_sport) as u64) as *const u16;
+            // SAFETY: a read of kernel memory through the checked helper.
+            if let Ok(port) = unsafe { bpf_probe_read_kernel(at) } {
+                ev.local_port = u16::from_be(port);
+            }
+        }
     }
     emit(&RawCtx(ctx), &ev);
     0

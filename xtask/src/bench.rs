@@ -6,11 +6,16 @@
 //!    sensor, with the sensor, and with only an empty program on the
 //!    sensor's hook (the floor any program there pays), interleaved round by
 //!    round; medians of the per-round ratios.
+//!    Then the inbound attribution plans: a storm with a one-byte exchange
+//!    per connection (so that read and write hooks fire), for every plan this
+//!    kernel can run, against the hook floor and against the floor plus an
+//!    empty program on the raw syscall-entry tracepoint (the last resort no
+//!    plan uses), all in the same rounds.
 //! 2. Worst case: the same storm with every peer listed; alerts delivered vs
 //!    connections made, and the kernel's loss counters.
 //! 3. Memory: daemon RSS after start with the embedded feed.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -34,7 +39,19 @@ pub struct BenchArgs {
     feeds_only: bool,
 }
 
-const PROGRAMS: &[&str] = &["sock_state", "sock_send", "sock_recv"];
+/// Our programs, as `bpftool` names them.
+const PROGRAMS: &[&str] = &[
+    "sock_state",
+    "sock_send",
+    "sock_recv",
+    "send_fentry",
+    "recv_fentry",
+    "send_kprobe",
+    "recv_kprobe",
+    "rcv_space",
+];
+/// The inbound attribution plans, in the order `auto` tries them.
+const PLANS: &[&str] = &["sock-length", "fentry", "kprobe", "rcv-space", "close-only"];
 const RSS_TARGET_MIB: f64 = 32.0;
 const OVERHEAD_TARGET: f64 = 0.02;
 
@@ -118,6 +135,12 @@ impl Running {
 /// that no TIME_WAIT piles up), one thread, so that the accept queue never
 /// overflows. Returns connections per second.
 pub fn storm(n: usize) -> anyhow::Result<f64> {
+    storm_with(n, false)
+}
+
+/// `storm`, and with `exchange` the client writes one byte that the server
+/// reads, and the server answers one byte that the client reads.
+fn storm_with(n: usize, exchange: bool) -> anyhow::Result<f64> {
     let _pinned = PinToLastCpu::new();
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let to: SocketAddr = listener.local_addr()?;
@@ -127,8 +150,15 @@ pub fn storm(n: usize) -> anyhow::Result<f64> {
     };
     let start = Instant::now();
     for _ in 0..n {
-        let s = TcpStream::connect(to)?;
-        let (accepted, _) = listener.accept()?;
+        let mut s = TcpStream::connect(to)?;
+        let (mut accepted, _) = listener.accept()?;
+        if exchange {
+            let mut byte = [0u8; 1];
+            s.write_all(b"q")?;
+            accepted.read_exact(&mut byte)?;
+            accepted.write_all(b"a")?;
+            s.read_exact(&mut byte)?;
+        }
         // SAFETY: valid socket and option.
         unsafe {
             libc::setsockopt(
@@ -217,6 +247,46 @@ fn program_stats() -> Vec<(String, u64, u64)> {
             })
         })
         .collect()
+}
+
+/// Starts the sensor with `args`, turns `kernel.bpf_stats_enabled` on for
+/// one storm, and prints each of our programs' time per run and runs per
+/// connection, and their total per connection.
+fn program_costs(bin: &Path, args: &[&str], n: usize, exchange: bool) -> anyhow::Result<()> {
+    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+    let old_stats = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
+    let sensor = Running::start(bin, args, Stdio::null())?;
+    let _ = std::fs::write(stats_flag, "1");
+    let before = program_stats();
+    let per_conn_ns = 1e9 / storm_with(n, exchange)?;
+    let after = program_stats();
+    let _ = std::fs::write(stats_flag, old_stats.trim());
+    sensor.stop()?;
+    let mut total_ns = 0.0;
+    let mut each = Vec::new();
+    for (name, ns, cnt) in &after {
+        let (ns0, cnt0) = before
+            .iter()
+            .find(|(n0, ..)| n0 == name)
+            .map(|(_, a, b)| (*a, *b))
+            .unwrap_or((0, 0));
+        let (ns, cnt) = (ns - ns0, cnt - cnt0);
+        if cnt > 0 {
+            total_ns += ns as f64 / n as f64;
+            each.push(format!(
+                "{name} {:.0} ns/run x {:.2}/conn",
+                ns as f64 / cnt as f64,
+                cnt as f64 / n as f64
+            ));
+        }
+    }
+    println!(
+        "   kernel cost ({}): {total_ns:.0} ns per connection of {per_conn_ns:.0} ns ({:.1} %; bpf_stats on): {}",
+        args.join(" "),
+        100.0 * total_ns / per_conn_ns,
+        each.join(", ")
+    );
+    Ok(())
 }
 
 /// CPU seconds (user + system) a process has used.
@@ -351,36 +421,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
 
     // Per-program cost, in a round of its own: kernel.bpf_stats_enabled
     // itself slows every program run, so it stays off in the rounds above.
-    let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
-    let old_stats = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
-    let sensor = Running::start(&bin, &["run"], Stdio::null())?;
-    let _ = std::fs::write(stats_flag, "1");
-    let before = program_stats();
-    let per_conn_ns = 1e9 / storm(n)?;
-    let after = program_stats();
-    let _ = std::fs::write(stats_flag, old_stats.trim());
-    sensor.stop()?;
-    let mut total_ns = 0.0;
-    for (name, ns, cnt) in &after {
-        let (ns0, cnt0) = before
-            .iter()
-            .find(|(n0, ..)| n0 == name)
-            .map(|(_, a, b)| (*a, *b))
-            .unwrap_or((0, 0));
-        let (ns, cnt) = (ns - ns0, cnt - cnt0);
-        if cnt > 0 {
-            total_ns += ns as f64 / n as f64;
-            println!(
-                "   kernel cost {name}: {:.0} ns/run, {:.2} runs per connection",
-                ns as f64 / cnt as f64,
-                cnt as f64 / n as f64
-            );
-        }
-    }
-    println!(
-        "   programs' own time per connection: {total_ns:.0} ns of {per_conn_ns:.0} ns ({:.1} %; measured with bpf_stats on)",
-        100.0 * total_ns / per_conn_ns
-    );
+    program_costs(&bin, &["run"], n, false)?;
+    plans(&bin, n, rounds)?;
 
     println!("== 2. worst case: every peer listed (127.0.0.0/8)");
     let feed = scratch.join("all-loopback.feed");
@@ -456,6 +498,89 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
     );
     feeds(&bin)
+}
+
+/// Section 1b: the cost of each inbound attribution plan this kernel can
+/// run, on a storm where every connection exchanges a byte each way.
+fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
+    let hooks = |plan: &str| {
+        Command::new(bin)
+            .args(["hooks", "--inbound-hooks", plan])
+            .env("TORSENSOR_LOG", "error")
+            .output()
+    };
+    let chosen = hooks("auto")?;
+    println!(
+        "== 1b. inbound attribution plans: storm with a 1-byte exchange per connection\n   chosen here: {}",
+        String::from_utf8_lossy(&chosen.stdout).trim()
+    );
+    let mut conditions: Vec<(String, Vec<String>)> = vec![
+        ("no sensor".into(), vec![]),
+        ("hook floor".into(), vec!["bench-floor".into()]),
+        (
+            "floor + empty syscall tracepoint".into(),
+            vec!["bench-floor".into(), "--syscalls".into()],
+        ),
+    ];
+    for plan in PLANS {
+        let out = hooks(plan)?;
+        if out.status.success() {
+            conditions.push((
+                format!("sensor, {plan}"),
+                vec!["run".into(), "--inbound-hooks".into(), (*plan).into()],
+            ));
+        } else {
+            println!(
+                "   {plan}: not measurable here ({})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    let mut rates = vec![Vec::new(); conditions.len()];
+    let n = n / 2; // each connection does more work here
+    storm_with(n / 4, true)?; // warm-up
+    for round in 0..rounds {
+        // Rotate the order each round so that no condition always runs first.
+        for k in 0..conditions.len() {
+            let i = (k + round) % conditions.len();
+            let args = &conditions[i].1;
+            let rate = if args.is_empty() {
+                std::thread::sleep(Duration::from_millis(300));
+                storm_with(n, true)?
+            } else {
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let running = Running::start(bin, &args, Stdio::null())?;
+                running.settle();
+                let r = storm_with(n, true)?;
+                running.stop()?;
+                r
+            };
+            rates[i].push(rate);
+        }
+    }
+    // Per-round ratios against the floor and against no sensor, medians.
+    let ratio = |i: usize, base: usize| {
+        let r: Vec<f64> = rates[i]
+            .iter()
+            .zip(&rates[base])
+            .map(|(a, b)| a / b)
+            .collect();
+        median(&r)
+    };
+    for (i, (name, _)) in conditions.iter().enumerate() {
+        println!(
+            "   {name:<34} {:>7.0} conn/s   RATIO to no sensor {:.3}, to the hook floor {:.3}",
+            median(&rates[i]),
+            ratio(i, 0),
+            ratio(i, 1)
+        );
+    }
+    // The programs' own time per plan: steadier than throughput.
+    for (_, args) in conditions.iter().filter(|(_, a)| a.first().is_some_and(|a| a == "run")) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        program_costs(bin, &args, n, true)?;
+    }
+    Ok(())
 }
 
 /// Section 4: parse, merge, load and refresh the Tor relay set at the real

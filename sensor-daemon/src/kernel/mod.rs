@@ -174,6 +174,7 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets, KernelError> {
         skc_v6_daddr: off("sock_common", "skc_v6_daddr")?,
         skc_v6_rcv_saddr: off("sock_common", "skc_v6_rcv_saddr")?,
         sk_protocol: off("sock", "sk_protocol")?,
+        inet_sport: off("inet_sock", "inet_sport")?,
     })
 }
 
@@ -280,11 +281,16 @@ impl Probes {
 
     /// Loads the maps like `load`, but attaches only `hook_floor`, an empty
     /// program, where `sock_state` goes: the benchmark's measure of what the
-    /// hook costs by itself.
-    pub fn load_hook_floor(opts: &LoadOptions) -> Result<Self, KernelError> {
+    /// hook costs by itself. With `syscalls`, also an empty program on the
+    /// raw syscall-entry tracepoint (what a syscall-based plan would pay
+    /// before doing anything).
+    pub fn load_hook_floor(opts: &LoadOptions, syscalls: bool) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
         let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
         probes.attach_required(&[("hook_floor", STATE_PROGRAM.1)], &btf)?;
+        if syscalls {
+            probes.attach_required(&[("syscall_floor", Hook::Tracepoint("sys_enter"))], &btf)?;
+        }
         drop(btf);
         release_heap();
         Ok(probes)
@@ -910,5 +916,7 @@ mod tests {
         assert_eq!(o.skc_family, 16);
         assert!(o.skc_v6_daddr > 16 && o.skc_v6_rcv_saddr > o.skc_v6_daddr);
         assert!(o.sk_protocol > o.skc_v6_rcv_saddr);
+        // `struct inet_sock` starts with the whole `struct sock`.
+        assert!(o.inet_sport > o.sk_protocol);
     }
 }

@@ -292,6 +292,36 @@ pub fn connect_from(from: SocketAddr, to: SocketAddr) -> std::net::TcpStream {
     std::net::TcpStream::from(fd)
 }
 
+/// A connect to `to` that the peer refuses (nothing listens there); returns
+/// what `getsockname` tells after the failure: the port the attempt used
+/// (the address is reset to 0.0.0.0 by then).
+pub fn refused_connect(to: SocketAddr) -> SocketAddr {
+    let fd = socket(if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    });
+    let (sa, len) = sockaddr(to);
+    // SAFETY: valid fd and sockaddr of the given length.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!(rc, -1, "connect to {to} succeeded");
+    assert_eq!(err.raw_os_error(), Some(libc::ECONNREFUSED), "{err}");
+    // SAFETY: zeroed sockaddr_storage is valid.
+    let mut local: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: valid fd, buffer and length.
+    let rc = unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut local).cast(), &mut len) };
+    assert_eq!(rc, 0, "getsockname: {}", std::io::Error::last_os_error());
+    // SAFETY: the kernel filled a sockaddr_in (IPv4 only here).
+    let sin = unsafe { *(&raw const local).cast::<libc::sockaddr_in>() };
+    assert_eq!(sin.sin_family, libc::AF_INET as u16, "IPv4 only");
+    SocketAddr::from((
+        sin.sin_addr.s_addr.to_ne_bytes(),
+        u16::from_be(sin.sin_port),
+    ))
+}
+
 pub fn socket(domain: i32) -> OwnedFd {
     // SAFETY: plain socket(2).
     let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
