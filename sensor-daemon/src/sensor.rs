@@ -23,6 +23,7 @@ use crate::feed::set::SetError;
 use crate::feed::source::write_atomic;
 use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::{self, Counters, HookPlan, InboundChoice, KernelError, LoadOptions, Probes};
+use crate::privileges::{self, PrivilegeError};
 use crate::rules::{RuleError, Rules};
 use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
 use serde_json::Value;
@@ -41,6 +42,8 @@ pub enum SensorError {
     Kernel(#[from] KernelError),
     #[error(transparent)]
     Sink(#[from] SinkError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -370,8 +373,29 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     // touched: a path that cannot be used stops the start with nothing loaded.
     let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
     kernel::preflight()?;
+    let missing = privileges::missing_for_proc();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "without {}, process.executable (and other /proc details) stay empty for processes of other users",
+            missing.join(" and ")
+        );
+    }
     let mut probes = Probes::load(&LoadOptions::of(&cfg), &feeds)?;
     log_plan(probes.plan());
+    let dropped = privileges::drop_unneeded()?;
+    tracing::info!(
+        "privileges: kept {} (README, \"Security\"); {} dropped from the bounding set{}; no_new_privs set",
+        dropped.kept.join(", "),
+        dropped.bounding_dropped,
+        if dropped.bounding_left.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} left there: no CAP_SETPCAP to change it)",
+                dropped.bounding_left.join(", ")
+            )
+        }
+    );
     // SAFETY (both registrations): the ring buffer and the log reader own
     // their fds, and the AsyncFd owns them until the end of this function.
     let mut ring =

@@ -948,3 +948,58 @@ fn a_refused_outbound_attempt_reports_its_real_source_port() {
         sensor_daemon::community_id::v1_tcp(SocketAddr::new(from.ip(), 0), to)
     );
 }
+
+/// A capability mask from /proc/PID/status (`CapEff:` etc.).
+fn cap_mask(status: &str, field: &str) -> u64 {
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .unwrap_or_else(|| panic!("no {field} in {status}"));
+    u64::from_str_radix(hex.trim(), 16).unwrap()
+}
+
+#[test]
+fn once_armed_only_the_documented_capabilities_are_left_and_refreshes_still_work() {
+    if !kernel_tests_allowed("capabilities") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("caps", "127.66.71.1\n", &[]);
+    sensor.wait_log("privileges: kept", 1, Duration::from_secs(5));
+    let status = std::fs::read_to_string(format!("/proc/{}/status", sensor.pid())).unwrap();
+    // CAP_DAC_READ_SEARCH (2), CAP_SYS_PTRACE (19), CAP_BPF (39).
+    let kept: u64 = (1 << 2) | (1 << 19) | (1 << 39);
+    for field in ["CapEff:", "CapPrm:", "CapBnd:"] {
+        assert_eq!(cap_mask(&status, field), kept, "{field}\n{status}");
+    }
+    assert_eq!(cap_mask(&status, "CapInh:"), 0, "{status}");
+    assert_eq!(cap_mask(&status, "CapAmb:"), 0, "{status}");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    // What the running daemon does still works without the rest: a reload
+    // that changes the kernel maps, and alerts with the process named.
+    std::fs::write(&sensor.feed, "127.66.71.1\n127.66.71.2\n").unwrap();
+    sensor.signal(libc::SIGHUP);
+    sensor.wait_log("SIGHUP", 1, Duration::from_secs(5));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (doc, from, to) = loop {
+        let server = listen(addr("127.66.71.2:0"), false);
+        let to = server.local_addr().unwrap();
+        let client = TcpStream::connect(to).unwrap();
+        let from = client.local_addr().unwrap();
+        drop(server.accept().unwrap());
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(doc) = sensor
+            .alerts()
+            .into_iter()
+            .find(|a| get(a, "destination.port") == &json!(to.port()))
+        {
+            break (doc, from, to);
+        }
+        assert!(Instant::now() < deadline, "{}", sensor.stderr());
+    };
+    assert_alert(&doc, "egress", from, to);
+    assert_own_process(&doc, gettid());
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+}

@@ -1,0 +1,125 @@
+//! Least privilege: once the programs are attached, the daemon keeps only the
+//! capabilities its running loop still uses, in every set (effective,
+//! permitted, inheritable, ambient and the bounding set), and sets
+//! `no_new_privs`, so that nothing it may later execute or be tricked into
+//! can regain the rest.
+
+use caps::{CapSet, Capability, CapsHashSet};
+
+/// What the running daemon keeps, and why.
+pub const KEPT: [(Capability, &str); 3] = [
+    (
+        Capability::CAP_BPF,
+        "map updates on feed refresh and SIGHUP, counters, the pending-map sweep (kernels that disable unprivileged BPF check it on every bpf() call)",
+    ),
+    (
+        Capability::CAP_SYS_PTRACE,
+        "/proc/<pid>/exe of other users' processes (process.executable)",
+    ),
+    (
+        Capability::CAP_DAC_READ_SEARCH,
+        "/proc and cgroup files of other users' processes, and feed or output files readable only by their owner",
+    ),
+];
+
+/// The capabilities enrichment needs for other users' processes.
+const FOR_PROC: [Capability; 2] = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
+
+#[derive(Debug, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("cannot drop capabilities ({set}): {source}")]
+    Caps {
+        set: &'static str,
+        #[source]
+        source: caps::errors::CapsError,
+    },
+    #[error("cannot set no_new_privs: {0}")]
+    NoNewPrivs(#[source] std::io::Error),
+}
+
+/// What `drop_unneeded` left and took.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dropped {
+    /// Capabilities still permitted.
+    pub kept: Vec<String>,
+    /// How many were removed from the bounding set.
+    pub bounding_dropped: usize,
+    /// Left in the bounding set beyond [`KEPT`] because this process may
+    /// not change it (no `CAP_SETPCAP`: whoever started it chose the set).
+    pub bounding_left: Vec<String>,
+}
+
+fn names(set: &CapsHashSet) -> Vec<String> {
+    let mut v: Vec<String> = set.iter().map(|c| c.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// Drops every capability but [`KEPT`] from all five sets (the bounding set
+/// first, while `CAP_SETPCAP` is still there), then sets `no_new_privs`.
+pub fn drop_unneeded() -> Result<Dropped, PrivilegeError> {
+    let err = |set| move |source| PrivilegeError::Caps { set, source };
+    let keep: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
+    let bounding = caps::read(None, CapSet::Bounding).map_err(err("bounding"))?;
+    let extra: CapsHashSet = bounding.difference(&keep).copied().collect();
+    let may_bound = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
+        .map_err(err("effective"))?;
+    let (mut bounding_dropped, mut bounding_left) = (0, Vec::new());
+    if may_bound {
+        for cap in &extra {
+            caps::drop(None, CapSet::Bounding, *cap).map_err(err("bounding"))?;
+            bounding_dropped += 1;
+        }
+    } else {
+        bounding_left = names(&extra);
+    }
+    caps::clear(None, CapSet::Ambient).map_err(err("ambient"))?;
+    let permitted = caps::read(None, CapSet::Permitted).map_err(err("permitted"))?;
+    let left: CapsHashSet = permitted.intersection(&keep).copied().collect();
+    caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(err("inheritable"))?;
+    caps::set(None, CapSet::Effective, &left).map_err(err("effective"))?;
+    caps::set(None, CapSet::Permitted, &left).map_err(err("permitted"))?;
+    set_no_new_privs()?;
+    Ok(Dropped {
+        kept: names(&left),
+        bounding_dropped,
+        bounding_left,
+    })
+}
+
+fn set_no_new_privs() -> Result<(), PrivilegeError> {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// The capabilities enrichment of other users' processes needs but this
+/// process does not have (checked once at start, before the drop).
+pub fn missing_for_proc() -> Vec<String> {
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    FOR_PROC
+        .iter()
+        .filter(|c| !effective.contains(c))
+        .map(|c| c.to_string())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_set_is_the_documented_three_and_never_admin() {
+        let kept: Vec<_> = KEPT.iter().map(|(c, _)| *c).collect();
+        assert!(!kept.contains(&Capability::CAP_SYS_ADMIN));
+        assert!(!kept.contains(&Capability::CAP_PERFMON));
+        assert!(!kept.contains(&Capability::CAP_SETPCAP));
+        for cap in FOR_PROC {
+            assert!(kept.contains(&cap), "{cap}");
+        }
+        assert!(KEPT.iter().all(|(_, why)| !why.is_empty()));
+    }
+}
