@@ -173,7 +173,7 @@ pub struct FeedConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// Allow `http://` to a non-loopback host (an internal mirror without
-    /// TLS). Default: false.
+    /// TLS), as the location and as any redirect hop. Default: false.
     pub allow_http: bool,
 }
 

@@ -248,7 +248,7 @@ impl FeedManager {
         let cfg = self.states[index].config.clone();
         let location = Location::parse(&cfg.location, cfg.allow_http)?;
         let lim = limits(&cfg);
-        let client = super::source::client(&lim)?;
+        let client = super::source::client(&lim, cfg.allow_http)?;
         let result =
             super::source::fetch(&client, &location, &self.states[index].validators, &lim).await;
         let outcome = Outcome::from_fetch(result, cfg.format, self.allow_reserved);

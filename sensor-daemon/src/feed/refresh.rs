@@ -111,7 +111,7 @@ async fn task(
     tx: mpsc::Sender<FetchDone>,
 ) {
     let limits = limits(&cfg);
-    let client = match source::client(&limits) {
+    let client = match source::client(&limits, cfg.allow_http) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("feed {}: cannot refresh: {e}", cfg.name);

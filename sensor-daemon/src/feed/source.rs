@@ -69,21 +69,30 @@ impl Location {
             return Ok(Location::Path(PathBuf::from(text)));
         }
         let url = reqwest::Url::parse(text).map_err(|e| bad(&format!("not a URL ({e})")))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad(
-                "credentials in a URL end up in logs and process listings; feeds need none",
-            ));
-        }
-        match url.scheme() {
-            "https" => Ok(Location::Url(url)),
-            "http" if allow_http || is_loopback_host(&url) => Ok(Location::Url(url)),
-            "http" => Err(bad(
-                "plain http is only allowed to loopback; use https, or set allow_http = true for this feed",
-            )),
-            other => Err(bad(&format!(
-                "scheme {other:?} is not supported (https, http, or a path)"
-            ))),
-        }
+        url_rule(&url, allow_http).map_err(|reason| bad(&reason))?;
+        Ok(Location::Url(url))
+    }
+}
+
+/// The rule every URL a feed is fetched from must pass: the configured
+/// location and every hop of a redirect. `https`; `http` only to a loopback
+/// host unless `allow_http`; no credentials; no other scheme.
+fn url_rule(url: &reqwest::Url, allow_http: bool) -> Result<(), String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "credentials in a URL end up in logs and process listings; feeds need none".into(),
+        );
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http || is_loopback_host(url) => Ok(()),
+        "http" => Err(
+            "plain http is only allowed to loopback; use https, or set allow_http = true for this feed"
+                .into(),
+        ),
+        other => Err(format!(
+            "scheme {other:?} is not supported (https, http, or a path)"
+        )),
     }
 }
 
@@ -123,15 +132,24 @@ pub enum Fetched {
 }
 
 /// An HTTP client for feeds: rustls, gzip, the product's User-Agent, at
-/// most 5 redirects and never from https down to http.
-pub fn client(limits: &Limits) -> Result<reqwest::Client, SourceError> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
+/// most 5 redirects, never from https down to http, and every hop held to
+/// the rules of the configured location ([`Location::parse`]): a plain-http
+/// hop elsewhere than loopback is refused (unless `allow_http`) before any
+/// connection is made to it, and the error names the hop.
+pub fn client(limits: &Limits, allow_http: bool) -> Result<reqwest::Client, SourceError> {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
         let downgrade = attempt.url().scheme() == "http"
             && attempt.previous().iter().any(|u| u.scheme() == "https");
         if attempt.previous().len() >= 5 {
             attempt.error("more than 5 redirects")
         } else if downgrade {
-            attempt.error("redirect from https to http refused")
+            let hop = attempt.url().to_string();
+            attempt.error(format!(
+                "redirect to {hop} refused: redirect from https to http"
+            ))
+        } else if let Err(reason) = url_rule(attempt.url(), allow_http) {
+            let hop = attempt.url().to_string();
+            attempt.error(format!("redirect to {hop} refused: {reason}"))
         } else {
             attempt.follow()
         }
