@@ -32,7 +32,8 @@ enum Command {
     /// Load feeds into the kernel, attach probes, write one JSON alert per hit to stdout.
     Run(RunArgs),
     /// Say what the feeds know of addresses, without touching the kernel or
-    /// the network (exit 0: all listed, 1: some not, 2: bad input).
+    /// the network (exit 0: all listed, 1: some not, 2: bad input, or a
+    /// feed asked for has no local copy).
     Check(CheckArgs),
     /// Feed maintenance.
     #[command(subcommand)]
@@ -246,7 +247,18 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (_, set) = sensor::load_offline(&cfg)?;
+    let (manager, set) = sensor::load_offline(&cfg)?;
+    // Every feed the user named must answer from its own content: a URL
+    // feed without a local copy would otherwise leave the embedded snapshot
+    // (or the other feeds) to answer, and "not-listed" would be a false no.
+    if let Some(missing) = manager.states.iter().find(|s| s.current.is_none()) {
+        eprintln!(
+            "torsensor: error: feed {} has no local copy: run `torsensor feed fetch` (state directory {})",
+            missing.config.name,
+            cfg.state_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let mut all_listed = true;
     for (text, (ip, port)) in targets {
         let matches = set.lookup(ip, port);

@@ -334,3 +334,47 @@ fn the_systemd_unit_verifies() {
         ours.join("\n")
     );
 }
+
+#[test]
+fn check_refuses_to_answer_for_a_named_feed_it_has_no_copy_of() {
+    // A URL feed that was never fetched: no cache in this state directory.
+    // `check` must not fall back to the embedded snapshot and answer
+    // "not-listed" as if the feed had been asked.
+    let state = temp_path("check-nocopy-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let s = state.to_str().unwrap();
+    let url = "http://127.0.0.1:9/never-fetched";
+    for json in [false, true] {
+        let mut args = vec!["check", "--state-dir", s, "--feed", url];
+        if json {
+            args.push("--json");
+        }
+        args.push("9.9.9.9");
+        let out = torsensor(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        assert_eq!(text(&out.stdout), "", "no answer on stdout");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(
+                "feed never-fetched has no local copy: run `torsensor feed fetch` (state directory "
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("not-listed"), "{err}");
+    }
+    // Also when another named feed has content: every feed asked must answer.
+    let file = temp_path("check-nocopy.feed");
+    std::fs::write(&file, "9.9.9.0/24\n").unwrap();
+    let out = torsensor(&[
+        "check",
+        "--state-dir",
+        s,
+        "--feed",
+        file.to_str().unwrap(),
+        "--feed",
+        url,
+        "9.9.9.9",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("feed never-fetched has no local copy"));
+}
