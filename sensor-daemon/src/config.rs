@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::feed::Format;
 use crate::feed::source::Location;
+use crate::feed::{Format, ParseOptions};
 use crate::sink::OutputConfig;
 use sensor_common::MAX_FEEDS;
 
@@ -175,6 +175,11 @@ pub struct FeedConfig {
     /// Allow `http://` to a non-loopback host (an internal mirror without
     /// TLS), as the location and as any redirect hop. Default: false.
     pub allow_http: bool,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6) in a plain
+    /// list. Without it such a line refuses the whole body (it would alert
+    /// on a large part of the Internet), even with `allow_reserved`.
+    /// Default: false.
+    pub allow_wide_prefixes: bool,
 }
 
 impl Default for FeedConfig {
@@ -191,6 +196,7 @@ impl Default for FeedConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(120),
             allow_http: false,
+            allow_wide_prefixes: false,
         }
     }
 }
@@ -243,6 +249,14 @@ impl FeedConfig {
             name: if name.is_empty() { "feed".into() } else { name },
             location: location.to_owned(),
             ..Default::default()
+        }
+    }
+
+    /// How this feed's bodies are parsed.
+    pub fn parse_options(&self, allow_reserved: bool) -> ParseOptions {
+        ParseOptions {
+            allow_reserved,
+            allow_wide_prefixes: self.allow_wide_prefixes,
         }
     }
 

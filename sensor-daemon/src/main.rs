@@ -247,7 +247,13 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (manager, set) = sensor::load_offline(&cfg)?;
+    let (manager, set) = match sensor::load_offline(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("torsensor: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
     // Every feed the user named must answer from its own content: a URL
     // feed without a local copy would otherwise leave the embedded snapshot
     // (or the other feeds) to answer, and "not-listed" would be a false no.

@@ -127,8 +127,9 @@ async fn task(
             _ => None,
         };
         let format = cfg.format;
+        let options = cfg.parse_options(allow_reserved);
         let outcome = match tokio::task::spawn_blocking(move || {
-            Outcome::from_fetch(result, format, allow_reserved)
+            Outcome::from_fetch(result, format, &options)
         })
         .await
         {
