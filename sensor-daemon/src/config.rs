@@ -63,7 +63,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SensorConfig {
-    /// Where the last-known-good feeds (`feeds/`) and `status.json` live.
+    /// Where the last-known-good feeds (`feeds/`), `status.json` and the
+    /// outputs' spools (`spool/`) live. Created 0750 if missing; it and every
+    /// directory below it must be owned by the sensor's user, not writable
+    /// by group or others and not a link (see `statedir`), else refused.
     /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
     pub state_dir: PathBuf,
     /// Keep feed entries in reserved ranges (loopback, private,

@@ -18,3 +18,5 @@ pub mod kernel;
 pub mod rules;
 pub mod sensor;
 pub mod sink;
+pub mod statedir;
+pub mod sys;

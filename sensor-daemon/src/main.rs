@@ -357,6 +357,8 @@ fn feed_fetch(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     if cfg.feeds.is_empty() {
         anyhow::bail!("no feeds configured: give --config with [[feed]] tables or --feed LOCATION");
     }
+    // The cache is written there: refuse a directory another user controls.
+    sensor::check_state_dir(&cfg.state_dir)?;
     let mut manager = FeedManager::load_offline(&cfg);
     let runtime = runtime()?;
     let mut failed = 0;
