@@ -21,8 +21,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::feed::Format;
 use crate::feed::source::Location;
+use crate::feed::{Format, ParseOptions};
 use crate::kernel::InboundChoice;
 use crate::sink::OutputConfig;
 use sensor_common::MAX_FEEDS;
@@ -64,7 +64,10 @@ pub enum ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SensorConfig {
-    /// Where the last-known-good feeds (`feeds/`) and `status.json` live.
+    /// Where the last-known-good feeds (`feeds/`), `status.json` and the
+    /// outputs' spools (`spool/`) live. Created 0750 if missing; it and every
+    /// directory below it must be owned by the sensor's user, not writable
+    /// by group or others and not a link (see `statedir`), else refused.
     /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
     pub state_dir: PathBuf,
     /// Keep feed entries in reserved ranges (loopback, private,
@@ -181,8 +184,13 @@ pub struct FeedConfig {
     #[serde(deserialize_with = "duration")]
     pub timeout: Duration,
     /// Allow `http://` to a non-loopback host (an internal mirror without
-    /// TLS). Default: false.
+    /// TLS), as the location and as any redirect hop. Default: false.
     pub allow_http: bool,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6) in a plain
+    /// list. Without it such a line refuses the whole body (it would alert
+    /// on a large part of the Internet), even with `allow_reserved`.
+    /// Default: false.
+    pub allow_wide_prefixes: bool,
 }
 
 impl Default for FeedConfig {
@@ -199,6 +207,7 @@ impl Default for FeedConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(120),
             allow_http: false,
+            allow_wide_prefixes: false,
         }
     }
 }
@@ -251,6 +260,14 @@ impl FeedConfig {
             name: if name.is_empty() { "feed".into() } else { name },
             location: location.to_owned(),
             ..Default::default()
+        }
+    }
+
+    /// How this feed's bodies are parsed.
+    pub fn parse_options(&self, allow_reserved: bool) -> ParseOptions {
+        ParseOptions {
+            allow_reserved,
+            allow_wide_prefixes: self.allow_wide_prefixes,
         }
     }
 

@@ -19,3 +19,5 @@ pub mod privileges;
 pub mod rules;
 pub mod sensor;
 pub mod sink;
+pub mod statedir;
+pub mod sys;

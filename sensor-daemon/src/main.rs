@@ -33,7 +33,8 @@ enum Command {
     /// Load feeds into the kernel, attach probes, write one JSON alert per hit to stdout.
     Run(RunArgs),
     /// Say what the feeds know of addresses, without touching the kernel or
-    /// the network (exit 0: all listed, 1: some not, 2: bad input).
+    /// the network (exit 0: all listed, 1: some not, 2: bad input, or a
+    /// feed asked for has no local copy).
     Check(CheckArgs),
     /// Feed maintenance.
     #[command(subcommand)]
@@ -284,7 +285,24 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (_, set) = sensor::load_offline(&cfg)?;
+    let (manager, set) = match sensor::load_offline(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("torsensor: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Every feed the user named must answer from its own content: a URL
+    // feed without a local copy would otherwise leave the embedded snapshot
+    // (or the other feeds) to answer, and "not-listed" would be a false no.
+    if let Some(missing) = manager.states.iter().find(|s| s.current.is_none()) {
+        eprintln!(
+            "torsensor: error: feed {} has no local copy: run `torsensor feed fetch` (state directory {})",
+            missing.config.name,
+            cfg.state_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
     let mut all_listed = true;
     for (text, (ip, port)) in targets {
         let matches = set.lookup(ip, port);
@@ -377,6 +395,8 @@ fn feed_fetch(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     if cfg.feeds.is_empty() {
         anyhow::bail!("no feeds configured: give --config with [[feed]] tables or --feed LOCATION");
     }
+    // The cache is written there: refuse a directory another user controls.
+    sensor::check_state_dir(&cfg.state_dir)?;
     let mut manager = FeedManager::load_offline(&cfg);
     let runtime = runtime()?;
     let mut failed = 0;

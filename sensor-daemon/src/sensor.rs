@@ -20,12 +20,12 @@ use crate::event::{BootClock, Connection, decode};
 use crate::feed::manager::{FeedManager, Status};
 use crate::feed::refresh::{FetchDone, Refresher, Verdict};
 use crate::feed::set::SetError;
-use crate::feed::source::write_atomic;
 use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::{self, Counters, HookPlan, InboundChoice, KernelError, LoadOptions, Probes};
 use crate::privileges::{self, PrivilegeError};
 use crate::rules::{RuleError, Rules};
 use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
+use crate::statedir::{Dir, STATE_DIR_MODE, StateDirError};
 use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +44,8 @@ pub enum SensorError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -114,17 +116,27 @@ pub struct StatusFile {
     pub hooks: Option<HookPlan>,
 }
 
-/// Writes `status.json` in the state directory (read by `torsensor feed
-/// status`). Failures are logged once per kind, not fatal.
+/// Writes `status.json` (mode 0644) in the state directory, checked again
+/// first (read by `torsensor feed status`). Failures are logged, not fatal.
 fn write_status(state_dir: &Path, feeds: Status, hooks: Option<&HookPlan>) {
     let status = StatusFile {
         feeds,
         hooks: hooks.cloned(),
     };
     let bytes = serde_json::to_vec_pretty(&status).expect("status serializes");
-    if let Err(e) = write_atomic(&state_dir.join("status.json"), &bytes, 0o644) {
+    let written = Dir::open(state_dir, STATE_DIR_MODE)
+        .and_then(|dir| dir.write_atomic("status.json", &bytes, 0o644, true));
+    if let Err(e) = written {
         tracing::warn!("cannot write the feed status: {e}");
     }
+}
+
+/// Checks (creating them if missing) the state directory and `feeds/`:
+/// a start or a reload with a state directory that another user owns or
+/// can write to is refused.
+pub fn check_state_dir(state_dir: &Path) -> Result<(), StateDirError> {
+    Dir::open(state_dir, STATE_DIR_MODE)?.subdir("feeds", STATE_DIR_MODE)?;
+    Ok(())
 }
 
 /// What happened during a run, written to `stats_file` at exit.
@@ -368,11 +380,14 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
         signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?;
     let mut sighup = signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?;
 
+    // Privileges first (the most useful first error), then the state
+    // directory, checked before anything is read from it.
+    kernel::preflight()?;
+    check_state_dir(&cfg.state_dir)?;
     let (mut manager, feeds) = load_offline(&cfg)?;
     // Outputs open their files, sockets and spools before the kernel is
     // touched: a path that cannot be used stops the start with nothing loaded.
     let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
-    kernel::preflight()?;
     let missing = privileges::missing_for_proc();
     if !missing.is_empty() {
         tracing::warn!(
@@ -507,21 +522,25 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                 tracing::info!("SIGHUP: reloading the configuration and refreshing every feed now");
                 match reload().and_then(|c| c.validate().map(|()| c)) {
                     Ok(new_cfg) => {
-                        if new_cfg.state_dir != state_dir {
-                            tracing::info!("state_dir is now {}", new_cfg.state_dir.display());
-                            state_dir = new_cfg.state_dir.clone();
-                        }
-                        let next = manager.reload(&new_cfg);
-                        let set = match next.file_error() {
+                        // Nothing changes (not even state_dir) unless the
+                        // whole new configuration is applied.
+                        let next = check_state_dir(&new_cfg.state_dir)
+                            .map_err(|e| format!("state directory: {e}"))
+                            .map(|()| manager.reload(&new_cfg));
+                        let set = next.and_then(|next| match next.file_error() {
                             Some((name, reason)) => Err(format!("feed {name}: {reason}")),
-                            None => next.feed_set().map_err(|e| e.to_string()),
-                        };
+                            None => next.feed_set().map(|set| (next, set)).map_err(|e| e.to_string()),
+                        });
                         match set {
-                            Ok(set) => {
+                            Ok((next, set)) => {
                                 pipeline.drain(ring.get_mut()).await;
                                 match probes.apply_feeds(&set) {
                                     Ok(_) => {
                                         manager = next;
+                                        if new_cfg.state_dir != state_dir {
+                                            tracing::info!("state_dir is now {}", new_cfg.state_dir.display());
+                                            state_dir = new_cfg.state_dir.clone();
+                                        }
                                         log_loaded(&manager, &set);
                                         pipeline.previous = Some(std::mem::replace(&mut pipeline.feeds, set));
                                     }
@@ -575,7 +594,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     );
     if let Some(path) = &cfg.stats_file {
         let json = serde_json::to_vec_pretty(&stats).expect("stats serialize");
-        std::fs::write(path, json).map_err(io_err("writing the stats file"))?;
+        crate::statedir::write_file_atomic(path, &json, 0o640)?;
     }
     Ok(stats)
 }

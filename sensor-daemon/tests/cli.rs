@@ -137,7 +137,8 @@ fn reserved_entries_are_dropped_with_one_warning_unless_allowed() {
 #[test]
 fn unreadable_and_empty_feeds_are_errors_naming_the_file() {
     let out = torsensor(&["check", "--feed", "/nonexistent/tor.txt", "1.2.3.4"]);
-    assert_eq!(out.status.code(), Some(1));
+    // 2, not 1: exit 1 means "not listed", and this is no answer at all.
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert!(
         err.contains("feed tor.txt: cannot read /nonexistent/tor.txt"),
@@ -333,4 +334,117 @@ fn the_systemd_unit_verifies() {
         "warnings about the unit:\n{}",
         ours.join("\n")
     );
+}
+
+#[test]
+fn check_refuses_to_answer_for_a_named_feed_it_has_no_copy_of() {
+    // A URL feed that was never fetched: no cache in this state directory.
+    // `check` must not fall back to the embedded snapshot and answer
+    // "not-listed" as if the feed had been asked.
+    let state = temp_path("check-nocopy-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let s = state.to_str().unwrap();
+    let url = "http://127.0.0.1:9/never-fetched";
+    for json in [false, true] {
+        let mut args = vec!["check", "--state-dir", s, "--feed", url];
+        if json {
+            args.push("--json");
+        }
+        args.push("9.9.9.9");
+        let out = torsensor(&args);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+        assert_eq!(text(&out.stdout), "", "no answer on stdout");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(
+                "feed never-fetched has no local copy: run `torsensor feed fetch` (state directory "
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("not-listed"), "{err}");
+    }
+    // Also when another named feed has content: every feed asked must answer.
+    let file = temp_path("check-nocopy.feed");
+    std::fs::write(&file, "9.9.9.0/24\n").unwrap();
+    let out = torsensor(&[
+        "check",
+        "--state-dir",
+        s,
+        "--feed",
+        file.to_str().unwrap(),
+        "--feed",
+        url,
+        "9.9.9.9",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("feed never-fetched has no local copy"));
+}
+
+#[test]
+fn feeds_that_would_alert_on_everything_are_refused() {
+    // Prefixes wider than /8 (IPv4) or /16 (IPv6) are refused, even with
+    // --allow-reserved, naming the feed and the line.
+    for (tag, wide, line) in [
+        ("v4-all", "0.0.0.0/0", 2),
+        ("v6-all", "::/0", 2),
+        ("v4-eighth", "32.0.0.0/3", 2),
+        ("v6-wide", "2a00::/12", 2),
+    ] {
+        let feed = temp_path(&format!("wide-{tag}.feed"));
+        std::fs::write(&feed, format!("185.220.101.7\n{wide}\n")).unwrap();
+        let f = feed.to_str().unwrap();
+        let out = torsensor(&["check", "--allow-reserved", "--feed", f, "33.1.1.1"]);
+        assert_eq!(out.status.code(), Some(2), "{wide}: {}", text(&out.stdout));
+        assert_eq!(text(&out.stdout), "", "{wide}");
+        let err = text(&out.stderr);
+        assert!(
+            err.contains(&format!(
+                "feed wide-{tag}.feed: {f}: line {line}: {wide} is wider than"
+            )),
+            "{wide}: {err}"
+        );
+        assert!(err.contains("allow_wide_prefixes"), "{err}");
+    }
+    // The per-feed option lets a wide prefix through; /8 is within the bound.
+    let feed = temp_path("wide-allowed.feed");
+    std::fs::write(&feed, "32.0.0.0/3\n11.0.0.0/8\n").unwrap();
+    let config = temp_path("wide-allowed.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[feed]]\nname = \"wide\"\nlocation = \"{}\"\nallow_wide_prefixes = true\n",
+            feed.display()
+        ),
+    )
+    .unwrap();
+    let out = torsensor(&[
+        "check",
+        "--config",
+        config.to_str().unwrap(),
+        "33.1.1.1",
+        "11.2.3.4",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    // A body that is mostly not a feed: 18 good lines, 5,000 bad ones.
+    let feed = temp_path("mostly-bad.feed");
+    let mut body = String::new();
+    for i in 0..18 {
+        body.push_str(&format!("185.220.101.{i}\n"));
+    }
+    for i in 0..5000 {
+        body.push_str(&format!("garbage {i}\n"));
+    }
+    std::fs::write(&feed, body).unwrap();
+    let f = feed.to_str().unwrap();
+    let out = torsensor(&["check", "--feed", f, "185.220.101.1"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "feed mostly-bad.feed: {f}: 5000 bad records against 18 usable entries"
+        )),
+        "{err}"
+    );
+    assert!(err.contains("first at line 19: \"garbage 0\""), "{err}");
 }

@@ -227,3 +227,63 @@ fn plain_http_elsewhere_than_loopback_is_refused_before_any_request() {
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("allow_http"), "{err}");
 }
+
+#[test]
+fn every_redirect_hop_must_pass_the_location_rules() {
+    // A loopback http feed may be fetched; a redirect from it to plain http
+    // elsewhere must be refused before any connection is made there (the
+    // target is a documentation address, never contacted), after a first
+    // hop that is itself fine (loopback to loopback).
+    let server = FeedServer::start();
+    server.set(
+        "/list",
+        Behavior::Redirect {
+            status: 302,
+            location: server.url("/moved"),
+        },
+    );
+    server.set(
+        "/moved",
+        Behavior::Redirect {
+            status: 302,
+            location: "http://192.0.2.1/x".into(),
+        },
+    );
+    let cfg = config("redirect", vec![feed("hop", server.url("/list"))]);
+    cfg.validate().unwrap();
+    let rt = runtime();
+    let mut m = FeedManager::load_offline(&cfg);
+    let started = std::time::Instant::now();
+    let err = rt.block_on(m.refresh_once(0)).unwrap_err();
+    let line = err.to_string();
+    assert!(
+        matches!(err, RefreshError::Fetch(SourceError::Transport { .. })),
+        "{err:?}"
+    );
+    assert!(
+        line.contains("redirect to http://192.0.2.1/x refused"),
+        "the refused hop is named: {line}"
+    );
+    assert!(line.contains("allow_http"), "{line}");
+    eprintln!("refused: {line}");
+    assert!(!line.contains('\n'), "{line}");
+    // Refused at once, not after a connect timeout to the target.
+    assert!(started.elapsed() < Duration::from_millis(900), "{line}");
+    let paths: Vec<String> = server.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/list", "/moved"]);
+    assert!(m.states[0].current.is_none());
+
+    // A redirect to a scheme that is not http(s) is refused the same way.
+    server.set(
+        "/moved",
+        Behavior::Redirect {
+            status: 307,
+            location: "ftp://127.0.0.1/x".into(),
+        },
+    );
+    let line = rt.block_on(m.refresh_once(0)).unwrap_err().to_string();
+    assert!(
+        line.contains("redirect to ftp://127.0.0.1/x refused"),
+        "{line}"
+    );
+}

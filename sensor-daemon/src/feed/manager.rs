@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::parse::{self, ParseError, ParsedFeed};
+use super::parse::{self, ParseError, ParseOptions, ParsedFeed};
 use super::set::{FeedSet, SetError};
 use super::source::{Cache, CacheMeta, Fetched, Limits, Location, SourceError, Validators};
 use super::{Feed, FeedCounts, Origin};
@@ -63,7 +63,7 @@ impl Outcome {
     pub fn from_fetch(
         result: Result<Fetched, SourceError>,
         format: Option<super::Format>,
-        allow_reserved: bool,
+        options: &ParseOptions,
     ) -> Self {
         match result {
             Ok(Fetched::NotModified) => Outcome::NotModified,
@@ -72,7 +72,7 @@ impl Outcome {
                 validators,
                 fetched,
             }) => {
-                let parsed = parse::parse(&body, format, allow_reserved);
+                let parsed = parse::parse_with(&body, format, options);
                 Outcome::Candidate(Candidate {
                     body,
                     validators,
@@ -146,6 +146,7 @@ impl FeedManager {
                     o.config.name == fc.name
                         && o.config.location == fc.location
                         && o.config.format == fc.format
+                        && o.config.allow_wide_prefixes == fc.allow_wide_prefixes
                         && o.current.is_some()
                         && cfg.allow_reserved == self.allow_reserved
                 });
@@ -248,10 +249,11 @@ impl FeedManager {
         let cfg = self.states[index].config.clone();
         let location = Location::parse(&cfg.location, cfg.allow_http)?;
         let lim = limits(&cfg);
-        let client = super::source::client(&lim)?;
+        let client = super::source::client(&lim, cfg.allow_http)?;
         let result =
             super::source::fetch(&client, &location, &self.states[index].validators, &lim).await;
-        let outcome = Outcome::from_fetch(result, cfg.format, self.allow_reserved);
+        let outcome =
+            Outcome::from_fetch(result, cfg.format, &cfg.parse_options(self.allow_reserved));
         self.offer(index, outcome)
     }
 
@@ -425,7 +427,7 @@ fn load_one(fc: &FeedConfig, cache: &Cache, allow_reserved: bool) -> FeedState {
     match fc.location() {
         Ok(Location::Path(path)) => {
             let result = super::source::fetch_file(&path, fc.max_bytes);
-            match Outcome::from_fetch(result, fc.format, allow_reserved) {
+            match Outcome::from_fetch(result, fc.format, &fc.parse_options(allow_reserved)) {
                 Outcome::Candidate(c) => {
                     if let Err(e) = accept_into(&mut state, c, Origin::File, None) {
                         state.last_error = Some(e.to_string());
@@ -459,7 +461,8 @@ fn load_cached(state: &mut FeedState, cache: &Cache, allow_reserved: bool) {
         );
         return;
     }
-    match parse::parse(&body, Some(meta.format), allow_reserved) {
+    let options = state.config.parse_options(allow_reserved);
+    match parse::parse_with(&body, Some(meta.format), &options) {
         Ok(data) => {
             let feed = Feed {
                 name: name.clone(),

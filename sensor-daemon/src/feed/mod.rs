@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-pub use parse::{Format, ParseError, ParsedFeed};
+pub use parse::{Format, ParseError, ParseOptions, ParsedFeed};
 pub use set::{FeedMatch, FeedSet, Role};
 
 /// The embedded default snapshot (see `sensor-daemon/data/PROVENANCE.md`):

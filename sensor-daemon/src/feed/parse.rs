@@ -65,6 +65,40 @@ pub enum ParseError {
         reserved: usize,
         first_line: String,
     },
+    #[error(
+        "line {line}: {prefix} is wider than /{MIN_PREFIX_V4} (IPv4) or /{MIN_PREFIX_V6} (IPv6) and would match a large part of the Internet; set allow_wide_prefixes = true for this feed if that is meant"
+    )]
+    TooWide { line: usize, prefix: IpNet },
+    #[error(
+        "{bad} bad records against {good} usable entries: more than {MOSTLY_BAD_RATIO} per entry, so this is not the feed it claims to be; first at {first_at}: {first_text:?}"
+    )]
+    MostlyBad {
+        bad: usize,
+        good: usize,
+        first_at: String,
+        first_text: String,
+    },
+}
+
+/// Shortest accepted IPv4 prefix length without `allow_wide_prefixes`: a /8
+/// is 16.7 M addresses, already far more than the whole Tor network.
+pub const MIN_PREFIX_V4: u8 = 8;
+/// Shortest accepted IPv6 prefix length without `allow_wide_prefixes`.
+pub const MIN_PREFIX_V6: u8 = 16;
+/// A body with at least [`MOSTLY_BAD_MIN`] bad records and more than this
+/// many bad records per usable entry is refused as a whole.
+pub const MOSTLY_BAD_RATIO: usize = 10;
+/// See [`MOSTLY_BAD_RATIO`]: a small hand-written list with a few typos is
+/// not refused for them.
+pub const MOSTLY_BAD_MIN: usize = 100;
+
+/// What a feed may contain beyond the defaults (per feed, from its config).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ParseOptions {
+    /// Keep entries in reserved ranges (loopback, private, documentation...).
+    pub allow_reserved: bool,
+    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6).
+    pub allow_wide_prefixes: bool,
 }
 
 /// Where a bad record was.
@@ -189,12 +223,33 @@ impl ParsedFeed {
     }
 }
 
-/// Parses a body. `format: None` detects it from the content.
+/// Parses a body. `format: None` detects it from the content. Wide
+/// prefixes are refused (see [`parse_with`]).
 pub fn parse(
     body: &[u8],
     format: Option<Format>,
     allow_reserved: bool,
 ) -> Result<ParsedFeed, ParseError> {
+    parse_with(
+        body,
+        format,
+        &ParseOptions {
+            allow_reserved,
+            allow_wide_prefixes: false,
+        },
+    )
+}
+
+/// Parses a body with a feed's options. Refused as a whole: a prefix wider
+/// than [`MIN_PREFIX_V4`] / [`MIN_PREFIX_V6`] unless `allow_wide_prefixes`,
+/// and a body whose bad records outnumber its usable entries more than
+/// [`MOSTLY_BAD_RATIO`] to one (at least [`MOSTLY_BAD_MIN`] of them).
+pub fn parse_with(
+    body: &[u8],
+    format: Option<Format>,
+    options: &ParseOptions,
+) -> Result<ParsedFeed, ParseError> {
+    let allow_reserved = options.allow_reserved;
     let text = std::str::from_utf8(body).map_err(|e| ParseError::NotText {
         offset: e.valid_up_to(),
     })?;
@@ -212,7 +267,7 @@ pub fn parse(
         None => detect(trimmed)?,
     };
     let mut feed = match format {
-        Format::Plain => parse_plain(text, allow_reserved),
+        Format::Plain => parse_plain(text, options)?,
         Format::Tordnsel => parse_tordnsel(text, allow_reserved),
         Format::Onionoo => parse_onionoo(text, allow_reserved)?,
     };
@@ -222,6 +277,19 @@ pub fn parse(
             bad: feed.report.bad_count,
             reserved: feed.report.reserved_count,
             first_line: first_line(trimmed),
+        });
+    }
+    let (bad, good) = (feed.report.bad_count, feed.address_count());
+    if bad >= MOSTLY_BAD_MIN && bad > good.saturating_mul(MOSTLY_BAD_RATIO) {
+        let first = &feed.report.bad[0];
+        return Err(ParseError::MostlyBad {
+            bad,
+            good,
+            first_at: match &first.at {
+                Location::Line(n) => format!("line {n}"),
+                Location::Json(path) => path.clone(),
+            },
+            first_text: first.text.clone(),
         });
     }
     Ok(feed)
@@ -288,7 +356,7 @@ fn keep(net: IpNet, allow_reserved: bool, report: &mut ParseReport) -> Option<Ip
     }
 }
 
-fn parse_plain(text: &str, allow_reserved: bool) -> ParsedFeed {
+fn parse_plain(text: &str, options: &ParseOptions) -> Result<ParsedFeed, ParseError> {
     let mut feed = ParsedFeed::default();
     for (index, raw) in text.lines().enumerate() {
         let content = raw.split('#').next().unwrap_or("").trim();
@@ -297,14 +365,24 @@ fn parse_plain(text: &str, allow_reserved: bool) -> ParsedFeed {
         }
         match parse_entry(content) {
             Ok(net) => {
-                if let Some(net) = keep(net, allow_reserved, &mut feed.report) {
+                let min = match net {
+                    IpNet::V4(_) => MIN_PREFIX_V4,
+                    IpNet::V6(_) => MIN_PREFIX_V6,
+                };
+                if net.prefix_len() < min && !options.allow_wide_prefixes {
+                    return Err(ParseError::TooWide {
+                        line: index + 1,
+                        prefix: net,
+                    });
+                }
+                if let Some(net) = keep(net, options.allow_reserved, &mut feed.report) {
                     feed.add_exit(net, None, None);
                 }
             }
             Err(reason) => feed.report.bad(Location::Line(index + 1), content, reason),
         }
     }
-    feed
+    Ok(feed)
 }
 
 /// `YYYY-MM-DD HH:MM:SS` (UTC), as TorDNSEL and Onionoo write times.
@@ -656,6 +734,68 @@ mod tests {
             parse(&[0x31, 0xff, 0xfe], None, false).unwrap_err(),
             ParseError::NotText { offset: 1 }
         ));
+    }
+
+    #[test]
+    fn wide_prefixes_need_the_feed_option() {
+        for (text, line) in [
+            ("1.2.3.4\n0.0.0.0/0\n", 2),
+            ("::/0\n", 1),
+            ("# c\n32.0.0.0/3\n", 2),
+            ("2a00::/15\n", 1),
+        ] {
+            for allow_reserved in [false, true] {
+                let err = parse(text.as_bytes(), None, allow_reserved).unwrap_err();
+                assert!(
+                    matches!(err, ParseError::TooWide { line: l, .. } if l == line),
+                    "{text:?}: {err}"
+                );
+            }
+            let wide = ParseOptions {
+                allow_reserved: true,
+                allow_wide_prefixes: true,
+            };
+            assert!(parse_with(text.as_bytes(), None, &wide).is_ok(), "{text:?}");
+        }
+        // The bounds themselves are accepted.
+        let feed = parse(b"11.0.0.0/8\n2a00::/16\n", None, false).unwrap();
+        assert_eq!(feed.exits.len(), 2);
+    }
+
+    #[test]
+    fn a_body_of_mostly_bad_records_is_refused() {
+        let mut text = String::from("1.2.3.4\n5.6.7.8\n");
+        for i in 0..99 {
+            text.push_str(&format!("junk{i}\n"));
+        }
+        // 99 bad records: under the minimum, kept as a feed with problems.
+        assert_eq!(
+            parse(text.as_bytes(), None, false)
+                .unwrap()
+                .report
+                .bad_count,
+            99
+        );
+        text.push_str("junk99\n");
+        let err = parse(text.as_bytes(), None, false).unwrap_err();
+        assert_eq!(
+            err,
+            ParseError::MostlyBad {
+                bad: 100,
+                good: 2,
+                first_at: "line 3".into(),
+                first_text: "junk0".into(),
+            }
+        );
+        // Ten bad records per good entry is still accepted.
+        let mut text = String::new();
+        for i in 0..10 {
+            text.push_str(&format!("1.2.3.{i}\n"));
+        }
+        for i in 0..100 {
+            text.push_str(&format!("junk{i}\n"));
+        }
+        assert!(parse(text.as_bytes(), None, false).is_ok());
     }
 
     #[test]

@@ -111,7 +111,7 @@ async fn task(
     tx: mpsc::Sender<FetchDone>,
 ) {
     let limits = limits(&cfg);
-    let client = match source::client(&limits) {
+    let client = match source::client(&limits, cfg.allow_http) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("feed {}: cannot refresh: {e}", cfg.name);
@@ -127,8 +127,9 @@ async fn task(
             _ => None,
         };
         let format = cfg.format;
+        let options = cfg.parse_options(allow_reserved);
         let outcome = match tokio::task::spawn_blocking(move || {
-            Outcome::from_fetch(result, format, allow_reserved)
+            Outcome::from_fetch(result, format, &options)
         })
         .await
         {

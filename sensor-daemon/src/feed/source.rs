@@ -2,7 +2,7 @@
 //! files, and the last-known-good cache in the state directory.
 
 use std::fs;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -45,6 +45,8 @@ pub enum SourceError {
     },
     #[error("cache file {path} is damaged: {reason}")]
     BadCache { path: PathBuf, reason: String },
+    #[error(transparent)]
+    StateDir(#[from] crate::statedir::StateDirError),
 }
 
 /// A feed's location, checked.
@@ -69,21 +71,30 @@ impl Location {
             return Ok(Location::Path(PathBuf::from(text)));
         }
         let url = reqwest::Url::parse(text).map_err(|e| bad(&format!("not a URL ({e})")))?;
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(bad(
-                "credentials in a URL end up in logs and process listings; feeds need none",
-            ));
-        }
-        match url.scheme() {
-            "https" => Ok(Location::Url(url)),
-            "http" if allow_http || is_loopback_host(&url) => Ok(Location::Url(url)),
-            "http" => Err(bad(
-                "plain http is only allowed to loopback; use https, or set allow_http = true for this feed",
-            )),
-            other => Err(bad(&format!(
-                "scheme {other:?} is not supported (https, http, or a path)"
-            ))),
-        }
+        url_rule(&url, allow_http).map_err(|reason| bad(&reason))?;
+        Ok(Location::Url(url))
+    }
+}
+
+/// The rule every URL a feed is fetched from must pass: the configured
+/// location and every hop of a redirect. `https`; `http` only to a loopback
+/// host unless `allow_http`; no credentials; no other scheme.
+fn url_rule(url: &reqwest::Url, allow_http: bool) -> Result<(), String> {
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "credentials in a URL end up in logs and process listings; feeds need none".into(),
+        );
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_http || is_loopback_host(url) => Ok(()),
+        "http" => Err(
+            "plain http is only allowed to loopback; use https, or set allow_http = true for this feed"
+                .into(),
+        ),
+        other => Err(format!(
+            "scheme {other:?} is not supported (https, http, or a path)"
+        )),
     }
 }
 
@@ -123,15 +134,24 @@ pub enum Fetched {
 }
 
 /// An HTTP client for feeds: rustls, gzip, the product's User-Agent, at
-/// most 5 redirects and never from https down to http.
-pub fn client(limits: &Limits) -> Result<reqwest::Client, SourceError> {
-    let policy = reqwest::redirect::Policy::custom(|attempt| {
+/// most 5 redirects, never from https down to http, and every hop held to
+/// the rules of the configured location ([`Location::parse`]): a plain-http
+/// hop elsewhere than loopback is refused (unless `allow_http`) before any
+/// connection is made to it, and the error names the hop.
+pub fn client(limits: &Limits, allow_http: bool) -> Result<reqwest::Client, SourceError> {
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
         let downgrade = attempt.url().scheme() == "http"
             && attempt.previous().iter().any(|u| u.scheme() == "https");
         if attempt.previous().len() >= 5 {
             attempt.error("more than 5 redirects")
         } else if downgrade {
-            attempt.error("redirect from https to http refused")
+            let hop = attempt.url().to_string();
+            attempt.error(format!(
+                "redirect to {hop} refused: redirect from https to http"
+            ))
+        } else if let Err(reason) = url_rule(attempt.url(), allow_http) {
+            let hop = attempt.url().to_string();
+            attempt.error(format!("redirect to {hop} refused: {reason}"))
         } else {
             attempt.follow()
         }
@@ -315,15 +335,28 @@ const CACHE_MAGIC: &str = "torsensor-feed-cache 1";
 
 /// The last-known-good feeds: `<state_dir>/feeds/<name>.cache`, one file per
 /// feed (a magic line, a JSON metadata line, then the body as fetched),
-/// replaced atomically so that a crash leaves the old or the new copy.
+/// replaced atomically so that a crash leaves the old or the new copy. The
+/// state directory and `feeds/` are checked before every write
+/// ([`crate::statedir`]); links are never followed, reading or writing.
 #[derive(Debug, Clone)]
 pub struct Cache {
+    state_dir: PathBuf,
     dir: PathBuf,
+}
+
+/// Opens a cache file for reading without following a link.
+fn open_nofollow(path: &Path) -> std::io::Result<fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
 }
 
 impl Cache {
     pub fn new(state_dir: &Path) -> Self {
         Cache {
+            state_dir: state_dir.to_owned(),
             dir: state_dir.join("feeds"),
         }
     }
@@ -335,7 +368,7 @@ impl Cache {
     /// Reads a cached feed; `Ok(None)` when there is none.
     pub fn load(&self, name: &str) -> Result<Option<(CacheMeta, Vec<u8>)>, SourceError> {
         let path = self.path(name);
-        let file = match fs::File::open(&path) {
+        let file = match open_nofollow(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(SourceError::Read { path, source }),
@@ -361,21 +394,26 @@ impl Cache {
     /// Only the metadata of a cached feed.
     pub fn meta(&self, name: &str) -> Result<Option<CacheMeta>, SourceError> {
         let path = self.path(name);
-        match fs::File::open(&path) {
+        match open_nofollow(&path) {
             Ok(f) => read_header(&mut BufReader::new(f), &path).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(SourceError::Read { path, source }),
         }
     }
 
+    /// Writes a feed's last-known-good copy (mode 0640), after checking the
+    /// state directory and `feeds/` (created 0750 when missing).
     pub fn store(&self, meta: &CacheMeta, body: &[u8]) -> Result<(), SourceError> {
+        use crate::statedir::{Dir, STATE_DIR_MODE};
         let mut bytes = Vec::with_capacity(body.len() + 512);
         bytes.extend_from_slice(CACHE_MAGIC.as_bytes());
         bytes.push(b'\n');
         serde_json::to_writer(&mut bytes, meta).expect("meta serializes");
         bytes.push(b'\n');
         bytes.extend_from_slice(body);
-        write_atomic(&self.path(&meta.name), &bytes, 0o640)
+        let feeds = Dir::open(&self.state_dir, STATE_DIR_MODE)?.subdir("feeds", STATE_DIR_MODE)?;
+        feeds.write_atomic(&format!("{}.cache", meta.name), &bytes, 0o640, true)?;
+        Ok(())
     }
 }
 
@@ -397,40 +435,6 @@ fn read_header(reader: &mut impl BufRead, path: &Path) -> Result<CacheMeta, Sour
         return Err(bad(format!("first line is not {CACHE_MAGIC:?}")));
     }
     serde_json::from_str(&meta).map_err(|e| bad(format!("metadata line: {e}")))
-}
-
-/// Writes `bytes` to `path` so that readers see the old or the new content,
-/// never a mix: a temporary file in the same directory, fsync, rename, fsync
-/// of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), SourceError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let write_err = |source| SourceError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(write_err)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(write_err)?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(write_err)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(write_err)?;
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 #[cfg(test)]

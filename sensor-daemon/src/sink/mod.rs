@@ -83,6 +83,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 
+use crate::statedir::{Dir, SPOOL_DIR_MODE, STATE_DIR_MODE};
 pub use config::{Destination, HttpKind, OutputConfig};
 use spool::Spool;
 use transport::{Batch, Transport};
@@ -105,6 +106,11 @@ pub enum SinkError {
         dir: PathBuf,
         #[source]
         source: io::Error,
+    },
+    #[error("output {name}: {error}")]
+    StateDir {
+        name: String,
+        error: crate::statedir::StateDirError,
     },
     #[error("output {name}: cannot open {path}: {source}")]
     Open {
@@ -481,9 +487,18 @@ fn start_one(
             ))
         }
         _ => {
+            // Every directory on the way is checked (owner, mode, no
+            // link) and created with an exact mode: see `statedir`.
             let dir = state_dir.join("spool").join(&name);
-            let spool = Spool::open(
-                &dir,
+            let spool_dir = Dir::open(state_dir, STATE_DIR_MODE)
+                .and_then(|state| state.subdir("spool", SPOOL_DIR_MODE))
+                .and_then(|spool| spool.subdir(&name, SPOOL_DIR_MODE))
+                .map_err(|error| SinkError::StateDir {
+                    name: name.clone(),
+                    error,
+                })?;
+            let spool = Spool::open_in(
+                spool_dir,
                 cfg.spool_max_bytes,
                 cfg.spool_segment_bytes,
                 counters.clone(),
@@ -1072,8 +1087,11 @@ mod tests {
                 .err()
                 .unwrap()
                 .to_string();
+            // The directory that could not be made is named.
             assert!(
-                e.contains("/proc/torsensor-state/spool/syslog-udp-127.0.0.1-514"),
+                e.starts_with(
+                    "output syslog-udp-127.0.0.1-514: cannot create /proc/torsensor-state"
+                ),
                 "{e}"
             );
         });

@@ -26,14 +26,15 @@
 //! goes instead), so delivered and dropped counts never overlap.
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
+use std::ffi::OsStr;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::{Counters, Entry};
+use crate::statedir::Dir;
 
 struct Segment {
     first_seq: u64,
@@ -46,7 +47,9 @@ struct Segment {
 }
 
 pub(crate) struct Spool {
-    dir: PathBuf,
+    /// The spool directory, checked (see `statedir`): every file in it is
+    /// opened relative to it and never through a link.
+    dir: Dir,
     _lock: File,
     max_bytes: u64,
     segment_bytes: u64,
@@ -68,30 +71,49 @@ fn seg_name(first_seq: u64) -> String {
     format!("{first_seq:020}.seg")
 }
 
+/// The file name of a segment path (segments are always in the spool dir).
+fn name_of(path: &Path) -> &OsStr {
+    path.file_name().expect("segment paths end in a file name")
+}
+
+/// `O_WRONLY | O_CREAT | O_APPEND`.
+const APPEND: i32 = libc::O_WRONLY | libc::O_CREAT | libc::O_APPEND;
+
+fn read_all(mut f: File) -> io::Result<Vec<u8>> {
+    let mut data = Vec::new();
+    io::Read::read_to_end(&mut f, &mut data)?;
+    Ok(data)
+}
+
 fn parse_seq(line: &[u8]) -> Option<u64> {
     let tab = line.iter().position(|&b| b == b'\t')?;
     std::str::from_utf8(&line[..tab]).ok()?.parse().ok()
 }
 
 impl Spool {
-    /// Opens (creating) and locks the spool directory and indexes its segments.
+    /// Opens (creating, mode 0700) and locks the spool directory and
+    /// indexes its segments. The directory is checked like the state
+    /// directory (owner, mode, not a link); the sinks open it through the
+    /// state directory with [`Spool::open_in`].
+    #[cfg(test)]
     pub(crate) fn open(
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
         counters: Arc<Counters>,
     ) -> io::Result<Spool> {
-        // Alerts name users and processes: the spool is for root only.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(dir.join("lock"))?;
+        let dir = Dir::open(dir, crate::statedir::SPOOL_DIR_MODE).map_err(io::Error::other)?;
+        Self::open_in(dir, max_bytes, segment_bytes, counters)
+    }
+
+    /// Locks an opened, checked spool directory and indexes its segments.
+    pub(crate) fn open_in(
+        dir: Dir,
+        max_bytes: u64,
+        segment_bytes: u64,
+        counters: Arc<Counters>,
+    ) -> io::Result<Spool> {
+        let lock = dir.open_file(OsStr::new("lock"), libc::O_WRONLY | libc::O_CREAT, 0o600)?;
         match lock.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
@@ -102,13 +124,16 @@ impl Spool {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(e),
         }
-        let cursor = match std::fs::read_to_string(dir.join("cursor")) {
+        let cursor = match dir
+            .open_read(OsStr::new("cursor"))
+            .and_then(io::read_to_string)
+        {
             Ok(s) => s.trim().parse().unwrap_or(0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
         let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for ent in std::fs::read_dir(dir)? {
+        for ent in std::fs::read_dir(dir.path())? {
             let ent = ent?;
             let name = ent.file_name();
             let name = name.to_string_lossy();
@@ -121,7 +146,7 @@ impl Spool {
         }
         names.sort();
         let mut spool = Spool {
-            dir: dir.to_owned(),
+            dir,
             _lock: lock,
             max_bytes,
             segment_bytes: segment_bytes.min(max_bytes / 4).max(1024),
@@ -136,14 +161,14 @@ impl Spool {
         };
         let count = names.len();
         for (i, (first_seq, path)) in names.into_iter().enumerate() {
-            let data = std::fs::read(&path)?;
+            let data = read_all(spool.dir.open_read(name_of(&path))?)?;
             // A line cut short by a crash has no newline: cut it off.
             let good = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
             if good < data.len() {
                 tracing::warn!(file = %path.display(), "spool segment ends in a partial record (crash?); cutting it off");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)?
+                spool
+                    .dir
+                    .open_file(name_of(&path), libc::O_WRONLY, 0)?
                     .set_len(good as u64)?;
             }
             let (mut events, mut last_seq, mut acked, mut acked_bytes, mut pos) =
@@ -160,7 +185,7 @@ impl Spool {
                 events += 1;
             }
             if events == 0 || (acked == events && i + 1 < count) {
-                std::fs::remove_file(&path)?;
+                spool.dir.remove(name_of(&path))?;
                 continue;
             }
             spool.next_seq = spool.next_seq.max(last_seq + 1);
@@ -214,7 +239,7 @@ impl Spool {
     fn clear(&mut self) -> io::Result<()> {
         self.writer = None;
         for s in self.segments.drain(..) {
-            std::fs::remove_file(&s.path)?;
+            self.dir.remove(name_of(&s.path))?;
         }
         self.head_offset = 0;
         self.head_acked = 0;
@@ -229,12 +254,9 @@ impl Spool {
         if let Some(w) = self.writer.take() {
             w.sync_data()?;
         }
-        let path = self.dir.join(seg_name(first_seq));
-        let f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&path)?;
+        let name = seg_name(first_seq);
+        let f = self.dir.open_file(OsStr::new(&name), APPEND, 0o600)?;
+        let path = self.dir.path().join(name);
         self.writer = Some(f);
         self.segments.push_back(Segment {
             first_seq,
@@ -323,7 +345,7 @@ impl Spool {
             } else {
                 seg.events
             };
-            std::fs::remove_file(&seg.path)?;
+            self.dir.remove(name_of(&seg.path))?;
             self.counters
                 .dropped_spool
                 .fetch_add(dropped, Ordering::Relaxed);
@@ -353,7 +375,7 @@ impl Spool {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for (i, seg) in self.segments.iter().enumerate() {
-            let mut f = BufReader::new(File::open(&seg.path)?);
+            let mut f = BufReader::new(self.dir.open_read(name_of(&seg.path))?);
             if i == 0 {
                 f.seek(SeekFrom::Start(self.head_offset))?;
             }
@@ -406,13 +428,13 @@ impl Spool {
                     self.writer = None;
                 }
                 let seg = self.segments.pop_front().expect("front");
-                std::fs::remove_file(&seg.path)?;
+                self.dir.remove(name_of(&seg.path))?;
                 self.head_offset = 0;
                 self.head_acked = 0;
                 continue;
             }
             // Partly acknowledged: walk the acknowledged lines.
-            let mut f = BufReader::new(File::open(&seg.path)?);
+            let mut f = BufReader::new(self.dir.open_read(name_of(&seg.path))?);
             f.seek(SeekFrom::Start(self.head_offset))?;
             let mut line = Vec::new();
             loop {
@@ -432,9 +454,13 @@ impl Spool {
     }
 
     fn write_cursor(&self) -> io::Result<()> {
-        let tmp = self.dir.join("cursor.tmp");
-        std::fs::write(&tmp, format!("{}\n", self.cursor))?;
-        std::fs::rename(&tmp, self.dir.join("cursor"))
+        // Replaced through a new, unpredictably named file (never through
+        // a name that could already exist); not fsynced, as before (see
+        // the module docs: a power loss may roll the cursor back).
+        let text = format!("{}\n", self.cursor);
+        self.dir
+            .write_atomic("cursor", text.as_bytes(), 0o600, false)
+            .map_err(io::Error::other)
     }
 
     /// fsyncs the newest segment and the directory (shutdown).
@@ -442,7 +468,7 @@ impl Spool {
         if let Some(w) = &self.writer {
             w.sync_data()?;
         }
-        File::open(&self.dir)?.sync_all()
+        self.dir.sync()
     }
 }
 
@@ -525,7 +551,10 @@ mod tests {
         );
         let path = s.segments[0].path.clone();
         drop(s);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(b"4\t{\"id\":\"x\",\"ti").unwrap();
         let s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1, 2]);
@@ -539,8 +568,23 @@ mod tests {
         let c = Arc::new(Counters::default());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         let first = s.next_seq();
-        // The segment this append opens is /dev/full: the write fails (ENOSPC).
-        std::os::unix::fs::symlink("/dev/full", d.join(seg_name(first))).unwrap();
+        // The segment this append opens is a /dev/full device node (char
+        // 1:7; a link to /dev/full would not be followed): the write fails
+        // with ENOSPC. Making a device node needs root (CAP_MKNOD).
+        let node = std::ffi::CString::new(
+            d.join(seg_name(first))
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        // SAFETY: a NUL-terminated path alive for the call.
+        if unsafe { libc::mknod(node.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 7)) } != 0 {
+            eprintln!(
+                "skipped failed_write_leaves_a_consistent_spool: cannot make a device node ({})",
+                io::Error::last_os_error()
+            );
+            return;
+        }
         let err = s.append(&[(first, entry(0))]).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::ENOSPC));
         // The next append goes to a new segment; nothing garbled is read back.

@@ -35,6 +35,8 @@ pub enum Behavior {
     /// Each request gets the next body (round robin), each with its own
     /// ETag: a source that changes at every fetch.
     Cycle { bodies: Vec<Vec<u8>>, next: usize },
+    /// This status (301, 302, 307...) with a `Location` header.
+    Redirect { status: u16, location: String },
 }
 
 /// One request as the server saw it.
@@ -234,6 +236,11 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
                 conn.flush()?;
                 return conn.shutdown(std::net::Shutdown::Both);
             }
+            Some(Behavior::Redirect { status, location }) => {
+                record(status);
+                let loc = format!("Location: {location}");
+                write_response(&mut conn, status, &[&loc], b"")?;
+            }
             Some(Behavior::Cycle { .. }) => unreachable!("resolved above"),
             Some(Behavior::Slow {
                 body,
@@ -267,6 +274,9 @@ fn write_response(
 ) -> std::io::Result<()> {
     let reason = match status {
         200 => "OK",
+        301 => "Moved Permanently",
+        302 => "Found",
+        307 => "Temporary Redirect",
         304 => "Not Modified",
         404 => "Not Found",
         429 => "Too Many Requests",
