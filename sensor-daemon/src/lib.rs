@@ -15,6 +15,7 @@ pub mod event;
 pub mod feed;
 pub mod format;
 pub mod kernel;
+pub mod redact;
 pub mod rules;
 pub mod sensor;
 pub mod sink;
