@@ -16,6 +16,7 @@ pub mod feed;
 pub mod format;
 pub mod kernel;
 pub mod privileges;
+pub mod redact;
 pub mod rules;
 pub mod sensor;
 pub mod sink;

@@ -110,7 +110,7 @@ struct RunArgs {
     /// syslog+tcp://H:P, syslog:///dev/log, https://..., hec+https://...,
     /// bulk+https://H:P/INDEX, with ",format=ocsf" etc. (README, "Outputs").
     /// Default: stdout in ECS. Tokens come from token_file/token_env only.
-    #[arg(long = "output", value_name = "DEST[,key=value...]")]
+    #[arg(long = "output", value_name = "DEST[,key=value...]", value_parser = OutputParser)]
     outputs: Vec<sensor_daemon::sink::OutputConfig>,
     /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
     #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = humantime::parse_duration)]
@@ -134,6 +134,31 @@ struct HooksArgs {
     /// Try only this inbound plan (as `run --inbound-hooks`).
     #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
     inbound_hooks: Option<InboundChoice>,
+}
+
+/// Parses `--output` without clap's "invalid value '<the raw value>'"
+/// prefix: the value may hold a secret given by mistake (`token=...`, a
+/// password in the URL), and the library's error shows it redacted.
+#[derive(Clone)]
+struct OutputParser;
+
+impl clap::builder::TypedValueParser for OutputParser {
+    type Value = sensor_daemon::sink::OutputConfig;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, "--output is not valid UTF-8\n").with_cmd(cmd)
+        })?;
+        text.parse().map_err(|e| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd)
+        })
+    }
 }
 
 #[derive(Args)]

@@ -448,3 +448,84 @@ fn feeds_that_would_alert_on_everything_are_refused() {
     );
     assert!(err.contains("first at line 19: \"garbage 0\""), "{err}");
 }
+
+#[test]
+fn secrets_given_by_mistake_are_never_echoed() {
+    let config = temp_path("secret.toml");
+    std::fs::write(
+        &config,
+        "[[output]]\nto = \"https://alice:hunter2pw@siem.example/ingest\"\n",
+    )
+    .unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "run",
+                "--output",
+                "hec+https://s.example:8088,token=SUPERSECRETTOKEN",
+            ],
+            "SUPERSECRETTOKEN",
+        ),
+        (
+            vec!["run", "--output", "https://bob:pw1234secret@siem.example/x"],
+            "pw1234secret",
+        ),
+        (
+            vec![
+                "check",
+                "--feed",
+                "https://carol:pw999secret@feeds.example/a",
+                "1.2.3.4",
+            ],
+            "pw999secret",
+        ),
+        (
+            vec!["run", "--config", config.to_str().unwrap()],
+            "hunter2pw",
+        ),
+    ];
+    for (args, secret) in cases {
+        let out = torsensor(&args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}");
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains(secret), "{args:?} echoed the secret: {all}");
+        // The error still says what is wrong.
+        assert!(
+            all.contains("token_file") || all.contains("credentials"),
+            "{args:?}: {all}"
+        );
+    }
+}
+
+#[test]
+fn a_file_only_feed_needs_no_tls_roots() {
+    // No CA bundle at all (a minimal container): a feed that is a local
+    // file must load and `feed fetch` must not fail on building a TLS
+    // client it does not need.
+    let feed = temp_path("no-tls.feed");
+    std::fs::write(&feed, "185.220.101.7\n").unwrap();
+    let state = temp_path("no-tls-state");
+    let _ = std::fs::remove_dir_all(&state);
+    let out = Command::new(BIN)
+        .args([
+            "feed",
+            "fetch",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--feed",
+            feed.to_str().unwrap(),
+        ])
+        .env("TORSENSOR_LOG", "info")
+        .env("SSL_CERT_FILE", "/nonexistent/ca.pem")
+        .env("SSL_CERT_DIR", "/nonexistent/certs")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    assert!(!all.contains("CA"), "{all}");
+    assert!(
+        text(&out.stdout).starts_with("no-tls.feed\tnot-modified"),
+        "{all}"
+    );
+    assert!(text(&out.stdout).contains("origin=file"), "{all}");
+}

@@ -249,9 +249,9 @@ impl FeedManager {
         let cfg = self.states[index].config.clone();
         let location = Location::parse(&cfg.location, cfg.allow_http)?;
         let lim = limits(&cfg);
-        let client = super::source::client(&lim, cfg.allow_http)?;
-        let result =
-            super::source::fetch(&client, &location, &self.states[index].validators, &lim).await;
+        let client = super::source::client_for(&location, &lim, cfg.allow_http)?;
+        let validators = &self.states[index].validators;
+        let result = super::source::fetch(client.as_ref(), &location, validators, &lim).await;
         let outcome =
             Outcome::from_fetch(result, cfg.format, &cfg.parse_options(self.allow_reserved));
         self.offer(index, outcome)
@@ -320,7 +320,7 @@ impl FeedManager {
                 Some(feed) => feeds.push(FeedStatus::of(feed, Some(state), now)),
                 None => feeds.push(FeedStatus {
                     name: state.config.name.clone(),
-                    location: state.config.location.clone(),
+                    location: crate::redact::url(&state.config.location),
                     loaded: false,
                     origin: None,
                     format: None,
@@ -456,8 +456,8 @@ fn load_cached(state: &mut FeedState, cache: &Cache, allow_reserved: bool) {
     if meta.location != state.config.location {
         tracing::warn!(
             "feed {name}: ignoring the cached copy from {} (the feed now points to {})",
-            meta.location,
-            state.config.location
+            crate::redact::url(&meta.location),
+            crate::redact::url(&state.config.location)
         );
         return;
     }
@@ -466,7 +466,7 @@ fn load_cached(state: &mut FeedState, cache: &Cache, allow_reserved: bool) {
         Ok(data) => {
             let feed = Feed {
                 name: name.clone(),
-                location: state.config.location.clone(),
+                location: crate::redact::url(&state.config.location),
                 origin: Origin::Cache,
                 fetched: meta.fetched_time(),
                 data,
@@ -491,8 +491,9 @@ fn accept_into(
     cache: Option<&Cache>,
 ) -> Result<Accepted, RefreshError> {
     let cfg = &state.config;
+    let shown = crate::redact::url(&cfg.location);
     let data = c.parsed.map_err(|source| RefreshError::Parse {
-        location: cfg.location.clone(),
+        location: shown.clone(),
         source,
     })?;
     let after = data.address_count();
@@ -500,7 +501,7 @@ fn accept_into(
         let before = current.data.address_count();
         if (after as f64) < (before as f64) * (1.0 - cfg.max_shrink) {
             return Err(RefreshError::Shrink {
-                location: cfg.location.clone(),
+                location: shown.clone(),
                 before,
                 after,
                 max_shrink: cfg.max_shrink,
@@ -509,7 +510,7 @@ fn accept_into(
     }
     let feed = Feed {
         name: cfg.name.clone(),
-        location: cfg.location.clone(),
+        location: shown,
         origin,
         fetched: Some(c.fetched),
         data,

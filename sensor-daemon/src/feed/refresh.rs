@@ -111,7 +111,7 @@ async fn task(
     tx: mpsc::Sender<FetchDone>,
 ) {
     let limits = limits(&cfg);
-    let client = match source::client(&limits, cfg.allow_http) {
+    let client = match source::client_for(&location, &limits, cfg.allow_http) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("feed {}: cannot refresh: {e}", cfg.name);
@@ -121,7 +121,7 @@ async fn task(
     let mut delay = first;
     loop {
         tokio::time::sleep(delay).await;
-        let result = source::fetch(&client, &location, &validators, &limits).await;
+        let result = source::fetch(client.as_ref(), &location, &validators, &limits).await;
         let new_validators = match &result {
             Ok(Fetched::Body { validators, .. }) => Some(validators.clone()),
             _ => None,

@@ -61,7 +61,7 @@ impl Location {
     /// `allow_http`; anything without a scheme is a local path.
     pub fn parse(text: &str, allow_http: bool) -> Result<Self, SourceError> {
         let bad = |reason: &str| SourceError::Location {
-            location: text.to_owned(),
+            location: crate::redact::url(text),
             reason: reason.to_owned(),
         };
         if !text.contains("://") {
@@ -182,16 +182,35 @@ fn chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Fetches a location, conditionally when `validators` has something.
+/// The HTTP client a location needs: one for a URL, none for a path, so
+/// that a file-only feed never sets up TLS (and never needs CA certificates,
+/// which a minimal container may not have).
+pub fn client_for(
+    location: &Location,
+    limits: &Limits,
+    allow_http: bool,
+) -> Result<Option<reqwest::Client>, SourceError> {
+    match location {
+        Location::Url(_) => client(limits, allow_http).map(Some),
+        Location::Path(_) => Ok(None),
+    }
+}
+
+/// Fetches a location, conditionally when `validators` has something. A URL
+/// needs the client from [`client_for`].
 pub async fn fetch(
-    client: &reqwest::Client,
+    client: Option<&reqwest::Client>,
     location: &Location,
     validators: &Validators,
     limits: &Limits,
 ) -> Result<Fetched, SourceError> {
-    match location {
-        Location::Url(url) => fetch_url(client, url, validators, limits).await,
-        Location::Path(path) => read_file(path, validators, limits.max_bytes),
+    match (location, client) {
+        (Location::Url(url), Some(client)) => fetch_url(client, url, validators, limits).await,
+        (Location::Url(url), None) => Err(SourceError::Transport {
+            url: crate::redact::url(url.as_str()),
+            detail: "no HTTP client was set up for this URL".into(),
+        }),
+        (Location::Path(path), _) => read_file(path, validators, limits.max_bytes),
     }
 }
 
@@ -201,8 +220,11 @@ async fn fetch_url(
     validators: &Validators,
     limits: &Limits,
 ) -> Result<Fetched, SourceError> {
-    let name = url.to_string();
+    // Shown in errors and logs: without any secret in the URL, and
+    // reqwest's own messages without the URL (it is named once, here).
+    let name = crate::redact::url(url.as_str());
     let transport = |e: reqwest::Error| {
+        let e = e.without_url();
         if e.is_timeout() {
             SourceError::Timeout {
                 url: name.clone(),

@@ -95,7 +95,8 @@ pub struct OutputConfig {
     /// Environment variable holding the token. Default: none.
     #[serde(default)]
     pub token_env: Option<String>,
-    /// Extra PEM CA bundle trusted besides the system roots. Default: none.
+    /// Extra PEM CA bundle trusted besides the system roots; it must hold
+    /// at least one certificate. Default: none.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Allow `http://` to a non-loopback host (alerts and token in clear text).
@@ -248,7 +249,7 @@ impl OutputConfig {
 
     fn err(&self, field: &'static str, reason: impl Into<String>) -> SinkError {
         SinkError::Config {
-            output: self.to.clone(),
+            output: crate::redact::url(&self.to),
             field,
             reason: reason.into(),
         }
@@ -438,8 +439,7 @@ impl OutputConfig {
             if !is_http {
                 return Err(self.err("ca_file", "only HTTP outputs use TLS"));
             }
-            std::fs::metadata(ca)
-                .map_err(|e| self.err("ca_file", format!("cannot read {}: {e}", ca.display())))?;
+            read_ca_file(ca).map_err(|reason| self.err("ca_file", reason))?;
         }
         self.token()?;
         Ok(())
@@ -546,6 +546,20 @@ impl OutputConfig {
     }
 }
 
+/// The certificates of a `ca_file`: at least one, else a reason.
+pub(crate) fn read_ca_file(ca: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", ca.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            ca.display()
+        ));
+    }
+    Ok(certs)
+}
+
 fn is_loopback_host(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
     h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
@@ -595,7 +609,7 @@ impl FromStr for OutputConfig {
         let mut parts = s.split(',');
         let to = parts.next().unwrap_or("").trim();
         let perr = |reason: String| SinkError::Flag {
-            value: s.to_owned(),
+            value: crate::redact::output_flag(s),
             reason,
         };
         if to.is_empty() {
@@ -813,6 +827,30 @@ mod tests {
             .unwrap()
             .validate()
             .unwrap();
+    }
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused() {
+        let dir = std::env::temp_dir().join(format!("torsensor-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in [("empty.pem", ""), ("text.pem", "not a certificate\n")] {
+            let ca = dir.join(name);
+            std::fs::write(&ca, content).unwrap();
+            let e = format!("https://siem.example/x,ca_file={}", ca.display())
+                .parse::<OutputConfig>()
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(&format!(
+                    "ca_file: {} holds no PEM certificate",
+                    ca.display()
+                )),
+                "{e}"
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

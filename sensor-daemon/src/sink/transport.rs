@@ -164,10 +164,8 @@ impl Transport {
                     b = b.https_only(true);
                 }
                 if let Some(ca) = &cfg.ca_file {
-                    let pem = std::fs::read(ca)
-                        .map_err(|e| herr(format!("cannot read ca_file {}: {e}", ca.display())))?;
-                    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                        .map_err(|e| herr(format!("ca_file {}: {}", ca.display(), chain(&e))))?;
+                    let certs = super::config::read_ca_file(ca)
+                        .map_err(|reason| herr(format!("ca_file: {reason}")))?;
                     b = b.tls_certs_merge(certs);
                 }
                 let client = b.build().map_err(|e| herr(chain(&e)))?;
