@@ -576,7 +576,10 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
         );
     }
     // The programs' own time per plan: steadier than throughput.
-    for (_, args) in conditions.iter().filter(|(_, a)| a.first().is_some_and(|a| a == "run")) {
+    for (_, args) in conditions
+        .iter()
+        .filter(|(_, a)| a.first().is_some_and(|a| a == "run"))
+    {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         program_costs(bin, &args, n, true)?;
     }
