@@ -363,6 +363,39 @@ impl SensorConfig {
         }
     }
 
+    /// The keys that differ between `self` (running) and `new` and that a
+    /// reload (SIGHUP) does not apply: they shape the kernel programs, the
+    /// outputs and the run loop, which are set up once. A reload applies
+    /// `feed`, `allow_reserved` and `state_dir`.
+    pub fn restart_only_changes(&self, new: &SensorConfig) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        let mut differs = |key, changed: bool| {
+            if changed {
+                keys.push(key);
+            }
+        };
+        differs("output", self.outputs != new.outputs);
+        differs("audit_all", self.audit_all != new.audit_all);
+        differs(
+            "ring_buffer_bytes",
+            self.ring_buffer_bytes != new.ring_buffer_bytes,
+        );
+        differs("kernel_log", self.kernel_log != new.kernel_log);
+        differs("max_entries", self.max_entries != new.max_entries);
+        differs("inbound_hooks", self.inbound_hooks != new.inbound_hooks);
+        differs("inbound_wait", self.inbound_wait != new.inbound_wait);
+        differs(
+            "health_interval",
+            self.health_interval != new.health_interval,
+        );
+        differs(
+            "aggregation_window",
+            self.aggregation_window != new.aggregation_window,
+        );
+        differs("stats_file", self.stats_file != new.stats_file);
+        keys
+    }
+
     /// The outputs in force: the configured ones, or stdout in ECS.
     pub fn outputs_or_stdout(&self) -> Vec<OutputConfig> {
         if self.outputs.is_empty() {
@@ -523,5 +556,22 @@ location = "http://127.0.0.1:8080/details"
         let names: Vec<&str> = c.feeds.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, vec!["exit-addresses", "exit-addresses-2", "details"]);
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_reload_names_every_key_it_cannot_apply_and_no_other() {
+        let running = SensorConfig::default();
+        let mut new = running.clone();
+        new.add_feed_locations(&["/tmp/x.txt".into()]);
+        new.allow_reserved = true;
+        new.state_dir = "/tmp/elsewhere".into();
+        assert!(running.restart_only_changes(&new).is_empty());
+        new.outputs.push(OutputConfig::new("stdout"));
+        new.aggregation_window = Duration::from_secs(1);
+        new.inbound_hooks = "close-only".parse().unwrap();
+        assert_eq!(
+            running.restart_only_changes(&new),
+            ["output", "inbound_hooks", "aggregation_window"]
+        );
     }
 }

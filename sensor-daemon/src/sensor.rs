@@ -522,6 +522,13 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                 tracing::info!("SIGHUP: reloading the configuration and refreshing every feed now");
                 match reload().and_then(|c| c.validate().map(|()| c)) {
                     Ok(new_cfg) => {
+                        let restart = cfg.restart_only_changes(&new_cfg);
+                        if !restart.is_empty() {
+                            tracing::warn!(
+                                "SIGHUP: {} changed, which takes effect only after a restart; the running values stay",
+                                restart.join(", ")
+                            );
+                        }
                         // Nothing changes (not even state_dir) unless the
                         // whole new configuration is applied.
                         let next = check_state_dir(&new_cfg.state_dir)

@@ -1003,3 +1003,70 @@ fn once_armed_only_the_documented_capabilities_are_left_and_refreshes_still_work
     assert!(status.success(), "{stderr}");
     assert!(!stderr.contains("ERROR"), "{stderr}");
 }
+
+#[test]
+fn a_reload_says_which_keys_need_a_restart_and_a_rejected_one_changes_nothing() {
+    if !kernel_tests_allowed("reload_keys") {
+        return;
+    }
+    let _serial = serial();
+    let feed = temp_path("reload.feed");
+    std::fs::write(&feed, "127.66.72.1\n").unwrap();
+    let config = temp_path("reload.toml");
+    let write_config = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "allow_reserved = true\n{extra}\n[[feed]]\nname = \"reload\"\nlocation = \"{}\"\n",
+                feed.display()
+            ),
+        )
+        .unwrap();
+    };
+    write_config("aggregation_window = \"60s\"");
+    let sensor = Sensor::start_args(&["run", "--config", config.to_str().unwrap()], feed.clone());
+    let state_dir = temp_path(&format!("state-{}", std::process::id()));
+    // Two keys the running loop cannot take over.
+    write_config("aggregation_window = \"5s\"\ninbound_wait = \"2s\"");
+    sensor.signal(libc::SIGHUP);
+    sensor.wait_log(
+        "SIGHUP: inbound_wait, aggregation_window changed, which takes effect only after a restart",
+        1,
+        Duration::from_secs(5),
+    );
+    // A reload that fails (its feed file is gone) after naming another
+    // state directory: nothing switches, not even the state directory.
+    let elsewhere = temp_path("reload-elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "allow_reserved = true\nstate_dir = \"{}\"\n[[feed]]\nname = \"reload\"\nlocation = \"{}\"\n",
+            elsewhere.display(),
+            temp_path("no-such.feed").display()
+        ),
+    )
+    .unwrap();
+    let before = std::fs::metadata(state_dir.join("status.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    sensor.signal(libc::SIGHUP);
+    sensor.wait_log("SIGHUP: keeping the running", 1, Duration::from_secs(5));
+    sensor.wait_log("SIGHUP", 3, Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !sensor.stderr().contains("state_dir is now"),
+        "{}",
+        sensor.stderr()
+    );
+    assert!(!elsewhere.join("status.json").exists());
+    let after = std::fs::metadata(state_dir.join("status.json"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    assert!(after >= before);
+    // The running feed still matches.
+    let (doc, from, to) = outbound_case(&sensor, "127.66.72.1:0");
+    assert_alert(&doc, "egress", from, to);
+}
