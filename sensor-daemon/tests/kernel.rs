@@ -768,6 +768,13 @@ fn auto_takes_the_first_plan_that_works_and_reports_it_once() {
         }
     }
     assert!(works.contains(&"close-only"), "{works:?}");
+    // The VM matrix also says which plans each kernel must offer, so that
+    // the fallbacks this host cannot run (fentry, kprobe) are proven there.
+    if let Ok(all) = std::env::var("TORSENSOR_EXPECT_PLANS")
+        && !all.is_empty()
+    {
+        assert_eq!(works.join(","), all, "plans that work on this kernel");
+    }
     // What a distribution kernel should get: the VM matrix says it per
     // kernel; on the host, the 6.4+ tracepoints exist or they do not.
     let expected = match std::env::var("TORSENSOR_EXPECT_PLAN") {
