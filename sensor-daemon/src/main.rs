@@ -43,6 +43,18 @@ enum Command {
     /// (one line, or JSON) and exit without arming (needs root; exit 1 if
     /// this kernel offers no working plan).
     Hooks(HooksArgs),
+    /// Benchmark: alerts/s through an HTTP output on loopback, with and
+    /// without `durable` (run by `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchOutputs {
+        /// Where the spools go (`<DIR>/spool/`).
+        #[arg(long)]
+        state_dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 50_000)]
+        alerts: u64,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Benchmark control: an empty program on the sensor's hook, nothing else.
     #[command(hide = true)]
     BenchFloor {
@@ -243,6 +255,13 @@ fn main() -> ExitCode {
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
         Command::BenchFloor { syscalls } => sensor_daemon::bench::hook_floor(syscalls)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(Into::into),
+        Command::BenchOutputs {
+            state_dir,
+            alerts,
+            rounds,
+        } => sensor_daemon::sink::bench::run(&state_dir, alerts, rounds)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
         Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)

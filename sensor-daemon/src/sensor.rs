@@ -460,6 +460,8 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     let mut sweep =
         tokio::time::interval((cfg.inbound_wait / 4).max(std::time::Duration::from_millis(50)));
     let mut last = Counters::default();
+    // Output losses (queue, spool, refused) as health events too.
+    let mut output_losses = crate::sink::LossReport::default();
 
     loop {
         tokio::select! {
@@ -509,6 +511,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     report_losses(&now, &last);
                     last = now;
                 }
+                output_losses.tick(&pipeline.sinks.stats());
                 for (name, age, stale) in manager.stale_changes(SystemTime::now()) {
                     let age = crate::feed::format_age(age);
                     if stale {
@@ -590,6 +593,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     // Local outputs are flushed; remote ones try to deliver, and what is
     // left goes to their spool for the next start.
     stats.outputs = sinks.shutdown(std::time::Duration::from_secs(3)).await;
+    output_losses.tick(&stats.outputs);
     tracing::info!(
         alerts = stats.alerts_written,
         connections = stats.connections_reported,

@@ -14,6 +14,8 @@
 //! 2. Worst case: the same storm with every peer listed; alerts delivered vs
 //!    connections made, and the kernel's loss counters.
 //! 3. Memory: daemon RSS after start with the embedded feed.
+//! 5. Outputs: alerts/s and CPU per alert through an HTTP output, with and
+//!    without `durable` (the daemon's hidden `bench-outputs`).
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -497,7 +499,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             "NOT met"
         }
     );
-    feeds(&bin)
+    feeds(&bin)?;
+    outputs(&bin, &scratch)
 }
 
 /// Section 1b: the cost of each inbound attribution plan this kernel can
@@ -596,6 +599,28 @@ fn feeds(bin: &Path) -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("torsensor feed bench failed ({status})");
+    }
+    Ok(())
+}
+
+/// Section 5: the cost of `durable` outputs (spooled and fsynced before
+/// delivery) against delivery from memory, in the same run.
+fn outputs(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
+    println!("== 5. outputs: HTTP output on loopback, durable vs memory");
+    let status = Command::new(bin)
+        .args([
+            "bench-outputs",
+            "--alerts",
+            "50000",
+            "--rounds",
+            "5",
+            "--state-dir",
+        ])
+        .arg(scratch.join("outputs"))
+        .env("TORSENSOR_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("torsensor bench-outputs failed ({status})");
     }
     Ok(())
 }

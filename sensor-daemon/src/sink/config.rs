@@ -65,6 +65,18 @@ pub struct OutputConfig {
     /// quarter of `spool_max_bytes` (it is lowered to that when larger).
     #[serde(default = "d_spool_segment_bytes")]
     pub spool_segment_bytes: u64,
+    /// Remote outputs (HTTP, syslog): every alert is appended to the spool
+    /// and fsynced before it counts as accepted, and delivered from there,
+    /// so a crash, `kill -9` or power loss loses only what is still in the
+    /// memory queue (not yet taken by the output's task). fsyncs are
+    /// batched: one per append, however many alerts the queue held (group
+    /// commit). `false`: alerts are delivered from memory and spooled only
+    /// when the receiver fails or falls behind, and a crash loses the batch
+    /// in delivery and the queue. Default: true for remote outputs (its
+    /// cost is measured by `cargo xtask bench`, section 5); local outputs
+    /// have no spool and refuse `durable = true`.
+    #[serde(default)]
+    pub durable: Option<bool>,
     /// Most alerts in one request / write. Default: 500.
     #[serde(default = "d_batch_max_events")]
     pub batch_max_events: usize,
@@ -432,6 +444,12 @@ impl OutputConfig {
                 "Splunk HEC needs a token: set token_file or token_env",
             ));
         }
+        if self.durable == Some(true) && !dest.is_remote() {
+            return Err(self.err(
+                "durable",
+                "only remote outputs (HTTP, syslog) have a spool to be durable in",
+            ));
+        }
         if self.gzip && !is_http {
             return Err(self.err("gzip", "only HTTP outputs compress"));
         }
@@ -443,6 +461,12 @@ impl OutputConfig {
         }
         self.token()?;
         Ok(())
+    }
+
+    /// Whether alerts are on disk before they count as accepted (`durable`,
+    /// default true for remote outputs).
+    pub fn is_durable(&self, dest: &Destination) -> bool {
+        dest.is_remote() && self.durable.unwrap_or(true)
     }
 
     /// Reads the token from `token_file` or `token_env` (None when neither is set).

@@ -13,7 +13,18 @@
 //!   mode 0640, appends, and reopens it on [`Sinks::reopen_files`] (SIGHUP,
 //!   for logrotate); the reopen travels through the queue, so alerts sent
 //!   before the call land in the old file and later ones in the new file.
-//! * **Remote sinks** (HTTP, syslog) deliver batches (`batch_max_events`,
+//! * **Durable remote sinks** (HTTP, syslog; `durable = true`, the
+//!   default): the sink's task takes every alert from the queue as soon as
+//!   it arrives and appends it to the spool, fsynced (group commit: one
+//!   write and one fsync for all the alerts waiting, however many), and
+//!   delivers from the spool only (batches as below, lingering `linger` for
+//!   a fuller one). An alert is accepted once it is on disk: a crash,
+//!   `kill -9` or power loss loses only the alerts still in the memory
+//!   queue at that moment, which [`Sinks::send`] put there and the task has
+//!   not taken yet (the window: normally the alerts of the last few
+//!   milliseconds; at most `queue_size` when the disk cannot keep up).
+//!   Cost: `cargo xtask bench`, section 5.
+//! * **Memory remote sinks** (`durable = false`) deliver batches (`batch_max_events`,
 //!   `batch_max_bytes`, `linger`) from memory while the receiver keeps up.
 //!   When a delivery fails, or the queue passes half full during a slow
 //!   delivery, the batch in flight and everything queued move to the spool
@@ -27,7 +38,7 @@
 //!   Every disk operation runs on tokio's blocking pool. While a receiver
 //!   is down, its sink moves the queue to the spool as fast as the disk
 //!   allows, so the memory queue overflows (drop, counted) only when the
-//!   disk cannot keep up.
+//!   disk cannot keep up. A crash loses the batch in delivery and the queue.
 //! * **Shutdown** ([`Sinks::shutdown`]): local sinks write what is queued;
 //!   remote sinks keep delivering until the deadline, then put what is left
 //!   (in order) in the spool and fsync it. The next [`Sinks::start`] with the
@@ -44,7 +55,11 @@
 //! counted (`dropped_undeliverable`) rather than retried forever.
 //!
 //! Failures and drops are counted in [`SinkStats`] and logged at most once
-//! per sink per 10 s, with the number of messages suppressed since.
+//! per sink per 10 s, with the number of messages suppressed since; losses
+//! and failures have separate limits, so a failure never hides a loss.
+//! Every loss (queue full, spool full, unwritable or damaged, refused) is
+//! also a `health:` event within the daemon's `health_interval`, per
+//! output, with its running total ([`LossReport`]).
 //!
 //! # Use from the daemon
 //! ```ignore
@@ -62,9 +77,11 @@
 //!            &|format| match format { Format::Ecs => ecs_doc.clone(), Format::Ocsf => .., Format::Falco => .. });
 //! sinks.reopen_files();            // on SIGHUP
 //! let per_sink = sinks.stats();    // metrics endpoint
+//! losses.tick(&per_sink);          // health tick (`LossReport`)
 //! let last = sinks.shutdown(Duration::from_secs(5)).await; // on SIGTERM
 //! ```
 
+pub mod bench;
 pub mod config;
 mod spool;
 mod transport;
@@ -218,15 +235,19 @@ pub(crate) struct Counters {
     dropped_undeliverable: AtomicU64,
     spooled_events: AtomicU64,
     spooled_bytes: AtomicU64,
-    log: Mutex<RateLimit>,
+    /// Rate limit of failure warnings (delivery, reading the spool, ...).
+    fail_log: Mutex<RateLimit>,
+    /// Rate limit of loss warnings: a separate one, so that a failure
+    /// never hides a loss.
+    loss_log: Mutex<RateLimit>,
 }
 
-/// At most one warning per sink per this interval.
+/// At most one warning of each kind (failure, loss) per sink per this interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Counters {
-    fn warn_limited(&self, msg: &str) {
-        let mut g = self.log.lock().unwrap_or_else(|e| e.into_inner());
+    fn warn_limited(&self, limit: &Mutex<RateLimit>, msg: &str) {
+        let mut g = limit.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if g.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
             tracing::warn!(sink = %self.name, suppressed = g.suppressed, "{msg}");
@@ -236,12 +257,17 @@ impl Counters {
             g.suppressed += 1;
         }
     }
+    /// Alerts were lost (they are counted by the caller).
     pub(crate) fn note_drop(&self, msg: &str) {
-        self.warn_limited(msg);
+        self.warn_limited(&self.loss_log, msg);
+    }
+    /// Something failed without losing alerts (yet).
+    fn warn_failure(&self, msg: &str) {
+        self.warn_limited(&self.fail_log, msg);
     }
     fn note_failure(&self, msg: &str) {
         self.failed.fetch_add(1, Ordering::Relaxed);
-        self.warn_limited(&format!("delivery failed: {msg}"));
+        self.warn_failure(&format!("delivery failed: {msg}"));
     }
 }
 
@@ -327,7 +353,8 @@ impl Sinks {
     }
 
     /// Never blocks and never awaits: renders once per format in use and
-    /// enqueues to every sink. A remote sink whose queue passes half full is
+    /// enqueues to every sink (a durable sink's task then puts it on disk:
+    /// module docs). A remote sink whose queue passes half full is
     /// woken to move it to its spool; an alert that finds a queue full is
     /// dropped for that sink and counted (`dropped_queue`).
     pub fn send(&self, meta: &AlertMeta, render: &dyn Fn(Format) -> serde_json::Value) {
@@ -449,6 +476,43 @@ fn stats_of(s: &Handle) -> SinkStats {
     snapshot(&s.name, s.kind, s.format, &s.counters, queued)
 }
 
+/// Health events for lost alerts. The daemon's health tick (every
+/// `health_interval`) calls [`LossReport::tick`] with [`Sinks::stats`]:
+/// every output whose losses grew since the last tick gets one `health:`
+/// warning with what grew, by cause, and its running total. Never rate
+/// limited (one line per output per tick at most).
+#[derive(Debug, Default)]
+pub struct LossReport {
+    last: Vec<SinkStats>,
+}
+
+impl LossReport {
+    pub fn tick(&mut self, now: &[SinkStats]) {
+        for s in now {
+            let prev = self.last.iter().find(|p| p.name == s.name);
+            let grew = |f: fn(&SinkStats) -> u64| f(s).saturating_sub(prev.map_or(0, f));
+            let queue = grew(|x| x.dropped_queue);
+            let spool = grew(|x| x.dropped_spool);
+            let refused = grew(|x| x.dropped_undeliverable);
+            let lost = queue + spool + refused;
+            if lost > 0 {
+                let total = s.dropped_queue + s.dropped_spool + s.dropped_undeliverable;
+                tracing::warn!(
+                    output = %s.name,
+                    lost,
+                    total_lost = total,
+                    dropped_queue = queue,
+                    dropped_spool = spool,
+                    dropped_undeliverable = refused,
+                    "health: output {} lost {lost} alerts since the last report (memory queue full: {queue}; spool full, unwritable or damaged: {spool}; refused by the receiver or unwritable: {refused}); {total} lost in total",
+                    s.name
+                );
+            }
+        }
+        self.last = now.to_vec();
+    }
+}
+
 fn start_one(
     cfg: &OutputConfig,
     name: String,
@@ -533,11 +597,12 @@ fn start_one(
                 retry_initial: cfg.retry_initial,
                 retry_max: cfg.retry_max,
                 rng: RandomState::new().build_hasher().finish() | 1,
+                durable: cfg.is_durable(&dest),
             };
             tokio::spawn(remote.run())
         }
     };
-    tracing::info!(sink = %name, kind, format = %cfg.format, "output ready");
+    tracing::info!(sink = %name, kind, format = %cfg.format, durable = cfg.is_durable(&dest), "output ready");
     Ok(Handle {
         name,
         kind,
@@ -586,7 +651,7 @@ impl Local {
                                 *file = f;
                                 tracing::info!(sink = %counters.name, path = %path.display(), "output file reopened");
                             }
-                            Err(e) => counters.warn_limited(&format!(
+                            Err(e) => counters.warn_failure(&format!(
                                 "cannot reopen {}: {e}; still writing to the old file",
                                 path.display()
                             )),
@@ -697,6 +762,8 @@ struct Remote {
     retry_initial: Duration,
     retry_max: Duration,
     rng: u64,
+    /// `durable`: every alert is appended and fsynced before delivery.
+    durable: bool,
 }
 
 /// Takes everything waiting in the queue (without waiting), numbering it.
@@ -719,6 +786,41 @@ fn take_queued(
         }
     }
     out
+}
+
+/// Appends records to the spool on the blocking pool (first marking the
+/// batch in delivery with `protect`, when given); with `durable`, fsyncs
+/// them (one fsync for all of them). What cannot be written is lost,
+/// counted and logged with its number.
+async fn spool_append(
+    spool: &Arc<Mutex<Spool>>,
+    counters: &Counters,
+    records: Records,
+    durable: bool,
+    protect: Option<Option<u64>>,
+) {
+    if records.is_empty() {
+        return;
+    }
+    let n = records.len() as u64;
+    let res = on_spool(spool, move |s| {
+        if let Some(p) = protect {
+            s.protect(p);
+        }
+        s.append(&records)?;
+        Ok(if durable { s.commit().err() } else { None })
+    })
+    .await;
+    match res {
+        Ok(None) => {}
+        Ok(Some(e)) => counters.warn_failure(&format!(
+            "cannot fsync the spool ({e}): alerts are written but may not survive a power loss"
+        )),
+        Err(e) => {
+            counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
+            counters.note_drop(&format!("cannot write the spool ({e}): {n} alerts lost"));
+        }
+    }
 }
 
 /// Runs a spool operation on the blocking pool.
@@ -763,15 +865,7 @@ impl Remote {
     }
 
     async fn append(&self, records: Records) {
-        if records.is_empty() {
-            return;
-        }
-        let n = records.len() as u64;
-        if let Err(e) = on_spool(&self.spool, move |s| s.append(&records)).await {
-            self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
-            self.counters
-                .note_drop(&format!("cannot write the spool ({e}): {n} alerts lost"));
-        }
+        spool_append(&self.spool, &self.counters, records, self.durable, None).await;
     }
 
     /// Moves the in-memory batch (when not already spooled) and the queue
@@ -797,7 +891,7 @@ impl Remote {
 
     async fn ack(&self, seq: u64) {
         if let Err(e) = on_spool(&self.spool, move |s| s.ack_through(seq)).await {
-            self.counters.warn_limited(&format!("cannot record delivery in the spool ({e}); alerts may be sent again after a restart"));
+            self.counters.warn_failure(&format!("cannot record delivery in the spool ({e}); alerts may be sent again after a restart"));
         }
     }
 
@@ -833,6 +927,43 @@ impl Remote {
         }
     }
 
+    /// Durable mode, nothing spooled: waits for alerts and appends them as
+    /// they come (each append fsynced: group commit), lingering like
+    /// `collect` for a fuller batch.
+    async fn collect_durable(&mut self) {
+        let mut linger_until: Option<tokio::time::Instant> = None;
+        loop {
+            if self.closed || (linger_until.is_some() && self.deadline.is_some()) {
+                return;
+            }
+            tokio::select! {
+                m = self.rx.recv() => match m {
+                    Some(Msg::Alert(e)) => {
+                        let mut records = vec![(self.seq(), e)];
+                        records.extend(self.take_queued());
+                        self.append(records).await;
+                        let c = &self.counters;
+                        if c.spooled_events.load(Ordering::Relaxed) >= self.max_events as u64
+                            || c.spooled_bytes.load(Ordering::Relaxed) >= self.max_bytes as u64
+                        {
+                            return;
+                        }
+                        linger_until.get_or_insert_with(|| tokio::time::Instant::now() + self.linger);
+                    }
+                    Some(Msg::Reopen) => {}
+                    None => self.closed = true,
+                },
+                _ = sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => return,
+                c = self.stop.changed(), if !self.stop_gone => {
+                    self.on_stop_change(c);
+                    if self.deadline.is_some() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
     fn backoff(&mut self, failures: u32) -> Duration {
         let base = self
             .retry_initial
@@ -847,11 +978,13 @@ impl Remote {
     }
 
     async fn run(mut self) {
-        let mut spool_mode = !self
-            .spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty();
+        // Durable: always from the spool.
+        let mut spool_mode = self.durable
+            || !self
+                .spool
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_empty();
         let mut failures: u32 = 0;
         'outer: loop {
             let (mut batch, mut backed) = if spool_mode {
@@ -862,7 +995,7 @@ impl Remote {
                     Err(e) => {
                         // Keep the order: no alert overtakes the spool.
                         self.counters
-                            .warn_limited(&format!("cannot read the spool: {e}"));
+                            .warn_failure(&format!("cannot read the spool: {e}"));
                         if self.deadline_passed() {
                             break;
                         }
@@ -873,7 +1006,14 @@ impl Remote {
                     }
                 };
                 if b.is_empty() {
-                    spool_mode = false;
+                    if self.durable {
+                        if self.closed || self.deadline_passed() {
+                            break;
+                        }
+                        self.collect_durable().await;
+                    } else {
+                        spool_mode = false;
+                    }
                     continue;
                 }
                 (b, true)
@@ -909,18 +1049,8 @@ impl Remote {
                             // The queue is filling while this delivery is slow.
                             let mut records: Records = batch.clone();
                             records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
-                            let n = records.len() as u64;
-                            let spool = self.spool.clone();
                             let last = batch.last().map(|r| r.0);
-                            let res = tokio::task::spawn_blocking(move || {
-                                let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
-                                s.protect(last);
-                                s.append(&records)
-                            }).await;
-                            if !matches!(res, Ok(Ok(()))) {
-                                self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
-                                self.counters.note_drop("cannot write the spool: alerts lost");
-                            }
+                            spool_append(&self.spool, &self.counters, records, self.durable, Some(last)).await;
                             spool_mode = true;
                             backed = true;
                         }
@@ -928,12 +1058,7 @@ impl Remote {
                             Some(Msg::Alert(e)) => {
                                 let mut records = vec![(self.spool.lock().unwrap_or_else(|e| e.into_inner()).next_seq(), e)];
                                 records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
-                                let n = records.len() as u64;
-                                let spool = self.spool.clone();
-                                if !matches!(tokio::task::spawn_blocking(move || spool.lock().unwrap_or_else(|e| e.into_inner()).append(&records)).await, Ok(Ok(()))) {
-                                    self.counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
-                                    self.counters.note_drop("cannot write the spool: alerts lost");
-                                }
+                                spool_append(&self.spool, &self.counters, records, self.durable, None).await;
                             }
                             Some(Msg::Reopen) => {}
                             None => self.closed = true,
@@ -958,6 +1083,11 @@ impl Remote {
             }
             match res {
                 Ok(done) => {
+                    // Acknowledged in the spool first, so that the counters
+                    // never show an alert as delivered and spooled at once.
+                    if backed {
+                        self.ack(batch.last().expect("non-empty batch").0).await;
+                    }
                     let n = batch.len() as u64;
                     self.counters
                         .delivered
@@ -965,9 +1095,6 @@ impl Remote {
                     self.counters
                         .dropped_undeliverable
                         .fetch_add(done.rejected, Ordering::Relaxed);
-                    if backed {
-                        self.ack(batch.last().expect("non-empty batch").0).await;
-                    }
                     if failures > 0 {
                         tracing::info!(sink = %self.counters.name, failed_attempts = failures, "delivering again");
                     }
@@ -980,15 +1107,15 @@ impl Remote {
                         self.counters.note_failure(&f.reason);
                     }
                     if f.done > 0 {
+                        if backed {
+                            self.ack(batch[f.done - 1].0).await;
+                        }
                         self.counters
                             .delivered
                             .fetch_add(f.done as u64 - f.rejected, Ordering::Relaxed);
                         self.counters
                             .dropped_undeliverable
                             .fetch_add(f.rejected, Ordering::Relaxed);
-                        if backed {
-                            self.ack(batch[f.done - 1].0).await;
-                        }
                         batch.drain(..f.done);
                     }
                     if !spool_mode {
@@ -1064,9 +1191,15 @@ mod tests {
             c.note_failure("connection refused");
         }
         assert_eq!(c.failed.load(Ordering::Relaxed), 5);
-        let g = c.log.lock().unwrap();
+        let g = c.fail_log.lock().unwrap();
         assert!(g.last.is_some());
         assert_eq!(g.suppressed, 4, "one warning, four suppressed");
+        drop(g);
+        // A loss right after is not hidden by the failures' limit.
+        c.note_drop("cannot write the spool: 3 alerts lost");
+        let g = c.loss_log.lock().unwrap();
+        assert!(g.last.is_some());
+        assert_eq!(g.suppressed, 0, "the loss was logged");
     }
 
     #[test]

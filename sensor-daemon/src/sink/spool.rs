@@ -1,9 +1,17 @@
 //! The on-disk spool of one remote sink: `<state_dir>/spool/<sink>/`.
 //!
 //! Layout: segment files `<first-seq, 20 digits>.seg`, each holding records
-//! as lines `SEQ<TAB>JSON<LF>` in sequence order; `cursor` holds the last
-//! sequence number the receiver acknowledged; `lock` is held (flock) while a
-//! daemon uses the directory, so two daemons never share a spool.
+//! as lines `SEQ<TAB>CRC<TAB>JSON<LF>` in sequence order, where CRC is the
+//! CRC-32 (IEEE, 8 lowercase hex digits) of the JSON bytes; segments written
+//! by earlier versions (`SEQ<TAB>JSON<LF>`, no CRC) are still read. Every
+//! segment but the first one written in a run starts with a header line
+//! `#<TAB>CRC<TAB>{"prev_first":F,"prev_last":L}<LF>`: the previous
+//! segment's first and last sequence numbers when this one was started, so
+//! that records cut off the end of that segment can be counted. Sequence
+//! numbers are strictly increasing, and consecutive within a segment.
+//! `cursor` holds the last sequence number the receiver acknowledged; `lock`
+//! is held (flock) while a daemon uses the directory, so two daemons never
+//! share a spool.
 //!
 //! Order: records are appended in sequence order and read from the oldest
 //! segment on; a record leaves the spool only when the receiver acknowledged
@@ -11,14 +19,31 @@
 //! acknowledged is deleted). After a restart, records at or below the cursor
 //! are skipped, so an acknowledged alert is not sent again.
 //!
+//! Damage: every segment is checked once when the spool is opened. A line
+//! that does not parse, or whose CRC does not match, is damaged; two records
+//! on one line (a lost newline) are both kept; a record whose sequence
+//! number is not the next one but whose payload checks is renumbered when
+//! its neighbours agree on its place (a duplicate or out-of-order number
+//! never survives). The number of records lost is known from the gaps in
+//! the sequence (consecutive within a segment, and the next segment's
+//! header says where this one ended); each is counted once in
+//! `dropped_spool`, a damaged segment is named in one warning (file, byte
+//! offsets, alerts lost, numbers repaired) and rewritten atomically with
+//! only its good records. A record torn at the end of the newest segment
+//! counts as one alert lost; whole records cut off the end of the newest
+//! segment leave no trace and cannot be counted. An old-format record with
+//! a flipped byte that still parses cannot be told from a good one.
+//!
 //! Durability: every append is one `write(2)` of whole lines, so a daemon
 //! crash or kill loses nothing that was spooled; a segment is fsynced when
 //! it is closed (rotation) and on shutdown, and the cursor is replaced
-//! atomically (write + rename) on every acknowledgement. A power loss can
-//! lose the unsynced tail of the newest segment (at most one segment) or
-//! roll the cursor back (the receiver then sees some alerts twice). An
-//! fsync per alert would cost a disk flush per alert for a case (power loss
-//! during an outage) that loses the in-memory queue anyway.
+//! atomically (write + rename) on every acknowledgement. Durable sinks
+//! (`durable = true`) also call [`Spool::commit`] after every append (one
+//! fsync per append, however many records it holds: group commit), so what
+//! is appended survives a power loss as well. Otherwise a power loss can
+//! lose the unsynced tail of the newest segment (at most one segment). A
+//! power loss can also roll the cursor back (the receiver then sees some
+//! alerts twice).
 //!
 //! Bound: when the unacknowledged bytes exceed `max_bytes`, whole segments
 //! are dropped, oldest first, and their records counted as dropped. The
@@ -27,11 +52,15 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+
+use serde::{Deserialize, Serialize};
 
 use super::{Counters, Entry};
 use crate::statedir::Dir;
@@ -56,6 +85,8 @@ pub(crate) struct Spool {
     segments: VecDeque<Segment>,
     /// Append handle of the newest segment.
     writer: Option<File>,
+    /// A segment file was created since the last directory fsync.
+    dir_dirty: bool,
     /// Last acknowledged sequence number.
     cursor: u64,
     /// Bytes and records of `segments[0]` already acknowledged.
@@ -85,9 +116,220 @@ fn read_all(mut f: File) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The sequence number at the start of a record line (no other check).
 fn parse_seq(line: &[u8]) -> Option<u64> {
     let tab = line.iter().position(|&b| b == b'\t')?;
     std::str::from_utf8(&line[..tab]).ok()?.parse().ok()
+}
+
+/// The first line of a segment: where the previous segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Header {
+    prev_first: u64,
+    prev_last: u64,
+}
+
+/// Appends one line `KEY<TAB>CRC<TAB>JSON<LF>`.
+fn encode_line(buf: &mut Vec<u8>, key: &str, json: &[u8]) {
+    buf.extend_from_slice(key.as_bytes());
+    buf.push(b'\t');
+    let _ = write!(HexOut(buf), "{:08x}", crc32fast::hash(json));
+    buf.push(b'\t');
+    buf.extend_from_slice(json);
+    buf.push(b'\n');
+}
+
+struct HexOut<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for HexOut<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// One line (or the first of several joined lines) that checks.
+enum Parsed {
+    Header(Header),
+    Record {
+        seq: u64,
+        /// The JSON bytes, relative to the start of the parse.
+        json: Range<usize>,
+        entry: Entry,
+    },
+}
+
+/// Parses the record or header starting at `data[0]`. Returns it and the
+/// length it takes, including its newline; a record directly followed by
+/// another one (a lost newline) ends where its JSON ends. `None` when it
+/// does not parse or its CRC does not match.
+fn parse_at(data: &[u8]) -> Option<(Parsed, usize)> {
+    let tab = data.iter().take(21).position(|&b| b == b'\t')?;
+    let key = &data[..tab];
+    let header = key == b"#";
+    let seq = if header {
+        0
+    } else if !key.is_empty() && key.iter().all(u8::is_ascii_digit) {
+        std::str::from_utf8(key).ok()?.parse().ok()?
+    } else {
+        return None;
+    };
+    let mut j = tab + 1;
+    let mut crc = None;
+    if data.len() > j + 8
+        && data[j + 8] == b'\t'
+        && data[j..j + 8].iter().all(u8::is_ascii_hexdigit)
+    {
+        crc = Some(u32::from_str_radix(std::str::from_utf8(&data[j..j + 8]).ok()?, 16).ok()?);
+        j += 9;
+    } else if header {
+        return None;
+    }
+    // The JSON starts right after the tab (no whitespace: it never spans lines).
+    if data.get(j) != Some(&b'{') {
+        return None;
+    }
+    let (parsed, len) = if header {
+        let mut it = serde_json::Deserializer::from_slice(&data[j..]).into_iter::<Header>();
+        let h = it.next()?.ok()?;
+        (Parsed::Header(h), it.byte_offset())
+    } else {
+        let mut it = serde_json::Deserializer::from_slice(&data[j..]).into_iter::<Entry>();
+        let entry = it.next()?.ok()?;
+        let len = it.byte_offset();
+        (
+            Parsed::Record {
+                seq,
+                json: j..j + len,
+                entry,
+            },
+            len,
+        )
+    };
+    let end = j + len;
+    if crc.is_some_and(|c| c != crc32fast::hash(&data[j..end])) {
+        return None;
+    }
+    Some((parsed, end + usize::from(data.get(end) == Some(&b'\n'))))
+}
+
+/// A good record found in a segment.
+struct Found {
+    seq: u64,
+    /// The JSON bytes in the file.
+    json: Range<usize>,
+}
+
+/// What checking one segment found.
+struct Check {
+    header: Option<Header>,
+    /// Good records, numbers repaired, strictly increasing.
+    records: Vec<Found>,
+    /// Byte ranges that do not parse (offset, length).
+    bad: Vec<(usize, usize)>,
+    /// Newline-separated pieces in `bad` after the last good record.
+    bad_tail_pieces: u64,
+    /// Records recovered from joined lines.
+    joined: u64,
+    /// Sequence numbers renumbered, and records dropped as duplicates or
+    /// out of order.
+    repaired: u64,
+    dropped: u64,
+    /// The last line has no newline (a torn write that ended on a whole
+    /// record): rewritten so the next append starts a line.
+    unterminated: bool,
+}
+
+impl Check {
+    fn damaged(&self) -> bool {
+        !self.bad.is_empty()
+            || self.joined > 0
+            || self.repaired > 0
+            || self.dropped > 0
+            || self.unterminated
+    }
+}
+
+/// Parses a segment's bytes, and checks the sequence numbers against
+/// `first_seq` (from the file name), their neighbours and `end` (the last
+/// sequence number, from the next segment's header, when known).
+fn check_segment(data: &[u8], first_seq: u64, end: Option<u64>) -> Check {
+    let mut c = Check {
+        header: None,
+        records: Vec::new(),
+        bad: Vec::new(),
+        bad_tail_pieces: 0,
+        joined: 0,
+        repaired: 0,
+        dropped: 0,
+        unterminated: false,
+    };
+    let mut pos = 0;
+    while pos < data.len() {
+        match parse_at(&data[pos..]) {
+            Some((parsed, len)) => {
+                let joined = data[pos + len - 1] != b'\n' && pos + len < data.len();
+                c.unterminated = data[pos + len - 1] != b'\n' && pos + len == data.len();
+                match parsed {
+                    Parsed::Header(h) if pos == 0 => c.header = Some(h),
+                    Parsed::Header(_) => c.bad.push((pos, len)),
+                    Parsed::Record { seq, json, .. } => {
+                        if joined {
+                            c.joined += 1;
+                        }
+                        c.records.push(Found {
+                            seq,
+                            json: pos + json.start..pos + json.end,
+                        });
+                        c.bad_tail_pieces = 0;
+                    }
+                }
+                pos += len;
+            }
+            None => {
+                let next = data[pos..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(data.len(), |i| pos + i + 1);
+                match c.bad.last_mut() {
+                    Some((o, l)) if *o + *l == pos => *l += next - pos,
+                    _ => c.bad.push((pos, next - pos)),
+                }
+                c.bad_tail_pieces += 1;
+                pos = next;
+            }
+        }
+    }
+    // Sequence numbers: consecutive from the file name's on. One that is
+    // not the expected one is judged by its neighbours.
+    let found = std::mem::take(&mut c.records);
+    let mut expected = first_seq;
+    let mut out: Vec<Found> = Vec::with_capacity(found.len());
+    let mut it = found.into_iter().peekable();
+    while let Some(mut rec) = it.next() {
+        let s = rec.seq;
+        let next = it.peek().map(|f| f.seq).or(end.map(|e| e + 1));
+        if s == expected || (s > expected && next.is_none_or(|n| n > s)) {
+            // In place, or after a gap (records missing before it).
+        } else if next.is_none_or(|n| n > expected) {
+            // Its neighbours say it is `expected`: an overwritten number.
+            rec.seq = expected;
+            c.repaired += 1;
+        } else {
+            // A duplicate or out-of-order number its neighbours do not
+            // place: dropped (the gap it leaves is counted as lost).
+            c.dropped += 1;
+            continue;
+        }
+        expected = rec.seq + 1;
+        out.push(rec);
+    }
+    c.records = out;
+    c
+}
+/// Sequence numbers in `from..to` above `cursor` (not yet delivered).
+fn undelivered(from: u64, to: u64, cursor: u64) -> u64 {
+    to.saturating_sub(from.max(cursor + 1))
 }
 
 impl Spool {
@@ -106,7 +348,8 @@ impl Spool {
         Self::open_in(dir, max_bytes, segment_bytes, counters)
     }
 
-    /// Locks an opened, checked spool directory and indexes its segments.
+    /// Locks an opened, checked spool directory, checks every segment
+    /// (module docs, "Damage") and indexes them.
     pub(crate) fn open_in(
         dir: Dir,
         max_bytes: u64,
@@ -152,6 +395,7 @@ impl Spool {
             segment_bytes: segment_bytes.min(max_bytes / 4).max(1024),
             segments: VecDeque::new(),
             writer: None,
+            dir_dirty: false,
             cursor,
             head_offset: 0,
             head_acked: 0,
@@ -159,35 +403,34 @@ impl Spool {
             next_seq: cursor + 1,
             counters,
         };
+        // Newest first: each segment's header says where the one before it
+        // ended.
         let count = names.len();
-        for (i, (first_seq, path)) in names.into_iter().enumerate() {
+        let mut end_of_prev: Option<Header> = None;
+        let mut indexed = Vec::with_capacity(count);
+        for (i, (first_seq, path)) in names.into_iter().enumerate().rev() {
             let data = read_all(spool.dir.open_read(name_of(&path))?)?;
-            // A line cut short by a crash has no newline: cut it off.
-            let good = data.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-            if good < data.len() {
-                tracing::warn!(file = %path.display(), "spool segment ends in a partial record (crash?); cutting it off");
-                spool
-                    .dir
-                    .open_file(name_of(&path), libc::O_WRONLY, 0)?
-                    .set_len(good as u64)?;
-            }
-            let (mut events, mut last_seq, mut acked, mut acked_bytes, mut pos) =
-                (0u64, 0u64, 0u64, 0u64, 0u64);
-            for line in data[..good].split_inclusive(|&b| b == b'\n') {
-                pos += line.len() as u64;
-                if let Some(seq) = parse_seq(line) {
-                    last_seq = last_seq.max(seq);
-                    if seq <= cursor {
-                        acked += 1;
-                        acked_bytes = pos;
-                    }
-                }
-                events += 1;
-            }
+            let end = end_of_prev
+                .filter(|h| h.prev_first == first_seq)
+                .map(|h| h.prev_last);
+            let check = check_segment(&data, first_seq, end);
+            end_of_prev = check.header;
+            let (records, bytes) = spool.settle(&path, first_seq, end, &data, check)?;
+            indexed.push((i, first_seq, path, records, bytes));
+        }
+        for (i, first_seq, path, records, bytes) in indexed.into_iter().rev() {
+            let events = records.len() as u64;
+            let acked = records.iter().filter(|r| r.0 <= cursor).count() as u64;
+            let acked_bytes = records
+                .iter()
+                .rev()
+                .find(|r| r.0 <= cursor)
+                .map_or(0, |r| r.1);
             if events == 0 || (acked == events && i + 1 < count) {
                 spool.dir.remove(name_of(&path))?;
                 continue;
             }
+            let last_seq = records.last().map_or(first_seq, |r| r.0);
             spool.next_seq = spool.next_seq.max(last_seq + 1);
             if spool.segments.is_empty() {
                 spool.head_offset = acked_bytes;
@@ -197,7 +440,7 @@ impl Spool {
                 first_seq,
                 last_seq,
                 path,
-                bytes: good as u64,
+                bytes,
                 events,
             });
         }
@@ -207,6 +450,112 @@ impl Spool {
         }
         spool.publish();
         Ok(spool)
+    }
+
+    /// Counts, logs and repairs what checking a segment found; returns its
+    /// records (sequence number, end offset of the line) and file size.
+    fn settle(
+        &self,
+        path: &Path,
+        first_seq: u64,
+        end: Option<u64>,
+        data: &[u8],
+        check: Check,
+    ) -> io::Result<(Vec<(u64, u64)>, u64)> {
+        let cursor = self.cursor;
+        // Lost: every sequence number of this segment (consecutive from the
+        // file name's to `end`) without a good record, unless delivered.
+        let mut lost = 0;
+        let mut expected = first_seq;
+        for r in &check.records {
+            lost += undelivered(expected, r.seq, cursor);
+            expected = r.seq + 1;
+        }
+        let missing_end = match end {
+            Some(e) if e + 1 > expected => undelivered(expected, e + 1, cursor),
+            Some(_) => 0,
+            // The newest segment: each unreadable piece after the last good
+            // record was (at least) one record.
+            None => undelivered(expected, expected + check.bad_tail_pieces, cursor),
+        };
+        lost += missing_end;
+        if !check.damaged() && lost == 0 {
+            // Intact (in either format): indexed as it is.
+            let mut pos = match check.header {
+                Some(_) => data.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1),
+                None => 0,
+            };
+            let records = check
+                .records
+                .iter()
+                .map(|r| {
+                    pos = r.json.end + 1;
+                    (r.seq, pos as u64)
+                })
+                .collect();
+            return Ok((records, data.len() as u64));
+        }
+        // Rewritten with only the good records, in the current format.
+        let mut out = Vec::with_capacity(data.len());
+        if let Some(h) = check.header {
+            encode_line(
+                &mut out,
+                "#",
+                &serde_json::to_vec(&h).map_err(io::Error::other)?,
+            );
+        }
+        let mut records = Vec::with_capacity(check.records.len());
+        for r in &check.records {
+            encode_line(&mut out, &r.seq.to_string(), &data[r.json.clone()]);
+            records.push((r.seq, out.len() as u64));
+        }
+        let name = name_of(path).to_string_lossy().into_owned();
+        if records.is_empty() {
+            self.dir.remove(name_of(path))?;
+        } else {
+            self.dir
+                .write_atomic(&name, &out, 0o600, true)
+                .map_err(io::Error::other)?;
+        }
+        let mut offsets = String::new();
+        for (o, l) in check.bad.iter().take(8) {
+            let _ = write!(
+                offsets,
+                "{}{o} ({l} bytes unreadable)",
+                if offsets.is_empty() { "" } else { ", " }
+            );
+        }
+        if check.bad.len() > 8 {
+            let _ = write!(offsets, " and {} more", check.bad.len() - 8);
+        }
+        if missing_end > 0 && end.is_some() {
+            let _ = write!(
+                offsets,
+                "{}{} (end of file: records missing)",
+                if offsets.is_empty() { "" } else { ", " },
+                data.len()
+            );
+        }
+        if offsets.is_empty() {
+            offsets.push_str("none unreadable");
+        }
+        self.counters
+            .dropped_spool
+            .fetch_add(lost, Ordering::Relaxed);
+        tracing::warn!(
+            sink = %self.counters.name,
+            file = %path.display(),
+            lost,
+            repaired = check.repaired,
+            joined = check.joined,
+            kept = records.len(),
+            "spool segment {name} is damaged: {lost} alerts lost (counted in dropped_spool), at offsets {offsets}; {} sequence numbers repaired, {} duplicate or out-of-order records dropped, {} records split from joined lines; rewritten with the {} good records",
+            check.repaired,
+            check.dropped,
+            check.joined,
+            records.len()
+        );
+        Ok((records, out.len() as u64))
     }
 
     pub(crate) fn next_seq(&mut self) -> u64 {
@@ -255,14 +604,35 @@ impl Spool {
             w.sync_data()?;
         }
         let name = seg_name(first_seq);
-        let f = self.dir.open_file(OsStr::new(&name), APPEND, 0o600)?;
+        let mut f = self.dir.open_file(OsStr::new(&name), APPEND, 0o600)?;
+        self.dir_dirty = true;
+        // Where the previous segment ends, so that records cut off its end
+        // can be counted.
+        let mut header = Vec::new();
+        if let Some(prev) = self.segments.back() {
+            let h = Header {
+                prev_first: prev.first_seq,
+                prev_last: prev.last_seq,
+            };
+            encode_line(
+                &mut header,
+                "#",
+                &serde_json::to_vec(&h).map_err(io::Error::other)?,
+            );
+            if let Err(e) = f.write_all(&header) {
+                let _ = f.set_len(0);
+                drop(f);
+                let _ = self.dir.remove(OsStr::new(&name));
+                return Err(e);
+            }
+        }
         let path = self.dir.path().join(name);
         self.writer = Some(f);
         self.segments.push_back(Segment {
             first_seq,
             last_seq: first_seq,
             path,
-            bytes: 0,
+            bytes: header.len() as u64,
             events: 0,
         });
         Ok(())
@@ -271,6 +641,7 @@ impl Spool {
     /// Appends records (in sequence order), then enforces the size bound.
     pub(crate) fn append(&mut self, records: &[(u64, Arc<Entry>)]) -> io::Result<()> {
         let mut buf = Vec::new();
+        let mut json = Vec::new();
         let mut i = 0;
         while i < records.len() {
             let tail_full = self
@@ -285,18 +656,18 @@ impl Spool {
             let tail = self.segments.back_mut().expect("a tail segment");
             let room = self.segment_bytes.saturating_sub(tail.bytes);
             let mut events = 0;
+            let mut last_seq = tail.last_seq;
             while i < records.len() {
                 let (seq, entry) = &records[i];
                 let before = buf.len();
-                buf.extend_from_slice(seq.to_string().as_bytes());
-                buf.push(b'\t');
-                serde_json::to_writer(&mut buf, &**entry).map_err(io::Error::other)?;
-                buf.push(b'\n');
+                json.clear();
+                serde_json::to_writer(&mut json, &**entry).map_err(io::Error::other)?;
+                encode_line(&mut buf, &seq.to_string(), &json);
                 if buf.len() as u64 > room && events > 0 {
                     buf.truncate(before);
                     break;
                 }
-                tail.last_seq = *seq;
+                last_seq = *seq;
                 events += 1;
                 i += 1;
             }
@@ -311,6 +682,7 @@ impl Spool {
             }
             tail.bytes += buf.len() as u64;
             tail.events += events;
+            tail.last_seq = last_seq;
         }
         self.enforce_bound()?;
         self.publish();
@@ -332,9 +704,9 @@ impl Spool {
                 break;
             }
             if victim + 1 == self.segments.len() {
-                // The victim is the segment being written: start a new one first.
-                let next = self.next_seq;
-                self.rotate(next)?;
+                // The victim is the segment being written: the next append
+                // starts a new one (named after its first record).
+                self.writer = None;
             }
             let seg = self.segments.remove(victim).expect("victim exists");
             let dropped = if victim == 0 {
@@ -388,20 +760,18 @@ impl Spool {
                     break;
                 }
                 pos += n as u64;
-                let Some(seq) = parse_seq(&line) else {
-                    continue;
+                let (seq, entry) = match parse_at(&line) {
+                    Some((Parsed::Record { seq, entry, .. }, _)) => (seq, entry),
+                    Some((Parsed::Header(_), _)) => continue,
+                    None => {
+                        // Checked when the spool was opened: damaged since.
+                        tracing::warn!(file = %seg.path.display(), offset = pos - n as u64, "skipping an unreadable spool record");
+                        continue;
+                    }
                 };
                 if seq <= self.cursor {
                     continue;
                 }
-                let tab = line.iter().position(|&b| b == b'\t').unwrap_or(0);
-                let entry: Entry = match serde_json::from_slice(&line[tab + 1..]) {
-                    Ok(e) => e,
-                    Err(e) => {
-                        tracing::warn!(file = %seg.path.display(), seq, "skipping unreadable spool record: {e}");
-                        continue;
-                    }
-                };
                 if !out.is_empty()
                     && (out.len() >= max_events || bytes + entry.body.len() > max_bytes)
                 {
@@ -444,7 +814,9 @@ impl Spool {
                     break;
                 }
                 self.head_offset += n as u64;
-                self.head_acked += 1;
+                if !line.starts_with(b"#\t") {
+                    self.head_acked += 1;
+                }
             }
             break;
         }
@@ -461,6 +833,19 @@ impl Spool {
         self.dir
             .write_atomic("cursor", text.as_bytes(), 0o600, false)
             .map_err(io::Error::other)
+    }
+
+    /// Durable sinks, after every append: fsyncs the newest segment, and
+    /// the directory when a segment was created since the last commit.
+    pub(crate) fn commit(&mut self) -> io::Result<()> {
+        if let Some(w) = &self.writer {
+            w.sync_data()?;
+        }
+        if self.dir_dirty {
+            self.dir.sync()?;
+            self.dir_dirty = false;
+        }
+        Ok(())
     }
 
     /// fsyncs the newest segment and the directory (shutdown).
@@ -538,6 +923,92 @@ mod tests {
         std::fs::remove_dir_all(&d).unwrap();
     }
 
+    fn line(seq: u64, n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_line(
+            &mut out,
+            &seq.to_string(),
+            &serde_json::to_vec(&*entry(n)).unwrap(),
+        );
+        out
+    }
+
+    fn seqs(c: &Check) -> Vec<u64> {
+        c.records.iter().map(|r| r.seq).collect()
+    }
+
+    #[test]
+    fn segment_check_recovers_joined_lines_and_places_numbers() {
+        // Intact.
+        let good: Vec<u8> = (10..15).flat_map(|s| line(s, s)).collect();
+        let c = check_segment(&good, 10, None);
+        assert_eq!(seqs(&c), [10, 11, 12, 13, 14]);
+        assert!(!c.damaged());
+        // Two lines joined: both kept.
+        let mut joined = good.clone();
+        let nl = line(10, 10).len() - 1;
+        joined.remove(nl);
+        let c = check_segment(&joined, 10, None);
+        assert_eq!((seqs(&c), c.joined), (vec![10, 11, 12, 13, 14], 1));
+        // An overwritten number (a duplicate, or far ahead) is put back in
+        // its place; a flipped byte costs that record only.
+        for wrong in [10, 99] {
+            let mut data: Vec<u8> = [10, 11].iter().flat_map(|&s| line(s, s)).collect();
+            data.extend(line(wrong, 12));
+            data.extend((13..15).flat_map(|s| line(s, s)));
+            let c = check_segment(&data, 10, None);
+            assert_eq!(
+                (seqs(&c), c.repaired),
+                (vec![10, 11, 12, 13, 14], 1),
+                "{wrong}"
+            );
+        }
+        let mut flipped = good.clone();
+        let at = line(10, 10).len() + 40;
+        flipped[at] ^= 1;
+        let c = check_segment(&flipped, 10, None);
+        assert_eq!(seqs(&c), [10, 12, 13, 14]);
+        assert_eq!(c.bad.len(), 1);
+        // The last number overwritten: the next segment's header places it.
+        let mut data: Vec<u8> = (10..14).flat_map(|s| line(s, s)).collect();
+        data.extend(line(7, 14));
+        let c = check_segment(&data, 10, Some(14));
+        assert_eq!((seqs(&c), c.repaired), (vec![10, 11, 12, 13, 14], 1));
+        // Garbage is not a record.
+        assert!(parse_at(b"12\tnot json\n").is_none());
+        assert!(parse_at(b"\t{}\n").is_none());
+        assert!(parse_at(b"#\t00000000\t{\"prev_first\":1,\"prev_last\":2}\n").is_none());
+    }
+
+    #[test]
+    fn old_format_segments_are_read() {
+        let d = dir("v1");
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        let mut data = Vec::new();
+        for n in 0..5 {
+            data.extend_from_slice(format!("{}\t", n + 1).as_bytes());
+            serde_json::to_writer(&mut data, &*entry(n)).unwrap();
+            data.push(b'\n');
+        }
+        std::fs::write(d.join(seg_name(1)), &data).unwrap();
+        let c = Arc::new(Counters::default());
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        assert_eq!(s.live_events(), 5);
+        assert_eq!(
+            std::fs::read(d.join(seg_name(1))).unwrap(),
+            data,
+            "left as it is"
+        );
+        let recs: Vec<_> = (5..7).map(|n| (s.next_seq(), entry(n))).collect();
+        s.append(&recs).unwrap();
+        let b = s.read_batch(100, 1 << 20).unwrap();
+        assert_eq!(ns(&b), (0..7).collect::<Vec<_>>());
+        assert_eq!(c.dropped_spool.load(Ordering::Relaxed), 0);
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
     #[test]
     fn torn_tail_and_lock() {
         let d = dir("torn");
@@ -556,8 +1027,13 @@ mod tests {
             .open(&path)
             .unwrap();
         f.write_all(b"4\t{\"id\":\"x\",\"ti").unwrap();
-        let s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
+        let s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1, 2]);
+        assert_eq!(
+            c.dropped_spool.load(Ordering::Relaxed),
+            1,
+            "the torn record is counted"
+        );
         drop(s);
         std::fs::remove_dir_all(&d).unwrap();
     }
