@@ -1,6 +1,7 @@
 //! Developer and CI tasks. `cargo xtask --help` lists them.
 
 mod bench;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +16,8 @@ const FALLBACK_TOOLCHAIN: &str = "nightly";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; bpftool, iproute2 and systemd
-/// (systemd-analyze) for tests.
+/// (systemd-analyze) for tests; qemu, a static busybox (the VMs' init),
+/// binutils (objcopy) and xz (compressed kernel modules) for `vm-test`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -24,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "systemd",
     "rsyslog",
+    "qemu-system-x86",
+    "busybox-static",
+    "binutils",
+    "xz-utils",
 ];
 
 #[derive(Parser)]
@@ -45,8 +51,12 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Setup, then fmt, clippy (userspace and eBPF) and every test.
+    /// Setup, then fmt, clippy (userspace and eBPF), every test, and the
+    /// real-kernel tests on Debian's kernels (vm-test).
     Test,
+    /// Setup, then the real-kernel tests inside qemu VMs booting Debian's own
+    /// kernels (6.1, 6.1 cloud, 6.12 backport), and a table of the results.
+    VmTest(vm::VmArgs),
     /// Setup, then the performance benchmarks (ratios against a baseline
     /// measured in the same run).
     Bench(bench::BenchArgs),
@@ -79,7 +89,11 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Test => {
             let tc = setup()?;
-            test(&tc)
+            test(&root, &tc)
+        }
+        Task::VmTest(args) => {
+            setup()?;
+            vm::run_matrix(&root, &args)
         }
         Task::Storm { connections } => {
             println!("{:.0} conn/s", bench::storm(connections)?);
@@ -236,7 +250,7 @@ fn build_release() -> anyhow::Result<()> {
     run(Command::new("cargo").args(["build", "--release", "--package", "sensor-daemon"]))
 }
 
-fn test(toolchain: &str) -> anyhow::Result<()> {
+fn test(root: &Path, toolchain: &str) -> anyhow::Result<()> {
     run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
     run(Command::new("cargo").args(["clippy", "--all-targets", "--", "-D", "warnings"]))?;
     // The eBPF crate only builds for the bpf target, with its own toolchain.
@@ -262,5 +276,7 @@ fn test(toolchain: &str) -> anyhow::Result<()> {
             "xtask: NOTE: not root, so the real-kernel tests will skip (CI runs them as root)"
         );
     }
-    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "sensor-ebpf"]))
+    run(Command::new("cargo").args(["test", "--workspace", "--exclude", "sensor-ebpf"]))?;
+    // The same kernel tests on the kernels production fleets run.
+    vm::run_matrix(root, &vm::VmArgs::default())
 }
