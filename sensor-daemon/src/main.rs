@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use sensor_daemon::alert::rfc3339_secs as rfc3339;
 use sensor_daemon::config::{ConfigError, SensorConfig};
 use sensor_daemon::feed::manager::FeedManager;
 use sensor_daemon::feed::{FeedMatch, Role};
 use sensor_daemon::kernel::InboundChoice;
 use sensor_daemon::sensor::{self, StatusFile};
+use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Parser)]
 #[command(
