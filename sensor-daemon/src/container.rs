@@ -33,9 +33,11 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 /// The container runtime that named a cgroup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Containerd,
+    #[serde(rename = "cri-o")]
     CriO,
     Docker,
     Podman,
@@ -54,7 +56,8 @@ impl Runtime {
 }
 
 /// Kubernetes pod QoS class, from the pod's cgroup parent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Qos {
     Guaranteed,
     Burstable,

@@ -34,6 +34,28 @@ pub struct ProcessInfo {
     pub start_time: Option<SystemTime>,
 }
 
+impl ProcessInfo {
+    /// What the kernel's event alone tells: ids, and the thread's command
+    /// name as the process name (a process gone from `/proc`).
+    pub fn from_kernel(p: &KernelProcess) -> Self {
+        ProcessInfo {
+            pid: p.tgid,
+            tid: p.tid,
+            name: p.comm.clone(),
+            thread_name: p.comm.clone(),
+            executable: None,
+            command_line: None,
+            args: Vec::new(),
+            ppid: None,
+            uid: p.uid,
+            gid: p.gid,
+            user_name: None,
+            cgroup_id: p.cgroup_id,
+            start_time: None,
+        }
+    }
+}
+
 /// Bounded cache of `/proc` and user-name reads, so that a burst of hits from
 /// one process costs one set of reads. Entries live `ttl` (short: a pid can
 /// exec or be reused); the whole cache is dropped when it reaches `capacity`.
@@ -139,23 +161,18 @@ fn read_process(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|v| v.trim().parse().ok())
     });
+    let base = ProcessInfo::from_kernel(p);
     let name = fs::read_to_string(dir.join("comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
-        .unwrap_or_else(|_| p.comm.clone());
+        .unwrap_or(base.name.clone());
     ProcessInfo {
-        pid: p.tgid,
-        tid: p.tid,
         name,
-        thread_name: p.comm.clone(),
         executable,
         command_line: (!args.is_empty()).then(|| args.join(" ")),
         args,
         ppid,
-        uid: p.uid,
-        gid: p.gid,
-        user_name: None,
-        cgroup_id: p.cgroup_id,
         start_time: process_start_time(proc_root, p.tgid),
+        ..base
     }
 }
 

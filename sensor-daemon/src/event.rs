@@ -97,8 +97,20 @@ impl BootClock {
         }
     }
 
+    /// A clock for which boot happened at `wall_at_boot` (replays, tests).
+    pub fn at(wall_at_boot: SystemTime) -> Self {
+        BootClock { wall_at_boot }
+    }
+
     pub fn wall(&self, boot_ns: u64) -> SystemTime {
         self.wall_at_boot + Duration::from_nanos(boot_ns)
+    }
+
+    /// The inverse of [`BootClock::wall`]: nanoseconds since boot (0 for a
+    /// time before boot).
+    pub fn since_boot(&self, wall: SystemTime) -> u64 {
+        wall.duration_since(self.wall_at_boot)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
     }
 }
 

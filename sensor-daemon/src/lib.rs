@@ -1,10 +1,10 @@
 //! torsensor: reports connections between this host and the Tor network.
 //!
 //! Data flows one way: kernel event ([`kernel`], [`event`]) -> match details
-//! ([`feed`]) and enrichment ([`enrich`]) -> alert ([`alert`], [`rules`]) ->
-//! output ([`sensor`]).
+//! ([`feed`]) and enrichment ([`enrich`], [`container`]) -> alert ([`alert`],
+//! [`rules`]), all driven by the [`pipeline`] without I/O of its own ->
+//! outputs ([`sink`]), run by [`sensor`].
 
-pub mod aggregate;
 pub mod alert;
 pub mod bench;
 pub mod community_id;
@@ -13,8 +13,8 @@ pub mod container;
 pub mod enrich;
 pub mod event;
 pub mod feed;
-pub mod format;
 pub mod kernel;
+pub mod pipeline;
 pub mod privileges;
 pub mod redact;
 pub mod rules;
@@ -22,3 +22,4 @@ pub mod sensor;
 pub mod sink;
 pub mod statedir;
 pub mod sys;
+pub mod time;

@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use sensor_daemon::alert::rfc3339_secs as rfc3339;
 use sensor_daemon::config::{ConfigError, SensorConfig};
 use sensor_daemon::feed::manager::FeedManager;
 use sensor_daemon::feed::{FeedMatch, Role};
 use sensor_daemon::kernel::InboundChoice;
 use sensor_daemon::sensor::{self, StatusFile};
+use sensor_daemon::sink::Format as OutputFormat;
+use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +56,11 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Replay recorded kernel events (JSON lines, one decoded `ConnEvent`
+    /// per line) through the alert pipeline with the configured feeds, no
+    /// kernel and no /proc; print one alert per line.
+    #[command(hide = true)]
+    Replay(ReplayArgs),
     /// Benchmark control: an empty program on the sensor's hook, nothing else.
     #[command(hide = true)]
     BenchFloor {
@@ -136,6 +142,30 @@ struct RunArgs {
     /// this kernel offers). Default: auto.
     #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
     inbound_hooks: Option<InboundChoice>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Alert format: ecs, ocsf or falco.
+    #[arg(long, default_value = "ecs", value_parser = parse_format)]
+    format: OutputFormat,
+    /// Aggregation window (0s turns aggregation off). Default: the configuration's.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    aggregation_window: Option<Duration>,
+    /// The recording.
+    #[arg(value_name = "FILE")]
+    file: PathBuf,
+}
+
+fn parse_format(text: &str) -> Result<OutputFormat, String> {
+    match text {
+        "ecs" => Ok(OutputFormat::Ecs),
+        "ocsf" => Ok(OutputFormat::Ocsf),
+        "falco" => Ok(OutputFormat::Falco),
+        other => Err(format!("{other:?} is not ecs, ocsf or falco")),
+    }
 }
 
 #[derive(Args)]
@@ -252,6 +282,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),
         Command::Hooks(args) => hooks(args),
+        Command::Replay(args) => replay(args).map(|()| ExitCode::SUCCESS),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
         Command::BenchFloor { syscalls } => sensor_daemon::bench::hook_floor(syscalls)
@@ -288,6 +319,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let cfg = args.load()?;
     let reload = Box::new(move || args.load());
     runtime()?.block_on(sensor::run(cfg, reload))?;
+    Ok(())
+}
+
+fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    use sensor_daemon::alert::SensorIdentity;
+    use sensor_daemon::alert::aggregate::Aggregator;
+    use sensor_daemon::pipeline::{KernelOnly, Pipeline, replay};
+    let cfg = args.config.load()?;
+    cfg.validate()?;
+    let (_, feeds) = sensor::load_offline(&cfg)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let records = replay::parse(&text)?;
+    let window = args.aggregation_window.unwrap_or(cfg.aggregation_window);
+    let mut pipeline = Pipeline::new(
+        feeds,
+        sensor_daemon::rules::Rules::builtin()?,
+        SensorIdentity::local(),
+        sensor_daemon::event::BootClock::at(std::time::UNIX_EPOCH),
+        KernelOnly,
+        Aggregator::new(window, 10_000),
+    );
+    for alert in replay::run(&mut pipeline, &records, None)? {
+        println!("{}", sensor::render(&alert, args.format));
+    }
     Ok(())
 }
 

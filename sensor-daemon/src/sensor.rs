@@ -11,17 +11,16 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::aggregate::{Aggregator, Key};
-use crate::alert::{AlertInput, SensorIdentity, ecs, roles_of};
+use crate::alert::aggregate::Aggregator;
+use crate::alert::{Alert, SensorIdentity};
 use crate::config::{ConfigError, SensorConfig};
-use crate::container::ContainerCache;
-use crate::enrich::ProcessCache;
-use crate::event::{BootClock, Connection, decode};
+use crate::event::{BootClock, decode};
+use crate::feed::FeedSet;
 use crate::feed::manager::{FeedManager, Status};
 use crate::feed::refresh::{FetchDone, Refresher, Verdict};
 use crate::feed::set::SetError;
-use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::{self, Counters, HookPlan, InboundChoice, KernelError, LoadOptions, Probes};
+use crate::pipeline::{HostSource, Now};
 use crate::privileges::{self, PrivilegeError};
 use crate::rules::{RuleError, Rules};
 use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
@@ -93,7 +92,7 @@ fn log_loaded(manager: &FeedManager, set: &FeedSet) {
             feed.name,
             feed.data
                 .version
-                .map(crate::alert::rfc3339_secs)
+                .map(crate::time::rfc3339_secs)
                 .unwrap_or_else(|| "none".into()),
             feed.counts()
         );
@@ -164,135 +163,69 @@ pub struct RunStats {
 /// Records handled before the loop yields to the output tasks.
 const DRAIN_CHUNK: usize = 256;
 
-/// Turns kernel events into alerts for the outputs.
+/// The [`crate::pipeline::Pipeline`] (events to alerts, no I/O) and the
+/// outputs it feeds.
 struct Pipeline {
-    feeds: FeedSet,
-    /// The set before the last refresh: an event the kernel matched just
-    /// before a flip is explained with the set it matched against.
-    previous: Option<FeedSet>,
-    rules: Rules,
-    sensor: SensorIdentity,
-    clock: BootClock,
-    processes: ProcessCache,
-    containers: ContainerCache,
-    aggregator: Aggregator,
+    core: crate::pipeline::Pipeline,
     sinks: Sinks,
     stats: RunStats,
 }
 
-/// The alert in the format an output asked for. OCSF and Falco are derived
-/// from the ECS document; should that fail (it would be a bug), the output
-/// gets the ECS document rather than nothing.
-fn render(doc: &Value, format: OutputFormat) -> Value {
-    let derived = match format {
-        OutputFormat::Ecs => return doc.clone(),
-        OutputFormat::Ocsf => crate::format::ocsf(doc),
-        OutputFormat::Falco => crate::format::falco(doc),
-    };
-    derived.unwrap_or_else(|e| {
-        tracing::error!("cannot render an alert as {format}: {e}; sending it as ECS");
-        doc.clone()
-    })
+/// The alert in the format an output asked for.
+pub fn render(alert: &Alert, format: OutputFormat) -> Value {
+    match format {
+        OutputFormat::Ecs => crate::alert::ecs::render(alert),
+        OutputFormat::Ocsf => crate::alert::ocsf::render(alert),
+        OutputFormat::Falco => crate::alert::falco::render(alert),
+    }
 }
 
 impl Pipeline {
     fn handle(&mut self, ev: &ConnEvent, incomplete: bool) {
-        let mut conn = match Connection::from_event(ev, &self.clock) {
-            Ok(c) => c,
+        match self.core.handle(ev, incomplete, Now::current()) {
+            Ok(alerts) => {
+                for alert in &alerts {
+                    self.write(alert);
+                }
+            }
             Err(e) => {
                 self.stats.decode_errors += 1;
                 tracing::warn!("dropped an undecodable kernel event: {e}");
-                return;
             }
-        };
-        conn.incomplete = incomplete;
-        let process = conn.process.as_ref().map(|p| self.processes.lookup(p));
-        let matches = self.explain(&conn);
-        let mut doc = ecs(&AlertInput {
-            conn: &conn,
-            process: process.as_ref(),
-            rule: self.rules.for_match(conn.direction, &roles_of(&matches)),
-            matches: &matches,
-            sensor: &self.sensor,
-        });
-        crate::format::add_community_id(&mut doc);
-        if let Some(p) = &conn.process
-            && let Some(container) = self.containers.lookup(p.tgid, p.cgroup_id)
-        {
-            crate::format::add_container(&mut doc, &container);
-        }
-        if conn.audit {
-            self.write(&doc);
-            return;
-        }
-        let key = Key {
-            direction: conn.direction,
-            pid: conn.process.as_ref().map(|p| p.tgid).unwrap_or(0),
-            peer: conn.remote.ip(),
-            port: match conn.direction {
-                crate::event::Direction::Egress => conn.remote.port(),
-                crate::event::Direction::Ingress => conn.local.port(),
-            },
-        };
-        for doc in self
-            .aggregator
-            .offer(key, doc, conn.time, std::time::Instant::now())
-        {
-            self.write(&doc);
         }
     }
 
     /// Writes the summaries of aggregation windows that have ended (or all
     /// of them, at shutdown).
     fn write_summaries(&mut self, all: bool) {
-        let docs = if all {
-            self.aggregator.flush()
+        let alerts = if all {
+            self.core.flush()
         } else {
-            self.aggregator.due(std::time::Instant::now())
+            self.core.due(std::time::Instant::now())
         };
-        for doc in &docs {
-            self.write(doc);
+        for alert in &alerts {
+            self.write(alert);
         }
     }
 
     /// Hands one alert to every output (never blocks: each output has its
     /// own queue and task).
-    fn write(&mut self, doc: &Value) {
+    fn write(&mut self, alert: &Alert) {
         let meta = AlertMeta {
-            time: doc["@timestamp"]
-                .as_str()
-                .and_then(|t| humantime::parse_rfc3339(t).ok())
-                .unwrap_or_else(SystemTime::now),
-            severity: doc["event"]["severity"]
-                .as_u64()
-                .map(|s| s.min(100) as u8)
-                .unwrap_or(0),
-            rule_id: doc["rule"]["id"].as_str().unwrap_or("").to_owned(),
-            host: self.sensor.host_name.clone(),
+            time: alert.timestamp.0,
+            severity: alert.event.severity.map_or(0, |s| s.min(100)),
+            rule_id: alert
+                .rule
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_default(),
+            host: alert.host.name.clone(),
         };
-        self.sinks.send(&meta, &|format| render(doc, format));
+        self.sinks.send(&meta, &|format| render(alert, format));
         self.stats.alerts_written += 1;
-        let ts = &doc["torsensor"];
-        self.stats.connections_reported += ts["count"].as_u64().unwrap_or(1);
-        if ts["summary"] == true {
+        self.stats.connections_reported += alert.torsensor.count.unwrap_or(1);
+        if alert.torsensor.summary {
             self.stats.summaries_written += 1;
-        }
-    }
-
-    /// What matched, from the set the kernel used (current, or the one
-    /// before the last flip).
-    fn explain(&self, conn: &Connection) -> Vec<FeedMatch<'_>> {
-        if conn.audit {
-            return Vec::new();
-        }
-        let (ip, port) = (conn.remote.ip(), conn.remote.port());
-        let current = self.feeds.explain(ip, port, conn.matched);
-        if !current.is_empty() {
-            return current;
-        }
-        match &self.previous {
-            Some(previous) => previous.explain(ip, port, conn.matched),
-            None => current,
         }
     }
 
@@ -442,14 +375,14 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     refresher.restart(&manager, false);
 
     let mut pipeline = Pipeline {
-        feeds,
-        previous: None,
-        rules,
-        sensor: SensorIdentity::local(),
-        clock: BootClock::now(),
-        processes: ProcessCache::host(),
-        containers: ContainerCache::host(),
-        aggregator: Aggregator::new(cfg.aggregation_window, 10_000),
+        core: crate::pipeline::Pipeline::new(
+            feeds,
+            rules,
+            SensorIdentity::local(),
+            BootClock::now(),
+            HostSource::new(),
+            Aggregator::new(cfg.aggregation_window, 10_000),
+        ),
         sinks,
         stats: RunStats::default(),
     };
@@ -487,7 +420,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     // Events matched against the old set are read first.
                     pipeline.drain(ring.get_mut()).await;
                     on_fetch_done(done, &mut manager, &mut probes, &mut pipeline);
-                    write_status(&state_dir, manager.status(&pipeline.feeds, SystemTime::now()), probes.plan());
+                    write_status(&state_dir, manager.status(pipeline.core.feeds(), SystemTime::now()), probes.plan());
                 }
             }
             _ = sweep.tick() => {
@@ -503,7 +436,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                     pipeline.handle(ev, true);
                 }
             }
-            _ = summaries.tick(), if pipeline.aggregator.enabled() => {
+            _ = summaries.tick(), if pipeline.core.aggregating() => {
                 pipeline.write_summaries(false);
             }
             _ = health.tick() => {
@@ -552,7 +485,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                                             state_dir = new_cfg.state_dir.clone();
                                         }
                                         log_loaded(&manager, &set);
-                                        pipeline.previous = Some(std::mem::replace(&mut pipeline.feeds, set));
+                                        pipeline.core.switch_feeds(set);
                                     }
                                     Err(e) => tracing::error!("SIGHUP: keeping the running feeds: {e}"),
                                 }
@@ -564,7 +497,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
                 }
                 refresher.restart(&manager, true);
                 pipeline.sinks.reopen_files();
-                write_status(&state_dir, manager.status(&pipeline.feeds, SystemTime::now()), probes.plan());
+                write_status(&state_dir, manager.status(pipeline.core.feeds(), SystemTime::now()), probes.plan());
             }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -649,7 +582,7 @@ fn on_fetch_done(
                         "feed {name}: refreshed: {}",
                         accepted.counts
                     );
-                    pipeline.previous = Some(std::mem::replace(&mut pipeline.feeds, set));
+                    pipeline.core.switch_feeds(set);
                     true
                 }
                 Err(e) => {

@@ -529,3 +529,55 @@ fn a_file_only_feed_needs_no_tls_roots() {
     );
     assert!(text(&out.stdout).contains("origin=file"), "{all}");
 }
+
+#[test]
+fn replay_prints_the_alerts_of_a_recording() {
+    let feed = temp_path("replay.feed");
+    std::fs::write(&feed, "198.51.100.0/24\n").unwrap();
+    let recording = temp_path("replay.jsonl");
+    let line = |secs: u32, sport: u16| {
+        format!(
+            r#"{{"time":"2024-11-24T21:00:{secs:02}Z","direction":"egress","local":"192.0.2.10:{sport}","remote":"198.51.100.7:443","matched":{{"exit_feeds":1}},"tgid":7,"pid":7,"comm":"curl"}}"#
+        )
+    };
+    let text_in = [line(0, 40000), line(5, 40001), line(9, 40002)].join("\n");
+    std::fs::write(&recording, text_in).unwrap();
+    let state = temp_path("replay-state");
+    let args = |format: &'static str| {
+        vec![
+            "replay".to_owned(),
+            "--allow-reserved".into(),
+            "--feed".into(),
+            feed.to_str().unwrap().into(),
+            "--state-dir".into(),
+            state.to_str().unwrap().into(),
+            "--aggregation-window".into(),
+            "60s".into(),
+            "--format".into(),
+            format.into(),
+            recording.to_str().unwrap().into(),
+        ]
+    };
+    let run = |format| {
+        let a = args(format);
+        torsensor(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let out = run("ecs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let alerts: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 2, "{alerts:#?}");
+    assert_eq!(alerts[0]["torsensor"]["count"], 1);
+    assert_eq!(alerts[0]["process"]["name"], "curl");
+    assert_eq!(alerts[1]["torsensor"]["count"], 2);
+    assert_eq!(alerts[1]["torsensor"]["summary"], true);
+    assert_eq!(alerts[1]["source"]["port"], 40002);
+    let out = run("falco");
+    let first: serde_json::Value =
+        serde_json::from_str(text(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(first["rule"], "Outbound connection to a Tor exit address");
+    let out = run("yaml");
+    assert_eq!(out.status.code(), Some(2));
+}

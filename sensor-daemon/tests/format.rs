@@ -1,6 +1,7 @@
-//! Golden files for the alert formats: fixed ECS alerts (as `alert::ecs`
-//! builds them, in `tests/golden/<case>.ecs.json`) are enriched and rendered,
-//! and each result must equal its checked-in file byte for byte.
+//! Golden files for the alert formats: fixed ECS alerts (as the alert model
+//! serializes them, in `tests/golden/<case>.ecs.json`) are read as alerts,
+//! enriched and rendered, and each result must equal its checked-in file
+//! byte for byte.
 //!
 //! After an intended change, rewrite the expected files with
 //! `UPDATE_GOLDEN=1 cargo test -p sensor-daemon --test format` and review
@@ -10,8 +11,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use sensor_daemon::alert::falco::{self, Priority};
+use sensor_daemon::alert::{Alert, ecs, ocsf};
 use sensor_daemon::container::{ContainerInfo, Qos, Runtime};
-use sensor_daemon::format::{self, Priority};
 
 const CASES: &[&str] = &[
     "egress_ipv4_host",
@@ -43,15 +45,16 @@ fn render(case: &str) -> Rendered {
     let path = golden_dir().join(format!("{case}.ecs.json"));
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
-    let mut doc: Value = serde_json::from_str(&text).unwrap();
-    format::add_community_id(&mut doc);
+    let mut alert: Alert =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{case}: not an alert: {e}"));
+    alert.add_community_id();
     if case.contains("container") {
-        format::add_container(&mut doc, &container());
+        alert.add_container(&container());
     }
     Rendered {
-        ocsf: format::ocsf(&doc).unwrap_or_else(|e| panic!("{case}: ocsf: {e}")),
-        falco: format::falco(&doc).unwrap_or_else(|e| panic!("{case}: falco: {e}")),
-        enriched: doc,
+        ocsf: ocsf::render(&alert),
+        falco: falco::render(&alert),
+        enriched: ecs::render(&alert),
     }
 }
 

@@ -15,8 +15,8 @@ use super::parse::{self, ParseError, ParseOptions, ParsedFeed};
 use super::set::{FeedSet, SetError};
 use super::source::{Cache, CacheMeta, Fetched, Limits, Location, SourceError, Validators};
 use super::{Feed, FeedCounts, Origin};
-use crate::alert::rfc3339_secs as rfc3339;
 use crate::config::{FeedConfig, SensorConfig};
+use crate::time::rfc3339_secs as rfc3339;
 
 /// Why a refresh was not used.
 #[derive(Debug, thiserror::Error)]

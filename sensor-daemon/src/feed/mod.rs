@@ -51,7 +51,7 @@ pub fn format_age(d: Duration) -> String {
 }
 
 /// Where the feed now in use came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Origin {
     /// Compiled into the binary (the last resort).

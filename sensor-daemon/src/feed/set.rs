@@ -15,7 +15,7 @@ use super::{Feed, canonical_ip};
 use crate::event::Direction;
 
 /// The part a listed address plays in the Tor network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Traffic leaves Tor from this address (or a generic list names it).

@@ -8,10 +8,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::{Value, json};
-
-use crate::alert::rfc3339;
+use super::model::Alert;
 use crate::event::Direction;
+use crate::time::Timestamp;
 
 /// What makes two alerts "the same".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,14 +24,28 @@ pub struct Key {
     pub port: u16,
 }
 
+impl Key {
+    /// The group of an alert.
+    pub fn of(alert: &Alert) -> Self {
+        Key {
+            direction: alert.network.direction,
+            pid: alert.process.as_ref().map_or(0, |p| p.pid),
+            peer: alert.peer().ip,
+            // Outbound the peer is the destination, inbound the local end
+            // is: the service port is the destination port either way.
+            port: alert.destination.port,
+        }
+    }
+}
+
 struct Group {
     opened: Instant,
     /// Repeats after the first alert.
     count: u64,
     first_seen: Option<SystemTime>,
     last_seen: Option<SystemTime>,
-    /// The latest repeat's document, the base of the summary.
-    latest: Option<Value>,
+    /// The latest repeat, the base of the summary.
+    latest: Option<Alert>,
 }
 
 /// Groups alerts; `window` zero turns aggregation off.
@@ -42,17 +55,14 @@ pub struct Aggregator {
     groups: HashMap<Key, Group>,
 }
 
-/// Marks `doc` as standing for `count` connections seen between the two
+/// Marks `alert` as standing for `count` connections seen between the two
 /// times.
-fn stamp(doc: &mut Value, count: u64, first: SystemTime, last: SystemTime, summary: bool) {
-    if let Some(ts) = doc.get_mut("torsensor").and_then(Value::as_object_mut) {
-        ts.insert("count".into(), json!(count));
-        ts.insert("first_seen".into(), json!(rfc3339(first)));
-        ts.insert("last_seen".into(), json!(rfc3339(last)));
-        if summary {
-            ts.insert("summary".into(), json!(true));
-        }
-    }
+fn stamp(alert: &mut Alert, count: u64, first: SystemTime, last: SystemTime, summary: bool) {
+    let ts = &mut alert.torsensor;
+    ts.count = Some(count);
+    ts.first_seen = Some(Timestamp(first));
+    ts.last_seen = Some(Timestamp(last));
+    ts.summary = summary;
 }
 
 impl Aggregator {
@@ -70,10 +80,13 @@ impl Aggregator {
         !self.window.is_zero()
     }
 
-    /// Takes one alert seen at `at`. Returns what to emit now: the alert
-    /// itself if it opens a group (count 1), and a summary if the group
-    /// table was full and the oldest group had to be closed.
-    pub fn offer(&mut self, key: Key, mut doc: Value, at: SystemTime, now: Instant) -> Vec<Value> {
+    /// Takes one alert (seen at its `@timestamp`, grouped by [`Key::of`]).
+    /// Returns what to emit now: the alert itself if it opens a group
+    /// (count 1), and a summary if the group table was full and the oldest
+    /// group had to be closed.
+    pub fn offer(&mut self, mut doc: Alert, now: Instant) -> Vec<Alert> {
+        let key = Key::of(&doc);
+        let at = doc.timestamp.0;
         if !self.enabled() {
             stamp(&mut doc, 1, at, at, false);
             return vec![doc];
@@ -117,7 +130,7 @@ impl Aggregator {
     }
 
     /// Summaries of the groups whose window has ended.
-    pub fn due(&mut self, now: Instant) -> Vec<Value> {
+    pub fn due(&mut self, now: Instant) -> Vec<Alert> {
         let window = self.window;
         let ended: Vec<Key> = self
             .groups
@@ -132,7 +145,7 @@ impl Aggregator {
     }
 
     /// Every pending summary (shutdown).
-    pub fn flush(&mut self) -> Vec<Value> {
+    pub fn flush(&mut self) -> Vec<Alert> {
         self.groups
             .drain()
             .filter_map(|(_, g)| summary(g))
@@ -144,38 +157,38 @@ impl Aggregator {
     }
 }
 
-fn summary(group: Group) -> Option<Value> {
+fn summary(group: Group) -> Option<Alert> {
     let mut doc = group.latest?;
     let first = group.first_seen?;
     let last = group.last_seen?;
     stamp(&mut doc, group.count, first, last, true);
-    if let Some(t) = doc.get_mut("@timestamp") {
-        *t = json!(rfc3339(last));
-    }
+    doc.timestamp = Timestamp(last);
     Some(doc)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::alert::test_support::connection_alert;
 
-    fn key(port: u16) -> Key {
-        Key {
-            direction: Direction::Egress,
-            pid: 7,
-            peer: "198.51.100.7".parse().unwrap(),
-            port,
-        }
+    /// An alert to 198.51.100.7:`port` from pid 7 at `at`; `n` goes in the
+    /// source port (not part of the key), to tell alerts apart.
+    fn doc(port: u16, n: u16, at: SystemTime) -> Alert {
+        connection_alert(7, ("10.0.0.5", n), ("198.51.100.7", port), at)
     }
 
-    fn doc(n: u64) -> Value {
-        json!({"@timestamp": "x", "n": n, "torsensor": {}})
+    fn count(docs: &[Alert]) -> u64 {
+        docs.iter().map(|d| d.torsensor.count.unwrap()).sum()
     }
 
-    fn count(docs: &[Value]) -> u64 {
-        docs.iter()
-            .map(|d| d["torsensor"]["count"].as_u64().unwrap())
-            .sum()
+    #[test]
+    fn the_key_is_the_service_port_and_the_peer() {
+        let at = SystemTime::UNIX_EPOCH;
+        let key = Key::of(&doc(9001, 41000, at));
+        assert_eq!(key.port, 9001);
+        assert_eq!(key.pid, 7);
+        assert_eq!(key.peer, "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(key.direction, Direction::Egress);
     }
 
     #[test]
@@ -183,36 +196,37 @@ mod tests {
         let mut agg = Aggregator::new(Duration::from_secs(60), 100);
         let t0 = Instant::now();
         let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut out = agg.offer(key(443), doc(0), at, t0);
+        let mut out = agg.offer(doc(443, 0, at), t0);
         assert_eq!(out.len(), 1);
-        assert_eq!(out[0]["torsensor"]["count"], 1);
+        assert_eq!(out[0].torsensor.count, Some(1));
         for i in 1..=9 {
             let later = at + Duration::from_secs(i);
             assert!(
-                agg.offer(key(443), doc(i), later, t0 + Duration::from_secs(i))
+                agg.offer(doc(443, i as u16, later), t0 + Duration::from_secs(i))
                     .is_empty()
             );
         }
         // Another port is another group.
-        out.extend(agg.offer(key(9001), doc(100), at, t0));
+        out.extend(agg.offer(doc(9001, 100, at), t0));
         assert_eq!(out.len(), 2);
         assert!(agg.due(t0 + Duration::from_secs(30)).is_empty());
         let due = agg.due(t0 + Duration::from_secs(60));
         // 9001 had no repeat: nothing to summarise.
         assert_eq!(due.len(), 1);
         let s = &due[0];
-        assert_eq!(s["n"], 9, "the summary is the latest repeat");
-        assert_eq!(s["torsensor"]["count"], 9);
-        assert_eq!(s["torsensor"]["summary"], true);
+        assert_eq!(s.source.port, 9, "the summary is the latest repeat");
+        assert_eq!(s.torsensor.count, Some(9));
+        assert!(s.torsensor.summary);
+        let text = |t: Option<Timestamp>| t.map(|t| t.to_string());
         assert_eq!(
-            s["torsensor"]["first_seen"],
-            "2023-11-14T22:13:21.000000000Z"
+            text(s.torsensor.first_seen).as_deref(),
+            Some("2023-11-14T22:13:21.000000000Z")
         );
         assert_eq!(
-            s["torsensor"]["last_seen"],
-            "2023-11-14T22:13:29.000000000Z"
+            text(s.torsensor.last_seen).as_deref(),
+            Some("2023-11-14T22:13:29.000000000Z")
         );
-        assert_eq!(s["@timestamp"], s["torsensor"]["last_seen"]);
+        assert_eq!(Some(s.timestamp), s.torsensor.last_seen);
         out.extend(due);
         assert_eq!(count(&out), 11);
         assert_eq!(agg.open_groups(), 0);
@@ -225,15 +239,15 @@ mod tests {
         let at = SystemTime::now();
         let mut out = Vec::new();
         for (port, ms) in [(1, 0), (1, 1), (1, 2), (2, 500), (2, 501)] {
-            out.extend(agg.offer(key(port), doc(0), at, t0 + Duration::from_millis(ms)));
+            out.extend(agg.offer(doc(port, 0, at), t0 + Duration::from_millis(ms)));
         }
         // A third key: the oldest group (port 1) is closed to make room.
-        out.extend(agg.offer(key(3), doc(0), at, t0 + Duration::from_secs(1)));
+        out.extend(agg.offer(doc(3, 0, at), t0 + Duration::from_secs(1)));
         assert!(
             out.iter()
-                .any(|d| d["torsensor"]["summary"] == true && d["torsensor"]["count"] == 2)
+                .any(|d| d.torsensor.summary && d.torsensor.count == Some(2))
         );
-        out.extend(agg.offer(key(3), doc(0), at, t0 + Duration::from_secs(2)));
+        out.extend(agg.offer(doc(3, 0, at), t0 + Duration::from_secs(2)));
         out.extend(agg.flush());
         assert_eq!(count(&out), 7);
         assert_eq!(agg.open_groups(), 0);
@@ -244,9 +258,9 @@ mod tests {
         let mut agg = Aggregator::new(Duration::ZERO, 10);
         let t0 = Instant::now();
         for _ in 0..3 {
-            let out = agg.offer(key(1), doc(0), SystemTime::now(), t0);
+            let out = agg.offer(doc(1, 0, SystemTime::now()), t0);
             assert_eq!(out.len(), 1);
-            assert_eq!(out[0]["torsensor"]["count"], 1);
+            assert_eq!(out[0].torsensor.count, Some(1));
         }
         assert_eq!(agg.open_groups(), 0);
     }

@@ -1,0 +1,68 @@
+//! Additions to an alert from other sources than its own: the flow's
+//! Community ID and the container of its process.
+
+use super::model::{Alert, Container, ContainerDetails, Orchestrator, OrchestratorResource};
+use crate::container::ContainerInfo;
+
+impl Alert {
+    /// Sets `network.community_id` (Community ID v1, seed 0) from the
+    /// endpoints and the transport.
+    pub fn add_community_id(&mut self) {
+        let id = crate::community_id::v1(
+            0,
+            self.source.ip,
+            self.destination.ip,
+            self.network.iana_number,
+            Some((self.source.port, self.destination.port)),
+        );
+        self.network.community_id = Some(id);
+    }
+
+    /// Sets ECS `container.id`/`container.runtime` and, for a pod,
+    /// `orchestrator.type: kubernetes`, `orchestrator.resource.{type: pod,
+    /// id}`. The QoS class and cgroup path, which ECS has no field for, go
+    /// to `torsensor.container`. Pod name and namespace need the Kubernetes
+    /// API and are not set here.
+    pub fn add_container(&mut self, info: &ContainerInfo) {
+        self.container = Some(Container {
+            id: info.id.clone(),
+            runtime: info.runtime,
+        });
+        if let Some(uid) = &info.pod_uid {
+            self.orchestrator = Some(Orchestrator {
+                kind: "kubernetes".into(),
+                namespace: None,
+                resource: OrchestratorResource {
+                    kind: "pod".into(),
+                    id: Some(uid.clone()),
+                    name: None,
+                },
+            });
+        }
+        self.torsensor.container = Some(ContainerDetails {
+            cgroup_path: info.cgroup_path.clone(),
+            qos: info.qos,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::alert::test_support::connection_alert;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn community_id_of_the_spec_example() {
+        let mut alert = connection_alert(
+            1,
+            ("128.232.110.120", 34855),
+            ("66.35.250.204", 80),
+            UNIX_EPOCH,
+        );
+        alert.add_community_id();
+        assert_eq!(
+            alert.network.community_id.as_deref(),
+            Some("1:LQU9qZlK+B5F3KDmev6m5PMibrg=")
+        );
+    }
+}

@@ -1,0 +1,31 @@
+//! Alerts: what the sensor reports, as one type, and its output formats.
+//!
+//! Owns the alert model ([`model::Alert`], shaped like an ECS document),
+//! how an alert is built from a connection ([`connection`]), the additions
+//! made to it from other sources (community id, container: [`additions`]),
+//! aggregation of repeats ([`aggregate`]),
+//! and the three renderers, each an infallible `&Alert -> Value`:
+//!
+//! - [`ecs::render`]: the alert as it serializes (ECS).
+//! - [`ocsf::render`]: OCSF Network Activity (class 4001).
+//! - [`falco::render`]: Falco's JSON output.
+//!
+//! May use the layers below it: decoded events ([`crate::event`]), feed
+//! matches ([`crate::feed`]), process and container details
+//! ([`crate::enrich`], [`crate::container`]), rules ([`crate::rules`]),
+//! [`crate::community_id`] and [`crate::time`]. Nothing here reads files,
+//! the clock or the kernel: callers pass every input, including the time.
+//! Nothing below may import from here.
+
+pub mod additions;
+pub mod aggregate;
+pub mod connection;
+pub mod ecs;
+pub mod falco;
+pub mod model;
+pub mod ocsf;
+#[cfg(test)]
+pub(crate) mod test_support;
+
+pub use connection::{AlertInput, SensorIdentity, build, roles_of};
+pub use model::Alert;

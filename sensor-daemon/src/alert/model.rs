@@ -1,0 +1,556 @@
+//! The alert as a type, shaped like the ECS document it serializes to.
+//!
+//! Every struct here is one ECS object (`event`, `network`, `process`...)
+//! or, under [`Torsensor`], one of torsensor's own. A field ECS treats as
+//! optional is an `Option` (or an empty list) and is left out when absent,
+//! never written as `null`. Serialized through `serde_json::Value` (no
+//! `preserve_order`), objects come out with sorted keys, whatever the field
+//! order here.
+//!
+//! `Deserialize` reads back what `Serialize` wrote (and documents written by
+//! earlier versions, which lack the fields added since: those are
+//! `Option`s), so recorded alerts and golden files can be loaded as alerts.
+
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::container::{Qos, Runtime};
+use crate::event::Direction;
+use crate::feed::{Origin, Role};
+use crate::time::{Timestamp, TimestampSecs};
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// Numbers that ECS types as `keyword` (`user.id`, `network.iana_number`)
+/// are written as strings.
+mod as_text {
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<T: Display, S: Serializer>(v: &T, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+
+    pub fn deserialize<'de, T, D>(d: D) -> Result<T, D::Error>
+    where
+        T: FromStr,
+        T::Err: Display,
+        D: Deserializer<'de>,
+    {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One alert (or, for `--audit-all`, one event).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alert {
+    /// When the connection was seen (a summary: the last repeat).
+    #[serde(rename = "@timestamp")]
+    pub timestamp: Timestamp,
+    pub ecs: Ecs,
+    pub event: Event,
+    pub network: Network,
+    /// The initiator: the local end outbound, the peer inbound.
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub host: Host,
+    pub agent: Agent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Process>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<User>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Group>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<Container>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub orchestrator: Option<Orchestrator>,
+    /// Alerts only (an audit event matched no rule).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<RuleRef>,
+    /// The rule's tags (alerts only; an empty list is written as `[]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// Alerts only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threat: Option<Threat>,
+    /// ECS `related.*`: not set for connections today (it would add fields
+    /// to every alert); there for sources whose entities are not in the
+    /// fields above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub related: Option<Related>,
+    pub torsensor: Torsensor,
+}
+
+/// `ecs.version`: the ECS version the document follows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ecs {
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Alert,
+    Event,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventCategory {
+    Network,
+    IntrusionDetection,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventType {
+    Connection,
+    Allowed,
+    Denied,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Success,
+    Failure,
+    Unknown,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub category: Vec<EventCategory>,
+    #[serde(rename = "type")]
+    pub types: Vec<EventType>,
+    /// `tor-connection-outbound`, `tor-connection-inbound`.
+    pub action: String,
+    pub outcome: Outcome,
+    pub module: String,
+    pub dataset: String,
+    /// When the sensor built the alert.
+    pub created: Timestamp,
+    /// The rule's severity, 0-100 (alerts only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub severity: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        }
+    }
+
+    /// The IANA protocol number (`network.iana_number`).
+    pub fn iana_number(self) -> u8 {
+        match self {
+            Transport::Tcp => 6,
+            Transport::Udp => 17,
+        }
+    }
+}
+
+/// `network.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpFamily {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    pub direction: Direction,
+    pub transport: Transport,
+    #[serde(with = "as_text")]
+    pub iana_number: u8,
+    #[serde(rename = "type")]
+    pub family: IpFamily,
+    /// Community ID v1 of the flow (seed 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub community_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Host {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Agent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub pid: u32,
+    /// From `/proc/<pid>/comm`, else the kernel's command name.
+    pub name: String,
+    pub thread: Thread,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Parent>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+}
+
+/// The thread that connected or accepted; its name is the kernel's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    pub id: u32,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parent {
+    pub pid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    #[serde(with = "as_text")]
+    pub id: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Group {
+    #[serde(with = "as_text")]
+    pub id: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Container {
+    /// Full container id.
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<Runtime>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orchestrator {
+    /// `kubernetes`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Needs the Kubernetes API: not set by the sensor today.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub resource: OrchestratorResource,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrchestratorResource {
+    /// `pod`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The pod UID.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Needs the Kubernetes API: not set by the sensor today.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl OrchestratorResource {
+    pub fn is_pod(&self) -> bool {
+        self.kind == "pod"
+    }
+}
+
+/// ECS `rule.*`: the detection rule that raised the alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleRef {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub ruleset: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Threat {
+    pub framework: String,
+    pub tactic: IdsNames,
+    pub technique: Technique,
+    /// The first feed that matched.
+    pub feed: FeedName,
+    pub enrichments: Vec<Enrichment>,
+}
+
+/// ATT&CK ids and names (ECS lists).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdsNames {
+    pub id: Vec<String>,
+    pub name: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Technique {
+    pub id: Vec<String>,
+    pub name: Vec<String>,
+    pub subtechnique: IdsNames,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedName {
+    pub name: String,
+}
+
+/// One feed match, as ECS `threat.enrichments[]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrichment {
+    pub indicator: Indicator,
+    pub matched: Matched,
+    pub feed: FeedName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndicatorType {
+    #[serde(rename = "ipv4-addr")]
+    Ipv4Addr,
+    #[serde(rename = "ipv6-addr")]
+    Ipv6Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Indicator {
+    pub ip: IpAddr,
+    /// The relay's ORPort (relay matches).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(rename = "type")]
+    pub kind: IndicatorType,
+    /// The feed's name.
+    pub provider: String,
+    pub description: String,
+    /// When the address was last seen as an exit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<TimestampSecs>,
+    /// The feed's version.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<TimestampSecs>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matched {
+    /// The value that matched (the peer's address).
+    pub atomic: String,
+    /// Where it is in this document (`destination.ip`, `source.ip`).
+    pub field: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+/// ECS `related.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Related {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip: Vec<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub user: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+}
+
+/// How `process.*` was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Attribution {
+    /// No process: an inbound connection that ended, or that nobody used
+    /// within `inbound_wait`.
+    None,
+    /// The caller of `connect()`.
+    Connect,
+    /// The first process that read, wrote, shut down or closed an accepted
+    /// connection.
+    FirstUse,
+}
+
+/// `torsensor.*`: what ECS has no field for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Torsensor {
+    /// The feeds that matched, in feed order, each once.
+    pub feeds: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tor: Option<TorDetails>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<MatchDetails>,
+    /// The socket was IPv6 and the peer IPv4-mapped.
+    pub v4_mapped: bool,
+    /// Sent by `--audit-all`, not by a feed match.
+    pub audit: bool,
+    /// Still in progress when the sensor stopped, or unanswered for long.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub incomplete: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<Attribution>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub process_unknown: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerDetails>,
+    /// Connections this alert stands for (set by aggregation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+    /// The alert summarises repeats inside an aggregation window.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub summary: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Confidence {
+    /// A relay's OR address and ORPort matched.
+    High,
+    /// Only an exit (or generic list) entry matched.
+    Medium,
+}
+
+/// `torsensor.tor`: roles, confidence, the relays behind the address.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TorDetails {
+    /// Strongest first.
+    pub roles: Vec<Role>,
+    pub confidence: Confidence,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub or_port: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_last_seen: Option<TimestampSecs>,
+    /// All relays behind the address; at most 16 are listed.
+    pub relay_count: usize,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RelayRef {
+    pub fingerprint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+}
+
+/// `torsensor.matches[]`: one feed and role that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatchDetails {
+    pub name: String,
+    pub role: Role,
+    /// The listed prefix (exit) or the OR address (relay).
+    pub prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<TimestampSecs>,
+    pub origin: Origin,
+}
+
+/// `torsensor.container`: what ECS `container.*` has no field for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerDetails {
+    pub cgroup_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qos: Option<Qos>,
+}
+
+impl Alert {
+    /// An alert raised by a rule (an audit event is not one).
+    pub fn is_alert(&self) -> bool {
+        self.event.kind == EventKind::Alert
+    }
+
+    pub fn is_egress(&self) -> bool {
+        self.network.direction == Direction::Egress
+    }
+
+    /// The remote end: the destination outbound, the source inbound.
+    pub fn peer(&self) -> Endpoint {
+        if self.is_egress() {
+            self.destination
+        } else {
+            self.source
+        }
+    }
+
+    /// The local end.
+    pub fn local(&self) -> Endpoint {
+        if self.is_egress() {
+            self.source
+        } else {
+            self.destination
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::test_support::connection_alert;
+    use std::time::UNIX_EPOCH;
+
+    #[test]
+    fn enum_names_are_the_ecs_values() {
+        use crate::container::{Qos, Runtime};
+        use serde_json::{Value, to_value};
+        let text = |v: Value| v.as_str().unwrap().to_owned();
+        for r in [
+            Runtime::Containerd,
+            Runtime::CriO,
+            Runtime::Docker,
+            Runtime::Podman,
+        ] {
+            assert_eq!(text(to_value(r).unwrap()), r.as_str());
+        }
+        for q in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+            assert_eq!(text(to_value(q).unwrap()), q.as_str());
+        }
+        for t in [Transport::Tcp, Transport::Udp] {
+            assert_eq!(text(to_value(t).unwrap()), t.as_str());
+        }
+        let attribution = to_value(Attribution::FirstUse).unwrap();
+        assert_eq!(text(attribution), "first-use");
+    }
+
+    #[test]
+    fn an_alert_reads_back_what_it_wrote() {
+        let mut alert = connection_alert(7, ("10.0.0.5", 1), ("198.51.100.7", 443), UNIX_EPOCH);
+        alert.torsensor.count = Some(3);
+        alert.torsensor.summary = true;
+        let doc = crate::alert::ecs::render(&alert);
+        assert_eq!(doc["user"]["id"], "1000");
+        assert_eq!(doc["network"]["iana_number"], "6");
+        let back: Alert = serde_json::from_value(doc).unwrap();
+        assert_eq!(back, alert);
+    }
+}

@@ -1,0 +1,53 @@
+//! Alerts for unit tests.
+
+use std::time::SystemTime;
+
+use super::connection::{AlertInput, SensorIdentity, build};
+use super::model::Alert;
+use crate::enrich::ProcessInfo;
+use crate::event::{Connection, Direction, KernelProcess};
+use crate::rules::Rules;
+use sensor_common::MatchInfo;
+
+/// An outbound alert (built-in exit rule, no feed match) from process `pid`
+/// between `local` and `remote` at `at`, on host `h1`.
+pub fn connection_alert(
+    pid: u32,
+    local: (&str, u16),
+    remote: (&str, u16),
+    at: SystemTime,
+) -> Alert {
+    let kernel = KernelProcess {
+        tgid: pid,
+        tid: pid,
+        uid: 1000,
+        gid: 1000,
+        comm: "curl".into(),
+        cgroup_id: 1,
+    };
+    let conn = Connection {
+        time: at,
+        direction: Direction::Egress,
+        local: (local.0.parse::<std::net::IpAddr>().unwrap(), local.1).into(),
+        remote: (remote.0.parse::<std::net::IpAddr>().unwrap(), remote.1).into(),
+        v4_mapped: false,
+        failed: false,
+        audit: false,
+        incomplete: false,
+        matched: MatchInfo::NONE,
+        process: Some(kernel.clone()),
+    };
+    let rules = Rules::builtin().unwrap();
+    build(&AlertInput {
+        conn: &conn,
+        process: Some(&ProcessInfo::from_kernel(&kernel)),
+        container: None,
+        rule: &rules.egress_exit,
+        matches: &[],
+        sensor: &SensorIdentity {
+            host_name: "h1".into(),
+            version: "0.1.0",
+        },
+        created: at,
+    })
+}

@@ -1,0 +1,317 @@
+//! The pipeline without a kernel, root or `/proc`: recorded kernel events
+//! (`tests/recordings/*.jsonl`, one decoded `ConnEvent` per line) go through
+//! decoding, enrichment from recorded process and container answers, the
+//! alert model, aggregation and the three renderers, and the results are
+//! compared with the golden files and with the connection counts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+
+use sensor_daemon::alert::aggregate::Aggregator;
+use sensor_daemon::alert::model::Attribution;
+use sensor_daemon::alert::{Alert, SensorIdentity, ecs, falco, ocsf};
+use sensor_daemon::container::{ContainerInfo, Qos, Runtime};
+use sensor_daemon::enrich::ProcessInfo;
+use sensor_daemon::event::{BootClock, Direction, KernelProcess};
+use sensor_daemon::feed::parse::{ExitInfo, Relay};
+use sensor_daemon::feed::{Feed, FeedSet, Origin, ParsedFeed};
+use sensor_daemon::pipeline::replay::{self, Flag, Matched, Record};
+use sensor_daemon::pipeline::{Pipeline, ProcessSource};
+use sensor_daemon::rules::Rules;
+use sensor_daemon::time::Timestamp;
+
+fn dir(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join(name)
+}
+
+fn time(text: &str) -> SystemTime {
+    humantime::parse_rfc3339(text).unwrap()
+}
+
+fn relay(fingerprint: &str, nickname: Option<&str>) -> Relay {
+    Relay {
+        fingerprint: fingerprint.into(),
+        nickname: nickname.map(Into::into),
+        flags: Vec::new(),
+        last_seen: None,
+    }
+}
+
+/// The feeds the golden alerts were written against: `tor-exits` (fetched)
+/// and `tor-relays` (from the cache).
+fn feeds() -> FeedSet {
+    let mut exits = ParsedFeed {
+        version: Some(time("2026-11-24T09:40:00Z")),
+        relays: vec![
+            relay("0011BD2485AD45D984EC4159C88FC066E5E3300E", Some("labExit")),
+            relay("B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2B2", None),
+        ],
+        ..ParsedFeed::default()
+    };
+    for (net, index, seen) in [
+        ("198.51.100.7/32", 0, "2026-11-24T09:31:07Z"),
+        ("2001:db8:7::/48", 1, "2026-11-24T09:12:44Z"),
+    ] {
+        let info = ExitInfo {
+            relays: vec![index],
+            last_seen: Some(time(seen)),
+        };
+        exits.exits.insert(net.parse().unwrap(), info);
+    }
+    let relays = ParsedFeed {
+        version: Some(time("2026-11-24T09:00:00Z")),
+        relays: vec![relay(
+            "A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1A1",
+            Some("labGuard"),
+        )],
+        or_ports: BTreeMap::from([("198.51.100.7:9001".parse().unwrap(), vec![0])]),
+        ..ParsedFeed::default()
+    };
+    let feed = |name: &str, origin, data| {
+        Arc::new(Feed {
+            name: name.into(),
+            location: format!("https://mirror.example/{name}"),
+            origin,
+            fetched: None,
+            data,
+        })
+    };
+    FeedSet::new(vec![
+        feed("tor-exits", Origin::Network, exits),
+        feed("tor-relays", Origin::Cache, relays),
+    ])
+    .unwrap()
+}
+
+/// What `/proc` and the cgroups said about the recorded processes.
+#[derive(Default)]
+struct Recorded {
+    processes: HashMap<u32, ProcessInfo>,
+    containers: HashMap<u64, ContainerInfo>,
+}
+
+impl ProcessSource for Recorded {
+    fn process(&mut self, p: &KernelProcess) -> ProcessInfo {
+        match self.processes.get(&p.tgid) {
+            Some(known) => ProcessInfo {
+                tid: p.tid,
+                thread_name: p.comm.clone(),
+                gid: p.gid,
+                cgroup_id: p.cgroup_id,
+                ..known.clone()
+            },
+            None => ProcessInfo::from_kernel(p),
+        }
+    }
+
+    fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo> {
+        self.containers.get(&p.cgroup_id).cloned()
+    }
+}
+
+fn recorded() -> Recorded {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let tor = ProcessInfo {
+        pid: 4242,
+        name: "tor".into(),
+        executable: Some("/usr/bin/tor".into()),
+        command_line: Some("/usr/bin/tor -f /etc/tor/torrc".into()),
+        args: args(&["/usr/bin/tor", "-f", "/etc/tor/torrc"]),
+        ppid: Some(1),
+        uid: 107,
+        user_name: Some("debian-tor".into()),
+        start_time: Some(time("2024-11-24T20:55:01.370000000Z")),
+        ..ProcessInfo::default()
+    };
+    let nginx = ProcessInfo {
+        pid: 31337,
+        name: "nginx".into(),
+        executable: Some("/usr/sbin/nginx".into()),
+        command_line: Some("nginx: worker process".into()),
+        args: args(&["nginx: worker process"]),
+        ppid: Some(1),
+        uid: 101,
+        user_name: Some("nginx".into()),
+        ..ProcessInfo::default()
+    };
+    let container = ContainerInfo {
+        id: "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899".into(),
+        runtime: Some(Runtime::Containerd),
+        pod_uid: Some("7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f".into()),
+        qos: Some(Qos::Burstable),
+        cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
+    };
+    Recorded {
+        processes: HashMap::from([(4242, tor), (31337, nginx)]),
+        containers: HashMap::from([(88123, container)]),
+    }
+}
+
+/// The built-in rules, with TORSENSOR-001's description as it read when
+/// the golden files were written.
+fn rules() -> Rules {
+    let mut rules = Rules::builtin().unwrap();
+    rules.egress_relay.description = "A local process connected to an address listed by a Tor feed: usually a Tor client or relay on this host (or malware tunnelling through Tor). Check the process and why it talks to Tor.".into();
+    rules
+}
+
+fn pipeline(window: Duration) -> Pipeline<Recorded> {
+    Pipeline::new(
+        feeds(),
+        rules(),
+        SensorIdentity {
+            host_name: "node-7.example.internal".into(),
+            version: "0.1.0",
+        },
+        BootClock::at(UNIX_EPOCH),
+        recorded(),
+        Aggregator::new(window, 10_000),
+    )
+}
+
+fn golden(name: &str) -> String {
+    let path = dir("golden").join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap() + "\n"
+}
+
+#[test]
+fn recorded_events_give_the_golden_alerts() {
+    let text = std::fs::read_to_string(dir("recordings").join("golden_cases.jsonl")).unwrap();
+    let records = replay::parse(&text).unwrap();
+    let cases = [
+        ("egress_ipv4_host", Attribution::Connect),
+        ("ingress_ipv6_container", Attribution::FirstUse),
+        ("egress_audit_failed_no_process", Attribution::None),
+    ];
+    assert_eq!(records.len(), cases.len());
+    let mut pipeline = pipeline(Duration::ZERO);
+    let created = time("2024-11-24T21:00:00.131072000Z");
+    for (record, (case, attribution)) in records.iter().zip(cases) {
+        let ev = record.to_event(&pipeline.clock()).unwrap();
+        let mut alert = pipeline.alert(&ev, false, created).unwrap();
+        // The golden files predate `torsensor.attribution`.
+        assert_eq!(alert.torsensor.attribution, Some(attribution), "{case}");
+        alert.torsensor.attribution = None;
+        for (suffix, rendered) in [
+            ("enriched", ecs::render(&alert)),
+            ("ocsf", ocsf::render(&alert)),
+            ("falco", falco::render(&alert)),
+        ] {
+            let name = format!("{case}.{suffix}.json");
+            let got = pretty(&rendered);
+            assert!(
+                got == golden(&name),
+                "{name} differs from the replayed alert:\n{got}"
+            );
+        }
+    }
+}
+
+/// A record of `tor` (pid 4242) connecting to 198.51.100.7:`port` at
+/// `secs` seconds past 21:00, from local port `sport`.
+fn tor_connect(secs: u64, port: u16, sport: u16) -> Record {
+    let matched = if port == 9001 {
+        Matched {
+            exit_feeds: 1,
+            relay_feeds: 2,
+        }
+    } else {
+        Matched {
+            exit_feeds: 1,
+            relay_feeds: 0,
+        }
+    };
+    Record {
+        time: Timestamp(time("2024-11-24T21:00:00Z") + Duration::from_secs(secs)),
+        direction: Direction::Egress,
+        local: format!("192.0.2.10:{sport}").parse().unwrap(),
+        remote: format!("198.51.100.7:{port}").parse().unwrap(),
+        flags: Vec::new(),
+        matched,
+        tgid: 4242,
+        pid: 4243,
+        uid: 107,
+        gid: 107,
+        comm: "tor".into(),
+        cgroup_id: 5521,
+        incomplete: false,
+    }
+}
+
+#[test]
+fn a_replayed_burst_is_aggregated_and_the_counts_add_up() {
+    let mut records: Vec<Record> = (0..6)
+        .map(|i| tor_connect(i * 5, 9001, 40000 + i as u16))
+        .collect();
+    records.push(tor_connect(7, 443, 41000));
+    let mut audit = tor_connect(8, 80, 42000);
+    audit.flags = vec![Flag::Audit];
+    audit.matched = Matched::default();
+    records.push(audit);
+    // 70 s later: the first window (60 s) has ended before this one.
+    records.push(tor_connect(70, 9001, 43000));
+    records.sort_by_key(|r| r.time);
+
+    let alerts = replay::run(&mut pipeline(Duration::from_secs(60)), &records, None).unwrap();
+    let summary = |a: &Alert| a.torsensor.summary;
+    let line: Vec<(u16, Option<u64>, bool)> = alerts
+        .iter()
+        .map(|a| (a.destination.port, a.torsensor.count, summary(a)))
+        .collect();
+    assert_eq!(
+        line,
+        [
+            (9001, Some(1), false), // first of the burst, at once
+            (443, Some(1), false),  // another service port, another group
+            (80, None, false),      // audit events are not aggregated
+            (9001, Some(5), true),  // the burst's repeats, when the window ended
+            (9001, Some(1), false), // a new window
+        ]
+    );
+    let repeats = &alerts[3];
+    assert_eq!(
+        repeats.source.port, 40005,
+        "the summary is the latest repeat"
+    );
+    assert_eq!(
+        repeats.torsensor.first_seen.unwrap().to_string(),
+        "2024-11-24T21:00:05.000000000Z"
+    );
+    assert_eq!(Some(repeats.timestamp), repeats.torsensor.last_seen);
+    let connections: u64 = alerts
+        .iter()
+        .filter(|a| !a.torsensor.audit)
+        .map(|a| a.torsensor.count.unwrap())
+        .sum();
+    assert_eq!(connections, records.len() as u64 - 1);
+    // Every alert renders in every format, with the counts in each.
+    for a in &alerts {
+        let count = a.torsensor.count.map(Value::from);
+        assert_eq!(ecs::render(a)["torsensor"].get("count").cloned(), count);
+        let unmapped = &ocsf::render(a)["unmapped"]["torsensor"];
+        assert_eq!(unmapped.get("count").cloned(), count);
+        assert_eq!(falco::render(a)["output_fields"]["fd.rip"], "198.51.100.7");
+    }
+}
+
+#[test]
+fn an_unknown_process_is_named_by_the_kernel() {
+    let mut record = tor_connect(0, 443, 41000);
+    record.tgid = 999;
+    record.comm = "short-lived".into();
+    let alerts = replay::run(&mut pipeline(Duration::ZERO), &[record], None).unwrap();
+    let process = alerts[0].process.as_ref().unwrap();
+    assert_eq!((process.pid, process.name.as_str()), (999, "short-lived"));
+    assert_eq!(process.thread.name, "short-lived");
+    assert_eq!(process.executable, None);
+}
