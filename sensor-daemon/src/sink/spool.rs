@@ -85,9 +85,15 @@ fn read_all(mut f: File) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The highest sequence number a record or the cursor can hold: numbering
+/// starts at 1 and never gets near it, so a larger number is damage (and
+/// `+ 1` on it could overflow).
+const MAX_SEQ: u64 = 1 << 62;
+
 fn parse_seq(line: &[u8]) -> Option<u64> {
     let tab = line.iter().position(|&b| b == b'\t')?;
-    std::str::from_utf8(&line[..tab]).ok()?.parse().ok()
+    let seq: u64 = std::str::from_utf8(&line[..tab]).ok()?.parse().ok()?;
+    (seq <= MAX_SEQ).then_some(seq)
 }
 
 impl Spool {
@@ -128,7 +134,7 @@ impl Spool {
             .open_read(OsStr::new("cursor"))
             .and_then(io::read_to_string)
         {
-            Ok(s) => s.trim().parse().unwrap_or(0),
+            Ok(s) => s.trim().parse().ok().filter(|&c| c <= MAX_SEQ).unwrap_or(0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
@@ -595,6 +601,36 @@ mod tests {
         );
         drop(s);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Found by the `spool` fuzz target: a damaged record numbered
+    /// u64::MAX overflowed `last_seq + 1` at start-up (and a cursor of
+    /// u64::MAX would overflow `cursor + 1`).
+    #[test]
+    fn sequence_numbers_near_u64_max_are_damage() {
+        let d = dir("maxseq");
+        let c = Arc::new(Counters::default());
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        let records: Vec<_> = (0..2).map(|n| (s.next_seq(), entry(n))).collect();
+        s.append(&records).unwrap();
+        let path = s.segments[0].path.clone();
+        drop(s);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let line = serde_json::to_string(&*entry(7)).unwrap();
+        writeln!(f, "{}\t{line}", u64::MAX).unwrap();
+        drop(f);
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
+        assert_eq!(s.next_seq(), 3);
+        drop(s);
+        // A cursor that cannot be one counts as none.
+        std::fs::write(d.join("cursor"), format!("{}\n", u64::MAX)).unwrap();
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
+        assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
+        assert_eq!(s.next_seq(), 3);
     }
 
     #[test]
