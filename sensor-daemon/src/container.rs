@@ -232,19 +232,22 @@ pub fn cgroup2_mount(proc_mounts: &str) -> Option<PathBuf> {
     })
 }
 
-/// `/proc/mounts` writes space, tab, newline and backslash as octal escapes.
+/// `/proc/mounts` writes space, tab, newline and backslash as octal escapes
+/// (`\040`); anything else, `\777` (not a byte) included, stays as it is.
 fn unescape_mount_path(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+        let escaped = (bytes[i] == b'\\')
+            .then(|| bytes.get(i + 1..i + 4))
+            .flatten()
+            .filter(|digits| digits.iter().all(|b| (b'0'..=b'7').contains(b)))
+            .and_then(|digits| {
+                let v = digits.iter().fold(0u32, |v, d| v * 8 + u32::from(d - b'0'));
+                u8::try_from(v).ok()
+            });
+        if let Some(v) = escaped {
             out.push(v);
             i += 4;
         } else {
@@ -674,6 +677,18 @@ mod tests {
         let escaped = "none /tmp/my\\040cg cgroup2 rw 0 0\n";
         assert_eq!(cgroup2_mount(escaped), Some(PathBuf::from("/tmp/my cg")));
         assert_eq!(cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    /// Found by the `cgroup` fuzz target: `\777` overflowed a u8 (a panic
+    /// with overflow checks on, a wrong byte without).
+    #[test]
+    fn octal_escapes_past_a_byte_stay_as_written() {
+        let mounts = "none /tmp/a\\777b\\400\\040c\\12 cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(mounts),
+            Some(PathBuf::from("/tmp/a\\777b\\400 c\\12"))
+        );
+        assert_eq!(unescape_mount_path("\\377\\000x\\"), "\u{fffd}\0x\\");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Developer and CI tasks. `cargo xtask --help` lists them.
 
 mod bench;
+mod fuzz;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -66,6 +67,9 @@ enum Task {
         #[arg(long, default_value_t = 20_000)]
         connections: usize,
     },
+    /// Setup, then every fuzz target (sensor-daemon/fuzz) for a bounded
+    /// time, with executions, coverage and findings per target.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -99,6 +103,7 @@ fn main() -> anyhow::Result<()> {
             println!("{:.0} conn/s", bench::storm(connections)?);
             Ok(())
         }
+        Task::Fuzz(args) => fuzz::run_targets(&setup()?, &args),
         Task::Bench(args) => {
             setup()?;
             build_release()?;
@@ -270,6 +275,7 @@ fn test(root: &Path, toolchain: &str) -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    fuzz::ci(toolchain)?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(

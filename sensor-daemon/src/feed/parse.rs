@@ -311,7 +311,9 @@ fn looks_like_html(text: &str) -> bool {
 }
 
 fn html_title(text: &str) -> String {
-    let lower = text.to_lowercase();
+    // ASCII case folding only: it keeps every byte offset of `text` valid
+    // (full Unicode lowercasing changes lengths, e.g. `İ` grows a byte).
+    let lower = text.to_ascii_lowercase();
     lower
         .find("<title>")
         .and_then(|start| {
@@ -734,6 +736,28 @@ mod tests {
             parse(&[0x31, 0xff, 0xfe], None, false).unwrap_err(),
             ParseError::NotText { offset: 1 }
         ));
+    }
+
+    /// Seen while writing the `feed_plain` fuzz target, confirmed through
+    /// it: a character whose lowercase has another length before `<title>`
+    /// (`Ⱥ`, 2 bytes, lowercases to 3) made the title slice start inside
+    /// `é` and panic.
+    #[test]
+    fn html_title_after_a_character_that_lowercases_longer() {
+        let page = "<html>\u{23a}<title>\u{e9}t\u{e9}</title></html>";
+        assert_eq!(
+            parse(page.as_bytes(), None, false).unwrap_err(),
+            ParseError::Html {
+                title: "\u{e9}t\u{e9}".into()
+            }
+        );
+        let turkish = "<HTML><!-- \u{130}SS --><TITLE>Eri\u{15f}im Engellendi</TITLE>";
+        assert_eq!(
+            parse(turkish.as_bytes(), None, false).unwrap_err(),
+            ParseError::Html {
+                title: "Eri\u{15f}im Engellendi".into()
+            }
+        );
     }
 
     #[test]

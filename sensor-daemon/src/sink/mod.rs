@@ -103,6 +103,8 @@ use tokio::time::sleep_until;
 use crate::statedir::{Dir, SPOOL_DIR_MODE, STATE_DIR_MODE};
 pub use config::{Destination, HttpKind, OutputConfig};
 use spool::Spool;
+#[cfg(feature = "fuzzing")]
+pub use spool::replay_for_fuzzing as spool_replay_for_fuzzing;
 use transport::{Batch, Transport};
 
 #[derive(Debug, thiserror::Error)]

@@ -116,10 +116,16 @@ fn read_all(mut f: File) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
+/// The highest sequence number a record or the cursor can hold: numbering
+/// starts at 1 and never gets near it, so a larger number is damage (and
+/// `+ 1` on it could overflow).
+const MAX_SEQ: u64 = 1 << 62;
+
 /// The sequence number at the start of a record line (no other check).
 fn parse_seq(line: &[u8]) -> Option<u64> {
     let tab = line.iter().position(|&b| b == b'\t')?;
-    std::str::from_utf8(&line[..tab]).ok()?.parse().ok()
+    let seq: u64 = std::str::from_utf8(&line[..tab]).ok()?.parse().ok()?;
+    (seq <= MAX_SEQ).then_some(seq)
 }
 
 /// The first line of a segment: where the previous segment ended.
@@ -170,7 +176,11 @@ fn parse_at(data: &[u8]) -> Option<(Parsed, usize)> {
     let seq = if header {
         0
     } else if !key.is_empty() && key.iter().all(u8::is_ascii_digit) {
-        std::str::from_utf8(key).ok()?.parse().ok()?
+        std::str::from_utf8(key)
+            .ok()?
+            .parse()
+            .ok()
+            .filter(|&seq| seq <= MAX_SEQ)?
     } else {
         return None;
     };
@@ -371,7 +381,7 @@ impl Spool {
             .open_read(OsStr::new("cursor"))
             .and_then(io::read_to_string)
         {
-            Ok(s) => s.trim().parse().unwrap_or(0),
+            Ok(s) => s.trim().parse().ok().filter(|&c| c <= MAX_SEQ).unwrap_or(0),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(e),
         };
@@ -383,6 +393,7 @@ impl Spool {
             if let Some(first) = name
                 .strip_suffix(".seg")
                 .and_then(|n| n.parse::<u64>().ok())
+                .filter(|&n| n <= MAX_SEQ)
             {
                 names.push((first, ent.path()));
             }
@@ -431,7 +442,7 @@ impl Spool {
                 continue;
             }
             let last_seq = records.last().map_or(first_seq, |r| r.0);
-            spool.next_seq = spool.next_seq.max(last_seq + 1);
+            spool.next_seq = spool.next_seq.max(last_seq.saturating_add(1));
             if spool.segments.is_empty() {
                 spool.head_offset = acked_bytes;
                 spool.head_acked = acked;
@@ -857,6 +868,65 @@ impl Spool {
     }
 }
 
+/// What [`replay_for_fuzzing`] did.
+#[cfg(feature = "fuzzing")]
+#[derive(Debug)]
+pub struct Replay {
+    /// Sequence numbers read, in order.
+    pub read: Vec<u64>,
+    /// Whether reading stopped because nothing was left (not at the limit).
+    pub drained: bool,
+    /// Sequence number of the alert spooled at the end.
+    pub appended: u64,
+    /// The last acknowledged sequence number at the end.
+    pub cursor: u64,
+}
+
+/// The `spool` fuzz target's way in (feature `fuzzing`): opens the spool
+/// directory `dir` as a remote sink does at start-up (indexing whatever
+/// segments and cursor it holds, cutting torn tails), delivers it as the
+/// sink does (a batch of at most `batch_events`, then an acknowledgement of
+/// its last record, at most `max_batches` times), and spools one new alert.
+#[cfg(feature = "fuzzing")]
+pub fn replay_for_fuzzing(
+    dir: &Path,
+    batch_events: usize,
+    max_batches: usize,
+) -> io::Result<Replay> {
+    let dir = Dir::open(dir, crate::statedir::SPOOL_DIR_MODE).map_err(io::Error::other)?;
+    let mut spool = Spool::open_in(dir, 1 << 20, 1 << 16, Arc::new(Counters::default()))?;
+    let mut read = Vec::new();
+    let mut drained = false;
+    for _ in 0..max_batches {
+        let batch = spool.read_batch(batch_events.max(1), 1 << 16)?;
+        let Some(&(last, _)) = batch.last() else {
+            drained = true;
+            break;
+        };
+        read.extend(batch.iter().map(|(seq, _)| *seq));
+        spool.protect(Some(last));
+        spool.ack_through(last)?;
+        spool.protect(None);
+    }
+    let appended = spool.next_seq();
+    let entry = Entry {
+        id: "fuzz".into(),
+        time_ns: 0,
+        severity: 0,
+        rule_id: "fuzz".into(),
+        host: "fuzz".into(),
+        body: "{}".into(),
+    };
+    spool.append(&[(appended, Arc::new(entry))])?;
+    spool.sync()?;
+    Ok(Replay {
+        read,
+        drained,
+        appended,
+        cursor: spool.cursor,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1007,6 +1077,36 @@ mod tests {
         assert_eq!(c.dropped_spool.load(Ordering::Relaxed), 0);
         drop(s);
         std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Found by the `spool` fuzz target: a damaged record numbered
+    /// u64::MAX overflowed `last_seq + 1` at start-up (and a cursor of
+    /// u64::MAX would overflow `cursor + 1`).
+    #[test]
+    fn sequence_numbers_near_u64_max_are_damage() {
+        let d = dir("maxseq");
+        let c = Arc::new(Counters::default());
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        let records: Vec<_> = (0..2).map(|n| (s.next_seq(), entry(n))).collect();
+        s.append(&records).unwrap();
+        let path = s.segments[0].path.clone();
+        drop(s);
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let line = serde_json::to_string(&*entry(7)).unwrap();
+        writeln!(f, "{}\t{line}", u64::MAX).unwrap();
+        drop(f);
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
+        assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
+        assert_eq!(s.next_seq(), 3);
+        drop(s);
+        // A cursor that cannot be one counts as none.
+        std::fs::write(d.join("cursor"), format!("{}\n", u64::MAX)).unwrap();
+        let mut s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
+        assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
+        assert_eq!(s.next_seq(), 3);
     }
 
     #[test]

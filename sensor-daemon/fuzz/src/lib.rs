@@ -1,0 +1,94 @@
+//! What the fuzz targets share: the checks run on a parsed feed, and a
+//! scratch directory for the parsers that read files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sensor_daemon::event::Direction;
+use sensor_daemon::feed::parse::{self, Format};
+use sensor_daemon::feed::{Feed, FeedSet, Origin, ParseOptions, normalize};
+
+/// Parses `data` as `format` (reserved entries and wide prefixes kept) and
+/// as whatever it is detected to be (both refused), then does what the
+/// daemon does with an accepted body: merges it into a feed set and looks
+/// up the first address. Panics only on a broken invariant.
+pub fn feed(data: &[u8], format: Format) {
+    for (format, allow) in [(Some(format), true), (None, false)] {
+        let options = ParseOptions {
+            allow_reserved: allow,
+            allow_wide_prefixes: allow,
+        };
+        let parsed = match parse::parse_with(data, format, &options) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                let _ = e.to_string();
+                continue;
+            }
+        };
+        assert!(
+            !parsed.exits.is_empty() || !parsed.or_ports.is_empty(),
+            "an accepted body has entries"
+        );
+        assert!(parsed.report.bad.len() <= parsed.report.bad_count);
+        for net in parsed.exits.keys() {
+            assert_eq!(normalize(*net), *net, "exit prefixes are normalised");
+        }
+        for info in parsed.exits.values() {
+            assert!(
+                info.relays
+                    .iter()
+                    .all(|&r| (r as usize) < parsed.relays.len())
+            );
+        }
+        for relays in parsed.or_ports.values() {
+            assert!(relays.iter().all(|&r| (r as usize) < parsed.relays.len()));
+        }
+        let first = parsed
+            .exits
+            .keys()
+            .next()
+            .map(|n| n.addr())
+            .or_else(|| parsed.or_ports.keys().next().map(|sa| sa.ip()));
+        let feed = Feed {
+            name: "fuzz".into(),
+            location: "fuzz".into(),
+            origin: Origin::Network,
+            fetched: None,
+            data: parsed,
+        };
+        let _ = feed.counts();
+        let set = FeedSet::new(vec![Arc::new(feed)]).expect("one feed fits");
+        if let Some(ip) = first {
+            assert!(
+                !set.lookup(ip, None).is_empty(),
+                "the first entry of a feed matches"
+            );
+            let _ = set.classify(ip, 9001, Direction::Egress);
+        }
+    }
+}
+
+/// A directory of this process for the targets that read files: in
+/// `/dev/shm` when there is one (no disk writes), else the temp directory.
+/// Emptied on every call.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let base = Path::new("/dev/shm");
+    let base = if base.is_dir() {
+        base.to_owned()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = base.join(format!("torsensor-fuzz-{name}-{}", std::process::id()));
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => panic!("cannot empty {}: {e}", dir.display()),
+    }
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// A file name nothing can exist at: file names in a fuzzed configuration
+/// (`token_file`, `ca_file`) are pointed here before validation, so that the
+/// fuzzer never makes the target read a device or a FIFO.
+pub const NO_FILE: &str = "/nonexistent/torsensor-fuzz";
