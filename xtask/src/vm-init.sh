@@ -7,8 +7,9 @@ export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# /tmp and /run stay on the initramfs itself (already in memory and
+# writable): a tmpfs over /tmp would hide binaries built under /tmp.
+chmod 1777 /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
@@ -31,8 +32,10 @@ hooks=$?
 sed 's/^/hooks stdout: /' /tmp/hooks.out
 sed 's/^/hooks stderr: /' /tmp/hooks.err
 
-"$VM_TESTS" $VM_TEST_ARGS 2>&1
-tests=$?
+tests=0
+for t in $VM_TESTS; do
+    "$t" $VM_TEST_ARGS 2>&1 || tests=$?
+done
 
 echo "vm: kernel log during the tests:"
 dmesg

@@ -1,4 +1,4 @@
-//! `cargo xtask vm-test`: the real-kernel tests (`sensor-daemon/tests/kernel.rs`)
+//! `cargo xtask vm-test`: the real-kernel tests (`sensor-daemon/tests/kernel.rs`, `tests/feeds.rs`)
 //! on Debian's own kernels, each booted under qemu, and a table of what each
 //! kernel gave.
 //!
@@ -91,7 +91,14 @@ const REQUIRED: &[&str] = &[
     "auto_takes_the_first_plan_that_works_and_reports_it_once",
     "every_inbound_plan_this_kernel_offers_names_the_thread_that_uses_the_socket",
     "a_refused_outbound_attempt_reports_its_real_source_port",
+    "relay_orport_matches_only_outbound_on_the_orport",
+    "refreshes_are_gapless_under_a_tight_connect_loop",
 ];
+
+/// The test binaries of `sensor-daemon` that run in every VM: the kernel
+/// cases, and the feed cases that need the kernel (relay ORPort matching,
+/// start from the cache, gapless refreshes).
+const TEST_BINARIES: &[&str] = &["kernel", "feeds"];
 
 /// Tests that cannot work in the VM, with the reason (passed as `--skip`).
 const EXCLUDED: &[(&str, &str)] = &[];
@@ -181,7 +188,7 @@ pub fn run_matrix(root: &Path, args: &VmArgs) -> anyhow::Result<()> {
     fs::create_dir_all(&dir)?;
     let bins = build_binaries(!args.debug)?;
     let matrix = Matrix {
-        base: base_image(&bins, &dir.join("stage"))?,
+        base: base_image(root, &bins, &dir.join("stage"))?,
         bins,
         apt: Apt::new(&dir.join("apt")),
         dir,
@@ -357,7 +364,15 @@ impl Matrix<'_> {
         let mut env = String::new();
         for (key, value) in [
             ("VM_SENSOR", self.bins.sensor.display().to_string()),
-            ("VM_TESTS", self.bins.tests.display().to_string()),
+            (
+                "VM_TESTS",
+                self.bins
+                    .tests
+                    .iter()
+                    .map(|t| t.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
             ("VM_TEST_ARGS", test_args.join(" ")),
             ("VM_MODULES", insmod.join(" ")),
         ] {
@@ -656,7 +671,8 @@ fn modinfo_depends(ko: &[u8]) -> Vec<String> {
 // What runs inside
 
 struct Binaries {
-    tests: PathBuf,
+    /// One executable per entry of [`TEST_BINARIES`], in that order.
+    tests: Vec<PathBuf>,
     sensor: PathBuf,
 }
 
@@ -666,23 +682,17 @@ struct Binaries {
 /// churn test's 10,000 in 20 s.
 fn build_binaries(release: bool) -> anyhow::Result<Binaries> {
     let mut cmd = Command::new("cargo");
-    cmd.args([
-        "test",
-        "--package",
-        "sensor-daemon",
-        "--test",
-        "kernel",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .args(release.then_some("--release"))
-    .stderr(Stdio::inherit());
+    cmd.args(["test", "--package", "sensor-daemon"])
+        .args(TEST_BINARIES.iter().flat_map(|t| ["--test", t]))
+        .args(["--no-run", "--message-format=json-render-diagnostics"])
+        .args(release.then_some("--release"))
+        .stderr(Stdio::inherit());
     eprintln!("xtask: $ {}", show(&cmd));
     let out = cmd.output().with_context(|| show(&cmd))?;
     if !out.status.success() {
         bail!("{} failed ({})", show(&cmd), out.status);
     }
-    let mut tests = None;
+    let mut tests = vec![None; TEST_BINARIES.len()];
     let mut sensor = None;
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let Ok(msg) = serde_json::from_str::<Value>(line) else {
@@ -697,23 +707,38 @@ fn build_binaries(release: bool) -> anyhow::Result<Binaries> {
                 .as_array()
                 .is_some_and(|k| k.iter().any(|x| x == kind))
         };
-        match name {
-            "kernel" if is("test") => tests = Some(PathBuf::from(exe)),
-            "torsensor" if is("bin") => sensor = Some(PathBuf::from(exe)),
-            _ => {}
+        if let Some(i) = TEST_BINARIES.iter().position(|t| *t == name)
+            && is("test")
+        {
+            tests[i] = Some(PathBuf::from(exe));
+        } else if name == "torsensor" && is("bin") {
+            sensor = Some(PathBuf::from(exe));
         }
     }
+    let tests = tests
+        .into_iter()
+        .zip(TEST_BINARIES)
+        .map(|(exe, name)| {
+            exe.with_context(|| format!("cargo reported no `{name}` test executable"))
+        })
+        .collect::<anyhow::Result<_>>()?;
     Ok(Binaries {
-        tests: tests.context("cargo reported no `kernel` test executable")?,
+        tests,
         sensor: sensor.context("cargo reported no `torsensor` executable")?,
     })
 }
 
 /// The part of the initramfs that is the same for every kernel: init,
-/// busybox, the tools with their libraries, and the two binaries without
-/// their debug info (copies in `stage`; the originals stay as they are).
-fn base_image(bins: &Binaries, stage: &Path) -> anyhow::Result<Initramfs> {
+/// busybox, the tools with their libraries, the feed fixtures, and the test
+/// binaries and `torsensor` without their debug info (copies in `stage`;
+/// the originals stay as they are).
+fn base_image(root: &Path, bins: &Binaries, stage: &Path) -> anyhow::Result<Initramfs> {
     let mut image = Initramfs::default();
+    // The feed fixtures the test HTTP server reads at run time (by the
+    // compile-time `CARGO_MANIFEST_DIR` path).
+    for entry in fs::read_dir(root.join("sensor-daemon/data"))? {
+        image.host_file(&entry?.path())?;
+    }
     // The host's merged-/usr links, so that library and program paths from
     // the host resolve the same way inside.
     for top in ["bin", "sbin", "lib", "lib64", "lib32", "libx32"] {
@@ -757,12 +782,10 @@ fn base_image(bins: &Binaries, stage: &Path) -> anyhow::Result<Initramfs> {
     // Fresh each run: old builds' copies would only pile up.
     let _ = fs::remove_dir_all(stage);
     fs::create_dir_all(stage)?;
-    for bin in [&bins.tests, &bins.sensor] {
-        // The init mounts tmpfs over these, which would hide the binary.
-        if ["/tmp", "/run", "/proc", "/sys", "/dev"]
-            .iter()
-            .any(|m| bin.starts_with(m))
-        {
+    for bin in bins.tests.iter().chain([&bins.sensor]) {
+        // The init mounts proc, sysfs and devtmpfs over these, which
+        // would hide the binary.
+        if ["/proc", "/sys", "/dev"].iter().any(|m| bin.starts_with(m)) {
             bail!(
                 "{} is under a directory the VM mounts over; build in another directory",
                 bin.display()
@@ -1118,10 +1141,12 @@ fn parse_console(text: &str) -> Console {
             let count = |what: &str| {
                 result
                     .split([';', '.'])
-                    .find_map(|part| part.trim().strip_suffix(what)?.trim().parse().ok())
+                    .find_map(|part| part.trim().strip_suffix(what)?.trim().parse::<u32>().ok())
             };
+            // One line per test binary: the totals add up.
             if let (Some(p), Some(f)) = (count(" passed"), count(" failed")) {
-                c.counts = Some((p, f));
+                let (p0, f0) = c.counts.unwrap_or((0, 0));
+                c.counts = Some((p0 + p, f0 + f));
             }
         } else if let Some((name, verdict)) = line
             .strip_prefix("test ")
