@@ -381,6 +381,9 @@ impl Matrix<'_> {
         for (key, value) in [
             ("TORSENSOR_EXPECT_PLAN", kernel.expect_plan),
             ("TORSENSOR_EXPECT_PLANS", kernel.expect_plans),
+            // Emulation is about 20 times slower: the gapless test's
+            // connect loop pauses so that the daemon gets CPU time too.
+            ("TORSENSOR_TEST_PACE_MS", "5"),
         ] {
             env += &format!("export {key}={}\n", sh_quote(value));
         }
