@@ -1091,13 +1091,8 @@ mod tests {
         s.append(&records).unwrap();
         let path = s.segments[0].path.clone();
         drop(s);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
         let line = serde_json::to_string(&*entry(7)).unwrap();
-        writeln!(f, "{}\t{line}", u64::MAX).unwrap();
-        drop(f);
+        append_to(&path, format!("{}\t{line}\n", u64::MAX).as_bytes());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
         assert_eq!(s.next_seq(), 3);
@@ -1107,6 +1102,18 @@ mod tests {
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1]);
         assert_eq!(s.next_seq(), 3);
+        drop(s);
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Appends raw bytes to a segment file, as a crash or a hand would.
+    fn append_to(path: &Path, bytes: &[u8]) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
     }
 
     #[test]
@@ -1122,11 +1129,7 @@ mod tests {
         );
         let path = s.segments[0].path.clone();
         drop(s);
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        f.write_all(b"4\t{\"id\":\"x\",\"ti").unwrap();
+        append_to(&path, b"4\t{\"id\":\"x\",\"ti");
         let s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         assert_eq!(ns(&s.read_batch(10, 1 << 20).unwrap()), vec![0, 1, 2]);
         assert_eq!(
