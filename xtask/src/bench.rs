@@ -85,7 +85,11 @@ impl Running {
                     told = true;
                     let _ = tx.send(Ok(()));
                 }
-                if line.contains("health:") || line.contains("WARN") || line.contains("ERROR") {
+                // The hook plan's warning (a degraded plan forced on
+                // purpose) is printed once by section 1b itself.
+                let relevant =
+                    line.contains("health:") || line.contains("WARN") || line.contains("ERROR");
+                if relevant && !line.contains("hook plan:") {
                     eprintln!("  sensor: {line}");
                 }
                 log.push_str(&line);
