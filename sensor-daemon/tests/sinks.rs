@@ -58,6 +58,21 @@ fn send(sinks: &Sinks, n: u64) {
     );
 }
 
+/// Sends alerts `0..n` to a sink whose receiver is down, yielding now and
+/// then so that its task runs, and waits until all `n` are in its spool.
+async fn spool_while_down(sinks: &Sinks, n: u64) {
+    for i in 0..n {
+        send(sinks, i);
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_for(&format!("{n} alerts spooled"), 10, || {
+        sinks.stats()[0].spooled_events == n
+    })
+    .await;
+}
+
 fn cfg(spec: &str) -> OutputConfig {
     spec.parse().unwrap_or_else(|e| panic!("{spec}: {e}"))
 }
@@ -540,16 +555,7 @@ async fn outage_and_restart_deliver_everything_once_in_order() {
 
     // Receiver down (connection refused): 300 alerts go to the spool.
     let sinks = Sinks::start(&[cfg(&spec)], &dir, "torsensor").unwrap();
-    for n in 0..300 {
-        send(&sinks, n);
-        if n % 50 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    wait_for("300 alerts spooled", 10, || {
-        sinks.stats()[0].spooled_events == 300
-    })
-    .await;
+    spool_while_down(&sinks, 300).await;
     let stats = sinks.shutdown(Duration::from_millis(300)).await;
     assert_eq!(
         (
@@ -1282,16 +1288,7 @@ async fn damaged_spool_segments_lose_only_damaged_records_and_count_them() {
     );
     let spool_dir = dir.join("spool").join("dmg");
     let sinks = Sinks::start(&[cfg(&spec)], &dir, "torsensor").unwrap();
-    for n in 0..300 {
-        send(&sinks, n);
-        if n % 50 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
-    wait_for("300 alerts spooled", 10, || {
-        sinks.stats()[0].spooled_events == 300
-    })
-    .await;
+    spool_while_down(&sinks, 300).await;
     sinks.shutdown(Duration::from_millis(300)).await;
     let segs = segment_files(&spool_dir);
     assert!(segs.len() >= 6, "{} segments", segs.len());
