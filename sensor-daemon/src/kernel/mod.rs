@@ -271,11 +271,11 @@ impl Probes {
     pub fn load(opts: &LoadOptions, feeds: &FeedSet) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
         probes.apply_feeds(feeds)?;
-        let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
-        probes.attach_required(&[STATE_PROGRAM], &btf)?;
-        probes.plan = Some(probes.choose_inbound(opts.inbound, &btf)?);
-        drop(btf);
-        release_heap();
+        probes.with_btf(|probes, btf| {
+            probes.attach_required(&[STATE_PROGRAM], btf)?;
+            probes.plan = Some(probes.choose_inbound(opts.inbound, btf)?);
+            Ok(())
+        })?;
         Ok(probes)
     }
 
@@ -286,14 +286,27 @@ impl Probes {
     /// before doing anything).
     pub fn load_hook_floor(opts: &LoadOptions, syscalls: bool) -> Result<Self, KernelError> {
         let mut probes = Self::open(opts)?;
+        probes.with_btf(|probes, btf| {
+            probes.attach_required(&[("hook_floor", STATE_PROGRAM.1)], btf)?;
+            if syscalls {
+                probes.attach_required(&[("syscall_floor", Hook::Tracepoint("sys_enter"))], btf)?;
+            }
+            Ok(())
+        })?;
+        Ok(probes)
+    }
+
+    /// Runs `attach` with the kernel's BTF (which loading programs needs),
+    /// then gives the BTF's parse memory (several MiB) back.
+    fn with_btf(
+        &mut self,
+        attach: impl FnOnce(&mut Self, &Btf) -> Result<(), KernelError>,
+    ) -> Result<(), KernelError> {
         let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
-        probes.attach_required(&[("hook_floor", STATE_PROGRAM.1)], &btf)?;
-        if syscalls {
-            probes.attach_required(&[("syscall_floor", Hook::Tracepoint("sys_enter"))], &btf)?;
-        }
+        let result = attach(self, &btf);
         drop(btf);
         release_heap();
-        Ok(probes)
+        result
     }
 
     /// The hooks in use (after `load`).
