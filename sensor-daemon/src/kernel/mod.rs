@@ -6,7 +6,6 @@
 pub mod plan;
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -135,17 +134,10 @@ pub fn preflight() -> Result<(), KernelError> {
 }
 
 fn check_capabilities() -> Result<(), KernelError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-        .unwrap_or(0);
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+    use caps::Capability::{CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN};
+    // The same read of the effective set as `privileges` (capget).
+    let eff = caps::read(None, caps::CapSet::Effective).unwrap_or_default();
+    if eff.contains(&CAP_SYS_ADMIN) || (eff.contains(&CAP_BPF) && eff.contains(&CAP_PERFMON)) {
         Ok(())
     } else {
         Err(KernelError::MissingCapabilities)
