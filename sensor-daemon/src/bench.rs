@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::SensorConfig;
-use crate::feed::parse::{Format, parse};
+use crate::feed::parse::{FeedFormat, parse};
 use crate::feed::{Feed, FeedSet, Origin, is_reserved};
 use crate::kernel::{KernelError, LoadOptions, Probes};
 
@@ -82,7 +82,7 @@ struct Sample {
     entries: usize,
 }
 
-fn feed(name: &str, text: &str, format: Format) -> Arc<Feed> {
+fn feed(name: &str, text: &str, format: FeedFormat) -> Arc<Feed> {
     Arc::new(Feed {
         name: name.into(),
         location: "bench".into(),
@@ -96,15 +96,15 @@ fn measure(scale: usize) -> Result<Sample, KernelError> {
     let (details, exits) = network(scale, 0.0, 0);
     let (details2, exits2) = network(scale, 0.03, 1);
     let t = Instant::now();
-    let relays = feed("relays", &details, Format::Onionoo);
-    let exit = feed("exits", &exits, Format::Tordnsel);
+    let relays = feed("relays", &details, FeedFormat::Onionoo);
+    let exit = feed("exits", &exits, FeedFormat::Tordnsel);
     let parse = t.elapsed();
     let t = Instant::now();
     let set = FeedSet::new(vec![relays, exit]).expect("two feeds");
     let merge = t.elapsed();
     let set2 = FeedSet::new(vec![
-        feed("relays", &details2, Format::Onionoo),
-        feed("exits", &exits2, Format::Tordnsel),
+        feed("relays", &details2, FeedFormat::Onionoo),
+        feed("exits", &exits2, FeedFormat::Tordnsel),
     ])
     .expect("two feeds");
     let mut probes = Probes::open(&LoadOptions {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer};
 
 use crate::feed::source::Location;
-use crate::feed::{Format, ParseOptions};
+use crate::feed::{FeedFormat, ParseOptions};
 use crate::kernel::InboundChoice;
 use crate::sink::OutputConfig;
 use sensor_common::MAX_FEEDS;
@@ -159,7 +159,7 @@ pub struct FeedConfig {
     /// `plain`, `tordnsel`, `onionoo`, or `auto` (detect from the content).
     /// Default: auto.
     #[serde(deserialize_with = "format_choice")]
-    pub format: Option<Format>,
+    pub format: Option<FeedFormat>,
     /// Time between refreshes. Default: 1 h (sources update hourly).
     #[serde(deserialize_with = "duration")]
     pub refresh: Duration,
@@ -224,13 +224,13 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     })
 }
 
-fn format_choice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Format>, D::Error> {
+fn format_choice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FeedFormat>, D::Error> {
     let text = String::deserialize(d)?;
     match text.as_str() {
         "auto" => Ok(None),
-        "plain" => Ok(Some(Format::Plain)),
-        "tordnsel" => Ok(Some(Format::Tordnsel)),
-        "onionoo" => Ok(Some(Format::Onionoo)),
+        "plain" => Ok(Some(FeedFormat::Plain)),
+        "tordnsel" => Ok(Some(FeedFormat::Tordnsel)),
+        "onionoo" => Ok(Some(FeedFormat::Onionoo)),
         other => Err(serde::de::Error::custom(format!(
             "format {other:?}: expected auto, plain, tordnsel or onionoo"
         ))),
@@ -503,7 +503,7 @@ location = "http://127.0.0.1:8080/details"
         assert_eq!(c.state_dir, PathBuf::from("/tmp/ts"));
         assert!(c.allow_reserved);
         assert_eq!(c.feeds.len(), 2);
-        assert_eq!(c.feeds[0].format, Some(Format::Tordnsel));
+        assert_eq!(c.feeds[0].format, Some(FeedFormat::Tordnsel));
         assert_eq!(c.feeds[0].refresh, Duration::from_secs(1800));
         assert_eq!(c.feeds[1].format, None);
         assert_eq!(c.feeds[1].max_shrink, 0.5);

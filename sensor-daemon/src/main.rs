@@ -7,12 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use sensor_daemon::alert::Schema;
 use sensor_daemon::config::{ConfigError, SensorConfig};
 use sensor_daemon::feed::manager::FeedManager;
 use sensor_daemon::feed::{FeedMatch, Role};
 use sensor_daemon::kernel::InboundChoice;
 use sensor_daemon::sensor::{self, StatusFile};
-use sensor_daemon::sink::Format as OutputFormat;
 use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Parser)]
@@ -150,7 +150,7 @@ struct ReplayArgs {
     config: ConfigArgs,
     /// Alert format: ecs, ocsf or falco.
     #[arg(long, default_value = "ecs", value_parser = parse_format)]
-    format: OutputFormat,
+    format: Schema,
     /// Aggregation window (0s turns aggregation off). Default: the configuration's.
     #[arg(long, value_parser = humantime::parse_duration)]
     aggregation_window: Option<Duration>,
@@ -159,11 +159,11 @@ struct ReplayArgs {
     file: PathBuf,
 }
 
-fn parse_format(text: &str) -> Result<OutputFormat, String> {
+fn parse_format(text: &str) -> Result<Schema, String> {
     match text {
-        "ecs" => Ok(OutputFormat::Ecs),
-        "ocsf" => Ok(OutputFormat::Ocsf),
-        "falco" => Ok(OutputFormat::Falco),
+        "ecs" => Ok(Schema::Ecs),
+        "ocsf" => Ok(Schema::Ocsf),
+        "falco" => Ok(Schema::Falco),
         other => Err(format!("{other:?} is not ecs, ocsf or falco")),
     }
 }
@@ -342,7 +342,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         Aggregator::new(window, 10_000),
     );
     for alert in replay::run(&mut pipeline, &records, None)? {
-        println!("{}", sensor::render(&alert, args.format));
+        println!("{}", args.format.render(&alert));
     }
     Ok(())
 }

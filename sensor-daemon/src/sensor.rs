@@ -19,13 +19,14 @@ use crate::feed::FeedSet;
 use crate::feed::manager::{FeedManager, Status};
 use crate::feed::refresh::{FetchDone, Refresher, Verdict};
 use crate::feed::set::SetError;
-use crate::kernel::{self, Counters, HookPlan, InboundChoice, KernelError, LoadOptions, Probes};
+use crate::kernel::{
+    self, HookPlan, InboundChoice, KernelCounters, KernelError, LoadOptions, Probes,
+};
 use crate::pipeline::{HostSource, Now};
 use crate::privileges::{self, PrivilegeError};
 use crate::rules::{RuleError, Rules};
-use crate::sink::{AlertMeta, Format as OutputFormat, SinkError, Sinks};
+use crate::sink::{AlertMeta, SinkError, Sinks};
 use crate::statedir::{Dir, STATE_DIR_MODE, StateDirError};
-use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -141,7 +142,7 @@ pub fn check_state_dir(state_dir: &Path) -> Result<(), StateDirError> {
 /// What happened during a run, written to `stats_file` at exit.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RunStats {
-    pub kernel: Counters,
+    pub kernel: KernelCounters,
     /// Alerts handed to the outputs (first alerts, summaries, events);
     /// what each output delivered or dropped is in `outputs`.
     pub alerts_written: u64,
@@ -169,15 +170,6 @@ struct Pipeline {
     core: crate::pipeline::Pipeline,
     sinks: Sinks,
     stats: RunStats,
-}
-
-/// The alert in the format an output asked for.
-pub fn render(alert: &Alert, format: OutputFormat) -> Value {
-    match format {
-        OutputFormat::Ecs => crate::alert::ecs::render(alert),
-        OutputFormat::Ocsf => crate::alert::ocsf::render(alert),
-        OutputFormat::Falco => crate::alert::falco::render(alert),
-    }
 }
 
 impl Pipeline {
@@ -221,7 +213,7 @@ impl Pipeline {
                 .unwrap_or_default(),
             host: alert.host.name.clone(),
         };
-        self.sinks.send(&meta, &|format| render(alert, format));
+        self.sinks.send(&meta, &|schema| schema.render(alert));
         self.stats.alerts_written += 1;
         self.stats.connections_reported += alert.torsensor.count.unwrap_or(1);
         if alert.torsensor.summary {
@@ -260,7 +252,7 @@ impl Pipeline {
 }
 
 /// Logs a health event for every kind of loss that grew since `last`.
-fn report_losses(now: &Counters, last: &Counters) {
+fn report_losses(now: &KernelCounters, last: &KernelCounters) {
     let ring = now.ringbuf_full - last.ringbuf_full;
     if ring > 0 {
         tracing::warn!(
@@ -392,7 +384,7 @@ pub async fn run(cfg: SensorConfig, reload: Reload) -> Result<RunStats, SensorEr
     // without one; checked a few times per wait.
     let mut sweep =
         tokio::time::interval((cfg.inbound_wait / 4).max(std::time::Duration::from_millis(50)));
-    let mut last = Counters::default();
+    let mut last = KernelCounters::default();
     // Output losses (queue, spool, refused) as health events too.
     let mut output_losses = crate::sink::LossReport::default();
 

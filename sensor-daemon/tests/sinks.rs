@@ -13,7 +13,8 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
-use sensor_daemon::sink::{AlertMeta, Format, OutputConfig, SinkStats, Sinks};
+use sensor_daemon::alert::Schema;
+use sensor_daemon::sink::{AlertMeta, OutputConfig, SinkStats, Sinks};
 use serde_json::{Value, json};
 
 /// A fresh directory, removed when the test passes (kept for a look when it fails).
@@ -54,7 +55,7 @@ fn meta(severity: u8) -> AlertMeta {
 fn send(sinks: &Sinks, n: u64) {
     sinks.send(
         &meta(73),
-        &|f: Format| json!({"n": n, "format": f.to_string(), "pad": "x".repeat(60)}),
+        &|f: Schema| json!({"n": n, "format": f.to_string(), "pad": "x".repeat(60)}),
     );
 }
 
@@ -738,7 +739,7 @@ async fn renders_once_per_format_in_use() {
         6,
         "two formats in use, three alerts: {calls:?}"
     );
-    assert_eq!(calls.iter().filter(|f| **f == Format::Ecs).count(), 3);
+    assert_eq!(calls.iter().filter(|f| **f == Schema::Ecs).count(), 3);
     for (path, format) in [(&a, "ecs"), (&b, "ecs"), (&c, "falco")] {
         let docs = lines(path);
         assert_seq(&ns_of(&docs), 0..3, "each file");

@@ -12,7 +12,7 @@ use std::process::Command;
 
 use common::http::FeedServer;
 use common::{BIN, temp_path};
-use sensor_daemon::feed::Format;
+use sensor_daemon::feed::FeedFormat;
 use sensor_daemon::feed::source::{Cache, CacheMeta, Validators};
 use sensor_daemon::sink::{OutputConfig, Sinks};
 
@@ -28,7 +28,7 @@ fn meta(name: &str, body: &[u8]) -> CacheMeta {
     CacheMeta {
         name: name.into(),
         location: "https://feeds.example/list".into(),
-        format: Format::Plain,
+        format: FeedFormat::Plain,
         validators: Validators::default(),
         fetched: "2026-11-24T10:00:00Z".into(),
         bytes: body.len(),

@@ -2,6 +2,6 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sensor_daemon::feed::Format;
+use sensor_daemon::feed::FeedFormat;
 
-fuzz_target!(|data: &[u8]| sensor_daemon_fuzz::feed(data, Format::Plain));
+fuzz_target!(|data: &[u8]| sensor_daemon_fuzz::feed(data, FeedFormat::Plain));

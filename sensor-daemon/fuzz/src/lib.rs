@@ -5,14 +5,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use sensor_daemon::event::Direction;
-use sensor_daemon::feed::parse::{self, Format};
+use sensor_daemon::feed::parse::{self, FeedFormat};
 use sensor_daemon::feed::{Feed, FeedSet, Origin, ParseOptions, normalize};
 
 /// Parses `data` as `format` (reserved entries and wide prefixes kept) and
 /// as whatever it is detected to be (both refused), then does what the
 /// daemon does with an accepted body: merges it into a feed set and looks
 /// up the first address. Panics only on a broken invariant.
-pub fn feed(data: &[u8], format: Format) {
+pub fn feed(data: &[u8], format: FeedFormat) {
     for (format, allow) in [(Some(format), true), (None, false)] {
         let options = ParseOptions {
             allow_reserved: allow,

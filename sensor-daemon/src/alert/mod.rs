@@ -24,8 +24,10 @@ pub mod ecs;
 pub mod falco;
 pub mod model;
 pub mod ocsf;
+pub mod schema;
 #[cfg(test)]
 pub(crate) mod test_support;
 
 pub use connection::{AlertInput, SensorIdentity, build, roles_of};
 pub use model::Alert;
+pub use schema::Schema;

@@ -62,7 +62,7 @@ impl Outcome {
     /// callers on an async runtime run this on a blocking thread).
     pub fn from_fetch(
         result: Result<Fetched, SourceError>,
-        format: Option<super::Format>,
+        format: Option<super::FeedFormat>,
         options: &ParseOptions,
     ) -> Self {
         match result {
@@ -520,7 +520,7 @@ fn accept_into(
         let meta = CacheMeta {
             name: cfg.name.clone(),
             location: cfg.location.clone(),
-            format: feed.data.format.unwrap_or(super::Format::Plain),
+            format: feed.data.format.unwrap_or(super::FeedFormat::Plain),
             validators: c.validators.clone(),
             fetched: rfc3339(c.fetched),
             bytes: c.body.len(),

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
-pub use parse::{Format, ParseError, ParseOptions, ParsedFeed};
+pub use parse::{FeedFormat, ParseError, ParseOptions, ParsedFeed};
 pub use set::{FeedMatch, FeedSet, Role};
 
 /// The embedded default snapshot (see `sensor-daemon/data/PROVENANCE.md`):
@@ -105,8 +105,12 @@ impl Feed {
     /// The embedded snapshot: exits (TorDNSEL) and relays (Onionoo).
     pub fn embedded() -> Vec<Feed> {
         [
-            (EMBEDDED_EXIT_NAME, EMBEDDED_EXIT_LIST, Format::Tordnsel),
-            (EMBEDDED_RELAY_NAME, EMBEDDED_RELAY_LIST, Format::Onionoo),
+            (EMBEDDED_EXIT_NAME, EMBEDDED_EXIT_LIST, FeedFormat::Tordnsel),
+            (
+                EMBEDDED_RELAY_NAME,
+                EMBEDDED_RELAY_LIST,
+                FeedFormat::Onionoo,
+            ),
         ]
         .into_iter()
         .map(|(name, text, format)| Feed {

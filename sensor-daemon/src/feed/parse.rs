@@ -19,7 +19,7 @@ use super::{canonical_ip, is_reserved, parse_entry};
 /// How a feed's body is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Format {
+pub enum FeedFormat {
     /// One IP or CIDR per line, `#` comments (the Tor bulk exit list, and any
     /// other threat list). Entries are exit addresses.
     Plain,
@@ -30,12 +30,12 @@ pub enum Format {
     Onionoo,
 }
 
-impl fmt::Display for Format {
+impl fmt::Display for FeedFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Format::Plain => "plain",
-            Format::Tordnsel => "tordnsel",
-            Format::Onionoo => "onionoo",
+            FeedFormat::Plain => "plain",
+            FeedFormat::Tordnsel => "tordnsel",
+            FeedFormat::Onionoo => "onionoo",
         })
     }
 }
@@ -186,7 +186,7 @@ pub struct ExitInfo {
 /// The content of one feed, whatever its format.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ParsedFeed {
-    pub format: Option<Format>,
+    pub format: Option<FeedFormat>,
     /// The feed's own publication time: Onionoo `relays_published`,
     /// TorDNSEL `Downloaded` (or its newest record). Plain lists have none.
     pub version: Option<SystemTime>,
@@ -227,7 +227,7 @@ impl ParsedFeed {
 /// prefixes are refused (see [`parse_with`]).
 pub fn parse(
     body: &[u8],
-    format: Option<Format>,
+    format: Option<FeedFormat>,
     allow_reserved: bool,
 ) -> Result<ParsedFeed, ParseError> {
     parse_with(
@@ -246,7 +246,7 @@ pub fn parse(
 /// [`MOSTLY_BAD_RATIO`] to one (at least [`MOSTLY_BAD_MIN`] of them).
 pub fn parse_with(
     body: &[u8],
-    format: Option<Format>,
+    format: Option<FeedFormat>,
     options: &ParseOptions,
 ) -> Result<ParsedFeed, ParseError> {
     let allow_reserved = options.allow_reserved;
@@ -267,9 +267,9 @@ pub fn parse_with(
         None => detect(trimmed)?,
     };
     let mut feed = match format {
-        Format::Plain => parse_plain(text, options)?,
-        Format::Tordnsel => parse_tordnsel(text, allow_reserved),
-        Format::Onionoo => parse_onionoo(text, allow_reserved)?,
+        FeedFormat::Plain => parse_plain(text, options)?,
+        FeedFormat::Tordnsel => parse_tordnsel(text, allow_reserved),
+        FeedFormat::Onionoo => parse_onionoo(text, allow_reserved)?,
     };
     feed.format = Some(format);
     if feed.exits.is_empty() && feed.or_ports.is_empty() {
@@ -325,9 +325,9 @@ fn html_title(text: &str) -> String {
 
 /// Detects the format from the content: JSON -> Onionoo, TorDNSEL keywords ->
 /// TorDNSEL, an address or CIDR on the first record line -> plain.
-pub fn detect(text: &str) -> Result<Format, ParseError> {
+pub fn detect(text: &str) -> Result<FeedFormat, ParseError> {
     if text.starts_with('{') || text.starts_with('[') {
-        return Ok(Format::Onionoo);
+        return Ok(FeedFormat::Onionoo);
     }
     let first = text
         .lines()
@@ -339,10 +339,10 @@ pub fn detect(text: &str) -> Result<Format, ParseError> {
         keyword,
         "@type" | "Downloaded" | "ExitNode" | "Published" | "LastStatus" | "ExitAddress"
     ) {
-        return Ok(Format::Tordnsel);
+        return Ok(FeedFormat::Tordnsel);
     }
     if parse_entry(first).is_ok() {
-        return Ok(Format::Plain);
+        return Ok(FeedFormat::Plain);
     }
     Err(ParseError::Unrecognised {
         first_line: first_line(first),
@@ -592,7 +592,7 @@ mod tests {
     #[test]
     fn real_bulk_exit_list_counts() {
         let feed = parse(BULK.as_bytes(), None, false).unwrap();
-        assert_eq!(feed.format, Some(Format::Plain));
+        assert_eq!(feed.format, Some(FeedFormat::Plain));
         assert_eq!(feed.exits.len(), 1174);
         assert!(feed.or_ports.is_empty());
         assert_eq!(feed.report, ParseReport::default());
@@ -602,7 +602,7 @@ mod tests {
     #[test]
     fn real_tordnsel_list_counts() {
         let feed = parse(TORDNSEL.as_bytes(), None, false).unwrap();
-        assert_eq!(feed.format, Some(Format::Tordnsel));
+        assert_eq!(feed.format, Some(FeedFormat::Tordnsel));
         assert_eq!(feed.relays.len(), 2372);
         let addresses: usize = TORDNSEL
             .lines()
@@ -643,7 +643,7 @@ mod tests {
     #[test]
     fn real_onionoo_snapshot_counts() {
         let feed = parse(ONIONOO.as_bytes(), None, false).unwrap();
-        assert_eq!(feed.format, Some(Format::Onionoo));
+        assert_eq!(feed.format, Some(FeedFormat::Onionoo));
         assert_eq!(feed.relays.len(), 7607);
         let ips: BTreeSet<IpAddr> = feed.or_ports.keys().map(|s| s.ip()).collect();
         assert_eq!(ips.len(), 8344);
@@ -670,7 +670,7 @@ mod tests {
     fn tordnsel_with_collector_header_and_unknown_lines() {
         let text = "@type tordnsel 1.0\nDownloaded 2024-03-12 15:02:01\nExitNode 0011BD2485AD45D984EC4159C88FC066E5E3300E\nPublished 2024-03-12 07:01:20\nLastStatus 2024-03-12 14:00:00\nSomethingNew 42\nExitAddress 162.247.74.201 2024-03-12 14:10:09\nExitAddress not-an-ip 2024-03-12 14:10:09\n";
         let feed = parse(text.as_bytes(), None, false).unwrap();
-        assert_eq!(feed.format, Some(Format::Tordnsel));
+        assert_eq!(feed.format, Some(FeedFormat::Tordnsel));
         assert_eq!(feed.exits.len(), 1);
         assert_eq!(feed.report.unknown_lines, 1);
         assert_eq!(feed.report.bad_count, 1);
@@ -726,7 +726,7 @@ mod tests {
         assert!(matches!(err, ParseError::Unrecognised { .. }), "{err}");
         assert!(err.to_string().contains("Umm... You can only fetch"));
         // Stated as plain, the same sentence is a list with no entries.
-        let err = parse(limited.as_bytes(), Some(Format::Plain), false).unwrap_err();
+        let err = parse(limited.as_bytes(), Some(FeedFormat::Plain), false).unwrap_err();
         assert!(matches!(err, ParseError::NoEntries { bad: 1, .. }), "{err}");
         let truncated = &ONIONOO[..ONIONOO.len() / 2];
         let err = parse(truncated.as_bytes(), None, false).unwrap_err();

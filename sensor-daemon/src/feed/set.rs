@@ -277,7 +277,7 @@ fn propagate_containing(prefixes: &mut BTreeMap<IpNet, MatchInfo>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::feed::{Format, Origin, parse::parse};
+    use crate::feed::{FeedFormat, Origin, parse::parse};
 
     fn feed(name: &str, text: &str) -> Arc<Feed> {
         Arc::new(Feed {
@@ -361,7 +361,7 @@ mod tests {
             humantime::format_rfc3339(why[0].exit_last_seen.unwrap()).to_string(),
             "2024-03-12T14:20:00Z"
         );
-        assert_eq!(why[0].feed.data.format, Some(Format::Tordnsel));
+        assert_eq!(why[0].feed.data.format, Some(FeedFormat::Tordnsel));
     }
 
     #[test]

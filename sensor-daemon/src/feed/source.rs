@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
-use super::Format;
+use super::FeedFormat;
 
 /// The User-Agent of every feed request: names the product and version so
 /// that a source operator can tell who is fetching.
@@ -340,7 +340,7 @@ fn read_file(path: &Path, validators: &Validators, max_bytes: u64) -> Result<Fet
 pub struct CacheMeta {
     pub name: String,
     pub location: String,
-    pub format: Format,
+    pub format: FeedFormat,
     pub validators: Validators,
     /// When the body was fetched (RFC 3339).
     pub fetched: String,
@@ -503,7 +503,7 @@ mod tests {
         let meta = CacheMeta {
             name: "x".into(),
             location: "https://a/b".into(),
-            format: Format::Plain,
+            format: FeedFormat::Plain,
             validators: Validators {
                 etag: Some("\"v1\"".into()),
                 last_modified: None,

@@ -209,7 +209,7 @@ fn find_member(
 
 /// Totals of the per-CPU counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Counters {
+pub struct KernelCounters {
     pub connect_seen: u64,
     pub inbound_seen: u64,
     pub connect_hit: u64,
@@ -643,7 +643,7 @@ impl Probes {
     }
 
     /// Sums the per-CPU counters.
-    pub fn counters(&self) -> Result<Counters, KernelError> {
+    pub fn counters(&self) -> Result<KernelCounters, KernelError> {
         let map = self
             .ebpf
             .map("COUNTERS")
@@ -659,7 +659,7 @@ impl Probes {
                 .map(|values| values.iter().sum())
                 .unwrap_or(0)
         };
-        Ok(Counters {
+        Ok(KernelCounters {
             connect_seen: get(counter::CONNECT_SEEN),
             inbound_seen: get(counter::INBOUND_SEEN),
             connect_hit: get(counter::CONNECT_HIT),

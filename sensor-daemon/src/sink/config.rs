@@ -27,7 +27,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Format, SinkError};
+use super::SinkError;
+use crate::alert::Schema;
 
 /// Default bounded in-memory queue per sink (alerts).
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
@@ -51,7 +52,7 @@ pub struct OutputConfig {
     pub name: Option<String>,
     /// Alert schema: `ecs`, `ocsf` or `falco`. Default: `ecs`.
     #[serde(default)]
-    pub format: Format,
+    pub format: Schema,
     /// Alerts held in memory before a remote sink spills to its spool (a
     /// local sink drops and counts). Default: 10,000.
     #[serde(default = "d_queue_size")]
@@ -735,7 +736,7 @@ mod tests {
             "syslog+tcp://127.0.0.1:601,format=ocsf,queue_size=5,facility=local3,name=siem"
                 .parse()
                 .unwrap();
-        assert_eq!(c.format, Format::Ocsf);
+        assert_eq!(c.format, Schema::Ocsf);
         assert_eq!(c.queue_size, 5);
         assert_eq!(c.facility_code(), 19);
         assert_eq!(c.sink_name(), "siem");
@@ -780,7 +781,7 @@ mod tests {
         .unwrap();
         assert_eq!(doc.output.len(), 2);
         assert_eq!(doc.output[0], OutputConfig::new("stdout"));
-        assert_eq!(doc.output[1].format, Format::Falco);
+        assert_eq!(doc.output[1].format, Schema::Falco);
         assert_eq!(doc.output[1].batch_max_events, 100);
         assert_eq!(doc.output[1].timeout, Duration::from_secs(30));
         assert_eq!(doc.output[1].linger, Duration::from_millis(50));
@@ -913,7 +914,7 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(cli.output.len(), 2);
-        assert_eq!(cli.output[1].format, Format::Falco);
+        assert_eq!(cli.output[1].format, Schema::Falco);
         let err = Cli::try_parse_from(["t", "--output", "hec+https://s:8088,token=x"])
             .err()
             .unwrap()

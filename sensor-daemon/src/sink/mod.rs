@@ -74,7 +74,7 @@
 //! let sinks = Sinks::start(&outputs, &state_dir, "torsensor")?;
 //! // Per alert, from the ring-buffer reader (never blocks):
 //! sinks.send(&AlertMeta { time, severity: rule.severity, rule_id: rule.id.clone(), host },
-//!            &|format| match format { Format::Ecs => ecs_doc.clone(), Format::Ocsf => .., Format::Falco => .. });
+//!            &|format| match format { Schema::Ecs => ecs_doc.clone(), Schema::Ocsf => .., Schema::Falco => .. });
 //! sinks.reopen_files();            // on SIGHUP
 //! let per_sink = sinks.stats();    // metrics endpoint
 //! losses.tick(&per_sink);          // health tick (`LossReport`)
@@ -96,6 +96,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::alert::Schema;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
@@ -144,26 +146,6 @@ pub enum SinkError {
     NoRuntime,
 }
 
-/// Alert schema of one sink.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Ecs,
-    Ocsf,
-    Falco,
-}
-
-impl std::fmt::Display for Format {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Format::Ecs => "ecs",
-            Format::Ocsf => "ocsf",
-            Format::Falco => "falco",
-        })
-    }
-}
-
 /// What every sink needs besides the JSON body.
 #[derive(Debug, Clone)]
 pub struct AlertMeta {
@@ -195,13 +177,13 @@ impl Entry {
     }
 }
 
-/// Counters of one sink, as reported to the metrics endpoint.
+/// SinkCounters of one sink, as reported to the metrics endpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SinkStats {
     pub name: String,
     /// `stdout`, `file`, `syslog-udp`, `syslog-tcp`, `syslog-unix`, `http`, `hec`, `bulk`.
     pub kind: &'static str,
-    pub format: Format,
+    pub format: Schema,
     /// Alerts the receiver acknowledged (local: written and flushed).
     pub delivered: u64,
     /// Failed delivery attempts (each retry counts).
@@ -228,7 +210,7 @@ struct RateLimit {
 
 /// Shared counters of one sink (the task writes, `stats` reads).
 #[derive(Default)]
-pub(crate) struct Counters {
+pub(crate) struct SinkCounters {
     name: String,
     delivered: AtomicU64,
     failed: AtomicU64,
@@ -247,7 +229,7 @@ pub(crate) struct Counters {
 /// At most one warning of each kind (failure, loss) per sink per this interval.
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
-impl Counters {
+impl SinkCounters {
     fn warn_limited(&self, limit: &Mutex<RateLimit>, msg: &str) {
         let mut g = limit.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
@@ -282,10 +264,10 @@ enum Msg {
 struct Handle {
     name: String,
     kind: &'static str,
-    format: Format,
+    format: Schema,
     remote: bool,
     tx: mpsc::Sender<Msg>,
-    counters: Arc<Counters>,
+    counters: Arc<SinkCounters>,
     /// Set when a reopen could not be queued; checked before each write.
     reopen: Arc<AtomicBool>,
     /// Wakes a remote sink to spill its queue to the spool.
@@ -297,7 +279,7 @@ struct Handle {
 /// Every configured sink, each on its own task.
 pub struct Sinks {
     sinks: Vec<Handle>,
-    formats: Vec<Format>,
+    formats: Vec<Schema>,
     ids: RandomState,
     id_counter: AtomicU64,
 }
@@ -359,7 +341,7 @@ impl Sinks {
     /// module docs). A remote sink whose queue passes half full is
     /// woken to move it to its spool; an alert that finds a queue full is
     /// dropped for that sink and counted (`dropped_queue`).
-    pub fn send(&self, meta: &AlertMeta, render: &dyn Fn(Format) -> serde_json::Value) {
+    pub fn send(&self, meta: &AlertMeta, render: &dyn Fn(Schema) -> serde_json::Value) {
         if self.sinks.is_empty() {
             return;
         }
@@ -368,7 +350,7 @@ impl Sinks {
             .time
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        let rendered: Vec<(Format, Arc<Entry>)> = self
+        let rendered: Vec<(Schema, Arc<Entry>)> = self
             .formats
             .iter()
             .map(|&f| {
@@ -454,8 +436,8 @@ impl Sinks {
 fn snapshot(
     name: &str,
     kind: &'static str,
-    format: Format,
-    c: &Counters,
+    format: Schema,
+    c: &SinkCounters,
     queued: u64,
 ) -> SinkStats {
     SinkStats {
@@ -522,9 +504,9 @@ fn start_one(
     app: &str,
 ) -> Result<Handle, SinkError> {
     let dest = cfg.destination()?;
-    let counters = Arc::new(Counters {
+    let counters = Arc::new(SinkCounters {
         name: name.clone(),
-        ..Counters::default()
+        ..SinkCounters::default()
     });
     let (tx, rx) = mpsc::channel(cfg.queue_size);
     let (stop, stop_rx) = watch::channel(None);
@@ -642,7 +624,7 @@ enum Part {
 
 impl Local {
     /// Writes the parts in order; returns alerts written and alerts lost.
-    fn write(&mut self, parts: &[Part], counters: &Counters) -> (u64, u64) {
+    fn write(&mut self, parts: &[Part], counters: &SinkCounters) -> (u64, u64) {
         let (mut ok, mut lost) = (0, 0);
         for part in parts {
             match part {
@@ -685,7 +667,7 @@ impl Local {
 async fn run_local(
     mut rx: mpsc::Receiver<Msg>,
     out: Local,
-    counters: Arc<Counters>,
+    counters: Arc<SinkCounters>,
     reopen: Arc<AtomicBool>,
     batch: usize,
 ) {
@@ -750,7 +732,7 @@ type Records = Vec<(u64, Arc<Entry>)>;
 struct Remote {
     transport: Transport,
     spool: Arc<Mutex<Spool>>,
-    counters: Arc<Counters>,
+    counters: Arc<SinkCounters>,
     rx: mpsc::Receiver<Msg>,
     wake: Arc<Notify>,
     stop: watch::Receiver<Option<Instant>>,
@@ -796,7 +778,7 @@ fn take_queued(
 /// counted and logged with its number.
 async fn spool_append(
     spool: &Arc<Mutex<Spool>>,
-    counters: &Counters,
+    counters: &SinkCounters,
     records: Records,
     durable: bool,
     protect: Option<Option<u64>>,
@@ -1185,9 +1167,9 @@ mod tests {
 
     #[test]
     fn failure_logs_are_rate_limited_but_all_counted() {
-        let c = Counters {
+        let c = SinkCounters {
             name: "t".into(),
-            ..Counters::default()
+            ..SinkCounters::default()
         };
         for _ in 0..5 {
             c.note_failure("connection refused");
@@ -1234,13 +1216,13 @@ mod tests {
 
     #[test]
     fn format_names() {
-        let f: Vec<Format> = ["ecs", "ocsf", "falco"]
+        let f: Vec<Schema> = ["ecs", "ocsf", "falco"]
             .iter()
             .map(|s| serde_json::from_value(serde_json::json!(s)).unwrap())
             .collect();
-        assert_eq!(f, [Format::Ecs, Format::Ocsf, Format::Falco]);
-        assert_eq!(Format::default(), Format::Ecs);
-        assert_eq!(Format::Ocsf.to_string(), "ocsf");
+        assert_eq!(f, [Schema::Ecs, Schema::Ocsf, Schema::Falco]);
+        assert_eq!(Schema::default(), Schema::Ecs);
+        assert_eq!(Schema::Ocsf.to_string(), "ocsf");
     }
 
     #[test]

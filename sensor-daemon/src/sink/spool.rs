@@ -62,7 +62,7 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, Entry};
+use super::{Entry, SinkCounters};
 use crate::statedir::Dir;
 
 struct Segment {
@@ -95,7 +95,7 @@ pub(crate) struct Spool {
     /// Records with a sequence number up to this one are being delivered.
     protect_through: Option<u64>,
     next_seq: u64,
-    counters: Arc<Counters>,
+    counters: Arc<SinkCounters>,
 }
 
 fn seg_name(first_seq: u64) -> String {
@@ -352,7 +352,7 @@ impl Spool {
         dir: &Path,
         max_bytes: u64,
         segment_bytes: u64,
-        counters: Arc<Counters>,
+        counters: Arc<SinkCounters>,
     ) -> io::Result<Spool> {
         let dir = Dir::open(dir, crate::statedir::SPOOL_DIR_MODE).map_err(io::Error::other)?;
         Self::open_in(dir, max_bytes, segment_bytes, counters)
@@ -364,7 +364,7 @@ impl Spool {
         dir: Dir,
         max_bytes: u64,
         segment_bytes: u64,
-        counters: Arc<Counters>,
+        counters: Arc<SinkCounters>,
     ) -> io::Result<Spool> {
         let lock = dir.open_file(OsStr::new("lock"), libc::O_WRONLY | libc::O_CREAT, 0o600)?;
         match lock.try_lock() {
@@ -894,7 +894,7 @@ pub fn replay_for_fuzzing(
     max_batches: usize,
 ) -> io::Result<Replay> {
     let dir = Dir::open(dir, crate::statedir::SPOOL_DIR_MODE).map_err(io::Error::other)?;
-    let mut spool = Spool::open_in(dir, 1 << 20, 1 << 16, Arc::new(Counters::default()))?;
+    let mut spool = Spool::open_in(dir, 1 << 20, 1 << 16, Arc::new(SinkCounters::default()))?;
     let mut read = Vec::new();
     let mut drained = false;
     for _ in 0..max_batches {
@@ -955,7 +955,7 @@ mod tests {
     #[test]
     fn order_ack_and_reopen() {
         let d = dir("order");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 1 << 20, 1024, c.clone()).unwrap();
         let recs: Vec<_> = (0..30).map(|n| (s.next_seq(), entry(n))).collect();
         s.append(&recs[..10]).unwrap();
@@ -1062,7 +1062,7 @@ mod tests {
             data.push(b'\n');
         }
         std::fs::write(d.join(seg_name(1)), &data).unwrap();
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         assert_eq!(s.live_events(), 5);
         assert_eq!(
@@ -1085,7 +1085,7 @@ mod tests {
     #[test]
     fn sequence_numbers_near_u64_max_are_damage() {
         let d = dir("maxseq");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         let records: Vec<_> = (0..2).map(|n| (s.next_seq(), entry(n))).collect();
         s.append(&records).unwrap();
@@ -1119,7 +1119,7 @@ mod tests {
     #[test]
     fn torn_tail_and_lock() {
         let d = dir("torn");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         let recs: Vec<_> = (0..3).map(|n| (s.next_seq(), entry(n))).collect();
         s.append(&recs).unwrap();
@@ -1144,7 +1144,7 @@ mod tests {
     #[test]
     fn failed_write_leaves_a_consistent_spool() {
         let d = dir("enospc");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 1 << 20, 1 << 16, c.clone()).unwrap();
         let first = s.next_seq();
         // The segment this append opens is a /dev/full device node (char
@@ -1180,7 +1180,7 @@ mod tests {
     #[test]
     fn batch_in_delivery_is_not_dropped() {
         let d = dir("protect");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 4096, 1024, c.clone()).unwrap();
         let first = s.next_seq();
         s.append(&[(first, entry(0))]).unwrap();
@@ -1215,7 +1215,7 @@ mod tests {
     #[test]
     fn full_spool_drops_oldest_and_counts() {
         let d = dir("full");
-        let c = Arc::new(Counters::default());
+        let c = Arc::new(SinkCounters::default());
         let mut s = Spool::open(&d, 4096, 1024, c.clone()).unwrap();
         for n in 0..200 {
             let seq = s.next_seq();
