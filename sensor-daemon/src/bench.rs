@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use crate::config::SensorConfig;
 use crate::feed::parse::{FeedFormat, parse};
-use crate::feed::{Feed, FeedSet, Origin, is_reserved};
+use crate::feed::{Feed, FeedSet, Origin};
 use crate::kernel::{KernelError, LoadOptions, Probes};
+use crate::net::is_reserved;
 
 /// Shape of the real network (2024-03-12 fixtures): relays, share with an
 /// IPv6 ORPort, exit entries and distinct exit IPs.
@@ -109,7 +110,7 @@ fn measure(scale: usize) -> Result<Sample, KernelError> {
     .expect("two feeds");
     let mut probes = Probes::open(&LoadOptions {
         max_entries: 1 << 20,
-        ..LoadOptions::of(&SensorConfig::default())
+        ..SensorConfig::default().load_options()
     })?;
     let t = Instant::now();
     probes.apply_feeds(&set)?;
@@ -203,7 +204,7 @@ pub fn hook_floor(syscalls: bool) -> Result<(), KernelError> {
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     };
-    let probes = Probes::load_hook_floor(&LoadOptions::of(&SensorConfig::default()), syscalls)?;
+    let probes = Probes::load_hook_floor(&SensorConfig::default().load_options(), syscalls)?;
     tracing::info!("torsensor armed (hook floor: an empty program on inet_sock_set_state)");
     let mut sig = 0;
     // SAFETY: waits on the blocked set built above.

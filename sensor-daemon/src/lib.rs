@@ -1,24 +1,32 @@
 //! torsensor: reports connections between this host and the Tor network.
 //!
-//! Data flows one way: kernel event ([`kernel`], [`event`]) -> match details
-//! ([`feed`]) and enrichment ([`enrich`], [`container`]) -> alert ([`alert`],
-//! [`rules`]), all driven by the [`pipeline`] without I/O of its own ->
-//! outputs ([`sink`]), run by [`sensor`].
+//! Data flows one way, and each layer imports only from the layers below it:
+//!
+//! | layer | module | owns |
+//! |---|---|---|
+//! | binary | `main.rs` | the command line; errors become one line |
+//! | 6 | [`daemon`] | the run loop: arming, signals, reload, feed switching, health, status file, privileges |
+//! | 5 | [`config`] | the one validated configuration (file, flags, environment, defaults) |
+//! | 4 | [`sink`] | outputs: local writers, remote delivery, spool, statistics |
+//! | 3 | [`pipeline`] | kernel event to alerts, no I/O (replayable) |
+//! | 2 | [`alert`] | the typed alert, rules, aggregation, ECS/OCSF/Falco renderers |
+//! | 1 | [`enrich`] | process details from `/proc`, container and pod from cgroups |
+//! | 1 | [`kernel`] | eBPF programs and maps, hook plan, decoding ring-buffer events |
+//! | 1 | [`feed`] | Tor lists: sources, formats, sets, cache, refresh |
+//! | 0 | [`net`], [`time`], [`sys`], [`statedir`], [`redact`] | shared leaves: addresses, times, libc calls, safe files, secrets |
+//!
+//! [`bench`] holds the benchmarks `cargo xtask bench` runs.
 
 pub mod alert;
 pub mod bench;
-pub mod community_id;
 pub mod config;
-pub mod container;
+pub mod daemon;
 pub mod enrich;
-pub mod event;
 pub mod feed;
 pub mod kernel;
+pub mod net;
 pub mod pipeline;
-pub mod privileges;
 pub mod redact;
-pub mod rules;
-pub mod sensor;
 pub mod sink;
 pub mod statedir;
 pub mod sys;

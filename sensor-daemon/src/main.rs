@@ -8,11 +8,11 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use sensor_daemon::alert::Schema;
-use sensor_daemon::config::{ConfigError, SensorConfig};
+use sensor_daemon::config::{ConfigFlags, RunFlags};
+use sensor_daemon::daemon::{self as sensor, StatusFile};
 use sensor_daemon::feed::manager::FeedManager;
 use sensor_daemon::feed::{FeedMatch, Role};
 use sensor_daemon::kernel::InboundChoice;
-use sensor_daemon::sensor::{self, StatusFile};
 use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Parser)]
@@ -32,7 +32,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load feeds into the kernel, attach probes, write one JSON alert per hit to stdout.
-    Run(RunArgs),
+    Run(RunFlags),
     /// Say what the feeds know of addresses, without touching the kernel or
     /// the network (exit 0: all listed, 1: some not, 2: bad input, or a
     /// feed asked for has no local copy).
@@ -74,9 +74,9 @@ enum Command {
 enum FeedCommand {
     /// Fetch, validate and cache every configured feed now; print a summary
     /// (exit 1 if any feed failed).
-    Fetch(ConfigArgs),
+    Fetch(ConfigFlags),
     /// What the running sensor has loaded, from where, and how old.
-    Status(ConfigArgs),
+    Status(ConfigFlags),
     /// Benchmark: parse, merge, load and refresh the relay set at 1x and
     /// 10x (needs root; run by `cargo xtask bench`).
     #[command(hide = true)]
@@ -86,73 +86,15 @@ enum FeedCommand {
     },
 }
 
-/// Where the configuration comes from; flags override the file.
-#[derive(Args, Clone)]
-struct ConfigArgs {
-    /// TOML configuration file (see README, "Configuration").
-    #[arg(long, env = "TORSENSOR_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// A feed location (https URL, loopback http URL, or path); repeatable,
-    /// added to the file's [[feed]] tables. Default (no feed anywhere): the
-    /// embedded snapshot.
-    #[arg(long = "feed", value_name = "LOCATION")]
-    feeds: Vec<String>,
-    /// State directory (feed cache, status.json). Default: /var/lib/torsensor.
-    #[arg(long, env = "TORSENSOR_STATE_DIR", value_name = "DIR")]
-    state_dir: Option<PathBuf>,
-    /// Keep loopback/private/documentation entries (labs and tests).
-    #[arg(long, env = "TORSENSOR_ALLOW_RESERVED")]
-    allow_reserved: bool,
-}
-
-#[derive(Args, Clone)]
-struct RunArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
-    /// Report every TCP connection, not only feed matches (debugging, benchmarks).
-    #[arg(long, env = "TORSENSOR_AUDIT_ALL")]
-    audit_all: bool,
-    /// Kernel-to-daemon ring buffer size in bytes (power of two). Default: 4 MiB.
-    #[arg(long, env = "TORSENSOR_RING_BUFFER_BYTES")]
-    ring_buffer_bytes: Option<u32>,
-    /// Forward kernel-side debug logs to stderr.
-    #[arg(long, env = "TORSENSOR_KERNEL_LOG")]
-    kernel_log: bool,
-    /// Write final counters (JSON) to this file at exit.
-    #[arg(long, value_name = "PATH")]
-    stats_file: Option<PathBuf>,
-    /// Seconds between checks of the kernel loss counters and feed ages. Default: 5.
-    #[arg(long)]
-    health_interval_secs: Option<u64>,
-    /// Where alerts go, repeatable: stdout, file:PATH, syslog+udp://H:P,
-    /// syslog+tcp://H:P, syslog:///dev/log, https://..., hec+https://...,
-    /// bulk+https://H:P/INDEX, with ",format=ocsf" etc. (README, "Outputs").
-    /// Default: stdout in ECS. Tokens come from token_file/token_env only.
-    #[arg(long = "output", value_name = "DEST[,key=value...]", value_parser = OutputParser)]
-    outputs: Vec<sensor_daemon::sink::OutputConfig>,
-    /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
-    #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = humantime::parse_duration)]
-    aggregation_window: Option<Duration>,
-    /// How long an inbound hit waits for a process to use the accepted
-    /// connection before it is sent without one (100ms..60s). Default: 5s.
-    #[arg(long, env = "TORSENSOR_INBOUND_WAIT", value_parser = humantime::parse_duration)]
-    inbound_wait: Option<Duration>,
-    /// Which hooks name an inbound connection's process: auto, sock-length,
-    /// fentry, kprobe, rcv-space or close-only (`torsensor hooks` shows what
-    /// this kernel offers). Default: auto.
-    #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
-    inbound_hooks: Option<InboundChoice>,
-}
-
 #[derive(Args)]
 struct ReplayArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    config: ConfigFlags,
     /// Alert format: ecs, ocsf or falco.
     #[arg(long, default_value = "ecs", value_parser = parse_format)]
     format: Schema,
     /// Aggregation window (0s turns aggregation off). Default: the configuration's.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = sensor_daemon::time::parse_duration)]
     aggregation_window: Option<Duration>,
     /// The recording.
     #[arg(value_name = "FILE")]
@@ -178,35 +120,10 @@ struct HooksArgs {
     inbound_hooks: Option<InboundChoice>,
 }
 
-/// Parses `--output` without clap's "invalid value '<the raw value>'"
-/// prefix: the value may hold a secret given by mistake (`token=...`, a
-/// password in the URL), and the library's error shows it redacted.
-#[derive(Clone)]
-struct OutputParser;
-
-impl clap::builder::TypedValueParser for OutputParser {
-    type Value = sensor_daemon::sink::OutputConfig;
-
-    fn parse_ref(
-        &self,
-        cmd: &clap::Command,
-        _arg: Option<&clap::Arg>,
-        value: &std::ffi::OsStr,
-    ) -> Result<Self::Value, clap::Error> {
-        use clap::error::ErrorKind;
-        let text = value.to_str().ok_or_else(|| {
-            clap::Error::raw(ErrorKind::InvalidUtf8, "--output is not valid UTF-8\n").with_cmd(cmd)
-        })?;
-        text.parse().map_err(|e| {
-            clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd)
-        })
-    }
-}
-
 #[derive(Args)]
 struct CheckArgs {
     #[command(flatten)]
-    config: ConfigArgs,
+    config: ConfigFlags,
     /// Print JSON lines instead of text.
     #[arg(long)]
     json: bool,
@@ -214,50 +131,6 @@ struct CheckArgs {
     /// relay ORPort matches; without it every ORPort is shown).
     #[arg(required = true, value_name = "IP[:PORT]")]
     addresses: Vec<String>,
-}
-
-impl ConfigArgs {
-    fn load(&self) -> Result<SensorConfig, ConfigError> {
-        let mut cfg = match &self.config {
-            Some(path) => SensorConfig::from_file(path)?,
-            None => SensorConfig::default(),
-        };
-        cfg.add_feed_locations(&self.feeds);
-        if let Some(dir) = &self.state_dir {
-            cfg.state_dir = dir.clone();
-        }
-        cfg.allow_reserved |= self.allow_reserved;
-        Ok(cfg)
-    }
-}
-
-impl RunArgs {
-    fn load(&self) -> Result<SensorConfig, ConfigError> {
-        let mut cfg = self.config.load()?;
-        cfg.audit_all |= self.audit_all;
-        cfg.kernel_log |= self.kernel_log;
-        if let Some(rb) = self.ring_buffer_bytes {
-            cfg.ring_buffer_bytes = rb;
-        }
-        if let Some(path) = &self.stats_file {
-            cfg.stats_file = Some(path.clone());
-        }
-        if let Some(secs) = self.health_interval_secs {
-            cfg.health_interval = Duration::from_secs(secs);
-        }
-        if let Some(window) = self.aggregation_window {
-            cfg.aggregation_window = window;
-        }
-        if let Some(wait) = self.inbound_wait {
-            cfg.inbound_wait = wait;
-        }
-        if let Some(plan) = self.inbound_hooks {
-            cfg.inbound_hooks = plan;
-        }
-        cfg.outputs.extend(self.outputs.iter().cloned());
-        cfg.validate()?;
-        Ok(cfg)
-    }
 }
 
 fn init_logging(filter: &str) -> anyhow::Result<()> {
@@ -315,7 +188,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(args: RunArgs) -> anyhow::Result<()> {
+fn run(args: RunFlags) -> anyhow::Result<()> {
     let cfg = args.load()?;
     let reload = Box::new(move || args.load());
     runtime()?.block_on(sensor::run(cfg, reload))?;
@@ -327,7 +200,6 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     use sensor_daemon::alert::aggregate::Aggregator;
     use sensor_daemon::pipeline::{KernelOnly, Pipeline, replay};
     let cfg = args.config.load()?;
-    cfg.validate()?;
     let (_, feeds) = sensor::load_offline(&cfg)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
@@ -335,11 +207,11 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let window = args.aggregation_window.unwrap_or(cfg.aggregation_window);
     let mut pipeline = Pipeline::new(
         feeds,
-        sensor_daemon::rules::Rules::builtin()?,
+        sensor_daemon::alert::rules::Rules::builtin()?,
         SensorIdentity::local(),
-        sensor_daemon::event::BootClock::at(std::time::UNIX_EPOCH),
+        sensor_daemon::kernel::event::BootClock::at(std::time::UNIX_EPOCH),
         KernelOnly,
-        Aggregator::new(window, 10_000),
+        Aggregator::new(window, cfg.aggregation_max_groups),
     );
     for alert in replay::run(&mut pipeline, &records, None)? {
         println!("{}", args.format.render(&alert));
@@ -378,7 +250,7 @@ fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let cfg = match args.config.load().and_then(|c| c.validate().map(|()| c)) {
+    let cfg = match args.config.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("torsensor: error: {e}");
@@ -489,15 +361,14 @@ fn match_json(m: &FeedMatch<'_>) -> serde_json::Value {
     })
 }
 
-fn feed_fetch(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+fn feed_fetch(args: ConfigFlags) -> anyhow::Result<ExitCode> {
     let cfg = args.load()?;
-    cfg.validate()?;
     if cfg.feeds.is_empty() {
         anyhow::bail!("no feeds configured: give --config with [[feed]] tables or --feed LOCATION");
     }
     // The cache is written there: refuse a directory another user controls.
     sensor::check_state_dir(&cfg.state_dir)?;
-    let mut manager = FeedManager::load_offline(&cfg);
+    let mut manager = FeedManager::load_offline(cfg.feed_settings());
     let runtime = runtime()?;
     let mut failed = 0;
     let now = SystemTime::now();
@@ -544,7 +415,7 @@ fn feed_fetch(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn feed_status(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+fn feed_status(args: ConfigFlags) -> anyhow::Result<ExitCode> {
     let cfg = args.load()?;
     let path = cfg.state_dir.join("status.json");
     let text = match std::fs::read_to_string(&path) {

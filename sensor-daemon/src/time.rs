@@ -1,11 +1,13 @@
 //! Times as alerts, logs and status files write them: RFC 3339 UTC, with
-//! nanoseconds (event times) or whole seconds (feed versions, fetch times).
+//! nanoseconds (event times) or whole seconds (feed versions, fetch times);
+//! and the one parser of durations written by people (`"200ms"`, `"90s"`,
+//! `"1h"`) used by the configuration file, `[[output]]` tables and flags.
 //!
 //! A shared leaf module: it imports nothing from the crate, so any layer may
 //! use it.
 
 use std::fmt;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -17,6 +19,30 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// RFC 3339 UTC in whole seconds (feed versions, fetch times).
 pub fn rfc3339_secs(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// A duration as people write it: a number and a unit (`"200ms"`, `"90s"`,
+/// `"1h"`, `"1h 30m"`); the error says what was wrong in one line.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like \"200ms\", \"90s\" or \"1h\" ({e})"))
+}
+
+/// Serde: a duration as text (see [`parse_duration`]). A bare number is
+/// refused with a hint, since its unit would be a guess.
+pub fn deserialize_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Text(String),
+        Number(i64),
+    }
+    match Text::deserialize(d)? {
+        Text::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+        Text::Number(n) => Err(serde::de::Error::custom(format!(
+            "{n} has no unit; write a duration like \"{n}ms\" or \"{n}s\""
+        ))),
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 before it).

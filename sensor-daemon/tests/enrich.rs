@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::cgroups::Cgroups;
-use sensor_daemon::container::{self, ContainerCache, Qos, Runtime};
+use sensor_daemon::enrich::container::{self, ContainerCache, Qos, Runtime};
 
 const ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 const UID: &str = "9b2f61c4-3d5e-4a7b-8c9d-0e1f2a3b4c5d";

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::http::{BULK, Behavior, FeedServer, ONIONOO, TORDNSEL, fixture};
 use common::temp_path;
-use sensor_daemon::config::{FeedConfig, SensorConfig};
+use sensor_daemon::config::SensorConfig;
+use sensor_daemon::feed::config::FeedConfig;
 use sensor_daemon::feed::manager::{FeedManager, RefreshError};
 use sensor_daemon::feed::source::SourceError;
 use sensor_daemon::feed::{Origin, ParseError};
@@ -62,7 +63,7 @@ fn conditional_refresh_cache_and_every_misbehaviour() {
     );
     cfg.validate().unwrap();
     let rt = runtime();
-    let mut m = FeedManager::load_offline(&cfg);
+    let mut m = FeedManager::load_offline(cfg.feed_settings());
     assert!(m.needs_embedded(), "nothing cached yet");
 
     // First fetch: the real TorDNSEL list, cached.
@@ -181,7 +182,7 @@ fn conditional_refresh_cache_and_every_misbehaviour() {
     // The cache kept the last good copy (not any rejected body): a new
     // manager starts from it without the network.
     drop(server);
-    let m2 = FeedManager::load_offline(&cfg);
+    let m2 = FeedManager::load_offline(cfg.feed_settings());
     let cached = m2.states[0].current.as_ref().unwrap();
     assert_eq!(cached.origin, Origin::Cache);
     assert_eq!(cached.counts().exit_v4, 1174);
@@ -201,7 +202,7 @@ fn gzip_onionoo_and_a_bulk_list_side_by_side() {
         ],
     );
     let rt = runtime();
-    let mut m = FeedManager::load_offline(&cfg);
+    let mut m = FeedManager::load_offline(cfg.feed_settings());
     let relays = rt.block_on(m.refresh_once(0)).unwrap().unwrap();
     assert_eq!(relays.counts.relay_v4 + relays.counts.relay_v6, 8344);
     assert_eq!(relays.counts.relays, 7607);
@@ -252,7 +253,7 @@ fn every_redirect_hop_must_pass_the_location_rules() {
     let cfg = config("redirect", vec![feed("hop", server.url("/list"))]);
     cfg.validate().unwrap();
     let rt = runtime();
-    let mut m = FeedManager::load_offline(&cfg);
+    let mut m = FeedManager::load_offline(cfg.feed_settings());
     let started = std::time::Instant::now();
     let err = rt.block_on(m.refresh_once(0)).unwrap_err();
     let line = err.to_string();

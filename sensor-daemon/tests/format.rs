@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use sensor_daemon::alert::falco::{self, Priority};
 use sensor_daemon::alert::{Alert, ecs, ocsf};
-use sensor_daemon::container::{ContainerInfo, Qos, Runtime};
+use sensor_daemon::enrich::container::{ContainerInfo, Qos, Runtime};
 
 const CASES: &[&str] = &[
     "egress_ipv4_host",

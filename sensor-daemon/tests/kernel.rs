@@ -651,7 +651,7 @@ fn a_process_in_a_pod_cgroup_running_as_nobody_is_attributed_to_its_container() 
     .unwrap();
     assert_eq!(
         get(&doc, "network.community_id"),
-        &json!(sensor_daemon::community_id::v1_tcp(from, to))
+        &json!(sensor_daemon::alert::community_id::v1_tcp(from, to))
     );
     assert!(
         get(&doc, "network.community_id")
@@ -948,11 +948,11 @@ fn a_refused_outbound_attempt_reports_its_real_source_port() {
         .as_str()
         .unwrap()
         .to_owned();
-    let real = sensor_daemon::community_id::v1_tcp(from, to);
+    let real = sensor_daemon::alert::community_id::v1_tcp(from, to);
     assert_eq!(community, real);
     assert_ne!(
         community,
-        sensor_daemon::community_id::v1_tcp(SocketAddr::new(from.ip(), 0), to)
+        sensor_daemon::alert::community_id::v1_tcp(SocketAddr::new(from.ip(), 0), to)
     );
 }
 

@@ -13,15 +13,16 @@ use serde_json::Value;
 
 use sensor_daemon::alert::aggregate::Aggregator;
 use sensor_daemon::alert::model::Attribution;
+use sensor_daemon::alert::rules::Rules;
 use sensor_daemon::alert::{Alert, SensorIdentity, ecs, falco, ocsf};
-use sensor_daemon::container::{ContainerInfo, Qos, Runtime};
 use sensor_daemon::enrich::ProcessInfo;
-use sensor_daemon::event::{BootClock, Direction, KernelProcess};
+use sensor_daemon::enrich::container::{ContainerInfo, Qos, Runtime};
 use sensor_daemon::feed::parse::{ExitInfo, Relay};
 use sensor_daemon::feed::{Feed, FeedSet, Origin, ParsedFeed};
+use sensor_daemon::kernel::event::{BootClock, KernelProcess};
+use sensor_daemon::net::Direction;
 use sensor_daemon::pipeline::replay::{self, Flag, Matched, Record};
 use sensor_daemon::pipeline::{Pipeline, ProcessSource};
-use sensor_daemon::rules::Rules;
 use sensor_daemon::time::Timestamp;
 
 fn dir(name: &str) -> PathBuf {

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sensor_daemon::container::{
+use sensor_daemon::enrich::container::{
     cgroup2_mount, from_proc_cgroup, has_cgroup_v1, parse_cgroup_path, unified_path,
 };
 

@@ -2,13 +2,13 @@
 //! Community ID and the container of its process.
 
 use super::model::{Alert, Container, ContainerDetails, Orchestrator, OrchestratorResource};
-use crate::container::ContainerInfo;
+use crate::enrich::container::ContainerInfo;
 
 impl Alert {
     /// Sets `network.community_id` (Community ID v1, seed 0) from the
     /// endpoints and the transport.
     pub fn add_community_id(&mut self) {
-        let id = crate::community_id::v1(
+        let id = crate::alert::community_id::v1(
             0,
             self.source.ip,
             self.destination.ip,

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use super::model::Alert;
-use crate::event::Direction;
+use crate::net::Direction;
 use crate::time::Timestamp;
 
 /// What makes two alerts "the same".

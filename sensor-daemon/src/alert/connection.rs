@@ -9,11 +9,12 @@ use super::model::{
     MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef, RuleRef, Technique, Thread,
     Threat, TorDetails, Torsensor, Transport, User,
 };
-use crate::container::ContainerInfo;
+use crate::alert::rules::Rule;
 use crate::enrich::ProcessInfo;
-use crate::event::{Connection, Direction};
+use crate::enrich::container::ContainerInfo;
 use crate::feed::{FeedMatch, Role};
-use crate::rules::Rule;
+use crate::kernel::event::Connection;
+use crate::net::Direction;
 use crate::time::{Timestamp, TimestampSecs};
 
 /// ECS version the documents follow.
@@ -329,9 +330,9 @@ fn tor_details(matches: &[FeedMatch<'_>]) -> TorDetails {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::KernelProcess;
+    use crate::alert::rules::Rules;
     use crate::feed::{Feed, FeedSet, Origin, parse::parse};
-    use crate::rules::Rules;
+    use crate::kernel::event::KernelProcess;
     use sensor_common::MatchInfo;
     use serde_json::{Value, json};
     use std::sync::Arc;

@@ -284,7 +284,7 @@ mod tests {
         assert_eq!(Priority::parse("info"), Some(Priority::Informational));
         assert_eq!(Priority::parse("loud"), None);
         // The built-in rules' severities give their own priorities.
-        let rules = crate::rules::Rules::builtin().unwrap();
+        let rules = crate::alert::rules::Rules::builtin().unwrap();
         for rule in [&rules.egress_relay, &rules.egress_exit, &rules.ingress] {
             assert_eq!(
                 Some(Priority::from_severity(rule.severity.into())),

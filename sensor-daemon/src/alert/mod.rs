@@ -10,20 +10,22 @@
 //! - [`ocsf::render`]: OCSF Network Activity (class 4001).
 //! - [`falco::render`]: Falco's JSON output.
 //!
-//! May use the layers below it: decoded events ([`crate::event`]), feed
+//! May use the layers below it: decoded events ([`crate::kernel::event`]), feed
 //! matches ([`crate::feed`]), process and container details
-//! ([`crate::enrich`], [`crate::container`]), rules ([`crate::rules`]),
-//! [`crate::community_id`] and [`crate::time`]. Nothing here reads files,
+//! ([`crate::enrich`], [`crate::enrich::container`]), rules ([`crate::alert::rules`]),
+//! [`crate::alert::community_id`] and [`crate::time`]. Nothing here reads files,
 //! the clock or the kernel: callers pass every input, including the time.
 //! Nothing below may import from here.
 
 pub mod additions;
 pub mod aggregate;
+pub mod community_id;
 pub mod connection;
 pub mod ecs;
 pub mod falco;
 pub mod model;
 pub mod ocsf;
+pub mod rules;
 pub mod schema;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -15,9 +15,9 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::container::{Qos, Runtime};
-use crate::event::Direction;
+use crate::enrich::container::{Qos, Runtime};
 use crate::feed::{Origin, Role};
+use crate::net::Direction;
 use crate::time::{Timestamp, TimestampSecs};
 
 fn is_false(b: &bool) -> bool {
@@ -521,7 +521,7 @@ mod tests {
 
     #[test]
     fn enum_names_are_the_ecs_values() {
-        use crate::container::{Qos, Runtime};
+        use crate::enrich::container::{Qos, Runtime};
         use serde_json::{Value, to_value};
         let text = |v: Value| v.as_str().unwrap().to_owned();
         for r in [

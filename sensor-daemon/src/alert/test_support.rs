@@ -4,9 +4,10 @@ use std::time::SystemTime;
 
 use super::connection::{AlertInput, SensorIdentity, build};
 use super::model::Alert;
+use crate::alert::rules::Rules;
 use crate::enrich::ProcessInfo;
-use crate::event::{Connection, Direction, KernelProcess};
-use crate::rules::Rules;
+use crate::kernel::event::{Connection, KernelProcess};
+use crate::net::Direction;
 use sensor_common::MatchInfo;
 
 /// An outbound alert (built-in exit rule, no feed match) from process `pid`

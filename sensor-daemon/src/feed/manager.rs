@@ -11,11 +11,11 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::config::{FeedConfig, FeedSettings};
 use super::parse::{self, ParseError, ParseOptions, ParsedFeed};
 use super::set::{FeedSet, SetError};
 use super::source::{Cache, CacheMeta, Fetched, Limits, Location, SourceError, Validators};
 use super::{Feed, FeedCounts, Origin};
-use crate::config::{FeedConfig, SensorConfig};
 use crate::time::rfc3339_secs as rfc3339;
 
 /// Why a refresh was not used.
@@ -119,8 +119,8 @@ pub struct FeedManager {
 impl FeedManager {
     /// Loads every feed that can be had without the network: local files,
     /// then the last-known-good cache. Problems are logged, never fatal.
-    pub fn load_offline(cfg: &SensorConfig) -> Self {
-        let cache = Cache::new(&cfg.state_dir);
+    pub fn load_offline(cfg: FeedSettings<'_>) -> Self {
+        let cache = Cache::new(cfg.state_dir);
         let states = cfg
             .feeds
             .iter()
@@ -136,8 +136,8 @@ impl FeedManager {
     /// The manager for a new configuration (SIGHUP): feeds whose name,
     /// location and format did not change keep their content and state
     /// (nothing is read or parsed again); the others are loaded as at start.
-    pub fn reload(&self, cfg: &SensorConfig) -> Self {
-        let cache = Cache::new(&cfg.state_dir);
+    pub fn reload(&self, cfg: FeedSettings<'_>) -> Self {
+        let cache = Cache::new(cfg.state_dir);
         let states = cfg
             .feeds
             .iter()

@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use super::{canonical_ip, is_reserved, parse_entry};
+use crate::net::{canonical_ip, is_reserved, parse_entry};
 
 /// How a feed's body is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

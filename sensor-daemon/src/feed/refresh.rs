@@ -8,9 +8,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use super::config::FeedConfig;
 use super::manager::{FeedManager, Outcome, limits};
 use super::source::{self, Fetched, Location, Validators};
-use crate::config::FeedConfig;
 
 /// One finished fetch, waiting for the sensor loop's verdict.
 pub struct FetchDone {

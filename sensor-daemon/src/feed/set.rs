@@ -10,9 +10,10 @@ use ipnet::IpNet;
 use sensor_common::{MAX_FEEDS, MatchInfo, OrPortKey};
 use serde::Serialize;
 
+use super::Feed;
 use super::parse::{ExitInfo, Relay};
-use super::{Feed, canonical_ip};
-use crate::event::Direction;
+use crate::net::Direction;
+use crate::net::canonical_ip;
 
 /// The part a listed address plays in the Tor network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]

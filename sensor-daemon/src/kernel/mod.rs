@@ -3,6 +3,7 @@
 //! attaching the hooks ([`plan`]), reading counters, sweeping inbound hits
 //! no process has used yet, and detaching (on drop).
 
+pub mod event;
 pub mod plan;
 
 use std::collections::BTreeMap;
@@ -108,19 +109,6 @@ pub struct LoadOptions {
     pub max_entries: u32,
     /// Force one inbound attribution plan; `None` picks the best that works.
     pub inbound: Option<InboundHooks>,
-}
-
-impl LoadOptions {
-    /// What a configuration asks of the kernel side.
-    pub fn of(cfg: &crate::config::SensorConfig) -> Self {
-        LoadOptions {
-            audit_all: cfg.audit_all,
-            ring_buffer_bytes: cfg.ring_buffer_bytes,
-            kernel_log: cfg.kernel_log,
-            max_entries: cfg.max_entries,
-            inbound: cfg.inbound_hooks.0,
-        }
-    }
 }
 
 /// Checks everything that can be checked before touching the kernel, so that

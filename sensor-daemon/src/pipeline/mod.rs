@@ -17,12 +17,12 @@ use std::time::{Instant, SystemTime};
 use sensor_common::ConnEvent;
 
 use crate::alert::aggregate::Aggregator;
+use crate::alert::rules::Rules;
 use crate::alert::{Alert, AlertInput, SensorIdentity, build, roles_of};
-use crate::container::{ContainerCache, ContainerInfo};
+use crate::enrich::container::{ContainerCache, ContainerInfo};
 use crate::enrich::{ProcessCache, ProcessInfo};
-use crate::event::{BootClock, Connection, EventError, KernelProcess};
 use crate::feed::{FeedMatch, FeedSet};
-use crate::rules::Rules;
+use crate::kernel::event::{BootClock, Connection, EventError, KernelProcess};
 
 /// Where the pipeline learns about the process the kernel saw.
 pub trait ProcessSource {

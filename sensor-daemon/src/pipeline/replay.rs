@@ -26,7 +26,8 @@ use sensor_common::{
 
 use super::{Now, Pipeline, ProcessSource};
 use crate::alert::Alert;
-use crate::event::{BootClock, Direction, EventError};
+use crate::kernel::event::{BootClock, EventError};
+use crate::net::Direction;
 use crate::time::Timestamp;
 
 /// A record that is not JSON, not a possible event, or not decodable.
@@ -273,9 +274,9 @@ mod tests {
     use super::*;
     use crate::alert::SensorIdentity;
     use crate::alert::aggregate::Aggregator;
+    use crate::alert::rules::Rules;
     use crate::feed::FeedSet;
     use crate::pipeline::KernelOnly;
-    use crate::rules::Rules;
     use std::time::UNIX_EPOCH;
 
     fn clock() -> BootClock {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-use sensor_daemon::container;
+use sensor_daemon::enrich::container;
 
 /// A cgroup2 hierarchy for the test: the host's, or one mounted for it.
 /// Everything the test created under it goes away on drop, on failure too.

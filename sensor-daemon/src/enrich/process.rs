@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::event::KernelProcess;
+use crate::kernel::event::KernelProcess;
 
 /// A process as it appears in an alert.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

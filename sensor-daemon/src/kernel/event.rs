@@ -1,6 +1,5 @@
 //! Kernel events decoded into connections.
 
-use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
@@ -9,7 +8,7 @@ use sensor_common::{
     FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, MatchInfo,
 };
 
-use crate::feed::canonical_ip;
+use crate::net::{Direction, canonical_ip};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
@@ -19,29 +18,6 @@ pub enum EventError {
     Family(u16),
     #[error("event with unknown direction {0}")]
     Direction(u8),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Direction {
-    Egress,
-    Ingress,
-}
-
-impl Direction {
-    /// ECS `network.direction` value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Egress => "egress",
-            Direction::Ingress => "ingress",
-        }
-    }
-}
-
-impl fmt::Display for Direction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
 }
 
 /// The process the kernel saw at connect/accept time.

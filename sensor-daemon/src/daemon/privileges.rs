@@ -107,6 +107,36 @@ pub fn missing_for_proc() -> Vec<String> {
         .collect()
 }
 
+/// Warns once when enrichment of other users' processes will be partial.
+pub(super) fn warn_missing_for_proc() {
+    let missing = missing_for_proc();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "without {}, process.executable (and other /proc details) stay empty for processes of other users",
+            missing.join(" and ")
+        );
+    }
+}
+
+/// [`drop_unneeded`], and one line saying what was kept and dropped.
+pub(super) fn drop_and_log() -> Result<(), PrivilegeError> {
+    let dropped = drop_unneeded()?;
+    tracing::info!(
+        "privileges: kept {} (README, \"Security\"); {} dropped from the bounding set{}; no_new_privs set",
+        dropped.kept.join(", "),
+        dropped.bounding_dropped,
+        if dropped.bounding_left.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " ({} left there: no CAP_SETPCAP to change it)",
+                dropped.bounding_left.join(", ")
+            )
+        }
+    );
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,11 +2,11 @@
 
 use serde::Deserialize;
 
-use crate::event::Direction;
 use crate::feed::Role;
+use crate::net::Direction;
 
 /// The built-in rule file.
-pub const BUILTIN_RULES: &str = include_str!("../../rules/tor.toml");
+pub const BUILTIN_RULES: &str = include_str!("../../../rules/tor.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuleError {

@@ -1,6 +1,12 @@
 //! The sensor's configuration: one struct read from a TOML file, overridden
-//! by flags and environment variables, every default documented here once,
-//! validated before anything touches the kernel or the network.
+//! by flags and environment variables ([`flags`]), every default documented
+//! here once, validated once into a [`Config`] before anything touches the
+//! kernel or the network. The daemon only ever runs a [`Config`].
+//!
+//! Sits above the layers it configures: it holds their settings
+//! ([`FeedConfig`], [`OutputConfig`], [`InboundChoice`]) and hands each
+//! layer its part ([`SensorConfig::feed_settings`],
+//! [`SensorConfig::load_options`]); none of them imports from here.
 //!
 //! ```toml
 //! state_dir = "/var/lib/torsensor"
@@ -19,13 +25,17 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::feed::source::Location;
-use crate::feed::{FeedFormat, ParseOptions};
-use crate::kernel::InboundChoice;
+use crate::feed::config::{FeedConfig, FeedConfigError, FeedSettings};
+use crate::kernel::{InboundChoice, LoadOptions};
 use crate::sink::OutputConfig;
+use crate::time::deserialize_duration;
 use sensor_common::MAX_FEEDS;
+
+pub mod flags;
+
+pub use flags::{ConfigFlags, RunFlags};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -50,14 +60,14 @@ pub enum ConfigError {
     InboundWait,
     #[error("max_entries = {0}: must be between 1024 and 4194304")]
     MaxEntries(u32),
+    #[error("aggregation_max_groups = {0}: must be between 100 and 1000000")]
+    AggregationGroups(usize),
+    #[error("shutdown_deadline must be at most 60s")]
+    ShutdownDeadline,
     #[error("{0}")]
     Output(String),
-    #[error("feed {feed:?}: {field} {reason}")]
-    Feed {
-        feed: String,
-        field: &'static str,
-        reason: String,
-    },
+    #[error(transparent)]
+    Feed(#[from] FeedConfigError),
 }
 
 /// Everything the sensor needs.
@@ -84,19 +94,30 @@ pub struct SensorConfig {
     pub stats_file: Option<PathBuf>,
     /// How often kernel counters (losses) and feed ages are checked.
     /// Default: 5 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub health_interval: Duration,
     /// Alerts for the same (direction, process, peer, service port) within
     /// this window are summarised: the first at once, the repeats as one
     /// alert with `torsensor.count` when the window ends. "0s" turns
     /// aggregation off. Default: 60 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub aggregation_window: Duration,
+    /// Most (direction, process, peer, port) groups aggregated at once; a
+    /// connection that would open one more is reported on its own (never
+    /// dropped). Bounds the memory of aggregation. Between 100 and
+    /// 1,000,000. Default: 10,000.
+    pub aggregation_max_groups: usize,
+    /// At shutdown, how long remote outputs keep delivering before what is
+    /// left goes to their spool for the next start (local outputs are
+    /// always flushed). At most 60 s; keep it under systemd's
+    /// `TimeoutStopSec`. Default: 3 s.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub shutdown_deadline: Duration,
     /// How long an inbound hit waits for a process to read, write or close
     /// the accepted connection (which names that process in the alert)
     /// before it is sent without one: a connection never accepted, or
     /// accepted and left idle. Between 100ms and 60s. Default: 5 s.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "deserialize_duration")]
     pub inbound_wait: Duration,
     /// Which hooks name the process of an inbound connection: `auto` (the
     /// best that loads on this kernel: sock-length, fentry, kprobe,
@@ -125,6 +146,8 @@ pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
 pub const DEFAULT_AGGREGATION_WINDOW: Duration = Duration::from_secs(60);
 pub const DEFAULT_INBOUND_WAIT: Duration = Duration::from_secs(5);
+pub const DEFAULT_AGGREGATION_MAX_GROUPS: usize = 10_000;
+pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(3);
 
 impl Default for SensorConfig {
     fn default() -> Self {
@@ -137,190 +160,14 @@ impl Default for SensorConfig {
             stats_file: None,
             health_interval: DEFAULT_HEALTH_INTERVAL,
             aggregation_window: DEFAULT_AGGREGATION_WINDOW,
+            aggregation_max_groups: DEFAULT_AGGREGATION_MAX_GROUPS,
+            shutdown_deadline: DEFAULT_SHUTDOWN_DEADLINE,
             inbound_wait: DEFAULT_INBOUND_WAIT,
             inbound_hooks: InboundChoice::default(),
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
             outputs: Vec::new(),
         }
-    }
-}
-
-/// One feed (`[[feed]]`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FeedConfig {
-    /// Name in alerts and the cache file name (letters, digits, `.`, `_`,
-    /// `-`). Required in a file; derived from the location for `--feed`.
-    pub name: String,
-    /// `https://` URL, `http://` URL (loopback, or with `allow_http`), or a
-    /// local path. Required.
-    pub location: String,
-    /// `plain`, `tordnsel`, `onionoo`, or `auto` (detect from the content).
-    /// Default: auto.
-    #[serde(deserialize_with = "format_choice")]
-    pub format: Option<FeedFormat>,
-    /// Time between refreshes. Default: 1 h (sources update hourly).
-    #[serde(deserialize_with = "duration")]
-    pub refresh: Duration,
-    /// Random extra delay, 0 to this, added to every wait, so that a fleet
-    /// spreads its requests. Default: 10 min.
-    #[serde(deserialize_with = "duration")]
-    pub jitter: Duration,
-    /// A refresh that shrinks the feed by more than this fraction is
-    /// rejected and the current content stays. Default: 0.5.
-    pub max_shrink: f64,
-    /// A feed older than this (by its published time, or fetch time) is
-    /// reported as stale. Default: 6 h.
-    #[serde(deserialize_with = "duration")]
-    pub stale_after: Duration,
-    /// Largest accepted body, after decompression. Default: 64 MiB (the
-    /// full Onionoo details document is about 20 MB).
-    pub max_bytes: u64,
-    /// Default: 10 s.
-    #[serde(deserialize_with = "duration")]
-    pub connect_timeout: Duration,
-    /// Whole request, body included. Default: 120 s.
-    #[serde(deserialize_with = "duration")]
-    pub timeout: Duration,
-    /// Allow `http://` to a non-loopback host (an internal mirror without
-    /// TLS), as the location and as any redirect hop. Default: false.
-    pub allow_http: bool,
-    /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6) in a plain
-    /// list. Without it such a line refuses the whole body (it would alert
-    /// on a large part of the Internet), even with `allow_reserved`.
-    /// Default: false.
-    pub allow_wide_prefixes: bool,
-}
-
-impl Default for FeedConfig {
-    fn default() -> Self {
-        FeedConfig {
-            name: String::new(),
-            location: String::new(),
-            format: None,
-            refresh: Duration::from_secs(3600),
-            jitter: Duration::from_secs(600),
-            max_shrink: 0.5,
-            stale_after: Duration::from_secs(6 * 3600),
-            max_bytes: 64 << 20,
-            connect_timeout: Duration::from_secs(10),
-            timeout: Duration::from_secs(120),
-            allow_http: false,
-            allow_wide_prefixes: false,
-        }
-    }
-}
-
-/// Shortest refresh interval accepted: sources must not be hammered.
-pub const MIN_REFRESH: Duration = Duration::from_secs(60);
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    humantime::parse_duration(&text).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "{text:?} is not a duration like \"90s\" or \"1h\" ({e})"
-        ))
-    })
-}
-
-fn format_choice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FeedFormat>, D::Error> {
-    let text = String::deserialize(d)?;
-    match text.as_str() {
-        "auto" => Ok(None),
-        "plain" => Ok(Some(FeedFormat::Plain)),
-        "tordnsel" => Ok(Some(FeedFormat::Tordnsel)),
-        "onionoo" => Ok(Some(FeedFormat::Onionoo)),
-        other => Err(serde::de::Error::custom(format!(
-            "format {other:?}: expected auto, plain, tordnsel or onionoo"
-        ))),
-    }
-}
-
-impl FeedConfig {
-    /// A feed from a `--feed` value, named after its file or URL path.
-    pub fn from_location(location: &str) -> Self {
-        let base = location
-            .split(['?', '#'])
-            .next()
-            .unwrap_or(location)
-            .trim_end_matches('/');
-        let last = base.rsplit('/').next().unwrap_or(base);
-        let name: String = last
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        FeedConfig {
-            name: if name.is_empty() { "feed".into() } else { name },
-            location: location.to_owned(),
-            ..Default::default()
-        }
-    }
-
-    /// How this feed's bodies are parsed.
-    pub fn parse_options(&self, allow_reserved: bool) -> ParseOptions {
-        ParseOptions {
-            allow_reserved,
-            allow_wide_prefixes: self.allow_wide_prefixes,
-        }
-    }
-
-    pub fn location(&self) -> Result<Location, ConfigError> {
-        Location::parse(&self.location, self.allow_http).map_err(|e| ConfigError::Feed {
-            feed: self.name.clone(),
-            field: "location",
-            reason: e.to_string(),
-        })
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        let bad = |field, reason: &str| ConfigError::Feed {
-            feed: self.name.clone(),
-            field,
-            reason: reason.to_owned(),
-        };
-        if self.name.is_empty()
-            || !self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-            || self.name.starts_with('.')
-        {
-            return Err(bad(
-                "name",
-                "must be letters, digits, '.', '_' or '-' (it names the cache file)",
-            ));
-        }
-        self.location()?;
-        if self.refresh < MIN_REFRESH {
-            return Err(bad(
-                "refresh",
-                "must be at least 60s (do not hammer the source)",
-            ));
-        }
-        if self.jitter > self.refresh {
-            return Err(bad("jitter", "must not exceed refresh"));
-        }
-        if !(0.0..=1.0).contains(&self.max_shrink) {
-            return Err(bad("max_shrink", "must be between 0.0 and 1.0"));
-        }
-        if !(1024..=(1 << 30)).contains(&self.max_bytes) {
-            return Err(bad("max_bytes", "must be between 1024 and 1073741824"));
-        }
-        if self.connect_timeout < Duration::from_millis(100) || self.timeout < self.connect_timeout
-        {
-            return Err(bad(
-                "timeout",
-                "connect_timeout must be at least 100ms and timeout at least connect_timeout",
-            ));
-        }
-        Ok(())
     }
 }
 
@@ -392,8 +239,42 @@ impl SensorConfig {
             "aggregation_window",
             self.aggregation_window != new.aggregation_window,
         );
+        differs(
+            "aggregation_max_groups",
+            self.aggregation_max_groups != new.aggregation_max_groups,
+        );
+        differs(
+            "shutdown_deadline",
+            self.shutdown_deadline != new.shutdown_deadline,
+        );
         differs("stats_file", self.stats_file != new.stats_file);
         keys
+    }
+
+    /// Checks every value; the only way to a [`Config`].
+    pub fn validated(self) -> Result<Config, ConfigError> {
+        self.validate()?;
+        Ok(Config(self))
+    }
+
+    /// The feed layer's part: the feeds, the cache, reserved ranges.
+    pub fn feed_settings(&self) -> FeedSettings<'_> {
+        FeedSettings {
+            feeds: &self.feeds,
+            state_dir: &self.state_dir,
+            allow_reserved: self.allow_reserved,
+        }
+    }
+
+    /// The kernel layer's part: what the programs and maps are loaded with.
+    pub fn load_options(&self) -> LoadOptions {
+        LoadOptions {
+            audit_all: self.audit_all,
+            ring_buffer_bytes: self.ring_buffer_bytes,
+            kernel_log: self.kernel_log,
+            max_entries: self.max_entries,
+            inbound: self.inbound_hooks.0,
+        }
     }
 
     /// The outputs in force: the configured ones, or stdout in ECS.
@@ -422,6 +303,12 @@ impl SensorConfig {
         if !(1024..=(4 << 20)).contains(&self.max_entries) {
             return Err(ConfigError::MaxEntries(self.max_entries));
         }
+        if !(100..=1_000_000).contains(&self.aggregation_max_groups) {
+            return Err(ConfigError::AggregationGroups(self.aggregation_max_groups));
+        }
+        if self.shutdown_deadline > Duration::from_secs(60) {
+            return Err(ConfigError::ShutdownDeadline);
+        }
         for output in &self.outputs {
             output
                 .validate()
@@ -431,14 +318,28 @@ impl SensorConfig {
         for feed in &self.feeds {
             feed.validate()?;
             if !names.insert(feed.name.as_str()) {
-                return Err(ConfigError::Feed {
+                return Err(ConfigError::Feed(FeedConfigError {
                     feed: feed.name.clone(),
                     field: "name",
                     reason: "is used by two feeds".into(),
-                });
+                }));
             }
         }
         Ok(())
+    }
+}
+
+/// A configuration that passed [`SensorConfig::validate`]: what the daemon
+/// runs. Read-only (`Deref`); build one with [`SensorConfig::validated`] or
+/// [`flags`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config(SensorConfig);
+
+impl std::ops::Deref for Config {
+    type Target = SensorConfig;
+
+    fn deref(&self) -> &SensorConfig {
+        &self.0
     }
 }
 
@@ -452,6 +353,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::feed::FeedFormat;
 
     #[test]
     fn defaults_are_valid() {
@@ -480,6 +382,32 @@ mod tests {
         }
         c.inbound_wait = Duration::from_millis(100);
         assert_eq!(c.validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_former_hard_coded_limits_are_validated_settings() {
+        let c = SensorConfig::from_toml(
+            Path::new("t.toml"),
+            "aggregation_max_groups = 500\nshutdown_deadline = \"10s\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.aggregation_max_groups, 500);
+        assert_eq!(c.shutdown_deadline, Duration::from_secs(10));
+        let running = c.clone().validated().unwrap();
+        let mut bad = c.clone();
+        bad.aggregation_max_groups = 10;
+        assert_eq!(bad.validate(), Err(ConfigError::AggregationGroups(10)));
+        bad.aggregation_max_groups = 500;
+        bad.shutdown_deadline = Duration::from_secs(61);
+        assert_eq!(bad.validate(), Err(ConfigError::ShutdownDeadline));
+        assert_eq!(
+            running.restart_only_changes(&SensorConfig::default()),
+            ["aggregation_max_groups", "shutdown_deadline"]
+        );
+        let err = SensorConfig::from_toml(Path::new("t.toml"), "shutdown_deadline = 3\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("3 has no unit"), "{err}");
     }
 
     #[test]
@@ -538,7 +466,7 @@ location = "http://127.0.0.1:8080/details"
 
     #[test]
     fn the_shipped_example_config_is_valid() {
-        let text = include_str!("../../deploy/torsensor.toml");
+        let text = include_str!("../../../deploy/torsensor.toml");
         let c = SensorConfig::from_toml(Path::new("deploy/torsensor.toml"), text).unwrap();
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.feeds.len(), 2);

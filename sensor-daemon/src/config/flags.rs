@@ -1,0 +1,146 @@
+//! Command-line flags and environment variables that override the file,
+//! merged here (and only here) into one validated [`Config`]. `torsensor`'s
+//! subcommands flatten these into their arguments.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::{Config, ConfigError, SensorConfig};
+use crate::kernel::InboundChoice;
+use crate::sink::OutputConfig;
+use crate::time::parse_duration;
+
+/// Where the configuration comes from; flags override the file.
+#[derive(Args, Clone)]
+pub struct ConfigFlags {
+    /// TOML configuration file (see README, "Configuration").
+    #[arg(long, env = "TORSENSOR_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// A feed location (https URL, loopback http URL, or path); repeatable,
+    /// added to the file's [[feed]] tables. Default (no feed anywhere): the
+    /// embedded snapshot.
+    #[arg(long = "feed", value_name = "LOCATION")]
+    feeds: Vec<String>,
+    /// State directory (feed cache, status.json). Default: /var/lib/torsensor.
+    #[arg(long, env = "TORSENSOR_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Keep loopback/private/documentation entries (labs and tests).
+    #[arg(long, env = "TORSENSOR_ALLOW_RESERVED")]
+    allow_reserved: bool,
+}
+
+#[derive(Args, Clone)]
+pub struct RunFlags {
+    #[command(flatten)]
+    pub config: ConfigFlags,
+    /// Report every TCP connection, not only feed matches (debugging, benchmarks).
+    #[arg(long, env = "TORSENSOR_AUDIT_ALL")]
+    audit_all: bool,
+    /// Kernel-to-daemon ring buffer size in bytes (power of two). Default: 4 MiB.
+    #[arg(long, env = "TORSENSOR_RING_BUFFER_BYTES")]
+    ring_buffer_bytes: Option<u32>,
+    /// Forward kernel-side debug logs to stderr.
+    #[arg(long, env = "TORSENSOR_KERNEL_LOG")]
+    kernel_log: bool,
+    /// Write final counters (JSON) to this file at exit.
+    #[arg(long, value_name = "PATH")]
+    stats_file: Option<PathBuf>,
+    /// Seconds between checks of the kernel loss counters and feed ages. Default: 5.
+    #[arg(long)]
+    health_interval_secs: Option<u64>,
+    /// Where alerts go, repeatable: stdout, file:PATH, syslog+udp://H:P,
+    /// syslog+tcp://H:P, syslog:///dev/log, https://..., hec+https://...,
+    /// bulk+https://H:P/INDEX, with ",format=ocsf" etc. (README, "Outputs").
+    /// Default: stdout in ECS. Tokens come from token_file/token_env only.
+    #[arg(long = "output", value_name = "DEST[,key=value...]", value_parser = OutputParser)]
+    outputs: Vec<OutputConfig>,
+    /// Aggregation window (e.g. 60s; 0s turns aggregation off). Default: 60s.
+    #[arg(long, env = "TORSENSOR_AGGREGATION_WINDOW", value_parser = parse_duration)]
+    aggregation_window: Option<Duration>,
+    /// How long an inbound hit waits for a process to use the accepted
+    /// connection before it is sent without one (100ms..60s). Default: 5s.
+    #[arg(long, env = "TORSENSOR_INBOUND_WAIT", value_parser = parse_duration)]
+    inbound_wait: Option<Duration>,
+    /// Which hooks name an inbound connection's process: auto, sock-length,
+    /// fentry, kprobe, rcv-space or close-only (`torsensor hooks` shows what
+    /// this kernel offers). Default: auto.
+    #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
+    inbound_hooks: Option<InboundChoice>,
+}
+
+/// Parses `--output` without clap's "invalid value '<the raw value>'"
+/// prefix: the value may hold a secret given by mistake (`token=...`, a
+/// password in the URL), and the library's error shows it redacted.
+#[derive(Clone)]
+pub struct OutputParser;
+
+impl clap::builder::TypedValueParser for OutputParser {
+    type Value = OutputConfig;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Self::Value, clap::Error> {
+        use clap::error::ErrorKind;
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(ErrorKind::InvalidUtf8, "--output is not valid UTF-8\n").with_cmd(cmd)
+        })?;
+        text.parse().map_err(|e| {
+            clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd)
+        })
+    }
+}
+
+impl ConfigFlags {
+    /// The file (if any) with these flags applied, not yet validated.
+    pub fn read(&self) -> Result<SensorConfig, ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => SensorConfig::from_file(path)?,
+            None => SensorConfig::default(),
+        };
+        cfg.add_feed_locations(&self.feeds);
+        if let Some(dir) = &self.state_dir {
+            cfg.state_dir = dir.clone();
+        }
+        cfg.allow_reserved |= self.allow_reserved;
+        Ok(cfg)
+    }
+
+    /// The file with these flags applied, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        self.read()?.validated()
+    }
+}
+
+impl RunFlags {
+    /// The file, these flags and the environment, validated.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut cfg = self.config.read()?;
+        cfg.audit_all |= self.audit_all;
+        cfg.kernel_log |= self.kernel_log;
+        if let Some(rb) = self.ring_buffer_bytes {
+            cfg.ring_buffer_bytes = rb;
+        }
+        if let Some(path) = &self.stats_file {
+            cfg.stats_file = Some(path.clone());
+        }
+        if let Some(secs) = self.health_interval_secs {
+            cfg.health_interval = Duration::from_secs(secs);
+        }
+        if let Some(window) = self.aggregation_window {
+            cfg.aggregation_window = window;
+        }
+        if let Some(wait) = self.inbound_wait {
+            cfg.inbound_wait = wait;
+        }
+        if let Some(plan) = self.inbound_hooks {
+            cfg.inbound_hooks = plan;
+        }
+        cfg.outputs.extend(self.outputs.iter().cloned());
+        cfg.validated()
+    }
+}

@@ -1,0 +1,124 @@
+//! The alert path of a running daemon: ring-buffer records through the
+//! [`Pipeline`] (events to alerts, no I/O) to the outputs ([`Sinks`]), with
+//! the run's counters ([`RunStats`]).
+
+use aya::maps::{MapData, RingBuf};
+use sensor_common::ConnEvent;
+
+use crate::alert::Alert;
+use crate::kernel::KernelCounters;
+use crate::kernel::event::decode;
+use crate::pipeline::{Now, Pipeline};
+use crate::sink::{AlertMeta, SinkStats, Sinks};
+
+/// Records handled before the loop yields to the output tasks.
+pub(super) const DRAIN_CHUNK: usize = 256;
+
+/// What happened during a run, written to `stats_file` at exit.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunStats {
+    pub kernel: KernelCounters,
+    /// Alerts handed to the outputs (first alerts, summaries, events);
+    /// what each output delivered or dropped is in `outputs`.
+    pub alerts_written: u64,
+    /// Connections those alerts stand for (the sum of `torsensor.count`).
+    pub connections_reported: u64,
+    /// Aggregated summaries among the alerts written.
+    pub summaries_written: u64,
+    /// Hits still pending in the kernel at shutdown, reported as incomplete.
+    pub incomplete_reported: u64,
+    /// Inbound hits no process used within `inbound_wait`, reported
+    /// without a process.
+    pub inbound_unattributed: u64,
+    /// Ring-buffer records that could not be decoded.
+    pub decode_errors: u64,
+    /// Per output: delivered, failed attempts, dropped, spooled.
+    pub outputs: Vec<SinkStats>,
+}
+
+/// The pipeline and the outputs it feeds.
+pub(super) struct Delivery {
+    pub pipeline: Pipeline,
+    pub sinks: Sinks,
+    pub stats: RunStats,
+}
+
+impl Delivery {
+    /// One kernel event (`incomplete`: still pending at shutdown or stale).
+    pub fn handle(&mut self, ev: &ConnEvent, incomplete: bool) {
+        match self.pipeline.handle(ev, incomplete, Now::current()) {
+            Ok(alerts) => {
+                for alert in &alerts {
+                    self.write(alert);
+                }
+            }
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                tracing::warn!("dropped an undecodable kernel event: {e}");
+            }
+        }
+    }
+
+    /// Writes the summaries of aggregation windows that have ended (or all
+    /// of them, at shutdown).
+    pub fn write_summaries(&mut self, all: bool) {
+        let alerts = if all {
+            self.pipeline.flush()
+        } else {
+            self.pipeline.due(std::time::Instant::now())
+        };
+        for alert in &alerts {
+            self.write(alert);
+        }
+    }
+
+    /// Hands one alert to every output (never blocks: each output has its
+    /// own queue and task).
+    fn write(&mut self, alert: &Alert) {
+        let meta = AlertMeta {
+            time: alert.timestamp.0,
+            severity: alert.event.severity.map_or(0, |s| s.min(100)),
+            rule_id: alert
+                .rule
+                .as_ref()
+                .map(|r| r.id.clone())
+                .unwrap_or_default(),
+            host: alert.host.name.clone(),
+        };
+        self.sinks.send(&meta, &|schema| schema.render(alert));
+        self.stats.alerts_written += 1;
+        self.stats.connections_reported += alert.torsensor.count.unwrap_or(1);
+        if alert.torsensor.summary {
+            self.stats.summaries_written += 1;
+        }
+    }
+
+    /// Handles up to `max` ring-buffer records; true if more may be left.
+    pub fn drain_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
+            match decode(&item) {
+                Ok(ev) => {
+                    drop(item);
+                    self.handle(&ev, false);
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    tracing::warn!("dropped a kernel record: {e}");
+                }
+            }
+        }
+        true
+    }
+
+    /// Handles every record in the ring buffer, in chunks, letting the
+    /// output tasks (same thread) run between chunks so that their queues
+    /// drain as fast as alerts arrive.
+    pub async fn drain(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.drain_some(ring, DRAIN_CHUNK) {
+            tokio::task::yield_now().await;
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Health events of a running daemon: one log line (`health: ...`) per
+//! kind of loss that grew, per feed that went stale or fresh again, and
+//! the hook plan once at start.
+
+use std::time::SystemTime;
+
+use crate::feed::format_age;
+use crate::feed::manager::FeedManager;
+use crate::kernel::{HookPlan, KernelCounters};
+
+/// Logs a health event for every kind of kernel-side loss that grew since
+/// `last`.
+pub(super) fn report_losses(now: &KernelCounters, last: &KernelCounters) {
+    let ring = now.ringbuf_full - last.ringbuf_full;
+    if ring > 0 {
+        tracing::warn!(
+            lost = ring,
+            total_lost = now.ringbuf_full,
+            "health: {ring} events lost because the kernel ring buffer was full; raise --ring-buffer-bytes"
+        );
+    }
+    let pending = now.pending_full - last.pending_full;
+    if pending > 0 {
+        tracing::warn!(
+            lost = pending,
+            total_lost = now.pending_full,
+            "health: {pending} hits lost because the pending-connection map was full"
+        );
+    }
+}
+
+/// Logs each feed that became stale, or fresh again, since the last call.
+pub(super) fn report_stale(manager: &mut FeedManager) {
+    for (name, age, stale) in manager.stale_changes(SystemTime::now()) {
+        let age = format_age(age);
+        if stale {
+            tracing::warn!("health: feed {name} is stale: {age} old");
+        } else {
+            tracing::info!("health: feed {name} is fresh again ({age} old)");
+        }
+    }
+}
+
+/// The hook plan line, once: a warning when the plan is degraded.
+pub(super) fn log_plan(plan: Option<&HookPlan>) {
+    match plan {
+        Some(plan) if plan.degraded.is_some() => tracing::warn!("hook plan: {plan}"),
+        Some(plan) => tracing::info!("hook plan: {plan}"),
+        None => {}
+    }
+}

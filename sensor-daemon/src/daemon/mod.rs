@@ -1,0 +1,444 @@
+//! The running daemon: load feeds, arm the kernel, turn events into alerts
+//! for the outputs, refresh feeds, report health and losses, reload on
+//! SIGHUP, and shut down cleanly on SIGINT/SIGTERM.
+//!
+//! Owns the run loop ([`run`]) and what only a running daemon does:
+//! arming in the right order (privileges, state directory, feeds, outputs,
+//! kernel, then dropping privileges: [`privileges`]), the alert path from
+//! ring buffer to outputs ([`delivery`]), switching feed sets in one place
+//! for refresh and SIGHUP ([`switch`]), health events ([`health`]) and the
+//! status file ([`status`]). Everything below it is a library this module
+//! drives; nothing imports from here except the binary (`main.rs`).
+
+mod delivery;
+mod health;
+pub mod privileges;
+pub mod status;
+mod switch;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use aya::maps::{MapData, RingBuf};
+use tokio::io::Interest;
+use tokio::io::unix::{AsyncFd, AsyncFdReadyMutGuard};
+use tokio::signal::unix::{Signal, SignalKind, signal};
+
+use crate::alert::SensorIdentity;
+use crate::alert::aggregate::Aggregator;
+use crate::alert::rules::{RuleError, Rules};
+use crate::config::{Config, ConfigError, SensorConfig};
+use crate::feed::FeedSet;
+use crate::feed::manager::FeedManager;
+use crate::feed::refresh::{FetchDone, Refresher, Verdict};
+use crate::feed::set::SetError;
+use crate::kernel::event::BootClock;
+use crate::kernel::{self, HookPlan, InboundChoice, KernelError, Probes};
+use crate::pipeline::{HostSource, Pipeline};
+use crate::sink::{LossReport, SinkError, Sinks};
+use crate::statedir::StateDirError;
+pub use delivery::RunStats;
+use delivery::{DRAIN_CHUNK, Delivery};
+use privileges::PrivilegeError;
+pub use status::{StatusFile, check_state_dir, load_offline};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SensorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Feed(#[from] SetError),
+    #[error("feed {name}: {reason}")]
+    FeedFile { name: String, reason: String },
+    #[error(transparent)]
+    Rules(#[from] RuleError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(transparent)]
+    Privileges(#[from] PrivilegeError),
+    #[error(transparent)]
+    StateDir(#[from] StateDirError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Re-reads the configuration (file, flags, environment) on SIGHUP.
+pub type Reload = Box<dyn Fn() -> Result<Config, ConfigError>>;
+
+fn io_err(what: &'static str) -> impl Fn(io::Error) -> SensorError {
+    move |source| SensorError::Io { what, source }
+}
+
+/// Loads the programs with an empty feed set, chooses the hooks as `run`
+/// would, and unloads everything again (`torsensor hooks`).
+pub fn hook_plan(inbound: InboundChoice) -> Result<HookPlan, SensorError> {
+    kernel::preflight()?;
+    let cfg = SensorConfig {
+        max_entries: 1,
+        inbound_hooks: inbound,
+        ..SensorConfig::default()
+    };
+    let probes = Probes::load(&cfg.load_options(), &FeedSet::default())?;
+    Ok(probes.plan().cloned().expect("load chooses a plan"))
+}
+
+/// The signals the loop answers.
+struct Signals {
+    int: Signal,
+    term: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, SensorError> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?,
+            term: signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?,
+            hup: signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?,
+        })
+    }
+}
+
+/// The kernel's file descriptors the loop polls.
+struct Polled {
+    ring: AsyncFd<RingBuf<MapData>>,
+    kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
+}
+
+/// The state of a running daemon that the loop's handlers share.
+struct Daemon {
+    cfg: Config,
+    reload: Reload,
+    manager: FeedManager,
+    probes: Probes,
+    delivery: Delivery,
+    /// The state directory in force (a reload may move it).
+    state_dir: PathBuf,
+    /// Kernel loss counters at the last health tick.
+    last: kernel::KernelCounters,
+    /// Output losses (queue, spool, refused) as health events.
+    output_losses: LossReport,
+}
+
+/// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
+/// configuration through `reload` and refreshes every feed at once.
+pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
+    let mut signals = Signals::install()?;
+    let (mut daemon, mut polled) = Daemon::arm(cfg, reload)?;
+    let mut refresher = Refresher::new();
+    refresher.restart(&daemon.manager, false);
+    let mut health = tokio::time::interval(daemon.cfg.health_interval);
+    let mut summaries = tokio::time::interval(Duration::from_secs(1));
+    // Inbound hits no process has used within `inbound_wait` are sent
+    // without one; checked a few times per wait.
+    let mut sweep =
+        tokio::time::interval((daemon.cfg.inbound_wait / 4).max(Duration::from_millis(50)));
+    let ring = &mut polled.ring;
+    let log = &mut polled.kernel_log;
+
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let guard = guard.map_err(io_err("polling the ring buffer"))?;
+                if daemon.on_readable(guard) {
+                    // Let the output tasks take what was just queued.
+                    tokio::task::yield_now().await;
+                }
+            }
+            guard = async { log.as_mut().expect("guarded").readable_mut().await }, if log.is_some() => {
+                let mut guard = guard.map_err(io_err("polling the kernel log"))?;
+                guard.get_inner_mut().flush();
+                guard.clear_ready();
+            }
+            Some(done) = refresher.rx.recv() => {
+                if done.generation == refresher.generation() {
+                    daemon.on_fetch_done(done, ring.get_mut()).await;
+                }
+            }
+            _ = sweep.tick() => daemon.on_sweep(),
+            _ = summaries.tick(), if daemon.delivery.pipeline.aggregating() => {
+                daemon.delivery.write_summaries(false);
+            }
+            _ = health.tick() => daemon.on_health(),
+            _ = signals.hup.recv() => {
+                daemon.on_sighup(ring.get_mut()).await;
+                refresher.restart(&daemon.manager, true);
+            }
+            _ = signals.int.recv() => break,
+            _ = signals.term.recv() => break,
+        }
+    }
+
+    refresher.stop();
+    daemon.shutdown(ring.get_mut()).await
+}
+
+impl Daemon {
+    /// Privileges first (the most useful first error), then the state
+    /// directory (checked before anything is read from it), the feeds, the
+    /// outputs (a path that cannot be used stops the start with nothing
+    /// loaded), the kernel, and last the capabilities no longer needed.
+    fn arm(cfg: Config, reload: Reload) -> Result<(Daemon, Polled), SensorError> {
+        let rules = Rules::builtin()?;
+        kernel::preflight()?;
+        check_state_dir(&cfg.state_dir)?;
+        let (manager, feeds) = load_offline(&cfg)?;
+        let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
+        privileges::warn_missing_for_proc();
+        let mut probes = Probes::load(&cfg.load_options(), &feeds)?;
+        health::log_plan(probes.plan());
+        privileges::drop_and_log()?;
+        let polled = Polled::register(&mut probes)?;
+        let pipeline = Pipeline::new(
+            feeds,
+            rules,
+            SensorIdentity::local(),
+            BootClock::now(),
+            HostSource::new(),
+            Aggregator::new(cfg.aggregation_window, cfg.aggregation_max_groups),
+        );
+        let daemon = Daemon {
+            state_dir: cfg.state_dir.clone(),
+            cfg,
+            reload,
+            manager,
+            probes,
+            delivery: Delivery {
+                pipeline,
+                sinks,
+                stats: RunStats::default(),
+            },
+            last: kernel::KernelCounters::default(),
+            output_losses: LossReport::default(),
+        };
+        // status.json first: whoever waits for "armed" may read it at once.
+        daemon.write_status();
+        let feeds = daemon.delivery.pipeline.feeds();
+        tracing::info!(
+            prefixes = feeds.len(),
+            or_ports = feeds.or_ports().len(),
+            feeds = feeds.feeds().len(),
+            audit_all = daemon.cfg.audit_all,
+            "torsensor armed: watching TCP connect and accept"
+        );
+        Ok((daemon, polled))
+    }
+
+    fn write_status(&self) {
+        let feeds = self.delivery.pipeline.feeds();
+        status::write_status(
+            &self.state_dir,
+            self.manager.status(feeds, SystemTime::now()),
+            self.probes.plan(),
+        );
+    }
+
+    /// Reads a chunk of the ring buffer; true if more may be left.
+    fn on_readable(&mut self, mut guard: AsyncFdReadyMutGuard<'_, RingBuf<MapData>>) -> bool {
+        let more = self.delivery.drain_some(guard.get_inner_mut(), DRAIN_CHUNK);
+        if !more {
+            guard.clear_ready();
+        }
+        more
+    }
+
+    /// Inbound hits no process used in time, and outbound hits whose
+    /// connection never completed. A hit a program claimed is no longer in
+    /// the map, so the sweep cannot send it twice; no drain needed first.
+    fn on_sweep(&mut self) {
+        let swept = self.probes.sweep(self.cfg.inbound_wait);
+        for ev in &swept.inbound {
+            self.delivery.stats.inbound_unattributed += 1;
+            self.delivery.handle(ev, false);
+        }
+        for ev in &swept.outbound_stale {
+            self.delivery.stats.incomplete_reported += 1;
+            self.delivery.handle(ev, true);
+        }
+    }
+
+    fn on_health(&mut self) {
+        if let Ok(now) = self.probes.counters() {
+            health::report_losses(&now, &self.last);
+            self.last = now;
+        }
+        self.output_losses.tick(&self.delivery.sinks.stats());
+        health::report_stale(&mut self.manager);
+    }
+
+    /// Applies one finished fetch: validation in the manager, then (if the
+    /// content changed) a gapless switch of the feed set. Nothing already
+    /// loaded is lost on any failure.
+    async fn on_fetch_done(&mut self, done: FetchDone, ring: &mut RingBuf<MapData>) {
+        let FetchDone {
+            index,
+            outcome,
+            reply,
+            ..
+        } = done;
+        let name = self.manager.states[index].config.name.clone();
+        let before = self.manager.states[index].clone();
+        let accepted = match self.manager.offer(index, outcome) {
+            Ok(None) => {
+                tracing::info!("feed {name}: not modified");
+                false
+            }
+            Ok(Some(accepted)) => {
+                let switched = match self.manager.feed_set() {
+                    Ok(set) => {
+                        let d = &mut self.delivery;
+                        switch::switch_feeds(set, &mut self.probes, d, ring).await
+                    }
+                    Err(e) => Err(e.to_string()),
+                };
+                match switched {
+                    Ok(stats) => {
+                        tracing::info!(
+                            written = stats.written,
+                            deleted = stats.deleted,
+                            active_copy = stats.active,
+                            "feed {name}: refreshed: {}",
+                            accepted.counts
+                        );
+                        true
+                    }
+                    Err(e) => {
+                        tracing::error!(
+                            "feed {name}: refresh not applied, keeping the current set: {e}"
+                        );
+                        self.manager.states[index] = before;
+                        false
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("feed {name}: refresh rejected, keeping the current content: {e}");
+                false
+            }
+        };
+        let next = self.manager.next_delay(index);
+        tracing::debug!("feed {name}: next fetch in {next:?}");
+        let _ = reply.send(Verdict { next, accepted });
+        self.write_status();
+    }
+
+    /// SIGHUP: the new configuration's feeds (and state directory) in full
+    /// or not at all; keys that need a restart are named and kept; output
+    /// files are reopened (logrotate). The caller refreshes every feed.
+    async fn on_sighup(&mut self, ring: &mut RingBuf<MapData>) {
+        tracing::info!("SIGHUP: reloading the configuration and refreshing every feed now");
+        match (self.reload)() {
+            Ok(new_cfg) => self.apply_reload(new_cfg, ring).await,
+            Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
+        }
+        self.delivery.sinks.reopen_files();
+        self.write_status();
+    }
+
+    async fn apply_reload(&mut self, new_cfg: Config, ring: &mut RingBuf<MapData>) {
+        let restart = self.cfg.restart_only_changes(&new_cfg);
+        if !restart.is_empty() {
+            tracing::warn!(
+                "SIGHUP: {} changed, which takes effect only after a restart; the running values stay",
+                restart.join(", ")
+            );
+        }
+        // Nothing changes (not even state_dir) unless the whole new
+        // configuration is applied.
+        let next = check_state_dir(&new_cfg.state_dir)
+            .map_err(|e| format!("state directory: {e}"))
+            .map(|()| self.manager.reload(new_cfg.feed_settings()));
+        let set = next.and_then(|next| match next.file_error() {
+            Some((name, reason)) => Err(format!("feed {name}: {reason}")),
+            None => next
+                .feed_set()
+                .map(|set| (next, set))
+                .map_err(|e| e.to_string()),
+        });
+        let applied = match set {
+            Ok((next, set)) => {
+                let d = &mut self.delivery;
+                switch::switch_feeds(set, &mut self.probes, d, ring)
+                    .await
+                    .map(|_| next)
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
+            Ok(next) => {
+                self.manager = next;
+                if new_cfg.state_dir != self.state_dir {
+                    tracing::info!("state_dir is now {}", new_cfg.state_dir.display());
+                    self.state_dir = new_cfg.state_dir.clone();
+                }
+                status::log_loaded(&self.manager, self.delivery.pipeline.feeds());
+            }
+            Err(e) => tracing::error!("SIGHUP: keeping the running feeds: {e}"),
+        }
+    }
+
+    /// Detach first so that nothing new arrives, then take what is left:
+    /// the ring buffer, hits still pending in the kernel, open aggregation
+    /// windows; then the outputs deliver or spool within the deadline.
+    async fn shutdown(mut self, ring: &mut RingBuf<MapData>) -> Result<RunStats, SensorError> {
+        tracing::info!("stopping: detaching probes and draining");
+        self.probes.detach();
+        self.delivery.drain(ring).await;
+        let pending = self.probes.pending();
+        self.delivery.stats.incomplete_reported += pending.len() as u64;
+        for ev in &pending {
+            self.delivery.handle(ev, true);
+        }
+        self.delivery.write_summaries(true);
+        let counters = self.probes.counters().unwrap_or_default();
+        health::report_losses(&counters, &self.last);
+        drop(self.probes);
+        let Delivery {
+            sinks, mut stats, ..
+        } = self.delivery;
+        stats.kernel = counters;
+        // Local outputs are flushed; remote ones try to deliver, and what
+        // is left goes to their spool for the next start.
+        stats.outputs = sinks.shutdown(self.cfg.shutdown_deadline).await;
+        self.output_losses.tick(&stats.outputs);
+        tracing::info!(
+            alerts = stats.alerts_written,
+            connections = stats.connections_reported,
+            summaries = stats.summaries_written,
+            incomplete = stats.incomplete_reported,
+            lost_ringbuf = counters.ringbuf_full,
+            lost_pending = counters.pending_full,
+            "stopped"
+        );
+        if let Some(path) = &self.cfg.stats_file {
+            let json = serde_json::to_vec_pretty(&stats).expect("stats serialize");
+            crate::statedir::write_file_atomic(path, &json, 0o640)?;
+        }
+        Ok(stats)
+    }
+}
+
+impl Polled {
+    fn register(probes: &mut Probes) -> Result<Polled, SensorError> {
+        // SAFETY (both registrations): the ring buffer and the log reader
+        // own their fds, and the AsyncFd owns them until the end of the run.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
+                .map_err(|e| io_err("polling the ring buffer")(e.into()))?;
+        let kernel_log = match probes.take_logger() {
+            Some(l) => Some(
+                unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
+                    .map_err(|e| io_err("polling the kernel log")(e.into()))?,
+            ),
+            None => None,
+        };
+        Ok(Polled { ring, kernel_log })
+    }
+}
