@@ -432,8 +432,7 @@ fn feed_status(args: ConfigFlags) -> anyhow::Result<ExitCode> {
     let file: StatusFile = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a torsensor status file", path.display()))?;
     let status = &file.feeds;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(status.pid as i32, 0) } == 0;
+    let alive = sensor_daemon::sys::process_exists(status.pid);
     let written = humantime::parse_rfc3339(&status.written).ok();
     let since = written
         .and_then(|w| SystemTime::now().duration_since(w).ok())

@@ -1,9 +1,16 @@
-//! The few file-system calls that std does not offer: everything relative
-//! to a directory file descriptor (`openat` family), never following a
-//! symbolic link in the last component. Each wrapper is safe to call; the
-//! `unsafe` is only the FFI call itself.
+//! Every libc call of the daemon, each behind a safe wrapper whose
+//! `unsafe` block is only the FFI call itself, with a SAFETY comment (as
+//! aya keeps its syscalls in `sys/`):
 //!
-//! Used by [`crate::statedir`], which holds the policy (who may own what).
+//! - files relative to a directory descriptor (`openat` family), never
+//!   following a symbolic link in the last component: used by
+//!   [`crate::statedir`], which holds the policy (who may own what);
+//! - clocks, host name, limits and process facts the rest of the crate
+//!   needs ([`boot_time_ns`], [`hostname`], [`clock_ticks_per_second`],
+//!   [`raise_memlock_limit`], [`release_free_heap`], [`set_no_new_privs`],
+//!   [`process_exists`]).
+//!
+//! A shared leaf: imports nothing from the crate.
 
 use std::ffi::{CString, OsStr};
 use std::io;
@@ -128,4 +135,77 @@ pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
 pub fn geteuid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
+}
+
+/// `CLOCK_BOOTTIME`: time since boot, suspend included (the clock of the
+/// kernel's `bpf_ktime_get_boot_ns` and `ConnEvent::ts_boot_ns`).
+pub fn boot_time_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; CLOCK_BOOTTIME exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// This host's name (`"unknown"` if it cannot be read).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: buffer and length are valid.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as u64 } else { 100 }
+}
+
+/// Lifts `RLIMIT_MEMLOCK` (kernels before 5.11 charge BPF maps to it);
+/// false if it could not be raised.
+pub fn raise_memlock_limit() -> bool {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) == 0 }
+}
+
+/// Gives freed heap pages back to the system (glibc keeps them otherwise).
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// `prctl(PR_SET_NO_NEW_PRIVS)`: nothing this process executes can gain
+/// privileges (setuid bits, file capabilities).
+pub fn set_no_new_privs() -> io::Result<()> {
+    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True if a process with this pid exists (`kill(pid, 0)`; a process of
+/// another user counts as existing).
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 sends nothing; it only checks that the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
 }

@@ -88,7 +88,7 @@ static KOFFSETS: Global<KernelOffsets> = Global::new(KernelOffsets {
 
 // The Tor sets, twice: the daemon rewrites the inactive copy, then flips
 // `ACTIVE_SET`, so a refresh takes effect all at once and an address listed
-// before and after it is never missing (see `TorMaps` in the daemon).
+// before and after it is never missing (see `kernel/maps.rs` in the daemon).
 // Sizes are set by the daemon at load time.
 /// Listed IPv4 prefixes (set 0).
 #[map]

@@ -30,7 +30,7 @@ pub struct SensorIdentity {
 impl SensorIdentity {
     pub fn local() -> Self {
         SensorIdentity {
-            host_name: crate::enrich::hostname(),
+            host_name: crate::sys::hostname(),
             version: env!("CARGO_PKG_VERSION"),
         }
     }

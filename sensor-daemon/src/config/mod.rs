@@ -102,10 +102,10 @@ pub struct SensorConfig {
     /// aggregation off. Default: 60 s.
     #[serde(deserialize_with = "deserialize_duration")]
     pub aggregation_window: Duration,
-    /// Most (direction, process, peer, port) groups aggregated at once; a
-    /// connection that would open one more is reported on its own (never
-    /// dropped). Bounds the memory of aggregation. Between 100 and
-    /// 1,000,000. Default: 10,000.
+    /// Most (direction, process, peer, port) groups aggregated at once:
+    /// when that many are open, the oldest is closed early (its summary
+    /// sent) to make room, so memory stays bounded and nothing is dropped.
+    /// Between 100 and 1,000,000. Default: 10,000.
     pub aggregation_max_groups: usize,
     /// At shutdown, how long remote outputs keep delivering before what is
     /// left goes to their spool for the next start (local outputs are

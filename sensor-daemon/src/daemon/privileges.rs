@@ -79,21 +79,12 @@ pub fn drop_unneeded() -> Result<Dropped, PrivilegeError> {
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new()).map_err(err("inheritable"))?;
     caps::set(None, CapSet::Effective, &left).map_err(err("effective"))?;
     caps::set(None, CapSet::Permitted, &left).map_err(err("permitted"))?;
-    set_no_new_privs()?;
+    crate::sys::set_no_new_privs().map_err(PrivilegeError::NoNewPrivs)?;
     Ok(Dropped {
         kept: names(&left),
         bounding_dropped,
         bounding_left,
     })
-}
-
-fn set_no_new_privs() -> Result<(), PrivilegeError> {
-    // SAFETY: prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) takes no pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
-    if rc != 0 {
-        return Err(PrivilegeError::NoNewPrivs(std::io::Error::last_os_error()));
-    }
-    Ok(())
 }
 
 /// The capabilities enrichment of other users' processes needs but this

@@ -11,4 +11,4 @@ pub mod container;
 pub mod process;
 
 pub use container::{ContainerCache, ContainerInfo};
-pub use process::{ProcessCache, ProcessInfo, hostname};
+pub use process::{ProcessCache, ProcessInfo};

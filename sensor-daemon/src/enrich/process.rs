@@ -188,30 +188,11 @@ pub fn user_name(uid: u32, passwd: &Path) -> Option<String> {
     })
 }
 
-/// This host's name.
-pub fn hostname() -> String {
-    let mut buf = [0u8; 256];
-    // SAFETY: buffer and length are valid.
-    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-    if rc != 0 {
-        return "unknown".into();
-    }
-    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-    String::from_utf8_lossy(&buf[..end]).into_owned()
-}
-
 // --- Process start time and owner -------------------------------------------
 //
 // Kept apart from `ProcessInfo` so that adding them does not change the
 // struct's literal constructions elsewhere; the alert can carry ECS
 // `process.start` from `process_start_time`.
-
-/// Clock ticks per second of `/proc/<pid>/stat` times (`sysconf(_SC_CLK_TCK)`).
-pub fn clock_ticks_per_second() -> u64 {
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as u64 } else { 100 }
-}
 
 /// Boot time, from the `btime` line (seconds since the epoch) of the text of
 /// `/proc/stat`.
@@ -250,7 +231,7 @@ pub fn process_start_time(proc_root: &Path, pid: u32) -> Option<SystemTime> {
     Some(ticks_to_time(
         boot,
         start_ticks(&stat)?,
-        clock_ticks_per_second(),
+        crate::sys::clock_ticks_per_second(),
     ))
 }
 

@@ -61,13 +61,7 @@ pub struct BootClock {
 
 impl BootClock {
     pub fn now() -> Self {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer; CLOCK_BOOTTIME always exists on Linux.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        let since_boot = Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+        let since_boot = Duration::from_nanos(crate::sys::boot_time_ns());
         BootClock {
             wall_at_boot: SystemTime::now() - since_boot,
         }

@@ -4,23 +4,20 @@
 //! no process has used yet, and detaching (on drop).
 
 pub mod event;
+mod maps;
 pub mod plan;
 
-use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{BtfTracePoint, FEntry, KProbe, Program, ProgramError};
 use aya::{Btf, Ebpf, EbpfLoader};
-use ipnet::IpNet;
-use sensor_common::{
-    ConnEvent, FLAG_NO_PROCESS, KernelOffsets, MatchInfo, OrPortKey, counter, pending, prefilter,
-};
+use sensor_common::{ConnEvent, FLAG_NO_PROCESS, KernelOffsets, counter, pending, prefilter};
 
 use crate::feed::FeedSet;
+pub use maps::{ApplyStats, prefilter_bits};
+use maps::{SetContents, array_mut};
 pub use plan::{Hook, HookPlan, InboundChoice, InboundHooks, STATE_PROGRAM, Unavailable};
 
 /// The eBPF object built from `sensor-ebpf` by `build.rs`.
@@ -28,16 +25,6 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// Names of the two copies of the Tor maps (IPv4 trie, IPv6 trie, OR ports).
-const SET_MAPS: [[&str; 3]; 2] = [
-    ["TOR_V4_0", "TOR_V6_0", "OR_PORTS_0"],
-    ["TOR_V4_1", "TOR_V6_1", "OR_PORTS_1"],
-];
-
-/// After a flip, programs that read the old index a moment earlier may still
-/// be looking it up (each run takes well under a microsecond, inside an RCU
-/// read section); the old copy is not rewritten before this much time.
-const FLIP_GRACE: Duration = Duration::from_millis(20);
 /// How long an outbound attempt may wait for its answer (and its local
 /// port) before the sweep reports it as incomplete. Far beyond the kernel's
 /// default SYN retries (about 2 minutes); only a stuck entry gets here.
@@ -210,27 +197,6 @@ pub struct KernelCounters {
     pub inbound_unattributed: u64,
 }
 
-/// What one copy of the Tor maps holds (mirrored in userspace so that a
-/// refresh writes only the difference).
-#[derive(Debug, Clone, Default)]
-struct SetContents {
-    prefixes: BTreeMap<IpNet, MatchInfo>,
-    or_ports: BTreeMap<OrPortKey, u32>,
-}
-
-/// What a feed update did to the kernel maps.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ApplyStats {
-    /// The copy now in use.
-    pub active: usize,
-    /// Entries written (new or changed) and deleted in that copy.
-    pub written: usize,
-    pub deleted: usize,
-    /// Entries in the copy.
-    pub prefixes: usize,
-    pub or_ports: usize,
-}
-
 /// Loaded and attached programs. Dropping it detaches everything.
 pub struct Probes {
     ebpf: Ebpf,
@@ -285,7 +251,7 @@ impl Probes {
         let btf = Btf::from_sys_fs().map_err(|e| KernelError::BadBtf(e.to_string()))?;
         let result = attach(self, &btf);
         drop(btf);
-        release_heap();
+        crate::sys::release_free_heap();
         result
     }
 
@@ -350,7 +316,9 @@ impl Probes {
     /// Creates the maps (programs neither loaded nor attached): what `load`
     /// starts with, and what the feed benchmark measures map updates on.
     pub fn open(opts: &LoadOptions) -> Result<Self, KernelError> {
-        raise_memlock_limit();
+        if !crate::sys::raise_memlock_limit() {
+            tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
+        }
         let offsets = kernel_offsets(Path::new(VMLINUX_BTF))?;
         let audit: u32 = opts.audit_all.into();
         let log_level: u8 = if opts.kernel_log {
@@ -423,187 +391,6 @@ impl Probes {
         if let Some(program) = self.ebpf.program_mut(name) {
             unload_program(name, program);
         }
-    }
-
-    /// Makes `feeds` the set the programs match against, gaplessly: the
-    /// copy not in use is brought to the new content (only the difference is
-    /// written), then one write of `ACTIVE_SET` switches every program to it.
-    /// An address listed before and after is never missing, and additions
-    /// and removals take effect at the same instant.
-    pub fn apply_feeds(&mut self, feeds: &FeedSet) -> Result<ApplyStats, KernelError> {
-        let wanted = SetContents {
-            prefixes: feeds.prefixes().clone(),
-            or_ports: feeds.or_ports().clone(),
-        };
-        let v4 = wanted
-            .prefixes
-            .keys()
-            .filter(|n| matches!(n, IpNet::V4(_)))
-            .count();
-        for (map, needed) in [
-            ("TOR_V4", v4),
-            ("TOR_V6", wanted.prefixes.len() - v4),
-            ("OR_PORTS", wanted.or_ports.len()),
-        ] {
-            if needed > self.max_entries as usize {
-                return Err(KernelError::TooManyEntries {
-                    map,
-                    needed,
-                    capacity: self.max_entries,
-                });
-            }
-        }
-        if let Some(flip) = self.last_flip
-            && flip.elapsed() < FLIP_GRACE
-        {
-            std::thread::sleep(FLIP_GRACE - flip.elapsed());
-        }
-        // The pre-filter must let through everything of the set in use and
-        // of the one about to be: the union, written before the flip (and
-        // narrowed to the then-current set at the next update).
-        let mut bits = prefilter_bits(self.sets[self.active].prefixes.keys());
-        for (w, n) in bits.iter_mut().zip(prefilter_bits(wanted.prefixes.keys())) {
-            *w |= n;
-        }
-        self.write_prefilter(bits)?;
-        let target = 1 - self.active;
-        let (written, deleted) = self.write_copy(target, &wanted)?;
-        array_mut::<u32>(&mut self.ebpf, "ACTIVE_SET")?
-            .set(0, target as u32, 0)
-            .map_err(|source| KernelError::Map {
-                name: "ACTIVE_SET",
-                source,
-            })?;
-        self.active = target;
-        self.last_flip = Some(Instant::now());
-        let stats = ApplyStats {
-            active: target,
-            written,
-            deleted,
-            prefixes: wanted.prefixes.len(),
-            or_ports: wanted.or_ports.len(),
-        };
-        self.sets[target] = wanted;
-        Ok(stats)
-    }
-
-    /// Writes the words of the pre-filter that differ from `bits`.
-    fn write_prefilter(&mut self, bits: Vec<u64>) -> Result<(), KernelError> {
-        let map_err = |source| KernelError::Map {
-            name: "PREFILTER",
-            source,
-        };
-        let mut array = array_mut::<u64>(&mut self.ebpf, "PREFILTER")?;
-        for (i, (old, new)) in self.prefilter.iter_mut().zip(bits).enumerate() {
-            if *old != new {
-                array.set(i as u32, new, 0).map_err(map_err)?;
-                *old = new;
-            }
-        }
-        Ok(())
-    }
-
-    /// Brings copy `index` from what it holds to `wanted`.
-    fn write_copy(
-        &mut self,
-        index: usize,
-        wanted: &SetContents,
-    ) -> Result<(usize, usize), KernelError> {
-        let [v4_name, v6_name, or_name] = SET_MAPS[index];
-        let held = &self.sets[index];
-        let [v4, v6, or] = self.ebpf.maps_disjoint_mut([v4_name, v6_name, or_name]);
-        let mut v4: LpmTrie<&mut MapData, [u8; 4], MatchInfo> = v4
-            .ok_or(KernelError::MissingMap(v4_name))?
-            .try_into()
-            .map_err(|source| KernelError::Map {
-                name: v4_name,
-                source,
-            })?;
-        let mut v6: LpmTrie<&mut MapData, [u8; 16], MatchInfo> = v6
-            .ok_or(KernelError::MissingMap(v6_name))?
-            .try_into()
-            .map_err(|source| KernelError::Map {
-                name: v6_name,
-                source,
-            })?;
-        let mut or: BpfHashMap<&mut MapData, OrPortKey, u32> = or
-            .ok_or(KernelError::MissingMap(or_name))?
-            .try_into()
-            .map_err(|source| KernelError::Map {
-                name: or_name,
-                source,
-            })?;
-        let (mut written, mut deleted) = (0, 0);
-        for net in held
-            .prefixes
-            .keys()
-            .filter(|n| !wanted.prefixes.contains_key(n))
-        {
-            let len = u32::from(net.prefix_len());
-            let result = match net.network() {
-                IpAddr::V4(a) => {
-                    v4.remove(&Key::new(len, a.octets()))
-                        .map_err(|source| KernelError::Map {
-                            name: v4_name,
-                            source,
-                        })
-                }
-                IpAddr::V6(a) => {
-                    v6.remove(&Key::new(len, a.octets()))
-                        .map_err(|source| KernelError::Map {
-                            name: v6_name,
-                            source,
-                        })
-                }
-            };
-            result?;
-            deleted += 1;
-        }
-        for (net, info) in &wanted.prefixes {
-            if held.prefixes.get(net) == Some(info) {
-                continue;
-            }
-            let len = u32::from(net.prefix_len());
-            let result = match net.network() {
-                IpAddr::V4(a) => v4
-                    .insert(&Key::new(len, a.octets()), info, 0)
-                    .map_err(|source| KernelError::Map {
-                        name: v4_name,
-                        source,
-                    }),
-                IpAddr::V6(a) => v6
-                    .insert(&Key::new(len, a.octets()), info, 0)
-                    .map_err(|source| KernelError::Map {
-                        name: v6_name,
-                        source,
-                    }),
-            };
-            result?;
-            written += 1;
-        }
-        for key in held
-            .or_ports
-            .keys()
-            .filter(|k| !wanted.or_ports.contains_key(k))
-        {
-            or.remove(key).map_err(|source| KernelError::Map {
-                name: or_name,
-                source,
-            })?;
-            deleted += 1;
-        }
-        for (key, feeds) in &wanted.or_ports {
-            if held.or_ports.get(key) == Some(feeds) {
-                continue;
-            }
-            or.insert(key, feeds, 0)
-                .map_err(|source| KernelError::Map {
-                    name: or_name,
-                    source,
-                })?;
-            written += 1;
-        }
-        Ok((written, deleted))
     }
 
     /// Detaches and unloads every program; the maps stay readable.
@@ -685,7 +472,7 @@ impl Probes {
     /// Removes and returns the entries of `map` older than `age`, and adds
     /// their number to the sync slot `sync`.
     fn sweep_map(&mut self, map: &'static str, sync: u32, age: Duration) -> Vec<ConnEvent> {
-        let now = boot_ns();
+        let now = crate::sys::boot_time_ns();
         let age = age.as_nanos() as u64;
         let mut out = Vec::new();
         if let Some(m) = self.ebpf.map_mut(map)
@@ -737,39 +524,6 @@ impl Probes {
     }
 }
 
-/// One of the programs' array maps, writable.
-fn array_mut<'a, T: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, T>, KernelError> {
-    let map = ebpf.map_mut(name).ok_or(KernelError::MissingMap(name))?;
-    Array::try_from(map).map_err(|source| KernelError::Map { name, source })
-}
-
-/// The pre-filter bitmap for `prefixes` (see `sensor_common::prefilter`):
-/// every /16 an IPv4 prefix touches, every folded /32 of an IPv6 prefix
-/// (all of them for an IPv6 prefix shorter than /32).
-pub fn prefilter_bits<'a>(prefixes: impl Iterator<Item = &'a IpNet>) -> Vec<u64> {
-    let mut words = vec![0u64; prefilter::WORDS as usize];
-    let mut set = |bit: usize| words[bit / 64] |= 1 << (bit % 64);
-    let mut all_v6 = false;
-    for net in prefixes {
-        match net {
-            IpNet::V4(n) => {
-                let first = prefilter::v4(&n.network().octets());
-                let count = 1usize << 16u8.saturating_sub(n.prefix_len());
-                (first..first + count).for_each(&mut set);
-            }
-            IpNet::V6(n) if n.prefix_len() >= 32 => set(prefilter::v6(&n.network().octets())),
-            IpNet::V6(_) => all_v6 = true,
-        }
-    }
-    if all_v6 {
-        words[prefilter::BITS / 64..].fill(u64::MAX);
-    }
-    words
-}
-
 /// Detaches and unloads `program` if it is loaded (of the kinds the plans
 /// use).
 fn unload_program(name: &str, program: &mut Program) {
@@ -812,81 +566,9 @@ fn short_reason(e: &ProgramError) -> String {
     }
 }
 
-/// `CLOCK_BOOTTIME` in nanoseconds, the clock of `ConnEvent::ts_boot_ns`.
-fn boot_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Loading parses the kernel's BTF (several MiB, twice: aya and the offset
-/// lookup); give that memory back to the system once it is freed.
-fn release_heap() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only releases free heap pages.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-fn raise_memlock_limit() {
-    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK.
-    let rlim = libc::rlimit {
-        rlim_cur: libc::RLIM_INFINITY,
-        rlim_max: libc::RLIM_INFINITY,
-    };
-    // SAFETY: plain syscall with a valid pointer.
-    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn bit(words: &[u64], bit: usize) -> bool {
-        words[bit / 64] & (1 << (bit % 64)) != 0
-    }
-
-    #[test]
-    fn prefilter_covers_every_listed_address_and_little_else() {
-        let nets: Vec<IpNet> = [
-            "127.66.1.9/32",
-            "10.0.0.0/8",
-            "2001:db8:77::2/128",
-            "192.0.2.0/24",
-        ]
-        .iter()
-        .map(|n| n.parse().unwrap())
-        .collect();
-        let w = prefilter_bits(nets.iter());
-        assert!(bit(&w, prefilter::v4(&[127, 66, 1, 9])));
-        assert!(!bit(&w, prefilter::v4(&[127, 0, 0, 1])));
-        // A /8 covers its 256 /16s and nothing beyond.
-        assert!(bit(&w, prefilter::v4(&[10, 0, 0, 1])));
-        assert!(bit(&w, prefilter::v4(&[10, 255, 3, 4])));
-        assert!(!bit(&w, prefilter::v4(&[11, 0, 0, 1])));
-        assert!(!bit(&w, prefilter::v4(&[9, 255, 0, 1])));
-        assert!(bit(&w, prefilter::v4(&[192, 0, 2, 200])));
-        let v6: std::net::Ipv6Addr = "2001:db8:77::2".parse().unwrap();
-        assert!(bit(&w, prefilter::v6(&v6.octets())));
-        let other: std::net::Ipv6Addr = "2a00:1450::1".parse().unwrap();
-        assert!(!bit(&w, prefilter::v6(&other.octets())));
-        let set: usize = w.iter().map(|x| x.count_ones() as usize).sum();
-        assert_eq!(set, 1 + 256 + 1 + 1);
-        // A short IPv6 prefix and 0.0.0.0/0 open their whole half.
-        let wide: Vec<IpNet> = ["2000::/3", "0.0.0.0/0"]
-            .iter()
-            .map(|n| n.parse().unwrap())
-            .collect();
-        let w = prefilter_bits(wide.iter());
-        assert!(w.iter().all(|x| *x == u64::MAX));
-    }
 
     #[test]
     fn kernel_btf_offsets_when_available() {

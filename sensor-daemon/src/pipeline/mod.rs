@@ -5,7 +5,7 @@
 //! no I/O of its own: the process source is injected ([`HostSource`] reads
 //! the host's `/proc` and cgroups; tests and [`replay`] pass recorded
 //! answers), and so is the time ([`Now`]). Rendering the alerts per output
-//! format and sending them is the caller's job ([`crate::sensor`]).
+//! format and sending them is the caller's job ([`crate::daemon`]).
 //!
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
