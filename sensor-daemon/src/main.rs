@@ -37,6 +37,10 @@ enum Command {
     /// the network (exit 0: all listed, 1: some not, 2: bad input, or a
     /// feed asked for has no local copy).
     Check(CheckArgs),
+    /// How the running sensor is doing, from its endpoint (or its status
+    /// file): one verdict line, then details. Exit 0 OK, 1 WARNING,
+    /// 2 CRITICAL, 3 UNKNOWN (a Nagios-style check).
+    Status(StatusArgs),
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -111,6 +115,15 @@ fn parse_format(text: &str) -> Result<Schema, String> {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
+    /// Print the running sensor's whole snapshot as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
 struct HooksArgs {
     /// Print the plan as JSON (the `hooks` object of status.json).
     #[arg(long)]
@@ -155,6 +168,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),
         Command::Hooks(args) => hooks(args),
+        Command::Status(args) => Ok(status(args)),
         Command::Replay(args) => replay(args).map(|()| ExitCode::SUCCESS),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
@@ -413,6 +427,156 @@ fn feed_fetch(args: ConfigFlags) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `torsensor status`: what the endpoint says, else what the status file
+/// says; never an error, always a verdict and an exit code.
+fn status(args: StatusArgs) -> ExitCode {
+    use sensor_daemon::daemon::telemetry::{Level, Snapshot};
+    let unknown = |why: String| {
+        println!("TORSENSOR UNKNOWN - {why}");
+        ExitCode::from(3)
+    };
+    let cfg = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => return unknown(e.to_string()),
+    };
+    let path = cfg.state_dir.join("status.json");
+    let file: StatusFile = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+    {
+        Ok(f) => f,
+        Err(e) => return unknown(format!("no sensor status at {} ({e})", path.display())),
+    };
+    let pid = file.feeds.pid;
+    if !sensor_daemon::sys::process_exists(pid) {
+        println!("TORSENSOR CRITICAL - sensor pid {pid} is not running");
+        return ExitCode::from(2);
+    }
+    let Some(addr) = file.metrics else {
+        println!(
+            "TORSENSOR OK - sensor pid {pid} running (metrics endpoint off: no health details)"
+        );
+        print_feeds(&file);
+        return ExitCode::SUCCESS;
+    };
+    let snapshot: Snapshot = match fetch_status(addr) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("TORSENSOR CRITICAL - sensor pid {pid} does not answer on {addr}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&snapshot).expect("serializes")
+        );
+    }
+    let (level, reasons) = snapshot.verdict();
+    let alerts: u64 = snapshot.alerts.iter().map(|a| a.count).sum();
+    println!(
+        "TORSENSOR {level} - {} | alerts={alerts} prefixes={} lost={}",
+        if reasons.is_empty() {
+            format!("pid {pid} armed and ready")
+        } else {
+            reasons.join("; ")
+        },
+        snapshot.prefixes,
+        snapshot.kernel.ringbuf_full + snapshot.kernel.pending_full,
+    );
+    if !args.json {
+        print_snapshot(&snapshot);
+    }
+    ExitCode::from(match level {
+        Level::Ok => 0,
+        Level::Warning => 1,
+        Level::Critical => 2,
+    })
+}
+
+/// `GET /status` of the endpoint (an unspecified listen address is asked
+/// on loopback).
+fn fetch_status(
+    mut addr: SocketAddr,
+) -> anyhow::Result<sensor_daemon::daemon::telemetry::Snapshot> {
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    runtime()?.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()?;
+        let answer = client.get(format!("http://{addr}/status")).send().await?;
+        let body = answer.error_for_status()?.bytes().await?;
+        Ok(serde_json::from_slice(&body)?)
+    })
+}
+
+fn print_snapshot(s: &sensor_daemon::daemon::telemetry::Snapshot) {
+    if let Some(plan) = &s.hooks {
+        println!("hook plan: {plan}");
+    }
+    for f in &s.feeds {
+        let age = f
+            .age_seconds
+            .map(|a| sensor_daemon::feed::format_age(Duration::from_secs_f64(a)))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "feed {}	{}	origin={} age={age}{}	{}",
+            f.name,
+            if f.loaded { "loaded" } else { "EMPTY" },
+            f.origin.as_deref().unwrap_or("-"),
+            if f.stale { " STALE" } else { "" },
+            f.counts
+        );
+        if let Some(e) = &f.last_error {
+            println!("	last error: {e}");
+        }
+    }
+    for o in &s.outputs {
+        println!(
+            "output {} ({}, {})	delivered={} failed={} dropped={} queued={} spooled={}",
+            o.name,
+            o.kind,
+            o.schema,
+            o.delivered,
+            o.failed,
+            o.dropped_queue + o.dropped_spool + o.dropped_undeliverable,
+            o.queued,
+            o.spooled_events
+        );
+    }
+    let k = &s.kernel;
+    println!(
+        "kernel: {} connections seen, {} hits, {} events lost (ring buffer {}, pending map {})",
+        k.connect_seen + k.inbound_seen,
+        k.connect_hit + k.inbound_hit,
+        k.ringbuf_full + k.pending_full,
+        k.ringbuf_full,
+        k.pending_full
+    );
+}
+
+fn print_feeds(file: &StatusFile) {
+    if let Some(plan) = &file.hooks {
+        println!("hook plan: {plan}");
+    }
+    for f in &file.feeds.feeds {
+        println!(
+            "feed {}	{}	version={}{}",
+            f.name,
+            if f.loaded { "loaded" } else { "EMPTY" },
+            f.version.as_deref().unwrap_or("-"),
+            if f.stale { " STALE" } else { "" }
+        );
+    }
 }
 
 fn feed_status(args: ConfigFlags) -> anyhow::Result<ExitCode> {

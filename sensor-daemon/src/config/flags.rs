@@ -2,12 +2,13 @@
 //! merged here (and only here) into one validated [`Config`]. `torsensor`'s
 //! subcommands flatten these into their arguments.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
 
-use super::{Config, ConfigError, SensorConfig};
+use super::{Config, ConfigError, SensorConfig, parse_listen};
 use crate::kernel::InboundChoice;
 use crate::sink::OutputConfig;
 use crate::time::parse_duration;
@@ -68,6 +69,10 @@ pub struct RunFlags {
     /// this kernel offers). Default: auto.
     #[arg(long, env = "TORSENSOR_INBOUND_HOOKS", value_name = "PLAN")]
     inbound_hooks: Option<InboundChoice>,
+    /// The metrics and health endpoint: IP:PORT, or "off". Default:
+    /// 127.0.0.1:9477.
+    #[arg(long, env = "TORSENSOR_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_flag)]
+    metrics_listen: Option<Listen>,
 }
 
 /// Parses `--output` without clap's "invalid value '<the raw value>'"
@@ -93,6 +98,14 @@ impl clap::builder::TypedValueParser for OutputParser {
             clap::Error::raw(ErrorKind::ValueValidation, format!("{e}\n")).with_cmd(cmd)
         })
     }
+}
+
+/// `--metrics-listen`: an address, or off.
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen_flag(text: &str) -> Result<Listen, String> {
+    parse_listen(text).map(Listen)
 }
 
 impl ConfigFlags {
@@ -139,6 +152,9 @@ impl RunFlags {
         }
         if let Some(plan) = self.inbound_hooks {
             cfg.inbound_hooks = plan;
+        }
+        if let Some(Listen(listen)) = self.metrics_listen {
+            cfg.metrics.listen = listen;
         }
         cfg.outputs.extend(self.outputs.iter().cloned());
         cfg.validated()

@@ -22,6 +22,7 @@
 //! ```
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -133,6 +134,8 @@ pub struct SensorConfig {
     /// snapshot (Tor exit list and relay list of 2024-03-12), no network.
     #[serde(rename = "feed")]
     pub feeds: Vec<FeedConfig>,
+    /// The metrics and health endpoint (`[metrics]`).
+    pub metrics: MetricsConfig,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -166,9 +169,55 @@ impl Default for SensorConfig {
             inbound_hooks: InboundChoice::default(),
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
+            metrics: MetricsConfig::default(),
             outputs: Vec::new(),
         }
     }
+}
+
+/// The HTTP endpoint for Prometheus and probes (`[metrics]`): `/metrics`,
+/// `/healthz`, `/readyz` and `/status` (JSON, read by `torsensor status`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to listen on, or `"off"`. Default: `127.0.0.1:9477` (this
+    /// host only; a DaemonSet sets `0.0.0.0:9477` for the kubelet's probes
+    /// and the scraper). Port 0 takes a free port, written to
+    /// `status.json`. Also `--metrics-listen` / `TORSENSOR_METRICS_LISTEN`.
+    #[serde(deserialize_with = "deserialize_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Whether `/readyz` says ready while only the embedded snapshot is
+    /// armed (no configured feed has content yet). Default: true.
+    pub ready_on_embedded: bool,
+}
+
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9477);
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: Some(DEFAULT_METRICS_LISTEN),
+            ready_on_embedded: true,
+        }
+    }
+}
+
+/// `"off"`, or an `IP:PORT` (`[IPv6]:PORT`).
+pub fn parse_listen(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|_| format!("{text:?} is not \"off\" or an address like \"127.0.0.1:9477\""))
+}
+
+fn deserialize_listen<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_listen(&text).map_err(serde::de::Error::custom)
 }
 
 impl SensorConfig {
@@ -247,6 +296,7 @@ impl SensorConfig {
             "shutdown_deadline",
             self.shutdown_deadline != new.shutdown_deadline,
         );
+        differs("metrics", self.metrics != new.metrics);
         differs("stats_file", self.stats_file != new.stats_file);
         keys
     }

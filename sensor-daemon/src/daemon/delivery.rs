@@ -2,12 +2,15 @@
 //! [`Pipeline`] (events to alerts, no I/O) to the outputs ([`Sinks`]), with
 //! the run's counters ([`RunStats`]).
 
+use std::collections::BTreeMap;
+
 use aya::maps::{MapData, RingBuf};
 use sensor_common::ConnEvent;
 
 use crate::alert::Alert;
 use crate::kernel::KernelCounters;
 use crate::kernel::event::decode;
+use crate::net::Direction;
 use crate::pipeline::{Now, Pipeline};
 use crate::sink::{AlertMeta, SinkStats, Sinks};
 
@@ -25,6 +28,8 @@ pub struct RunStats {
     pub connections_reported: u64,
     /// Aggregated summaries among the alerts written.
     pub summaries_written: u64,
+    /// Connections those summaries stand for (repeats not alerted one by one).
+    pub summarized_connections: u64,
     /// Hits still pending in the kernel at shutdown, reported as incomplete.
     pub incomplete_reported: u64,
     /// Inbound hits no process used within `inbound_wait`, reported
@@ -41,6 +46,8 @@ pub(super) struct Delivery {
     pub pipeline: Pipeline,
     pub sinks: Sinks,
     pub stats: RunStats,
+    /// Alerts sent per (direction, rule id) (metrics).
+    pub by_rule: BTreeMap<(Direction, String), u64>,
 }
 
 impl Delivery {
@@ -86,10 +93,13 @@ impl Delivery {
             host: alert.host.name.clone(),
         };
         self.sinks.send(&meta, &|schema| schema.render(alert));
+        let key = (alert.network.direction, meta.rule_id);
+        *self.by_rule.entry(key).or_default() += 1;
         self.stats.alerts_written += 1;
         self.stats.connections_reported += alert.torsensor.count.unwrap_or(1);
         if alert.torsensor.summary {
             self.stats.summaries_written += 1;
+            self.stats.summarized_connections += alert.torsensor.count.unwrap_or(1);
         }
     }
 

@@ -6,18 +6,23 @@
 //! arming in the right order (privileges, state directory, feeds, outputs,
 //! kernel, then dropping privileges: [`privileges`]), the alert path from
 //! ring buffer to outputs ([`delivery`]), switching feed sets in one place
-//! for refresh and SIGHUP ([`switch`]), health events ([`health`]) and the
-//! status file ([`status`]). Everything below it is a library this module
+//! for refresh and SIGHUP ([`switch`]), health events ([`health`]), the
+//! status file ([`status`]) and the metrics and health endpoint
+//! ([`telemetry`], [`endpoint`]). Everything below it is a library this module
 //! drives; nothing imports from here except the binary (`main.rs`).
 
 mod delivery;
+pub mod endpoint;
 mod health;
 pub mod privileges;
 pub mod status;
 mod switch;
+pub mod telemetry;
 
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aya::maps::{MapData, RingBuf};
@@ -40,8 +45,10 @@ use crate::sink::{LossReport, SinkError, Sinks};
 use crate::statedir::StateDirError;
 pub use delivery::RunStats;
 use delivery::{DRAIN_CHUNK, Delivery};
+use endpoint::Endpoint;
 use privileges::PrivilegeError;
 pub use status::{StatusFile, check_state_dir, load_offline};
+use telemetry::{AlertCount, OutputHealth, Snapshot, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -61,6 +68,14 @@ pub enum SensorError {
     Privileges(#[from] PrivilegeError),
     #[error(transparent)]
     StateDir(#[from] StateDirError),
+    #[error(
+        "metrics endpoint {addr}: {source} (set [metrics] listen, --metrics-listen, or \"off\")"
+    )]
+    Endpoint {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -125,6 +140,10 @@ struct Daemon {
     last: kernel::KernelCounters,
     /// Output losses (queue, spool, refused) as health events.
     output_losses: LossReport,
+    /// What `/metrics`, `/healthz`, `/readyz` and `/status` show.
+    telemetry: Arc<Telemetry>,
+    /// The endpoint's address and task, unless `[metrics] listen = "off"`.
+    endpoint: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
 }
 
 /// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
@@ -140,6 +159,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     // without one; checked a few times per wait.
     let mut sweep =
         tokio::time::interval((daemon.cfg.inbound_wait / 4).max(Duration::from_millis(50)));
+    let mut publish = tokio::time::interval(Duration::from_secs(1));
     let ring = &mut polled.ring;
     let log = &mut polled.kernel_log;
 
@@ -167,6 +187,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
                 daemon.delivery.write_summaries(false);
             }
             _ = health.tick() => daemon.on_health(),
+            _ = publish.tick() => daemon.publish(),
             _ = signals.hup.recv() => {
                 daemon.on_sighup(ring.get_mut()).await;
                 refresher.restart(&daemon.manager, true);
@@ -191,6 +212,12 @@ impl Daemon {
         check_state_dir(&cfg.state_dir)?;
         let (manager, feeds) = load_offline(&cfg)?;
         let sinks = Sinks::start(&cfg.outputs_or_stdout(), &cfg.state_dir, "torsensor")?;
+        let endpoint = match cfg.metrics.listen {
+            Some(addr) => Some(
+                Endpoint::bind(addr).map_err(|source| SensorError::Endpoint { addr, source })?,
+            ),
+            None => None,
+        };
         privileges::warn_missing_for_proc();
         let mut probes = Probes::load(&cfg.load_options(), &feeds)?;
         health::log_plan(probes.plan());
@@ -204,7 +231,11 @@ impl Daemon {
             HostSource::new(),
             Aggregator::new(cfg.aggregation_window, cfg.aggregation_max_groups),
         );
+        let telemetry = Telemetry::new(Snapshot::default());
+        let endpoint = endpoint.map(|e| (e.addr, e.serve(Arc::clone(&telemetry))));
         let daemon = Daemon {
+            telemetry,
+            endpoint,
             state_dir: cfg.state_dir.clone(),
             cfg,
             reload,
@@ -214,12 +245,19 @@ impl Daemon {
                 pipeline,
                 sinks,
                 stats: RunStats::default(),
+                by_rule: Default::default(),
             },
             last: kernel::KernelCounters::default(),
             output_losses: LossReport::default(),
         };
         // status.json first: whoever waits for "armed" may read it at once.
         daemon.write_status();
+        daemon.publish();
+        if let Some((addr, _)) = &daemon.endpoint {
+            tracing::info!(
+                "metrics and health endpoint on http://{addr}/ (metrics, healthz, readyz, status)"
+            );
+        }
         let feeds = daemon.delivery.pipeline.feeds();
         tracing::info!(
             prefixes = feeds.len(),
@@ -237,7 +275,52 @@ impl Daemon {
             &self.state_dir,
             self.manager.status(feeds, SystemTime::now()),
             self.probes.plan(),
+            self.endpoint.as_ref().map(|(addr, _)| *addr),
         );
+    }
+
+    /// Refreshes what the endpoint shows (every second, and at start).
+    fn publish(&self) {
+        let snapshot = self.snapshot();
+        self.telemetry.publish(snapshot);
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let feeds = self.delivery.pipeline.feeds();
+        let stats = &self.delivery.stats;
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            armed: true,
+            embedded_only: self.manager.needs_embedded(),
+            ready_on_embedded: self.cfg.metrics.ready_on_embedded,
+            prefixes: feeds.len(),
+            or_ports: feeds.or_ports().len(),
+            hooks: self.probes.plan().cloned(),
+            kernel: self.probes.counters().unwrap_or(self.last),
+            alerts: self
+                .delivery
+                .by_rule
+                .iter()
+                .map(|((direction, rule), count)| AlertCount {
+                    direction: direction.to_string(),
+                    rule: rule.clone(),
+                    count: *count,
+                })
+                .collect(),
+            summaries: stats.summaries_written,
+            summarized_connections: stats.summarized_connections,
+            decode_errors: stats.decode_errors,
+            feeds: telemetry::feed_health(&self.manager, feeds, SystemTime::now()),
+            outputs: self
+                .delivery
+                .sinks
+                .stats()
+                .iter()
+                .map(OutputHealth::from)
+                .collect(),
+            loop_age_seconds: 0.0,
+        }
     }
 
     /// Reads a chunk of the ring buffer; true if more may be left.
@@ -389,6 +472,9 @@ impl Daemon {
     /// windows; then the outputs deliver or spool within the deadline.
     async fn shutdown(mut self, ring: &mut RingBuf<MapData>) -> Result<RunStats, SensorError> {
         tracing::info!("stopping: detaching probes and draining");
+        if let Some((_, task)) = self.endpoint.take() {
+            task.abort();
+        }
         self.probes.detach();
         self.delivery.drain(ring).await;
         let pending = self.probes.pending();

@@ -2,6 +2,7 @@
 //! feeds loaded at start (and after a reload), and `status.json` in the
 //! state directory (read by `torsensor feed status`).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::SystemTime;
 
@@ -72,14 +73,24 @@ pub struct StatusFile {
     pub feeds: Status,
     /// Absent in files written before the hook plan existed.
     pub hooks: Option<HookPlan>,
+    /// Where the metrics and health endpoint listens (absent: off, or a
+    /// file written before it existed).
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Writes `status.json` (mode 0644) in the state directory, checked again
 /// first (read by `torsensor feed status`). Failures are logged, not fatal.
-pub(super) fn write_status(state_dir: &Path, feeds: Status, hooks: Option<&HookPlan>) {
+pub(super) fn write_status(
+    state_dir: &Path,
+    feeds: Status,
+    hooks: Option<&HookPlan>,
+    metrics: Option<SocketAddr>,
+) {
     let status = StatusFile {
         feeds,
         hooks: hooks.cloned(),
+        metrics,
     };
     let bytes = serde_json::to_vec_pretty(&status).expect("status serializes");
     let written = Dir::open(state_dir, STATE_DIR_MODE)

@@ -6,6 +6,7 @@
 //! snapshot is used. A refresh that fails, parses to nothing or shrinks a
 //! feed too much is rejected and the current content stays.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,17 @@ pub enum RefreshError {
         after: usize,
         max_shrink: f64,
     },
+}
+
+impl RefreshError {
+    /// A short, stable name for the kind of failure (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RefreshError::Fetch(e) => e.reason(),
+            RefreshError::Parse { .. } => "parse",
+            RefreshError::Shrink { .. } => "shrink",
+        }
+    }
 }
 
 /// A fetched body and what parsing it gave.
@@ -95,9 +107,24 @@ pub struct FeedState {
     /// Last fetch that was accepted or answered "not modified".
     pub last_success: Option<SystemTime>,
     pub last_error: Option<String>,
+    /// Last fetch that failed or was rejected.
+    pub last_failure: Option<SystemTime>,
+    /// Failures in a row (0 after a success).
     pub failures: u32,
+    /// Every failure since start, by [`RefreshError::reason`] (metrics).
+    pub failures_by_reason: BTreeMap<&'static str, u64>,
     /// Whether staleness has been reported (to log the change once).
     pub stale_reported: bool,
+}
+
+impl FeedState {
+    /// Counts a failed or rejected refresh.
+    pub fn record_failure(&mut self, reason: &'static str, message: String, at: SystemTime) {
+        self.last_error = Some(message);
+        self.last_failure = Some(at);
+        self.failures += 1;
+        *self.failures_by_reason.entry(reason).or_default() += 1;
+    }
 }
 
 /// What was accepted.
@@ -234,10 +261,7 @@ impl FeedManager {
                 state.last_error = None;
                 state.failures = 0;
             }
-            Err(e) => {
-                state.last_error = Some(e.to_string());
-                state.failures += 1;
-            }
+            Err(e) => state.record_failure(e.reason(), e.to_string(), now),
         }
         result
     }
@@ -421,7 +445,9 @@ fn load_one(fc: &FeedConfig, cache: &Cache, allow_reserved: bool) -> FeedState {
         last_attempt: None,
         last_success: None,
         last_error: None,
+        last_failure: None,
         failures: 0,
+        failures_by_reason: BTreeMap::new(),
         stale_reported: false,
     };
     match fc.location() {

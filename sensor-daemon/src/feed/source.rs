@@ -49,6 +49,23 @@ pub enum SourceError {
     StateDir(#[from] crate::statedir::StateDirError),
 }
 
+impl SourceError {
+    /// A short, stable name for the kind of failure (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceError::Location { .. } => "location",
+            SourceError::Status { .. } => "http_status",
+            SourceError::Timeout { .. } => "timeout",
+            SourceError::TooLarge { .. } => "too_large",
+            SourceError::Transport { .. } => "transport",
+            SourceError::Read { .. } => "read",
+            SourceError::Write { .. } => "cache_write",
+            SourceError::BadCache { .. } => "cache_damaged",
+            SourceError::StateDir(_) => "state_dir",
+        }
+    }
+}
+
 /// A feed's location, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {

@@ -183,7 +183,7 @@ fn find_member(
 }
 
 /// Totals of the per-CPU counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelCounters {
     pub connect_seen: u64,
     pub inbound_seen: u64,

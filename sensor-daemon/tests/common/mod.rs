@@ -61,6 +61,8 @@ pub struct Sensor {
     child: Option<Child>,
     shared: Arc<(Mutex<Shared>, Condvar)>,
     pub feed: PathBuf,
+    /// `TORSENSOR_STATE_DIR` (a `--state-dir` argument overrides it).
+    pub state_dir: PathBuf,
 }
 
 impl Sensor {
@@ -82,6 +84,8 @@ impl Sensor {
             .args(args)
             .env("TORSENSOR_LOG", "info")
             .env("TORSENSOR_STATE_DIR", &state_dir)
+            // Tests run sensors side by side: each takes a free port.
+            .env("TORSENSOR_METRICS_LISTEN", "127.0.0.1:0")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -121,6 +125,7 @@ impl Sensor {
             child: Some(child),
             shared,
             feed,
+            state_dir,
         };
         sensor.wait_until(Duration::from_secs(30), "the sensor to arm", |s| {
             assert!(!s.closed, "torsensor exited before arming:\n{}", s.stderr);

@@ -1,0 +1,244 @@
+//! Operating a running sensor (issue 13): the metrics and health endpoint
+//! and `torsensor status`, against real sensors on this kernel, real
+//! connections and real HTTP on loopback.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{BIN, Sensor, get, kernel_tests_allowed, serial, temp_path};
+use serde_json::Value;
+
+/// `GET path` over plain HTTP/1.1: (status code, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, body.to_owned())
+}
+
+/// Where the sensor's endpoint listens, from its `status.json`.
+fn endpoint(sensor: &Sensor) -> SocketAddr {
+    let text = std::fs::read_to_string(sensor.state_dir.join("status.json")).unwrap();
+    let doc: Value = serde_json::from_str(&text).unwrap();
+    doc["metrics"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no metrics address in status.json: {doc}"))
+        .parse()
+        .unwrap()
+}
+
+/// The value of one sample line (`name{labels}`) in the metrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.parse().unwrap())
+}
+
+/// Polls `/metrics` until `series` reaches `at_least` (the loop publishes
+/// every second).
+fn wait_sample(addr: SocketAddr, series: &str, at_least: f64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (code, text) = http_get(addr, "/metrics");
+        assert_eq!(code, 200, "{text}");
+        if sample(&text, series).is_some_and(|v| v >= at_least) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} never reached {at_least}:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn status(state_dir: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(BIN)
+        .args(["status", "--state-dir", state_dir.to_str().unwrap()])
+        .env("TORSENSOR_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code(), text)
+}
+
+#[test]
+fn the_endpoint_counts_a_real_alert_and_status_says_ok() {
+    if !kernel_tests_allowed("endpoint") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("endpoint", "127.66.9.0/24\n", &[]);
+    let addr = endpoint(&sensor);
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(http_get(addr, "/readyz"), (200, "ok\n".into()));
+
+    let server = TcpListener::bind("127.66.9.7:0").unwrap();
+    let to = server.local_addr().unwrap();
+    let _client = TcpStream::connect(to).unwrap();
+    let _accepted = server.accept().unwrap();
+    let doc = sensor.expect_alert("the outbound alert", |d| {
+        get(d, "destination.port") == &Value::from(to.port())
+    });
+    let rule = get(&doc, "rule.id").as_str().unwrap().to_owned();
+
+    let series = format!("torsensor_alerts_total{{direction=\"egress\",rule=\"{rule}\"}}");
+    let text = wait_sample(addr, &series, 1.0);
+    assert_eq!(sample(&text, &series), Some(1.0), "{text}");
+    assert!(sample(&text, "torsensor_hits_total{direction=\"egress\"}").unwrap() >= 1.0);
+    assert!(
+        sample(
+            &text,
+            "torsensor_connections_seen_total{direction=\"egress\"}"
+        )
+        .unwrap()
+            >= 1.0
+    );
+    let entries = "torsensor_feed_entries{feed=\"endpoint.feed\",role=\"exit\",family=\"ipv4\"}";
+    assert_eq!(sample(&text, entries), Some(1.0), "{text}");
+    assert_eq!(
+        sample(&text, "torsensor_output_delivered_total{output=\"stdout\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, "torsensor_ready"), Some(1.0));
+    assert_eq!(
+        sample(
+            &text,
+            "torsensor_events_lost_total{reason=\"ringbuf_full\"}"
+        ),
+        Some(0.0)
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("torsensor_hook_plan_info{") && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+
+    let (code, json) = http_get(addr, "/status");
+    assert_eq!(code, 200);
+    let snapshot: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(snapshot["pid"], sensor.pid());
+    assert_eq!(snapshot["armed"], true);
+
+    let (code, text) = status(&sensor.state_dir);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("TORSENSOR OK - "), "{text}");
+    assert!(text.contains("feed endpoint.feed\tloaded"), "{text}");
+    assert!(
+        text.contains("output stdout (stdout, ecs)\tdelivered=1"),
+        "{text}"
+    );
+
+    let state_dir = sensor.state_dir.clone();
+    let pid = sensor.pid();
+    let (exit, _, _) = sensor.stop();
+    assert!(exit.success());
+    // The status file stays behind; the process is gone.
+    let (code, text) = status(&state_dir);
+    assert_eq!(code, Some(2), "{text}");
+    assert_eq!(
+        text.trim_end(),
+        format!("TORSENSOR CRITICAL - sensor pid {pid} is not running")
+    );
+    let (code, text) = status(&temp_path("endpoint-never-ran"));
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.starts_with("TORSENSOR UNKNOWN - no sensor status at "),
+        "{text}"
+    );
+}
+
+#[test]
+fn not_ready_on_the_embedded_snapshot_when_configured_so() {
+    if !kernel_tests_allowed("not_ready") {
+        return;
+    }
+    let _serial = serial();
+    // A URL feed with no cached copy: only the embedded snapshot is armed
+    // until a refresh succeeds (port 9 on loopback refuses at once).
+    let config = temp_path("not-ready.toml");
+    std::fs::write(
+        &config,
+        "[[feed]]\nname = \"mirror\"\nlocation = \"http://127.0.0.1:9/exits\"\n\n[metrics]\nready_on_embedded = false\n",
+    )
+    .unwrap();
+    let feed = temp_path("unused.feed");
+    let sensor = Sensor::start_args(&["run", "--config", config.to_str().unwrap()], feed);
+    let addr = endpoint(&sensor);
+    assert_eq!(http_get(addr, "/healthz"), (200, "ok\n".into()));
+    let (code, why) = http_get(addr, "/readyz");
+    assert_eq!(code, 503, "{why}");
+    assert!(why.contains("only the embedded snapshot is armed"), "{why}");
+    let text = wait_sample(
+        addr,
+        "torsensor_feed_refresh_failures_total{feed=\"mirror\",reason=\"transport\"}",
+        1.0,
+    );
+    assert_eq!(sample(&text, "torsensor_ready"), Some(0.0), "{text}");
+    assert_eq!(sample(&text, "torsensor_feed_embedded_only"), Some(1.0));
+    assert!(
+        sample(
+            &text,
+            "torsensor_feed_last_failure_timestamp_seconds{feed=\"mirror\"}"
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    let (code, text) = status(&sensor.state_dir);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.starts_with("TORSENSOR CRITICAL - only the embedded snapshot is armed"),
+        "{text}"
+    );
+    let (exit, _, _) = sensor.stop();
+    assert!(exit.success());
+}
+
+#[test]
+fn an_endpoint_address_in_use_stops_the_start_with_one_line() {
+    if !kernel_tests_allowed("endpoint_in_use") {
+        return;
+    }
+    let _serial = serial();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let feed = temp_path("in-use.feed");
+    std::fs::write(&feed, "127.66.9.0/24\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["run", "--allow-reserved", "--feed", feed.to_str().unwrap()])
+        .args(["--state-dir", temp_path("in-use-state").to_str().unwrap()])
+        .args(["--metrics-listen", &addr])
+        .env("TORSENSOR_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with(&format!("torsensor: error: metrics endpoint {addr}: ")),
+        "{stderr}"
+    );
+    assert!(last.contains("Address already in use"), "{stderr}");
+    // Nothing was loaded: the error came before the kernel was touched.
+    assert!(!stderr.contains("hook plan"), "{stderr}");
+}
