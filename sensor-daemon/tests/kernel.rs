@@ -590,7 +590,37 @@ fn a_process_in_a_pod_cgroup_running_as_nobody_is_attributed_to_its_container() 
     const ID: &str = "c0ffee0123456789abcdef0123456789abcdef0123456789abcdef0123456789";
     const POD: &str = "5e0c7a1b-2d3f-4e5a-8b9c-0d1e2f3a4b5c";
     let _serial = serial();
-    let sensor = Sensor::start("pod", "127.66.50.1\n", &[]);
+    // The kubelet's log directories for this pod and container, as a node
+    // has them: they name the pod, its namespace and the container.
+    let logs = common::temp_path("kubelet-logs");
+    let pod_dir = logs.join(format!("pods/shop_web-7d9f8-abcde_{POD}/tor-proxy"));
+    std::fs::create_dir_all(&pod_dir).unwrap();
+    std::fs::write(pod_dir.join("0.log"), "").unwrap();
+    std::fs::create_dir_all(logs.join("containers")).unwrap();
+    let _ = std::fs::remove_file(logs.join(format!(
+        "containers/web-7d9f8-abcde_shop_tor-proxy-{ID}.log"
+    )));
+    std::os::unix::fs::symlink(
+        pod_dir.join("0.log"),
+        logs.join(format!(
+            "containers/web-7d9f8-abcde_shop_tor-proxy-{ID}.log"
+        )),
+    )
+    .unwrap();
+    let config = common::temp_path("pod.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[kubernetes]\npod_logs = \"{0}/pods\"\ncontainer_logs = \"{0}/containers\"\n",
+            logs.display()
+        ),
+    )
+    .unwrap();
+    let sensor = Sensor::start(
+        "pod",
+        "127.66.50.1\n",
+        &["--config", config.to_str().unwrap()],
+    );
     let server = listen(addr("127.66.50.1:0"), false);
     let to = server.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -631,6 +661,9 @@ fn a_process_in_a_pod_cgroup_running_as_nobody_is_attributed_to_its_container() 
     assert_eq!(get(&doc, "container.runtime"), "containerd");
     assert_eq!(get(&doc, "orchestrator.type"), "kubernetes");
     assert_eq!(get(&doc, "orchestrator.resource.id"), POD);
+    assert_eq!(get(&doc, "orchestrator.resource.name"), "web-7d9f8-abcde");
+    assert_eq!(get(&doc, "orchestrator.namespace"), "shop");
+    assert_eq!(get(&doc, "container.name"), "tor-proxy");
     assert_eq!(get(&doc, "torsensor.container.qos"), "burstable");
     assert_eq!(get(&doc, "user.id"), "65534");
     assert_eq!(get(&doc, "user.name"), "nobody");

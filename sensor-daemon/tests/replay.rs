@@ -147,6 +147,7 @@ fn recorded() -> Recorded {
         pod_uid: Some("7c1d2e3f-4a5b-4c6d-8e9f-0a1b2c3d4e5f".into()),
         qos: Some(Qos::Burstable),
         cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
+        ..ContainerInfo::default()
     };
     Recorded {
         processes: HashMap::from([(4242, tor), (31337, nginx)]),

@@ -20,22 +20,23 @@ impl Alert {
 
     /// Sets ECS `container.id`/`container.runtime` and, for a pod,
     /// `orchestrator.type: kubernetes`, `orchestrator.resource.{type: pod,
-    /// id}`. The QoS class and cgroup path, which ECS has no field for, go
-    /// to `torsensor.container`. Pod name and namespace need the Kubernetes
-    /// API and are not set here.
+    /// id, name}`, `orchestrator.namespace` and `container.name` (names as
+    /// the kubelet's log directories give them). The QoS class and cgroup
+    /// path, which ECS has no field for, go to `torsensor.container`.
     pub fn add_container(&mut self, info: &ContainerInfo) {
         self.container = Some(Container {
             id: info.id.clone(),
+            name: info.name.clone(),
             runtime: info.runtime,
         });
         if let Some(uid) = &info.pod_uid {
             self.orchestrator = Some(Orchestrator {
                 kind: "kubernetes".into(),
-                namespace: None,
+                namespace: info.pod_namespace.clone(),
                 resource: OrchestratorResource {
                     kind: "pod".into(),
                     id: Some(uid.clone()),
-                    name: None,
+                    name: info.pod_name.clone(),
                 },
             });
         }

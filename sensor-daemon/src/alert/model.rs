@@ -254,6 +254,9 @@ pub struct Group {
 pub struct Container {
     /// Full container id.
     pub id: String,
+    /// The container's name in its pod (from the kubelet's log directories).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub runtime: Option<Runtime>,
 }
@@ -263,7 +266,7 @@ pub struct Orchestrator {
     /// `kubernetes`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Needs the Kubernetes API: not set by the sensor today.
+    /// The pod's namespace (from the kubelet's log directories).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     pub resource: OrchestratorResource,
@@ -277,7 +280,7 @@ pub struct OrchestratorResource {
     /// The pod UID.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Needs the Kubernetes API: not set by the sensor today.
+    /// The pod's name (from the kubelet's log directories).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }

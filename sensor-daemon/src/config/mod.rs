@@ -136,6 +136,8 @@ pub struct SensorConfig {
     pub feeds: Vec<FeedConfig>,
     /// The metrics and health endpoint (`[metrics]`).
     pub metrics: MetricsConfig,
+    /// Where pod and container names come from (`[kubernetes]`).
+    pub kubernetes: KubernetesConfig,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -170,7 +172,31 @@ impl Default for SensorConfig {
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
             metrics: MetricsConfig::default(),
+            kubernetes: KubernetesConfig::default(),
             outputs: Vec::new(),
+        }
+    }
+}
+
+/// Pod and container names without the Kubernetes API (`[kubernetes]`):
+/// the kubelet's log directories name every pod and container on the node
+/// (README, "Deploy on Kubernetes"). A DaemonSet mounts them read-only at
+/// the same paths; off Kubernetes they do not exist and nothing is named.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KubernetesConfig {
+    /// `<namespace>_<pod>_<uid>/` per pod. Default: `/var/log/pods`.
+    pub pod_logs: PathBuf,
+    /// `<pod>_<namespace>_<container>-<id>.log` per container. Default:
+    /// `/var/log/containers`.
+    pub container_logs: PathBuf,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        KubernetesConfig {
+            pod_logs: PathBuf::from("/var/log/pods"),
+            container_logs: PathBuf::from("/var/log/containers"),
         }
     }
 }
@@ -297,6 +323,7 @@ impl SensorConfig {
             self.shutdown_deadline != new.shutdown_deadline,
         );
         differs("metrics", self.metrics != new.metrics);
+        differs("kubernetes", self.kubernetes != new.kubernetes);
         differs("stats_file", self.stats_file != new.stats_file);
         keys
     }

@@ -34,6 +34,7 @@ use crate::alert::SensorIdentity;
 use crate::alert::aggregate::Aggregator;
 use crate::alert::rules::{RuleError, Rules};
 use crate::config::{Config, ConfigError, SensorConfig};
+use crate::enrich::kubelet::KubeletLogs;
 use crate::feed::FeedSet;
 use crate::feed::manager::FeedManager;
 use crate::feed::refresh::{FetchDone, Refresher, Verdict};
@@ -228,7 +229,10 @@ impl Daemon {
             rules,
             SensorIdentity::local(),
             BootClock::now(),
-            HostSource::new(),
+            HostSource::with_kubelet(KubeletLogs::new(
+                &cfg.kubernetes.pod_logs,
+                &cfg.kubernetes.container_logs,
+            )),
             Aggregator::new(cfg.aggregation_window, cfg.aggregation_max_groups),
         );
         let telemetry = Telemetry::new(Snapshot::default());

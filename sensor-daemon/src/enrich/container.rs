@@ -76,7 +76,7 @@ impl Qos {
 }
 
 /// A container, as far as its cgroup path tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerInfo {
     /// Full 64-hex-digit container id, lower case.
     pub id: String,
@@ -89,6 +89,11 @@ pub struct ContainerInfo {
     pub qos: Option<Qos>,
     /// The cgroup path the answer came from (relative to the cgroup2 root).
     pub cgroup_path: String,
+    /// Pod namespace and name, and the container's name, from the kubelet's
+    /// log directories ([`super::kubelet`]); `None` off Kubernetes.
+    pub pod_namespace: Option<String>,
+    pub pod_name: Option<String>,
+    pub name: Option<String>,
 }
 
 fn is_container_id(s: &str) -> bool {
@@ -186,6 +191,9 @@ pub fn parse_cgroup_path(path: &str) -> Option<ContainerInfo> {
         pod_uid: pod.as_ref().map(|(uid, _)| uid.clone()),
         qos: pod.map(|(_, qos)| qos),
         cgroup_path: path.to_owned(),
+        pod_namespace: None,
+        pod_name: None,
+        name: None,
     })
 }
 

@@ -20,6 +20,7 @@ use crate::alert::aggregate::Aggregator;
 use crate::alert::rules::Rules;
 use crate::alert::{Alert, AlertInput, SensorIdentity, build, roles_of};
 use crate::enrich::container::{ContainerCache, ContainerInfo};
+use crate::enrich::kubelet::KubeletLogs;
 use crate::enrich::{ProcessCache, ProcessInfo};
 use crate::feed::{FeedMatch, FeedSet};
 use crate::kernel::event::{BootClock, Connection, EventError, KernelProcess};
@@ -37,13 +38,21 @@ pub trait ProcessSource {
 pub struct HostSource {
     pub processes: ProcessCache,
     pub containers: ContainerCache,
+    pub kubelet: KubeletLogs,
 }
 
 impl HostSource {
+    /// This host's `/proc` and cgroups, and the kubelet's default log
+    /// directories.
     pub fn new() -> Self {
+        Self::with_kubelet(KubeletLogs::host())
+    }
+
+    pub fn with_kubelet(kubelet: KubeletLogs) -> Self {
         HostSource {
             processes: ProcessCache::host(),
             containers: ContainerCache::host(),
+            kubelet,
         }
     }
 }
@@ -60,7 +69,9 @@ impl ProcessSource for HostSource {
     }
 
     fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo> {
-        self.containers.lookup(p.tgid, p.cgroup_id)
+        let mut info = self.containers.lookup(p.tgid, p.cgroup_id)?;
+        self.kubelet.annotate(&mut info);
+        Some(info)
     }
 }
 
