@@ -41,6 +41,10 @@ enum Command {
     /// file): one verdict line, then details. Exit 0 OK, 1 WARNING,
     /// 2 CRITICAL, 3 UNKNOWN (a Nagios-style check).
     Status(StatusArgs),
+    /// Ask the running sensor to prove its path now: a canary address in
+    /// the live maps, a connection to it, both alerts back through the ring
+    /// buffer and the pipeline (root; exit 0 passed, 1 failed, 2 no answer).
+    Selftest(SelftestArgs),
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -124,6 +128,15 @@ struct StatusArgs {
 }
 
 #[derive(Args)]
+struct SelftestArgs {
+    #[command(flatten)]
+    config: ConfigFlags,
+    /// How long to wait for the result.
+    #[arg(long, default_value = "20s", value_parser = sensor_daemon::time::parse_duration)]
+    timeout: Duration,
+}
+
+#[derive(Args)]
 struct HooksArgs {
     /// Print the plan as JSON (the `hooks` object of status.json).
     #[arg(long)]
@@ -169,6 +182,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Hooks(args) => hooks(args),
         Command::Status(args) => Ok(status(args)),
+        Command::Selftest(args) => selftest(args),
         Command::Replay(args) => replay(args).map(|()| ExitCode::SUCCESS),
         Command::Feed(FeedCommand::Fetch(args)) => feed_fetch(args),
         Command::Feed(FeedCommand::Status(args)) => feed_status(args),
@@ -427,6 +441,50 @@ fn feed_fetch(args: ConfigFlags) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// `torsensor selftest`: SIGUSR1 to the running sensor, then its answer
+/// from `status.json`.
+fn selftest(args: SelftestArgs) -> anyhow::Result<ExitCode> {
+    let cfg = args.config.load()?;
+    let path = cfg.state_dir.join("status.json");
+    let read = || -> anyhow::Result<StatusFile> {
+        let bytes = std::fs::read(&path)
+            .with_context(|| format!("no sensor status at {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a torsensor status file", path.display()))
+    };
+    let before = read()?;
+    let pid = before.feeds.pid;
+    let seq = before.selftest.as_ref().map_or(0, |t| t.seq);
+    sensor_daemon::sys::send_signal(pid, libc::SIGUSR1)
+        .with_context(|| format!("cannot signal the sensor (pid {pid})"))?;
+    let deadline = std::time::Instant::now() + args.timeout;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        if let Some(t) = read().ok().and_then(|f| f.selftest).filter(|t| t.seq > seq) {
+            println!(
+                "selftest {}: {} (canary {} in {}; inbound plan {}; {} ms)",
+                if t.passed { "PASSED" } else { "FAILED" },
+                t.detail,
+                t.canary,
+                t.isolation,
+                t.plan,
+                t.took_ms
+            );
+            if let Some(plan) = read().ok().and_then(|f| f.hooks) {
+                println!("hook plan: {plan}");
+            }
+            return Ok(ExitCode::from(if t.passed { 0 } else { 1 }));
+        }
+        if std::time::Instant::now() > deadline {
+            println!(
+                "selftest: no answer from the sensor (pid {pid}) within {}",
+                humantime::format_duration(args.timeout)
+            );
+            return Ok(ExitCode::from(2));
+        }
+    }
 }
 
 /// `torsensor status`: what the endpoint says, else what the status file

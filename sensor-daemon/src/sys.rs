@@ -8,7 +8,9 @@
 //! - clocks, host name, limits and process facts the rest of the crate
 //!   needs ([`boot_time_ns`], [`hostname`], [`clock_ticks_per_second`],
 //!   [`raise_memlock_limit`], [`release_free_heap`], [`set_no_new_privs`],
-//!   [`process_exists`]).
+//!   [`process_exists`]);
+//! - a private network namespace for the self-test's connection
+//!   ([`enter_private_netns`]).
 //!
 //! A shared leaf: imports nothing from the crate.
 
@@ -199,6 +201,16 @@ pub fn set_no_new_privs() -> io::Result<()> {
     Ok(())
 }
 
+/// Sends `signal` to process `pid`.
+pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
+    let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;
+    // SAFETY: kill takes no pointers.
+    if unsafe { libc::kill(pid, signal) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// True if a process with this pid exists (`kill(pid, 0)`; a process of
 /// another user counts as existing).
 pub fn process_exists(pid: u32) -> bool {
@@ -208,4 +220,109 @@ pub fn process_exists(pid: u32) -> bool {
     // SAFETY: signal 0 sends nothing; it only checks that the process exists.
     let rc = unsafe { libc::kill(pid, 0) };
     rc == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Moves the calling thread into a new network namespace, brings its `lo`
+/// up and puts `addr`/32 on it (`lo:1`): connections made from this thread
+/// afterwards never leave it. Needs `CAP_SYS_ADMIN` (unshare) and
+/// `CAP_NET_ADMIN` (the interface) in the calling thread.
+pub fn enter_private_netns(addr: std::net::Ipv4Addr) -> io::Result<()> {
+    // SAFETY: unshare takes no pointers; it changes only this thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let ioctl = |request: libc::Ioctl, req: &mut libc::ifreq| -> io::Result<()> {
+        // SAFETY: `req` is a valid, initialised ifreq for these requests.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), request, req as *mut libc::ifreq) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let named = |name: &str| {
+        // SAFETY: ifreq is plain data; all-zero is a valid value.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        req
+    };
+    let mut lo = named("lo");
+    ioctl(libc::SIOCGIFFLAGS, &mut lo)?;
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    unsafe { lo.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+    ioctl(libc::SIOCSIFFLAGS, &mut lo)?;
+    let sockaddr = |ip: std::net::Ipv4Addr| {
+        // SAFETY: sockaddr_in is plain data; all-zero is a valid value.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as libc::sa_family_t;
+        sin.sin_addr.s_addr = u32::from(ip).to_be();
+        // SAFETY: sockaddr_in fits in (and is read as) a sockaddr.
+        unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(sin) }
+    };
+    let mut alias = named("lo:1");
+    alias.ifr_ifru.ifru_addr = sockaddr(addr);
+    ioctl(libc::SIOCSIFADDR, &mut alias)?;
+    alias.ifr_ifru.ifru_netmask = sockaddr(std::net::Ipv4Addr::BROADCAST);
+    ioctl(libc::SIOCSIFNETMASK, &mut alias)
+}
+
+/// A TCP connection to `to` from the local address `from` (port 0: any),
+/// which std cannot do (it binds only listeners). Blocking.
+pub fn connect_from(
+    from: std::net::SocketAddr,
+    to: std::net::SocketAddr,
+) -> io::Result<std::net::TcpStream> {
+    let storage = |sa: std::net::SocketAddr| -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
+        let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match sa {
+            std::net::SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+                let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from(*v4.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            std::net::SocketAddr::V6(v6) => {
+                // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+                let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    };
+    let family = if from.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (local, local_len) = storage(from);
+    // SAFETY: `local` is a valid sockaddr of `local_len` bytes.
+    if unsafe { libc::bind(fd.as_raw_fd(), (&raw const local).cast(), local_len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let (peer, peer_len) = storage(to);
+    // SAFETY: `peer` is a valid sockaddr of `peer_len` bytes.
+    if unsafe { libc::connect(fd.as_raw_fd(), (&raw const peer).cast(), peer_len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(std::net::TcpStream::from(fd))
 }

@@ -179,7 +179,7 @@ fn not_ready_on_the_embedded_snapshot_when_configured_so() {
     let config = temp_path("not-ready.toml");
     std::fs::write(
         &config,
-        "[[feed]]\nname = \"mirror\"\nlocation = \"http://127.0.0.1:9/exits\"\n\n[metrics]\nready_on_embedded = false\n",
+        "[[feed]]\nname = \"mirror\"\nlocation = \"http://127.0.0.1:9/exits\"\njitter = \"0s\"\n\n[metrics]\nready_on_embedded = false\n",
     )
     .unwrap();
     let feed = temp_path("unused.feed");
@@ -241,4 +241,64 @@ fn an_endpoint_address_in_use_stops_the_start_with_one_line() {
     assert!(last.contains("Address already in use"), "{stderr}");
     // Nothing was loaded: the error came before the kernel was touched.
     assert!(!stderr.contains("hook plan"), "{stderr}");
+}
+
+#[test]
+fn the_selftest_proves_the_real_path_at_start_and_on_demand() {
+    if !kernel_tests_allowed("selftest") {
+        return;
+    }
+    let _serial = serial();
+    let sensor = Sensor::start("selftest", "127.66.9.0/24\n", &["--selftest"]);
+    sensor.wait_log("self-test #1 passed", 1, Duration::from_secs(15));
+    let addr = endpoint(&sensor);
+    assert_eq!(http_get(addr, "/readyz"), (200, "ok\n".into()));
+    // Both alerts, naming the sensor's own process, from the canary feed;
+    // the connection ran in a namespace of its own, on a documentation
+    // address that never left it.
+    let ours = |d: &Value| get(d, "threat.feed.name") == "torsensor-selftest";
+    sensor.expect_alert("the canary's egress alert", |d| {
+        ours(d) && get(d, "network.direction") == "egress"
+    });
+    let ingress = sensor.expect_alert("the canary's ingress alert", |d| {
+        ours(d) && get(d, "network.direction") == "ingress"
+    });
+    assert_eq!(get(&ingress, "process.pid"), &Value::from(sensor.pid()));
+    let canary = get(&ingress, "source.ip").as_str().unwrap().to_owned();
+    assert!(canary.starts_with("198.51.100."), "{canary}");
+    // The canary is gone from the kernel maps again: one prefix, the feed's.
+    let text = wait_sample(addr, "torsensor_ready", 1.0);
+    assert_eq!(
+        sample(&text, "torsensor_kernel_map_entries{map=\"prefixes\"}"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // On demand, from a shell: SIGUSR1 and the answer from status.json.
+    let out = Command::new(BIN)
+        .args([
+            "selftest",
+            "--state-dir",
+            sensor.state_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.starts_with("selftest PASSED: egress and ingress alerts for "),
+        "{text}"
+    );
+    assert!(
+        text.contains("in a private network namespace; inbound plan "),
+        "{text}"
+    );
+    let status: Value =
+        serde_json::from_slice(&std::fs::read(sensor.state_dir.join("status.json")).unwrap())
+            .unwrap();
+    assert_eq!(status["selftest"]["seq"], 2);
+    assert_eq!(status["selftest"]["passed"], true);
+    let (exit, _, stderr) = sensor.stop();
+    assert!(exit.success(), "{stderr}");
+    assert!(!stderr.contains("FAILED"), "{stderr}");
 }

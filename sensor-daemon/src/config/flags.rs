@@ -73,6 +73,10 @@ pub struct RunFlags {
     /// 127.0.0.1:9477.
     #[arg(long, env = "TORSENSOR_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_flag)]
     metrics_listen: Option<Listen>,
+    /// Run the self-test once after arming; not ready until it passed,
+    /// exit 1 if it fails (a DaemonSet's startup check).
+    #[arg(long, env = "TORSENSOR_SELFTEST")]
+    selftest: bool,
 }
 
 /// Parses `--output` without clap's "invalid value '<the raw value>'"
@@ -134,6 +138,7 @@ impl RunFlags {
     pub fn load(&self) -> Result<Config, ConfigError> {
         let mut cfg = self.config.read()?;
         cfg.audit_all |= self.audit_all;
+        cfg.selftest |= self.selftest;
         cfg.kernel_log |= self.kernel_log;
         if let Some(rb) = self.ring_buffer_bytes {
             cfg.ring_buffer_bytes = rb;

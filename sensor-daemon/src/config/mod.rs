@@ -134,6 +134,11 @@ pub struct SensorConfig {
     /// snapshot (Tor exit list and relay list of 2024-03-12), no network.
     #[serde(rename = "feed")]
     pub feeds: Vec<FeedConfig>,
+    /// Run the self-test once after arming (a canary address through the
+    /// kernel, the ring buffer and the pipeline; README, "Self-test"): the
+    /// sensor is not ready until it passed, and exits if it fails. Also
+    /// `--selftest` / `TORSENSOR_SELFTEST`. Default: false.
+    pub selftest: bool,
     /// The metrics and health endpoint (`[metrics]`).
     pub metrics: MetricsConfig,
     /// Where pod and container names come from (`[kubernetes]`).
@@ -171,6 +176,7 @@ impl Default for SensorConfig {
             inbound_hooks: InboundChoice::default(),
             max_entries: DEFAULT_MAX_ENTRIES,
             feeds: Vec::new(),
+            selftest: false,
             metrics: MetricsConfig::default(),
             kubernetes: KubernetesConfig::default(),
             outputs: Vec::new(),

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use aya::maps::{MapData, RingBuf};
 use sensor_common::ConnEvent;
 
+use super::selftest::Run;
 use crate::alert::Alert;
 use crate::kernel::KernelCounters;
 use crate::kernel::event::decode;
@@ -48,6 +49,8 @@ pub(super) struct Delivery {
     pub stats: RunStats,
     /// Alerts sent per (direction, rule id) (metrics).
     pub by_rule: BTreeMap<(Direction, String), u64>,
+    /// A self-test under way: its canary's alerts are marked as seen.
+    pub selftest: Option<Run>,
 }
 
 impl Delivery {
@@ -93,6 +96,18 @@ impl Delivery {
             host: alert.host.name.clone(),
         };
         self.sinks.send(&meta, &|schema| schema.render(alert));
+        if let Some(run) = &mut self.selftest
+            && (alert.source.ip == run.canary || alert.destination.ip == run.canary)
+        {
+            let own = alert
+                .process
+                .as_ref()
+                .is_some_and(|p| p.pid == std::process::id());
+            match alert.network.direction {
+                Direction::Egress => run.egress = Some(own),
+                Direction::Ingress => run.ingress = Some(own),
+            }
+        }
         let key = (alert.network.direction, meta.rule_id);
         *self.by_rule.entry(key).or_default() += 1;
         self.stats.alerts_written += 1;

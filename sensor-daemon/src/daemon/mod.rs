@@ -7,14 +7,15 @@
 //! kernel, then dropping privileges: [`privileges`]), the alert path from
 //! ring buffer to outputs ([`delivery`]), switching feed sets in one place
 //! for refresh and SIGHUP ([`switch`]), health events ([`health`]), the
-//! status file ([`status`]) and the metrics and health endpoint
-//! ([`telemetry`], [`endpoint`]). Everything below it is a library this module
+//! status file ([`status`]), the metrics and health endpoint
+//! ([`telemetry`], [`endpoint`]) and the self-test ([`selftest`]). Everything below it is a library this module
 //! drives; nothing imports from here except the binary (`main.rs`).
 
 mod delivery;
 pub mod endpoint;
 mod health;
 pub mod privileges;
+pub mod selftest;
 pub mod status;
 mod switch;
 pub mod telemetry;
@@ -48,6 +49,7 @@ pub use delivery::RunStats;
 use delivery::{DRAIN_CHUNK, Delivery};
 use endpoint::Endpoint;
 use privileges::PrivilegeError;
+use selftest::{Prober, SelftestResult};
 pub use status::{StatusFile, check_state_dir, load_offline};
 use telemetry::{AlertCount, OutputHealth, Snapshot, Telemetry};
 
@@ -77,6 +79,8 @@ pub enum SensorError {
         #[source]
         source: io::Error,
     },
+    #[error("the start-up self-test failed: {0}")]
+    Selftest(String),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -110,6 +114,7 @@ struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    usr1: Signal,
 }
 
 impl Signals {
@@ -118,6 +123,8 @@ impl Signals {
             int: signal(SignalKind::interrupt()).map_err(io_err("installing SIGINT handler"))?,
             term: signal(SignalKind::terminate()).map_err(io_err("installing SIGTERM handler"))?,
             hup: signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?,
+            usr1: signal(SignalKind::user_defined1())
+                .map_err(io_err("installing SIGUSR1 handler"))?,
         })
     }
 }
@@ -145,6 +152,10 @@ struct Daemon {
     telemetry: Arc<Telemetry>,
     /// The endpoint's address and task, unless `[metrics] listen = "off"`.
     endpoint: Option<(SocketAddr, tokio::task::JoinHandle<()>)>,
+    /// The self-test's connection thread, or why there is none.
+    prober: Result<Prober, String>,
+    /// The last self-test's outcome.
+    last_selftest: Option<SelftestResult>,
 }
 
 /// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
@@ -161,6 +172,10 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     let mut sweep =
         tokio::time::interval((daemon.cfg.inbound_wait / 4).max(Duration::from_millis(50)));
     let mut publish = tokio::time::interval(Duration::from_secs(1));
+    let mut selftest_tick = tokio::time::interval(Duration::from_millis(100));
+    if daemon.cfg.selftest {
+        daemon.start_selftest(polled.ring.get_mut()).await;
+    }
     let ring = &mut polled.ring;
     let log = &mut polled.kernel_log;
 
@@ -189,6 +204,17 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
             }
             _ = health.tick() => daemon.on_health(),
             _ = publish.tick() => daemon.publish(),
+            _ = selftest_tick.tick(), if daemon.delivery.selftest.is_some() => {
+                if let Some(false) = daemon.poll_selftest(ring.get_mut()).await
+                    && daemon.cfg.selftest
+                    && daemon.last_selftest.as_ref().is_some_and(|t| t.seq == 1)
+                {
+                    let detail = daemon.last_selftest.as_ref().map(|t| t.detail.clone());
+                    daemon.shutdown(ring.get_mut()).await?;
+                    return Err(SensorError::Selftest(detail.unwrap_or_default()));
+                }
+            }
+            _ = signals.usr1.recv() => daemon.start_selftest(ring.get_mut()).await,
             _ = signals.hup.recv() => {
                 daemon.on_sighup(ring.get_mut()).await;
                 refresher.restart(&daemon.manager, true);
@@ -220,6 +246,8 @@ impl Daemon {
             None => None,
         };
         privileges::warn_missing_for_proc();
+        // Before the capabilities are dropped: it may make a namespace.
+        let prober = Prober::start().map_err(|e| e.to_string());
         let mut probes = Probes::load(&cfg.load_options(), &feeds)?;
         health::log_plan(probes.plan());
         privileges::drop_and_log()?;
@@ -240,6 +268,8 @@ impl Daemon {
         let daemon = Daemon {
             telemetry,
             endpoint,
+            prober,
+            last_selftest: None,
             state_dir: cfg.state_dir.clone(),
             cfg,
             reload,
@@ -250,6 +280,7 @@ impl Daemon {
                 sinks,
                 stats: RunStats::default(),
                 by_rule: Default::default(),
+                selftest: None,
             },
             last: kernel::KernelCounters::default(),
             output_losses: LossReport::default(),
@@ -280,7 +311,118 @@ impl Daemon {
             self.manager.status(feeds, SystemTime::now()),
             self.probes.plan(),
             self.endpoint.as_ref().map(|(addr, _)| *addr),
+            self.last_selftest.as_ref(),
         );
+    }
+
+    /// Arms the canary and asks the prober to connect (SIGUSR1, or
+    /// `--selftest` after arming). A failure to start is a failed test.
+    async fn start_selftest(&mut self, ring: &mut RingBuf<MapData>) {
+        if self.delivery.selftest.is_some() {
+            tracing::warn!("self-test: one is already running");
+            return;
+        }
+        let prober = match &self.prober {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("no self-test thread: {e}");
+                return self.finish_selftest(Err(why), None);
+            }
+        };
+        tracing::info!(
+            "self-test: arming canary {} (connection in {})",
+            prober.canary,
+            prober.isolation
+        );
+        let set = selftest::canary_feed(prober.canary).and_then(|canary| {
+            let mut feeds = self.delivery.pipeline.feeds().feeds().to_vec();
+            feeds.push(Arc::new(canary));
+            FeedSet::new(feeds).map_err(|e| e.to_string())
+        });
+        let armed = match set {
+            Ok(set) => {
+                let d = &mut self.delivery;
+                switch::switch_feeds(set, &mut self.probes, d, ring).await
+            }
+            Err(e) => Err(e),
+        };
+        match armed.and_then(|_| selftest::Run::begin(prober)) {
+            Ok(run) => self.delivery.selftest = Some(run),
+            Err(e) => {
+                self.finish_selftest(Err(e), None);
+                self.remove_canary(ring).await;
+            }
+        }
+    }
+
+    /// Checks the self-test under way; `Some(passed)` once it ended.
+    async fn poll_selftest(&mut self, ring: &mut RingBuf<MapData>) -> Option<bool> {
+        let (Some(run), Ok(prober)) = (&mut self.delivery.selftest, &self.prober) else {
+            return None;
+        };
+        let verdict = run.poll(prober)?;
+        let run = self.delivery.selftest.take().expect("checked above");
+        self.remove_canary(ring).await;
+        let passed = verdict.is_ok();
+        self.finish_selftest(verdict, Some(&run));
+        Some(passed)
+    }
+
+    async fn remove_canary(&mut self, ring: &mut RingBuf<MapData>) {
+        let restored = match self.manager.feed_set() {
+            Ok(set) => {
+                let d = &mut self.delivery;
+                switch::switch_feeds(set, &mut self.probes, d, ring).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = restored {
+            tracing::error!("self-test: cannot remove the canary from the kernel maps: {e}");
+        }
+    }
+
+    fn finish_selftest(&mut self, verdict: Result<String, String>, run: Option<&selftest::Run>) {
+        let plan = self
+            .probes
+            .plan()
+            .map_or_else(|| "unknown".to_owned(), |p| p.inbound.to_string());
+        let result = SelftestResult {
+            seq: self.last_selftest.as_ref().map_or(1, |t| t.seq + 1),
+            passed: verdict.is_ok(),
+            at: crate::time::rfc3339_secs(SystemTime::now()),
+            canary: self
+                .prober
+                .as_ref()
+                .map_or_else(|_| "-".to_owned(), |p| p.canary.to_string()),
+            isolation: self
+                .prober
+                .as_ref()
+                .map_or_else(|_| "-".to_owned(), |p| p.isolation.clone()),
+            plan,
+            took_ms: run.map_or(0, |r| r.started.elapsed().as_millis() as u64),
+            detail: match &verdict {
+                Ok(d) | Err(d) => d.clone(),
+            },
+        };
+        if result.passed {
+            tracing::info!(
+                "self-test #{} passed in {} ms (inbound plan {}): {}",
+                result.seq,
+                result.took_ms,
+                result.plan,
+                result.detail
+            );
+        } else {
+            tracing::error!(
+                "self-test #{} FAILED (inbound plan {}): {}",
+                result.seq,
+                result.plan,
+                result.detail
+            );
+        }
+        self.last_selftest = Some(result);
+        self.write_status();
+        self.publish();
     }
 
     /// Refreshes what the endpoint shows (every second, and at start).
@@ -323,6 +465,8 @@ impl Daemon {
                 .iter()
                 .map(OutputHealth::from)
                 .collect(),
+            selftest_required: self.cfg.selftest,
+            selftest: self.last_selftest.clone(),
             loop_age_seconds: 0.0,
         }
     }

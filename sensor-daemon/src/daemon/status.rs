@@ -7,6 +7,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use super::SensorError;
+use super::selftest::SelftestResult;
 use crate::config::Config;
 use crate::feed::manager::{FeedManager, Status};
 use crate::feed::{FeedSet, Origin, format_age};
@@ -77,6 +78,9 @@ pub struct StatusFile {
     /// file written before it existed).
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
+    /// The last self-test of this run, if any.
+    #[serde(default)]
+    pub selftest: Option<SelftestResult>,
 }
 
 /// Writes `status.json` (mode 0644) in the state directory, checked again
@@ -86,11 +90,13 @@ pub(super) fn write_status(
     feeds: Status,
     hooks: Option<&HookPlan>,
     metrics: Option<SocketAddr>,
+    selftest: Option<&SelftestResult>,
 ) {
     let status = StatusFile {
         feeds,
         hooks: hooks.cloned(),
         metrics,
+        selftest: selftest.cloned(),
     };
     let bytes = serde_json::to_vec_pretty(&status).expect("status serializes");
     let written = Dir::open(state_dir, STATE_DIR_MODE)

@@ -54,6 +54,10 @@ pub struct Snapshot {
     pub decode_errors: u64,
     pub feeds: Vec<FeedHealth>,
     pub outputs: Vec<OutputHealth>,
+    /// `--selftest`: not ready until a self-test passed.
+    pub selftest_required: bool,
+    /// The last self-test of this run.
+    pub selftest: Option<super::selftest::SelftestResult>,
     /// Seconds since the loop last refreshed this (filled in when read).
     pub loop_age_seconds: f64,
 }
@@ -183,6 +187,9 @@ impl Snapshot {
         if self.prefixes == 0 && self.or_ports == 0 {
             return Err("no feed entry is armed".into());
         }
+        if self.selftest_required && !self.selftest.as_ref().is_some_and(|t| t.passed) {
+            return Err("the start-up self-test has not passed (yet)".into());
+        }
         if self.embedded_only && !self.ready_on_embedded {
             return Err(
                 "only the embedded snapshot is armed (no configured feed has content yet; [metrics] ready_on_embedded = false)"
@@ -230,6 +237,9 @@ impl Snapshot {
             .filter(|f| f.stale && f.origin.as_deref() != Some("embedded"))
         {
             reasons.push(format!("feed {} is stale", f.name));
+        }
+        if let Some(t) = self.selftest.as_ref().filter(|t| !t.passed) {
+            reasons.push(format!("the last self-test failed: {}", t.detail));
         }
         if let Some(why) = self.hooks.as_ref().and_then(|p| p.degraded.as_ref()) {
             reasons.push(format!("degraded hook plan: {why}"));

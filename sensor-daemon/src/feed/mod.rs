@@ -63,6 +63,9 @@ pub enum Origin {
     Cache,
     /// Fetched by this process.
     Network,
+    /// The canary address of a self-test (`torsensor selftest`), armed for
+    /// a few seconds.
+    Selftest,
 }
 
 impl fmt::Display for Origin {
@@ -72,6 +75,7 @@ impl fmt::Display for Origin {
             Origin::File => "file",
             Origin::Cache => "cache",
             Origin::Network => "network",
+            Origin::Selftest => "selftest",
         })
     }
 }
