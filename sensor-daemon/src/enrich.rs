@@ -188,8 +188,15 @@ pub fn user_name(uid: u32, passwd: &Path) -> Option<String> {
     })
 }
 
-/// This host's name.
+/// This host's name: `TORSENSOR_HOST_NAME` when set (in a container the
+/// kernel's host name is the pod's or the container's, so the DaemonSet
+/// passes the node's name), else the kernel's.
 pub fn hostname() -> String {
+    if let Ok(name) = std::env::var("TORSENSOR_HOST_NAME")
+        && !name.trim().is_empty()
+    {
+        return name.trim().to_owned();
+    }
     let mut buf = [0u8; 256];
     // SAFETY: buffer and length are valid.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
