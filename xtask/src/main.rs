@@ -1,7 +1,9 @@
 //! Developer and CI tasks. `cargo xtask --help` lists them.
 
 mod bench;
+mod container;
 mod fuzz;
+mod k8s;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -18,7 +20,11 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; bpftool, iproute2 and systemd
 /// (systemd-analyze) for tests; qemu, a static busybox (the VMs' init),
-/// binutils (objcopy) and xz (compressed kernel modules) for `vm-test`.
+/// binutils (objcopy) and xz (compressed kernel modules) for `vm-test`;
+/// python3-venv (kubernetes-validate's venv) for `k8s-validate`; podman and
+/// runc (the OCI runtime that copes with this host's hybrid cgroups), curl
+/// (the host-side probe) and ca-certificates (the image's CA bundle) for
+/// `container-build` and `container-test`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +37,11 @@ const APT_PACKAGES: &[&str] = &[
     "busybox-static",
     "binutils",
     "xz-utils",
+    "python3-venv",
+    "podman",
+    "runc",
+    "curl",
+    "ca-certificates",
 ];
 
 #[derive(Parser)]
@@ -70,6 +81,17 @@ enum Task {
     /// Setup, then every fuzz target (sensor-daemon/fuzz) for a bounded
     /// time, with executions, coverage and findings per target.
     Fuzz(fuzz::FuzzArgs),
+    /// Setup, then render the Kustomize base (deploy/kubernetes) and the
+    /// example overlay and validate them against the Kubernetes API schemas
+    /// (kubernetes-validate --strict, in a venv under target/k8s).
+    K8sValidate,
+    /// Setup, build the release binary and the container image
+    /// (deploy/Containerfile, podman), tagged localhost/torsensor:<version>.
+    ContainerBuild,
+    /// Setup, build the image, run it with the DaemonSet's security settings
+    /// translated to podman flags, check an alert about a host process and
+    /// a clean stop.
+    ContainerTest,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -109,7 +131,24 @@ fn main() -> anyhow::Result<()> {
             build_release()?;
             bench::run(&root, &args)
         }
+        Task::K8sValidate => {
+            setup()?;
+            k8s::validate(&root)
+        }
+        Task::ContainerBuild => {
+            setup()?;
+            container::build_release_image(&root)
+        }
+        Task::ContainerTest => {
+            setup()?;
+            container::test(&root)
+        }
     }
+}
+
+/// Running under CI (`CI=true`), where a skipped check is a failure.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
 }
 
 fn workspace_root() -> PathBuf {
@@ -283,6 +322,10 @@ fn test(root: &Path, toolchain: &str) -> anyhow::Result<()> {
         );
     }
     run(Command::new("cargo").args(["test", "--workspace", "--exclude", "sensor-ebpf"]))?;
+    // Deployment: the Kubernetes manifests against the API schemas, and the
+    // container image run with the DaemonSet's security settings.
+    k8s::validate(root)?;
+    container::test(root)?;
     // The same kernel tests on the kernels production fleets run.
     vm::run_matrix(root, &vm::VmArgs::default())
 }

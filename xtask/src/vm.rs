@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-use crate::{run, show};
+use crate::{in_ci, run, show};
 
 /// One row of the matrix.
 struct Kernel {
@@ -176,10 +176,6 @@ impl Default for VmArgs {
     }
 }
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
 /// Builds the binaries, runs every selected kernel in turn (each VM takes
 /// both cores), prints the matrix; fails if any kernel failed.
 pub fn run_matrix(root: &Path, args: &VmArgs) -> anyhow::Result<()> {
@@ -294,7 +290,7 @@ impl Matrix<'_> {
                 row.package = format!("{package} {version}");
                 deb
             }
-            Err(e) if !ci() => {
+            Err(e) if !in_ci() => {
                 row.verdict = Verdict::Skipped(format!("download: {e:#}"));
                 return row;
             }

@@ -73,6 +73,9 @@ pub struct RunFlags {
     /// 127.0.0.1:9477.
     #[arg(long, env = "TORSENSOR_METRICS_LISTEN", value_name = "ADDR", value_parser = parse_listen_flag)]
     metrics_listen: Option<Listen>,
+    /// `host.name` in alerts (default: the kernel's host name).
+    #[arg(long, env = "TORSENSOR_HOST_NAME", value_name = "NAME")]
+    host_name: Option<String>,
     /// Run the self-test once after arming; not ready until it passed,
     /// exit 1 if it fails (a DaemonSet's startup check).
     #[arg(long, env = "TORSENSOR_SELFTEST")]
@@ -139,6 +142,9 @@ impl RunFlags {
         let mut cfg = self.config.read()?;
         cfg.audit_all |= self.audit_all;
         cfg.selftest |= self.selftest;
+        if let Some(name) = self.host_name.as_ref().filter(|n| !n.trim().is_empty()) {
+            cfg.host_name = Some(name.trim().to_owned());
+        }
         cfg.kernel_log |= self.kernel_log;
         if let Some(rb) = self.ring_buffer_bytes {
             cfg.ring_buffer_bytes = rb;

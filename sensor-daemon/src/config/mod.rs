@@ -86,6 +86,10 @@ pub struct SensorConfig {
     pub allow_reserved: bool,
     /// Report every TCP connection, not only feed matches. Default: false.
     pub audit_all: bool,
+    /// `host.name` in alerts. Default: none, which means the kernel's host
+    /// name; in a container that is the pod's or the container's, so the
+    /// DaemonSet sets the node's (`TORSENSOR_HOST_NAME` from `spec.nodeName`).
+    pub host_name: Option<String>,
     /// Kernel-to-daemon ring buffer size. Default: 4 MiB (about 40,000
     /// events of backlog before a loss, which is counted and reported).
     pub ring_buffer_bytes: u32,
@@ -165,6 +169,7 @@ impl Default for SensorConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             allow_reserved: false,
             audit_all: false,
+            host_name: None,
             ring_buffer_bytes: DEFAULT_RING_BUFFER_BYTES,
             kernel_log: false,
             stats_file: None,
@@ -304,6 +309,7 @@ impl SensorConfig {
         };
         differs("output", self.outputs != new.outputs);
         differs("audit_all", self.audit_all != new.audit_all);
+        differs("host_name", self.host_name != new.host_name);
         differs(
             "ring_buffer_bytes",
             self.ring_buffer_bytes != new.ring_buffer_bytes,

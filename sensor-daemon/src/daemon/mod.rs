@@ -255,7 +255,10 @@ impl Daemon {
         let pipeline = Pipeline::new(
             feeds,
             rules,
-            SensorIdentity::local(),
+            SensorIdentity {
+                host_name: cfg.host_name.clone().unwrap_or_else(crate::sys::hostname),
+                ..SensorIdentity::local()
+            },
             BootClock::now(),
             HostSource::with_kubelet(KubeletLogs::new(
                 &cfg.kubernetes.pod_logs,
