@@ -664,6 +664,21 @@ pub fn test(root: &Path) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let arm_secs = t_arm.elapsed().as_secs_f64();
+    // The DaemonSet runs the start-up self-test (TORSENSOR_SELFTEST): it
+    // must pass with the pod's capabilities only (no SYS_ADMIN, so its
+    // canary is a loopback address of the pod's own network namespace).
+    let t_selftest = Instant::now();
+    loop {
+        let text = logs();
+        if let Some(line) = text.lines().find(|l| l.contains("self-test #1 passed")) {
+            eprintln!("xtask: {}: ok", line.split("INFO ").last().unwrap_or(line));
+            break;
+        }
+        if text.contains("self-test #1 FAILED") || t_selftest.elapsed() > ARM_TIMEOUT {
+            bail!("the start-up self-test did not pass:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let kept = logs()
         .lines()
         .find(|l| l.contains("privileges: kept"))
@@ -690,6 +705,24 @@ pub fn test(root: &Path) -> anyhow::Result<()> {
         );
     }
     let ids: BTreeSet<u64> = ours.keys().copied().collect();
+    // The kubelet's probes, from inside the pod's network namespace (the
+    // endpoint listens on 0.0.0.0:9477 there, as the DaemonSet's config says).
+    for (path, want) in [("/healthz", "ok"), ("/readyz", "ok")] {
+        let answer = crate::stdout_of(Command::new("nsenter").args([
+            "-t",
+            &pid.to_string(),
+            "-n",
+            "curl",
+            "-s",
+            "-w",
+            " %{http_code}",
+            &format!("http://127.0.0.1:9477{path}"),
+        ]));
+        if answer.split_whitespace().collect::<Vec<_>>() != [want, "200"] {
+            bail!("GET {path} in the pod's network namespace answered {answer:?}, not 200 {want}");
+        }
+        eprintln!("xtask: GET {path} in the pod's network namespace: 200 {want}: ok");
+    }
 
     // A host process with a distinctive name connects to a listed address.
     let listener =
