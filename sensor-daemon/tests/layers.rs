@@ -1,5 +1,6 @@
 //! The daemon's layers (README, "How it works"; `src/lib.rs`): every module
-//! imports only from modules of a lower layer, so a newcomer can read them
+//! imports only from modules of a lower layer (the binary, `main.rs` and
+//! `cli/`, sits on top), so a newcomer can read them
 //! bottom-up and a new alert source cannot tangle them. Reads the sources.
 
 use std::collections::BTreeSet;
@@ -74,7 +75,7 @@ fn imports_point_down_only() {
             .as_os_str()
             .to_string_lossy();
         let top = top.trim_end_matches(".rs");
-        if top == "main" || top == "lib" {
+        if top == "main" || top == "lib" || top == "cli" {
             continue;
         }
         let own = layer(top).unwrap_or_else(|| panic!("{top} has no layer in LAYERS"));

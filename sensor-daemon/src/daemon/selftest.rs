@@ -23,13 +23,16 @@
 //! and written to `status.json`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
+use aya::maps::{MapData, RingBuf};
+
+use super::{Daemon, switch};
 use crate::feed::parse::{ParseOptions, parse_with};
-use crate::feed::{Feed, FeedFormat, Origin};
+use crate::feed::{Feed, FeedFormat, FeedSet, Origin};
 
 /// Name of the canary feed (in alerts: `threat.feed.name`).
 pub const CANARY_FEED: &str = "torsensor-selftest";
@@ -205,5 +208,117 @@ impl Run {
             }
             _ => None,
         }
+    }
+}
+
+impl Daemon {
+    /// Arms the canary and asks the prober to connect (SIGUSR1, or
+    /// `--selftest` after arming). A failure to start is a failed test.
+    pub(super) async fn start_selftest(&mut self, ring: &mut RingBuf<MapData>) {
+        if self.delivery.selftest.is_some() {
+            tracing::warn!("self-test: one is already running");
+            return;
+        }
+        let prober = match &self.prober {
+            Ok(p) => p,
+            Err(e) => {
+                let why = format!("no self-test thread: {e}");
+                return self.finish_selftest(Err(why), None);
+            }
+        };
+        tracing::info!(
+            "self-test: arming canary {} (connection in {})",
+            prober.canary,
+            prober.isolation
+        );
+        let set = canary_feed(prober.canary).and_then(|canary| {
+            let mut feeds = self.delivery.pipeline.feeds().feeds().to_vec();
+            feeds.push(Arc::new(canary));
+            FeedSet::new(feeds).map_err(|e| e.to_string())
+        });
+        let armed = match set {
+            Ok(set) => {
+                let d = &mut self.delivery;
+                switch::switch_feeds(set, &mut self.probes, d, ring).await
+            }
+            Err(e) => Err(e),
+        };
+        match armed.and_then(|_| Run::begin(prober)) {
+            Ok(run) => self.delivery.selftest = Some(run),
+            Err(e) => {
+                self.finish_selftest(Err(e), None);
+                self.remove_canary(ring).await;
+            }
+        }
+    }
+
+    /// Checks the self-test under way; `Some(passed)` once it ended.
+    pub(super) async fn poll_selftest(&mut self, ring: &mut RingBuf<MapData>) -> Option<bool> {
+        let (Some(run), Ok(prober)) = (&mut self.delivery.selftest, &self.prober) else {
+            return None;
+        };
+        let verdict = run.poll(prober)?;
+        let run = self.delivery.selftest.take().expect("checked above");
+        self.remove_canary(ring).await;
+        let passed = verdict.is_ok();
+        self.finish_selftest(verdict, Some(&run));
+        Some(passed)
+    }
+
+    async fn remove_canary(&mut self, ring: &mut RingBuf<MapData>) {
+        let restored = match self.manager.feed_set() {
+            Ok(set) => {
+                let d = &mut self.delivery;
+                switch::switch_feeds(set, &mut self.probes, d, ring).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = restored {
+            tracing::error!("self-test: cannot remove the canary from the kernel maps: {e}");
+        }
+    }
+
+    fn finish_selftest(&mut self, verdict: Result<String, String>, run: Option<&Run>) {
+        let plan = self
+            .probes
+            .plan()
+            .map_or_else(|| "unknown".to_owned(), |p| p.inbound.to_string());
+        let result = SelftestResult {
+            seq: self.last_selftest.as_ref().map_or(1, |t| t.seq + 1),
+            passed: verdict.is_ok(),
+            at: crate::time::rfc3339_secs(SystemTime::now()),
+            canary: self
+                .prober
+                .as_ref()
+                .map_or_else(|_| "-".to_owned(), |p| p.canary.to_string()),
+            isolation: self
+                .prober
+                .as_ref()
+                .map_or_else(|_| "-".to_owned(), |p| p.isolation.clone()),
+            plan,
+            took_ms: run.map_or(0, |r| r.started.elapsed().as_millis() as u64),
+            detail: match &verdict {
+                Ok(d) | Err(d) => d.clone(),
+            },
+        };
+        if result.passed {
+            tracing::info!(
+                "self-test #{} passed in {} ms (inbound plan {}): {}",
+                result.seq,
+                result.took_ms,
+                result.plan,
+                result.detail
+            );
+        } else {
+            tracing::error!(
+                "self-test #{} FAILED (inbound plan {}): {}",
+                result.seq,
+                result.plan,
+                result.detail
+            );
+        }
+        self.last_selftest = Some(result);
+        self.write_status();
+        self.publish();
     }
 }

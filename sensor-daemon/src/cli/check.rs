@@ -1,0 +1,156 @@
+//! `torsensor check`: what the feeds know of addresses, from local files
+//! and the cache only (no kernel, no network).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+
+use clap::Args;
+use sensor_daemon::config::ConfigFlags;
+use sensor_daemon::daemon as sensor;
+use sensor_daemon::feed::{FeedMatch, Role};
+use sensor_daemon::time::rfc3339_secs as rfc3339;
+
+#[derive(Args)]
+pub(crate) struct CheckArgs {
+    #[command(flatten)]
+    pub(crate) config: ConfigFlags,
+    /// Print JSON lines instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Addresses to look up: IP, IP:PORT or [IPv6]:PORT (the port decides
+    /// relay ORPort matches; without it every ORPort is shown).
+    #[arg(required = true, value_name = "IP[:PORT]")]
+    pub(crate) addresses: Vec<String>,
+}
+
+/// `IP`, `IP:PORT` or `[IPv6]:PORT`.
+fn parse_target(text: &str) -> Option<(IpAddr, Option<u16>)> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some((ip, None));
+    }
+    text.parse::<SocketAddr>()
+        .ok()
+        .map(|sa| (sa.ip(), Some(sa.port())))
+}
+
+pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let mut targets = Vec::new();
+    for text in &args.addresses {
+        match parse_target(text) {
+            Some(t) => targets.push((text.as_str(), t)),
+            None => {
+                eprintln!("torsensor: error: {text:?} is not IP, IP:PORT or [IPv6]:PORT");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    let cfg = match args.config.load() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("torsensor: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (manager, set) = match sensor::load_offline(&cfg) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("torsensor: error: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    // Every feed the user named must answer from its own content: a URL
+    // feed without a local copy would otherwise leave the embedded snapshot
+    // (or the other feeds) to answer, and "not-listed" would be a false no.
+    if let Some(missing) = manager.states.iter().find(|s| s.current.is_none()) {
+        eprintln!(
+            "torsensor: error: feed {} has no local copy: run `torsensor feed fetch` (state directory {})",
+            missing.config.name,
+            cfg.state_dir.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let mut all_listed = true;
+    for (text, (ip, port)) in targets {
+        let matches = set.lookup(ip, port);
+        all_listed &= !matches.is_empty();
+        if args.json {
+            let doc = serde_json::json!({
+                "address": text,
+                "listed": !matches.is_empty(),
+                "matches": matches.iter().map(match_json).collect::<Vec<_>>(),
+            });
+            println!("{doc}");
+        } else if matches.is_empty() {
+            println!("{text}\tnot-listed");
+        } else {
+            println!("{text}\tlisted");
+            for m in &matches {
+                println!("  {}", describe(m));
+            }
+        }
+    }
+    Ok(if all_listed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn relays_text(m: &FeedMatch<'_>) -> String {
+    let shown: Vec<String> = m
+        .relays
+        .iter()
+        .take(8)
+        .map(|r| match &r.nickname {
+            Some(n) => format!("{}({n})", r.fingerprint),
+            None => r.fingerprint.clone(),
+        })
+        .collect();
+    let more = m.relays.len().saturating_sub(shown.len());
+    if more > 0 {
+        format!("{} +{more} more", shown.join(","))
+    } else {
+        shown.join(",")
+    }
+}
+
+fn describe(m: &FeedMatch<'_>) -> String {
+    let mut text = format!(
+        "{:<5} feed={} version={} prefix={}",
+        m.role.as_str(),
+        m.feed.name,
+        m.feed
+            .data
+            .version
+            .map(rfc3339)
+            .unwrap_or_else(|| "none".into()),
+        m.prefix
+    );
+    if let Some(p) = m.or_port {
+        text.push_str(&format!(" orport={p}"));
+    }
+    if let Some(t) = m.exit_last_seen {
+        text.push_str(&format!(" exit_last_seen={}", rfc3339(t)));
+    }
+    if !m.relays.is_empty() {
+        text.push_str(&format!(" relays={}", relays_text(m)));
+    }
+    text
+}
+
+fn match_json(m: &FeedMatch<'_>) -> serde_json::Value {
+    serde_json::json!({
+        "role": m.role,
+        "feed": m.feed.name,
+        "origin": m.feed.origin,
+        "version": m.feed.data.version.map(rfc3339),
+        "prefix": m.prefix.to_string(),
+        "or_port": m.or_port,
+        "exit_last_seen": m.exit_last_seen.map(rfc3339),
+        "relays": m.relays.iter().map(|r| serde_json::json!({
+            "fingerprint": r.fingerprint,
+            "nickname": r.nickname,
+        })).collect::<Vec<_>>(),
+        "confidence": if m.role == Role::Relay { "high" } else { "medium" },
+    })
+}
