@@ -2,9 +2,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sensor_daemon::net::Direction;
-use sensor_daemon::feed::Role;
 use sensor_daemon::alert::rules::Rules;
+use sensor_daemon::feed::Role;
+use sensor_daemon::net::Direction;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

@@ -4,9 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sensor_daemon::net::Direction;
 use sensor_daemon::feed::parse::{self, FeedFormat};
 use sensor_daemon::feed::{Feed, FeedSet, Origin, ParseOptions};
+use sensor_daemon::net::Direction;
 use sensor_daemon::net::normalize;
 
 /// Parses `data` as `format` (reserved entries and wide prefixes kept) and
