@@ -62,7 +62,8 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Entry, SinkCounters};
+use super::Entry;
+use super::stats::SinkCounters;
 use crate::statedir::Dir;
 
 struct Segment {
