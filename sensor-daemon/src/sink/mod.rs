@@ -28,7 +28,7 @@
 //!   `batch_max_bytes`, `linger`) from memory while the receiver keeps up.
 //!   When a delivery fails, or the queue passes half full during a slow
 //!   delivery, the batch in flight and everything queued move to the spool
-//!   (`sink/spool.rs` documents its layout, durability and size bound),
+//!   (`sink/spool/mod.rs` documents its layout, durability and size bound),
 //!   and from then on new alerts are appended there and delivered from
 //!   there, oldest first, until it is empty again. Retries back off
 //!   exponentially (`retry_initial` doubling to `retry_max`, +-50 %
@@ -93,8 +93,8 @@
 //! * `remote.rs`: the remote sink task and its state machine (memory and
 //!   spool mode, batching, retries). It delivers through `transport.rs`
 //!   (HTTP and syslog connections), which encodes with [`wire`] (RFC 5424,
-//!   HEC, `_bulk` and their answers), and keeps alerts in `spool.rs` (the
-//!   on-disk queue).
+//!   HEC, `_bulk` and their answers), and keeps alerts in `spool/` (the
+//!   on-disk queue: `format.rs` its codec, `repair.rs` its checks at open).
 //! * `stats.rs`: [`SinkStats`], the live counters every task writes and the
 //!   rate limits of their warnings, and [`LossReport`].
 //! * [`config`]: [`OutputConfig`], from `[[output]]` tables and `--output`
