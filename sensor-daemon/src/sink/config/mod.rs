@@ -19,16 +19,26 @@
 //! Tokens never come from the command line or the URL: only `token_file` or
 //! `token_env` (the name of an environment variable).
 //! A destination containing a comma (a file path, say) needs `[[output]]`.
+//!
+//! Files: this one owns [`OutputConfig`] as the TOML table (its keys and
+//! their defaults); `destination.rs` parses `to`, `flag.rs` the `--output`
+//! value, `validate.rs` checks the whole (and reads the token and CA
+//! bundle). May use `crate::alert` (the schema names) and `crate::redact`
+//! (errors never show a secret), nothing else of the daemon.
 
-use std::net::IpAddr;
+mod destination;
+mod flag;
+mod validate;
+
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::SinkError;
 use crate::alert::Schema;
+pub use destination::{Destination, HttpKind};
+pub(crate) use validate::read_ca_file;
 
 /// Default bounded in-memory queue per sink (alerts).
 pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
@@ -201,57 +211,6 @@ fn d_hec_sourcetype() -> String {
     "_json".to_owned()
 }
 
-/// Which HTTP protocol an HTTP sink speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HttpKind {
-    /// Generic JSON lines (`application/x-ndjson`), `Authorization: Bearer`.
-    Lines,
-    /// Splunk HTTP Event Collector, `Authorization: Splunk`.
-    Hec,
-    /// Elasticsearch `_bulk`, `Authorization: ApiKey`.
-    Bulk,
-}
-
-/// Where an output writes, parsed from `to`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Destination {
-    Stdout,
-    File(PathBuf),
-    SyslogUdp(String),
-    SyslogTcp(String),
-    SyslogUnix(PathBuf),
-    Http {
-        kind: HttpKind,
-        /// The URL requests go to (for `_bulk`: `<base>/_bulk`).
-        url: reqwest::Url,
-        /// `_bulk` only: the index from the URL path.
-        index: Option<String>,
-    },
-}
-
-impl Destination {
-    /// Remote destinations get an on-disk spool; local ones drop when full.
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, Destination::Stdout | Destination::File(_))
-    }
-
-    /// Short kind name for stats and logs.
-    pub fn kind_name(&self) -> &'static str {
-        match self {
-            Destination::Stdout => "stdout",
-            Destination::File(_) => "file",
-            Destination::SyslogUdp(_) => "syslog-udp",
-            Destination::SyslogTcp(_) => "syslog-tcp",
-            Destination::SyslogUnix(_) => "syslog-unix",
-            Destination::Http { kind, .. } => match kind {
-                HttpKind::Lines => "http",
-                HttpKind::Hec => "hec",
-                HttpKind::Bulk => "bulk",
-            },
-        }
-    }
-}
-
 impl OutputConfig {
     /// A config for `to` with every default.
     pub fn new(to: &str) -> OutputConfig {
@@ -268,326 +227,15 @@ impl OutputConfig {
         }
     }
 
-    /// Parses `to` (no I/O).
-    pub fn destination(&self) -> Result<Destination, SinkError> {
-        let to = self.to.trim();
-        if to == "stdout" || to == "-" {
-            return Ok(Destination::Stdout);
-        }
-        if let Some(path) = to.strip_prefix("file:") {
-            let path = path.strip_prefix("//").unwrap_or(path);
-            if path.is_empty() || !path.starts_with('/') {
-                return Err(self.err(
-                    "to",
-                    "file: needs an absolute path, e.g. file:/var/log/torsensor/alerts.json",
-                ));
-            }
-            return Ok(Destination::File(PathBuf::from(path)));
-        }
-        let Some((scheme, rest)) = to.split_once("://") else {
-            return Err(self.err(
-                "to",
-                "unknown destination; use stdout, file:PATH, syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog:///dev/log, http(s)://..., hec+https://... or bulk+https://.../INDEX",
-            ));
-        };
-        match scheme {
-            "syslog" => {
-                if !rest.starts_with('/') {
-                    return Err(self.err("to", "syslog:// takes a unix socket path (syslog:///dev/log); use syslog+udp:// or syslog+tcp:// for the network"));
-                }
-                Ok(Destination::SyslogUnix(PathBuf::from(rest)))
-            }
-            "syslog+udp" | "syslog+tcp" => {
-                let hostport = rest.trim_end_matches('/');
-                if hostport.contains('@') {
-                    return Err(self.err("to", "credentials are not accepted in the address"));
-                }
-                let Some((host, port)) = hostport.rsplit_once(':') else {
-                    return Err(self.err("to", "syslog address needs HOST:PORT, e.g. syslog+tcp://127.0.0.1:601"));
-                };
-                if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-                    return Err(self.err("to", format!("bad syslog address {hostport:?}: needs HOST:PORT")));
-                }
-                if scheme == "syslog+udp" {
-                    Ok(Destination::SyslogUdp(hostport.to_owned()))
-                } else {
-                    Ok(Destination::SyslogTcp(hostport.to_owned()))
-                }
-            }
-            "http" | "https" | "hec+http" | "hec+https" | "bulk+http" | "bulk+https" => {
-                let (kind, http_scheme) = match scheme.split_once('+') {
-                    Some(("hec", s)) => (HttpKind::Hec, s),
-                    Some(("bulk", s)) => (HttpKind::Bulk, s),
-                    _ => (HttpKind::Lines, scheme),
-                };
-                let mut url = reqwest::Url::parse(&format!("{http_scheme}://{rest}"))
-                    .map_err(|e| self.err("to", format!("bad URL: {e}")))?;
-                if !url.username().is_empty() || url.password().is_some() {
-                    return Err(self.err("to", "credentials in the URL are not accepted; use token_file or token_env"));
-                }
-                if url.query_pairs().any(|(k, _)| {
-                    let k = k.to_ascii_lowercase();
-                    k.contains("token") || k.contains("key") || k.contains("password") || k.contains("auth")
-                }) {
-                    return Err(self.err("to", "a token in the URL query is not accepted; use token_file or token_env"));
-                }
-                let Some(host) = url.host_str().map(str::to_owned) else {
-                    return Err(self.err("to", "URL has no host"));
-                };
-                if http_scheme == "http" && !self.allow_insecure_http && !is_loopback_host(&host) {
-                    return Err(self.err("to", format!("http:// to {host} sends alerts and credentials in clear text; use https:// or set allow_insecure_http = true")));
-                }
-                let mut index = None;
-                match kind {
-                    HttpKind::Lines => {}
-                    HttpKind::Hec => {
-                        if url.path() == "/" || url.path().is_empty() {
-                            url.set_path("/services/collector/event");
-                        }
-                    }
-                    HttpKind::Bulk => {
-                        let path = url.path().trim_matches('/').to_owned();
-                        let (base, idx) = match path.rsplit_once('/') {
-                            Some((b, i)) => (format!("/{b}"), i.to_owned()),
-                            None => (String::new(), path),
-                        };
-                        if idx.is_empty() || idx == "_bulk" {
-                            return Err(self.err("to", "bulk+https:// needs the index as the last path segment, e.g. bulk+https://es:9200/torsensor-alerts"));
-                        }
-                        if idx.starts_with(['_', '-', '+']) || idx.chars().any(|c| c.is_ascii_uppercase() || "\\/*?\"<>| ,#:".contains(c)) {
-                            return Err(self.err("to", format!("{idx:?} is not a valid Elasticsearch index name (lowercase, no leading _ - +, none of \\/*?\"<>| ,#:)")));
-                        }
-                        url.set_path(&format!("{base}/_bulk"));
-                        index = Some(idx);
-                    }
-                }
-                Ok(Destination::Http { kind, url, index })
-            }
-            other => Err(self.err("to", format!("unknown scheme {other:?}; use syslog+udp, syslog+tcp, syslog, http, https, hec+https or bulk+https"))),
-        }
-    }
-
-    /// Checks everything that can be checked without sending: the
-    /// destination, sizes, timeouts, the facility, and that a configured
-    /// token is readable and non-empty. Called before anything touches the kernel.
-    pub fn validate(&self) -> Result<(), SinkError> {
-        let dest = self.destination()?;
-        if let Some(name) = &self.name
-            && (name.is_empty()
-                || name.len() > 64
-                || name.starts_with('.')
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
-        {
-            return Err(self.err(
-                "name",
-                "must be 1-64 characters of A-Z a-z 0-9 . _ - (it names the spool directory)",
-            ));
-        }
-        if self.queue_size == 0 || self.queue_size > 10_000_000 {
-            return Err(self.err("queue_size", "must be between 1 and 10,000,000 alerts"));
-        }
-        if self.batch_max_events == 0 {
-            return Err(self.err("batch_max_events", "must be at least 1"));
-        }
-        if self.batch_max_bytes < 1024 {
-            return Err(self.err("batch_max_bytes", "must be at least 1024"));
-        }
-        if self.spool_max_bytes < 4096 {
-            return Err(self.err("spool_max_bytes", "must be at least 4096"));
-        }
-        if self.spool_segment_bytes < 1024 {
-            return Err(self.err("spool_segment_bytes", "must be at least 1024"));
-        }
-        if self.connect_timeout < Duration::from_millis(10) {
-            return Err(self.err("connect_timeout", "must be at least 10ms"));
-        }
-        if self.timeout < Duration::from_millis(10) {
-            return Err(self.err("timeout", "must be at least 10ms"));
-        }
-        if self.retry_initial < Duration::from_millis(1) || self.retry_initial > self.retry_max {
-            return Err(self.err(
-                "retry_initial",
-                "must be at least 1ms and at most retry_max",
-            ));
-        }
-        if self.linger > Duration::from_secs(60) {
-            return Err(self.err("linger", "must be at most 60s"));
-        }
-        if facility_code(&self.facility).is_none() {
-            return Err(self.err("facility", format!("unknown syslog facility {:?}; use kern, user, mail, daemon, auth, syslog, lpr, news, uucp, cron, authpriv, ftp or local0..local7", self.facility)));
-        }
-        if self.datagram_max_bytes < 480 || self.datagram_max_bytes > 65_507 {
-            return Err(self.err(
-                "datagram_max_bytes",
-                "must be between 480 (RFC 5426 minimum) and 65507",
-            ));
-        }
-        if self.token_file.is_some() && self.token_env.is_some() {
-            return Err(self.err("token_file", "give token_file or token_env, not both"));
-        }
-        let is_http = matches!(dest, Destination::Http { .. });
-        if !is_http && (self.token_file.is_some() || self.token_env.is_some()) {
-            return Err(self.err("token_file", "only HTTP outputs take a token"));
-        }
-        if matches!(
-            dest,
-            Destination::Http {
-                kind: HttpKind::Hec,
-                ..
-            }
-        ) && self.token_file.is_none()
-            && self.token_env.is_none()
-        {
-            return Err(self.err(
-                "token_file",
-                "Splunk HEC needs a token: set token_file or token_env",
-            ));
-        }
-        if self.durable == Some(true) && !dest.is_remote() {
-            return Err(self.err(
-                "durable",
-                "only remote outputs (HTTP, syslog) have a spool to be durable in",
-            ));
-        }
-        if self.gzip && !is_http {
-            return Err(self.err("gzip", "only HTTP outputs compress"));
-        }
-        if let Some(ca) = &self.ca_file {
-            if !is_http {
-                return Err(self.err("ca_file", "only HTTP outputs use TLS"));
-            }
-            read_ca_file(ca).map_err(|reason| self.err("ca_file", reason))?;
-        }
-        self.token()?;
-        Ok(())
-    }
-
     /// Whether alerts are on disk before they count as accepted (`durable`,
     /// default true for remote outputs).
     pub fn is_durable(&self, dest: &Destination) -> bool {
         dest.is_remote() && self.durable.unwrap_or(true)
     }
 
-    /// Reads the token from `token_file` or `token_env` (None when neither is set).
-    pub fn token(&self) -> Result<Option<String>, SinkError> {
-        let token = if let Some(path) = &self.token_file {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                self.err("token_file", format!("cannot read {}: {e}", path.display()))
-            })?;
-            text.trim().to_owned()
-        } else if let Some(var) = &self.token_env {
-            let value = std::env::var(var).map_err(|_| {
-                self.err(
-                    "token_env",
-                    format!("environment variable {var} is not set (or not UTF-8)"),
-                )
-            })?;
-            value.trim().to_owned()
-        } else {
-            return Ok(None);
-        };
-        if token.is_empty() {
-            return Err(self.err(
-                if self.token_file.is_some() {
-                    "token_file"
-                } else {
-                    "token_env"
-                },
-                "the token is empty",
-            ));
-        }
-        if token.chars().any(|c| c.is_control()) {
-            return Err(self.err(
-                if self.token_file.is_some() {
-                    "token_file"
-                } else {
-                    "token_env"
-                },
-                "the token contains control characters",
-            ));
-        }
-        Ok(Some(token))
-    }
-
-    /// The sink's name: `name`, or one derived from `to`.
-    pub fn sink_name(&self) -> String {
-        if let Some(n) = &self.name {
-            return n.clone();
-        }
-        let derived = match self.destination() {
-            Ok(Destination::Stdout) => "stdout".to_owned(),
-            Ok(Destination::File(p)) => format!("file-{}", p.display()),
-            Ok(Destination::SyslogUnix(p)) => format!("syslog-unix-{}", p.display()),
-            Ok(d @ (Destination::SyslogUdp(_) | Destination::SyslogTcp(_))) => {
-                let (Destination::SyslogUdp(a) | Destination::SyslogTcp(a)) = &d else {
-                    unreachable!()
-                };
-                format!("{}-{a}", d.kind_name())
-            }
-            Ok(d @ Destination::Http { .. }) => {
-                let Destination::Http { url, index, .. } = &d else {
-                    unreachable!()
-                };
-                let mut s = format!(
-                    "{}-{}-{}",
-                    d.kind_name(),
-                    url.host_str().unwrap_or(""),
-                    url.port_or_known_default().unwrap_or(0)
-                );
-                if let Some(i) = index {
-                    s.push('-');
-                    s.push_str(i);
-                }
-                s
-            }
-            Err(_) => self.to.clone(),
-        };
-        let mut out: String = derived
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        while out.contains("--") {
-            out = out.replace("--", "-");
-        }
-        out = out.trim_matches(['-', '.']).to_owned();
-        out.truncate(64);
-        if out.is_empty() {
-            "output".to_owned()
-        } else {
-            out
-        }
-    }
-
     pub(crate) fn facility_code(&self) -> u8 {
         facility_code(&self.facility).unwrap_or(10)
     }
-}
-
-/// The certificates of a `ca_file`: at least one, else a reason.
-pub(crate) fn read_ca_file(ca: &std::path::Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(ca).map_err(|e| format!("cannot read {}: {e}", ca.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", ca.display()))?;
-    if certs.is_empty() {
-        return Err(format!(
-            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
-            ca.display()
-        ));
-    }
-    Ok(certs)
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost") || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// RFC 5424 facility numbers.
@@ -622,55 +270,6 @@ pub fn facility_code(name: &str) -> Option<u8> {
         .iter()
         .position(|n| n.eq_ignore_ascii_case(name))
         .map(|i| i as u8)
-}
-
-impl FromStr for OutputConfig {
-    type Err = SinkError;
-
-    /// `DESTINATION[,key=value...]`, keys as in `[[output]]`. Numbers and
-    /// `true`/`false` are taken as such, everything else as a string.
-    /// A `token=` option is refused: secrets do not belong on a command line.
-    fn from_str(s: &str) -> Result<Self, SinkError> {
-        let mut parts = s.split(',');
-        let to = parts.next().unwrap_or("").trim();
-        let perr = |reason: String| SinkError::Flag {
-            value: crate::redact::output_flag(s),
-            reason,
-        };
-        if to.is_empty() {
-            return Err(perr("empty destination; e.g. --output stdout or --output 'hec+https://splunk:8088,token_file=/etc/torsensor/hec.token'".into()));
-        }
-        let mut table = toml::Table::new();
-        table.insert("to".into(), toml::Value::String(to.to_owned()));
-        for part in parts {
-            let Some((k, v)) = part.split_once('=') else {
-                return Err(perr(format!("option {part:?} is not key=value")));
-            };
-            let (k, v) = (k.trim(), v.trim());
-            if matches!(k, "token" | "password" | "api_key" | "apikey") {
-                return Err(perr(format!(
-                    "{k}= is not accepted on the command line (it would show in ps and shell history); use token_file= or token_env="
-                )));
-            }
-            if k == "to" {
-                return Err(perr("the destination comes first, not as to=".into()));
-            }
-            let value = if let Ok(n) = v.parse::<i64>() {
-                toml::Value::Integer(n)
-            } else if let Ok(b) = v.parse::<bool>() {
-                toml::Value::Boolean(b)
-            } else {
-                toml::Value::String(v.to_owned())
-            };
-            if table.insert(k.to_owned(), value).is_some() {
-                return Err(perr(format!("option {k} given twice")));
-            }
-        }
-        let cfg: OutputConfig = table
-            .try_into()
-            .map_err(|e: toml::de::Error| perr(e.message().to_owned()))?;
-        Ok(cfg)
-    }
 }
 
 #[cfg(test)]
