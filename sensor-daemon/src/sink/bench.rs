@@ -4,6 +4,9 @@
 //! (appended and fsynced to the spool first, delivered from there),
 //! interleaved round by round in the same run. Prints the rates and the
 //! ratio durable/memory; no absolute figure is judged.
+//!
+//! Uses the sink from outside, as the daemon does ([`Sinks`] and
+//! [`OutputConfig`]), and nothing else of the daemon.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};

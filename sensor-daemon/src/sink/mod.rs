@@ -28,7 +28,7 @@
 //!   `batch_max_bytes`, `linger`) from memory while the receiver keeps up.
 //!   When a delivery fails, or the queue passes half full during a slow
 //!   delivery, the batch in flight and everything queued move to the spool
-//!   (`sink/spool.rs` documents its layout, durability and size bound),
+//!   (`sink/spool/mod.rs` documents its layout, durability and size bound),
 //!   and from then on new alerts are appended there and delivered from
 //!   there, oldest first, until it is empty again. Retries back off
 //!   exponentially (`retry_initial` doubling to `retry_max`, +-50 %
@@ -80,19 +80,42 @@
 //! losses.tick(&per_sink);          // health tick (`LossReport`)
 //! let last = sinks.shutdown(Duration::from_secs(5)).await; // on SIGTERM
 //! ```
+//!
+//! # Files
+//! Imports point down. `sink` may use `crate::alert` (the [`Schema`]),
+//! `crate::statedir`, `crate::redact` and `crate::time`, and nothing above
+//! it (`crate::config`, `crate::sensor`, the binary); inside it:
+//!
+//! * `mod.rs` (this file): [`Sinks`] (start, send, reopen, stats,
+//!   shutdown), the queued [`Entry`], [`AlertMeta`] and [`SinkError`]. It
+//!   starts each sink through `local` or `remote`.
+//! * `local.rs`: the `stdout` and `file:` writers.
+//! * `remote.rs`: the remote sink task and its state machine (memory and
+//!   spool mode, batching, retries). It delivers through `transport.rs`
+//!   (HTTP and syslog connections), which encodes with [`wire`] (RFC 5424,
+//!   HEC, `_bulk` and their answers), and keeps alerts in `spool/` (the
+//!   on-disk queue: `format.rs` its codec, `repair.rs` its checks at open).
+//! * `stats.rs`: [`SinkStats`], the live counters every task writes and the
+//!   rate limits of their warnings, and [`LossReport`].
+//! * [`config`]: [`OutputConfig`], from `[[output]]` tables and `--output`
+//!   flags, with its checks; used by all the above.
+//! * [`bench`](mod@bench): `torsensor bench-outputs`, which uses [`Sinks`] only.
 
 pub mod bench;
 pub mod config;
+mod local;
+mod remote;
 mod spool;
+mod stats;
 mod transport;
 pub mod wire;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -100,14 +123,13 @@ use serde::{Deserialize, Serialize};
 use crate::alert::Schema;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
 
-use crate::statedir::{Dir, SPOOL_DIR_MODE, STATE_DIR_MODE};
 pub use config::{Destination, HttpKind, OutputConfig};
-use spool::Spool;
 #[cfg(feature = "fuzzing")]
 pub use spool::replay_for_fuzzing as spool_replay_for_fuzzing;
-use transport::{Batch, Transport};
+use stats::SinkCounters;
+use stats::snapshot;
+pub use stats::{LossReport, SinkStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -177,84 +199,6 @@ impl Entry {
     }
 }
 
-/// SinkCounters of one sink, as reported to the metrics endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SinkStats {
-    pub name: String,
-    /// `stdout`, `file`, `syslog-udp`, `syslog-tcp`, `syslog-unix`, `http`, `hec`, `bulk`.
-    pub kind: &'static str,
-    pub format: Schema,
-    /// Alerts the receiver acknowledged (local: written and flushed).
-    pub delivered: u64,
-    /// Failed delivery attempts (each retry counts).
-    pub failed: u64,
-    /// Alerts dropped because the memory queue was full.
-    pub dropped_queue: u64,
-    /// Alerts dropped from a full spool (oldest first).
-    pub dropped_spool: u64,
-    /// Alerts refused for good (HTTP 400/413/422, `_bulk` item errors,
-    /// oversize datagrams) or lost to a local write error.
-    pub dropped_undeliverable: u64,
-    /// Alerts in the memory queue now.
-    pub queued: u64,
-    /// Alerts and bytes in the spool now.
-    pub spooled_events: u64,
-    pub spooled_bytes: u64,
-}
-
-#[derive(Default)]
-struct RateLimit {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-/// Shared counters of one sink (the task writes, `stats` reads).
-#[derive(Default)]
-pub(crate) struct SinkCounters {
-    name: String,
-    delivered: AtomicU64,
-    failed: AtomicU64,
-    dropped_queue: AtomicU64,
-    dropped_spool: AtomicU64,
-    dropped_undeliverable: AtomicU64,
-    spooled_events: AtomicU64,
-    spooled_bytes: AtomicU64,
-    /// Rate limit of failure warnings (delivery, reading the spool, ...).
-    fail_log: Mutex<RateLimit>,
-    /// Rate limit of loss warnings: a separate one, so that a failure
-    /// never hides a loss.
-    loss_log: Mutex<RateLimit>,
-}
-
-/// At most one warning of each kind (failure, loss) per sink per this interval.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
-impl SinkCounters {
-    fn warn_limited(&self, limit: &Mutex<RateLimit>, msg: &str) {
-        let mut g = limit.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        if g.last.is_none_or(|t| now.duration_since(t) >= LOG_EVERY) {
-            tracing::warn!(sink = %self.name, suppressed = g.suppressed, "{msg}");
-            g.last = Some(now);
-            g.suppressed = 0;
-        } else {
-            g.suppressed += 1;
-        }
-    }
-    /// Alerts were lost (they are counted by the caller).
-    pub(crate) fn note_drop(&self, msg: &str) {
-        self.warn_limited(&self.loss_log, msg);
-    }
-    /// Something failed without losing alerts (yet).
-    fn warn_failure(&self, msg: &str) {
-        self.warn_limited(&self.fail_log, msg);
-    }
-    fn note_failure(&self, msg: &str) {
-        self.failed.fetch_add(1, Ordering::Relaxed);
-        self.warn_failure(&format!("delivery failed: {msg}"));
-    }
-}
-
 enum Msg {
     Alert(Arc<Entry>),
     /// Reopen the output file (logrotate).
@@ -274,6 +218,18 @@ struct Handle {
     wake: Arc<Notify>,
     stop: watch::Sender<Option<Instant>>,
     task: JoinHandle<()>,
+}
+
+/// What a sink's task holds of the pieces its [`Handle`] shares.
+struct TaskEnds {
+    rx: mpsc::Receiver<Msg>,
+    counters: Arc<SinkCounters>,
+    /// Local sinks: a reopen that could not be queued.
+    reopen: Arc<AtomicBool>,
+    /// Remote sinks: woken to spill the queue to the spool.
+    wake: Arc<Notify>,
+    /// Remote sinks: the shutdown deadline.
+    stop: watch::Receiver<Option<Instant>>,
 }
 
 /// Every configured sink, each on its own task.
@@ -433,68 +389,9 @@ impl Sinks {
     }
 }
 
-fn snapshot(
-    name: &str,
-    kind: &'static str,
-    format: Schema,
-    c: &SinkCounters,
-    queued: u64,
-) -> SinkStats {
-    SinkStats {
-        name: name.to_owned(),
-        kind,
-        format,
-        delivered: c.delivered.load(Ordering::Relaxed),
-        failed: c.failed.load(Ordering::Relaxed),
-        dropped_queue: c.dropped_queue.load(Ordering::Relaxed),
-        dropped_spool: c.dropped_spool.load(Ordering::Relaxed),
-        dropped_undeliverable: c.dropped_undeliverable.load(Ordering::Relaxed),
-        queued,
-        spooled_events: c.spooled_events.load(Ordering::Relaxed),
-        spooled_bytes: c.spooled_bytes.load(Ordering::Relaxed),
-    }
-}
-
 fn stats_of(s: &Handle) -> SinkStats {
     let queued = (s.tx.max_capacity() - s.tx.capacity()) as u64;
     snapshot(&s.name, s.kind, s.format, &s.counters, queued)
-}
-
-/// Health events for lost alerts. The daemon's health tick (every
-/// `health_interval`) calls [`LossReport::tick`] with [`Sinks::stats`]:
-/// every output whose losses grew since the last tick gets one `health:`
-/// warning with what grew, by cause, and its running total. Never rate
-/// limited (one line per output per tick at most).
-#[derive(Debug, Default)]
-pub struct LossReport {
-    last: Vec<SinkStats>,
-}
-
-impl LossReport {
-    pub fn tick(&mut self, now: &[SinkStats]) {
-        for s in now {
-            let prev = self.last.iter().find(|p| p.name == s.name);
-            let grew = |f: fn(&SinkStats) -> u64| f(s).saturating_sub(prev.map_or(0, f));
-            let queue = grew(|x| x.dropped_queue);
-            let spool = grew(|x| x.dropped_spool);
-            let refused = grew(|x| x.dropped_undeliverable);
-            let lost = queue + spool + refused;
-            if lost > 0 {
-                let total = s.dropped_queue + s.dropped_spool + s.dropped_undeliverable;
-                tracing::warn!(
-                    output = %s.name,
-                    lost,
-                    total_lost = total,
-                    dropped_queue = queue,
-                    dropped_spool = spool,
-                    dropped_undeliverable = refused,
-                    "health: output {} lost {lost} alerts since the last report (memory queue full: {queue}; spool full, unwritable or damaged: {spool}; refused by the receiver or unwritable: {refused}); {total} lost in total",
-                    s.name
-                );
-            }
-        }
-        self.last = now.to_vec();
-    }
 }
 
 fn start_one(
@@ -504,87 +401,24 @@ fn start_one(
     app: &str,
 ) -> Result<Handle, SinkError> {
     let dest = cfg.destination()?;
-    let counters = Arc::new(SinkCounters {
-        name: name.clone(),
-        ..SinkCounters::default()
-    });
+    let counters = Arc::new(SinkCounters::named(name.clone()));
     let (tx, rx) = mpsc::channel(cfg.queue_size);
     let (stop, stop_rx) = watch::channel(None);
     let reopen = Arc::new(AtomicBool::new(false));
     let wake = Arc::new(Notify::new());
     let kind = dest.kind_name();
+    let ends = TaskEnds {
+        rx,
+        counters: counters.clone(),
+        reopen: reopen.clone(),
+        wake: wake.clone(),
+        stop: stop_rx,
+    };
     let task = match &dest {
         Destination::Stdout | Destination::File(_) => {
-            let out = match &dest {
-                Destination::File(path) => Local::File {
-                    file: open_append(path).map_err(|source| SinkError::Open {
-                        name: name.clone(),
-                        path: path.clone(),
-                        source,
-                    })?,
-                    path: path.clone(),
-                },
-                _ => Local::Stdout,
-            };
-            tokio::spawn(run_local(
-                rx,
-                out,
-                counters.clone(),
-                reopen.clone(),
-                cfg.batch_max_events,
-            ))
+            local::spawn(&dest, &name, cfg.batch_max_events, ends)?
         }
-        _ => {
-            // Every directory on the way is checked (owner, mode, no
-            // link) and created with an exact mode: see `statedir`.
-            let dir = state_dir.join("spool").join(&name);
-            let spool_dir = Dir::open(state_dir, STATE_DIR_MODE)
-                .and_then(|state| state.subdir("spool", SPOOL_DIR_MODE))
-                .and_then(|spool| spool.subdir(&name, SPOOL_DIR_MODE))
-                .map_err(|error| SinkError::StateDir {
-                    name: name.clone(),
-                    error,
-                })?;
-            let spool = Spool::open_in(
-                spool_dir,
-                cfg.spool_max_bytes,
-                cfg.spool_segment_bytes,
-                counters.clone(),
-            )
-            .map_err(|source| SinkError::Spool {
-                name: name.clone(),
-                dir: dir.clone(),
-                source,
-            })?;
-            if !spool.is_empty() {
-                tracing::info!(
-                    sink = %name,
-                    alerts = spool.live_events(),
-                    bytes = spool.live_bytes(),
-                    "alerts spooled by an earlier run are delivered first"
-                );
-            }
-            let transport = Transport::new(cfg, &dest, &name, app)?;
-            let remote = Remote {
-                transport,
-                spool: Arc::new(Mutex::new(spool)),
-                counters: counters.clone(),
-                rx,
-                wake: wake.clone(),
-                stop: stop_rx,
-                closed: false,
-                deadline: None,
-                stop_gone: false,
-                max_events: cfg.batch_max_events,
-                max_bytes: cfg.batch_max_bytes,
-                linger: cfg.linger,
-                retry_initial: cfg.retry_initial,
-                retry_max: cfg.retry_max,
-                rng: RandomState::new().build_hasher().finish() | 1,
-                durable: cfg.is_durable(&dest),
-            };
-            tokio::spawn(remote.run())
-        }
+        _ => remote::spawn(cfg, &dest, &name, state_dir, app, ends)?,
     };
     tracing::info!(sink = %name, kind, format = %cfg.format, durable = cfg.is_durable(&dest), "output ready");
     Ok(Handle {
@@ -601,590 +435,9 @@ fn start_one(
     })
 }
 
-fn open_append(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-}
-
-// ---------------------------------------------------------------- local sinks
-
-enum Local {
-    Stdout,
-    File { path: PathBuf, file: std::fs::File },
-}
-
-enum Part {
-    Lines(Vec<u8>, u64),
-    Reopen,
-}
-
-impl Local {
-    /// Writes the parts in order; returns alerts written and alerts lost.
-    fn write(&mut self, parts: &[Part], counters: &SinkCounters) -> (u64, u64) {
-        let (mut ok, mut lost) = (0, 0);
-        for part in parts {
-            match part {
-                Part::Reopen => {
-                    if let Local::File { path, file } = self {
-                        match open_append(path) {
-                            Ok(f) => {
-                                *file = f;
-                                tracing::info!(sink = %counters.name, path = %path.display(), "output file reopened");
-                            }
-                            Err(e) => counters.warn_failure(&format!(
-                                "cannot reopen {}: {e}; still writing to the old file",
-                                path.display()
-                            )),
-                        }
-                    }
-                }
-                Part::Lines(buf, n) => {
-                    let res = match self {
-                        Local::Stdout => {
-                            let mut out = io::stdout().lock();
-                            out.write_all(buf).and_then(|()| out.flush())
-                        }
-                        Local::File { file, .. } => file.write_all(buf),
-                    };
-                    match res {
-                        Ok(()) => ok += n,
-                        Err(e) => {
-                            lost += n;
-                            counters.note_failure(&format!("write: {e}"));
-                        }
-                    }
-                }
-            }
-        }
-        (ok, lost)
-    }
-}
-
-async fn run_local(
-    mut rx: mpsc::Receiver<Msg>,
-    out: Local,
-    counters: Arc<SinkCounters>,
-    reopen: Arc<AtomicBool>,
-    batch: usize,
-) {
-    let mut out = Some(out);
-    let mut msgs = Vec::with_capacity(batch);
-    while rx.recv_many(&mut msgs, batch.max(1)).await > 0 {
-        let mut parts = Vec::new();
-        if reopen.swap(false, Ordering::Relaxed) {
-            parts.push(Part::Reopen);
-        }
-        let mut buf = Vec::new();
-        let mut n = 0;
-        for m in msgs.drain(..) {
-            match m {
-                Msg::Alert(e) => {
-                    buf.extend_from_slice(e.body.as_bytes());
-                    buf.push(b'\n');
-                    n += 1;
-                }
-                Msg::Reopen => {
-                    if n > 0 {
-                        parts.push(Part::Lines(std::mem::take(&mut buf), n));
-                        n = 0;
-                    }
-                    parts.push(Part::Reopen);
-                }
-            }
-        }
-        if n > 0 {
-            parts.push(Part::Lines(buf, n));
-        }
-        let mut o = out.take().expect("output");
-        let c = counters.clone();
-        let res = tokio::task::spawn_blocking(move || {
-            let r = o.write(&parts, &c);
-            (o, r)
-        })
-        .await;
-        match res {
-            Ok((o, (ok, lost))) => {
-                out = Some(o);
-                counters.delivered.fetch_add(ok, Ordering::Relaxed);
-                counters
-                    .dropped_undeliverable
-                    .fetch_add(lost, Ordering::Relaxed);
-            }
-            Err(e) => {
-                tracing::error!(sink = %counters.name, "output writer failed: {e}");
-                return;
-            }
-        }
-    }
-    if let Some(Local::File { file, .. }) = out {
-        let _ = tokio::task::spawn_blocking(move || file.sync_data()).await;
-    }
-}
-
-// --------------------------------------------------------------- remote sinks
-
-type Records = Vec<(u64, Arc<Entry>)>;
-
-struct Remote {
-    transport: Transport,
-    spool: Arc<Mutex<Spool>>,
-    counters: Arc<SinkCounters>,
-    rx: mpsc::Receiver<Msg>,
-    wake: Arc<Notify>,
-    stop: watch::Receiver<Option<Instant>>,
-    /// The queue is closed and empty (shutdown).
-    closed: bool,
-    deadline: Option<tokio::time::Instant>,
-    stop_gone: bool,
-    max_events: usize,
-    max_bytes: usize,
-    linger: Duration,
-    retry_initial: Duration,
-    retry_max: Duration,
-    rng: u64,
-    /// `durable`: every alert is appended and fsynced before delivery.
-    durable: bool,
-}
-
-/// Takes everything waiting in the queue (without waiting), numbering it.
-fn take_queued(
-    rx: &mut mpsc::Receiver<Msg>,
-    spool: &Arc<Mutex<Spool>>,
-    closed: &mut bool,
-) -> Records {
-    let mut out = Vec::new();
-    let mut s = spool.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        match rx.try_recv() {
-            Ok(Msg::Alert(e)) => out.push((s.next_seq(), e)),
-            Ok(Msg::Reopen) => {}
-            Err(mpsc::error::TryRecvError::Empty) => break,
-            Err(mpsc::error::TryRecvError::Disconnected) => {
-                *closed = true;
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// Appends records to the spool on the blocking pool (first marking the
-/// batch in delivery with `protect`, when given); with `durable`, fsyncs
-/// them (one fsync for all of them). What cannot be written is lost,
-/// counted and logged with its number.
-async fn spool_append(
-    spool: &Arc<Mutex<Spool>>,
-    counters: &SinkCounters,
-    records: Records,
-    durable: bool,
-    protect: Option<Option<u64>>,
-) {
-    if records.is_empty() {
-        return;
-    }
-    let n = records.len() as u64;
-    let res = on_spool(spool, move |s| {
-        if let Some(p) = protect {
-            s.protect(p);
-        }
-        s.append(&records)?;
-        Ok(if durable { s.commit().err() } else { None })
-    })
-    .await;
-    match res {
-        Ok(None) => {}
-        Ok(Some(e)) => counters.warn_failure(&format!(
-            "cannot fsync the spool ({e}): alerts are written but may not survive a power loss"
-        )),
-        Err(e) => {
-            counters.dropped_spool.fetch_add(n, Ordering::Relaxed);
-            counters.note_drop(&format!("cannot write the spool ({e}): {n} alerts lost"));
-        }
-    }
-}
-
-/// Runs a spool operation on the blocking pool.
-async fn on_spool<T: Send + 'static>(
-    spool: &Arc<Mutex<Spool>>,
-    f: impl FnOnce(&mut Spool) -> io::Result<T> + Send + 'static,
-) -> io::Result<T> {
-    let s = spool.clone();
-    tokio::task::spawn_blocking(move || f(&mut s.lock().unwrap_or_else(|e| e.into_inner())))
-        .await
-        .map_err(io::Error::other)?
-}
-
-impl Remote {
-    fn seq(&self) -> u64 {
-        self.spool
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .next_seq()
-    }
-
-    fn deadline_passed(&self) -> bool {
-        self.deadline
-            .is_some_and(|d| tokio::time::Instant::now() >= d)
-    }
-
-    fn on_stop_change(&mut self, changed: Result<(), watch::error::RecvError>) {
-        match changed {
-            Ok(()) => {
-                self.deadline = (*self.stop.borrow_and_update()).map(tokio::time::Instant::from_std)
-            }
-            Err(_) => {
-                // The Sinks handle is gone without a shutdown: stop now.
-                self.stop_gone = true;
-                self.deadline.get_or_insert_with(tokio::time::Instant::now);
-            }
-        }
-    }
-
-    fn take_queued(&mut self) -> Records {
-        take_queued(&mut self.rx, &self.spool, &mut self.closed)
-    }
-
-    async fn append(&self, records: Records) {
-        spool_append(&self.spool, &self.counters, records, self.durable, None).await;
-    }
-
-    /// Moves the in-memory batch (when not already spooled) and the queue
-    /// to the spool, in order.
-    async fn spill(&mut self, batch: Option<&Batch>) {
-        let mut records: Records = batch.map(<[_]>::to_vec).unwrap_or_default();
-        records.extend(self.take_queued());
-        self.append(records).await;
-    }
-
-    async fn set_protect(&self, through: Option<u64>) {
-        let _ = on_spool(&self.spool, move |s| {
-            s.protect(through);
-            Ok(())
-        })
-        .await;
-    }
-
-    async fn read_spool(&self) -> io::Result<Records> {
-        let (me, mb) = (self.max_events, self.max_bytes);
-        on_spool(&self.spool, move |s| s.read_batch(me, mb)).await
-    }
-
-    async fn ack(&self, seq: u64) {
-        if let Err(e) = on_spool(&self.spool, move |s| s.ack_through(seq)).await {
-            self.counters.warn_failure(&format!("cannot record delivery in the spool ({e}); alerts may be sent again after a restart"));
-        }
-    }
-
-    /// Waits for the first alert, then lingers for more (memory mode).
-    async fn collect(&mut self) -> Records {
-        let mut batch: Records = Vec::new();
-        let mut bytes = 0;
-        let mut linger_until: Option<tokio::time::Instant> = None;
-        loop {
-            if self.deadline.is_some() && !batch.is_empty() {
-                // Shutting down: no lingering.
-                linger_until = Some(tokio::time::Instant::now());
-            }
-            tokio::select! {
-                m = self.rx.recv() => match m {
-                    Some(Msg::Alert(e)) => {
-                        bytes += e.body.len();
-                        batch.push((self.seq(), e));
-                        if batch.len() >= self.max_events || bytes >= self.max_bytes {
-                            return batch;
-                        }
-                        linger_until.get_or_insert_with(|| tokio::time::Instant::now() + self.linger);
-                    }
-                    Some(Msg::Reopen) => {}
-                    None => {
-                        self.closed = true;
-                        return batch;
-                    }
-                },
-                _ = sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => return batch,
-                c = self.stop.changed(), if !self.stop_gone => self.on_stop_change(c),
-            }
-        }
-    }
-
-    /// Durable mode, nothing spooled: waits for alerts and appends them as
-    /// they come (each append fsynced: group commit), lingering like
-    /// `collect` for a fuller batch.
-    async fn collect_durable(&mut self) {
-        let mut linger_until: Option<tokio::time::Instant> = None;
-        loop {
-            if self.closed || (linger_until.is_some() && self.deadline.is_some()) {
-                return;
-            }
-            tokio::select! {
-                m = self.rx.recv() => match m {
-                    Some(Msg::Alert(e)) => {
-                        let mut records = vec![(self.seq(), e)];
-                        records.extend(self.take_queued());
-                        self.append(records).await;
-                        let c = &self.counters;
-                        if c.spooled_events.load(Ordering::Relaxed) >= self.max_events as u64
-                            || c.spooled_bytes.load(Ordering::Relaxed) >= self.max_bytes as u64
-                        {
-                            return;
-                        }
-                        linger_until.get_or_insert_with(|| tokio::time::Instant::now() + self.linger);
-                    }
-                    Some(Msg::Reopen) => {}
-                    None => self.closed = true,
-                },
-                _ = sleep_until(linger_until.unwrap_or_else(tokio::time::Instant::now)), if linger_until.is_some() => return,
-                c = self.stop.changed(), if !self.stop_gone => {
-                    self.on_stop_change(c);
-                    if self.deadline.is_some() {
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    fn backoff(&mut self, failures: u32) -> Duration {
-        let base = self
-            .retry_initial
-            .saturating_mul(1u32 << failures.min(20))
-            .min(self.retry_max);
-        // xorshift64: jitter only, no need for a real generator.
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let factor = 0.5 + (self.rng % 1000) as f64 / 1000.0;
-        base.mul_f64(factor)
-    }
-
-    async fn run(mut self) {
-        // Durable: always from the spool.
-        let mut spool_mode = self.durable
-            || !self
-                .spool
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_empty();
-        let mut failures: u32 = 0;
-        'outer: loop {
-            let (mut batch, mut backed) = if spool_mode {
-                let queued = self.take_queued();
-                self.append(queued).await;
-                let b = match self.read_spool().await {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Keep the order: no alert overtakes the spool.
-                        self.counters
-                            .warn_failure(&format!("cannot read the spool: {e}"));
-                        if self.deadline_passed() {
-                            break;
-                        }
-                        let wait = self.backoff(failures);
-                        failures = failures.saturating_add(1);
-                        self.wait_spooling(wait).await;
-                        continue;
-                    }
-                };
-                if b.is_empty() {
-                    if self.durable {
-                        if self.closed || self.deadline_passed() {
-                            break;
-                        }
-                        self.collect_durable().await;
-                    } else {
-                        spool_mode = false;
-                    }
-                    continue;
-                }
-                (b, true)
-            } else {
-                if self.closed {
-                    break;
-                }
-                if self.deadline_passed() {
-                    break;
-                }
-                let b = self.collect().await;
-                if b.is_empty() {
-                    continue;
-                }
-                (b, false)
-            };
-            if self.deadline_passed() {
-                if !backed {
-                    self.spill(Some(&batch)).await;
-                }
-                break 'outer;
-            }
-            if backed {
-                self.set_protect(batch.last().map(|r| r.0)).await;
-            }
-            let res = {
-                let fut = self.transport.deliver(&batch);
-                tokio::pin!(fut);
-                loop {
-                    tokio::select! {
-                        r = &mut fut => break r,
-                        _ = self.wake.notified(), if !spool_mode => {
-                            // The queue is filling while this delivery is slow.
-                            let mut records: Records = batch.clone();
-                            records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
-                            let last = batch.last().map(|r| r.0);
-                            spool_append(&self.spool, &self.counters, records, self.durable, Some(last)).await;
-                            spool_mode = true;
-                            backed = true;
-                        }
-                        m = self.rx.recv(), if spool_mode && !self.closed => match m {
-                            Some(Msg::Alert(e)) => {
-                                let mut records = vec![(self.spool.lock().unwrap_or_else(|e| e.into_inner()).next_seq(), e)];
-                                records.extend(take_queued(&mut self.rx, &self.spool, &mut self.closed));
-                                spool_append(&self.spool, &self.counters, records, self.durable, None).await;
-                            }
-                            Some(Msg::Reopen) => {}
-                            None => self.closed = true,
-                        },
-                        _ = sleep_until(self.deadline.unwrap_or_else(tokio::time::Instant::now)), if self.deadline.is_some() => {
-                            break Err(transport::Failure::new("shutdown deadline reached during delivery"));
-                        }
-                        c = self.stop.changed(), if !self.stop_gone => {
-                            match c {
-                                Ok(()) => self.deadline = (*self.stop.borrow_and_update()).map(tokio::time::Instant::from_std),
-                                Err(_) => {
-                                    self.stop_gone = true;
-                                    self.deadline.get_or_insert_with(tokio::time::Instant::now);
-                                }
-                            }
-                        }
-                    }
-                }
-            };
-            if backed {
-                self.set_protect(None).await;
-            }
-            match res {
-                Ok(done) => {
-                    // Acknowledged in the spool first, so that the counters
-                    // never show an alert as delivered and spooled at once.
-                    if backed {
-                        self.ack(batch.last().expect("non-empty batch").0).await;
-                    }
-                    let n = batch.len() as u64;
-                    self.counters
-                        .delivered
-                        .fetch_add(n - done.rejected, Ordering::Relaxed);
-                    self.counters
-                        .dropped_undeliverable
-                        .fetch_add(done.rejected, Ordering::Relaxed);
-                    if failures > 0 {
-                        tracing::info!(sink = %self.counters.name, failed_attempts = failures, "delivering again");
-                    }
-                    failures = 0;
-                    continue 'outer;
-                }
-                Err(f) => {
-                    // Cut short by the shutdown deadline: not the receiver's failure.
-                    if !self.deadline_passed() {
-                        self.counters.note_failure(&f.reason);
-                    }
-                    if f.done > 0 {
-                        if backed {
-                            self.ack(batch[f.done - 1].0).await;
-                        }
-                        self.counters
-                            .delivered
-                            .fetch_add(f.done as u64 - f.rejected, Ordering::Relaxed);
-                        self.counters
-                            .dropped_undeliverable
-                            .fetch_add(f.rejected, Ordering::Relaxed);
-                        batch.drain(..f.done);
-                    }
-                    if !spool_mode {
-                        // The receiver is down: keep what we hold on disk.
-                        let b = if backed { None } else { Some(&batch[..]) };
-                        let mut records: Records = b.map(<[_]>::to_vec).unwrap_or_default();
-                        records.extend(self.take_queued());
-                        self.append(records).await;
-                        spool_mode = true;
-                    }
-                    if self.deadline_passed() {
-                        break 'outer;
-                    }
-                    // A receiver's Retry-After wins over our back-off, up to retry_max.
-                    let wait = match f.retry_after {
-                        Some(ra) => ra.min(self.retry_max).max(self.backoff(failures)),
-                        None => self.backoff(failures),
-                    };
-                    failures = failures.saturating_add(1);
-                    self.wait_spooling(wait).await;
-                    if self.deadline_passed() {
-                        break 'outer;
-                    }
-                    continue 'outer;
-                }
-            }
-        }
-        // Whatever is still queued goes to the spool, then everything is synced.
-        let queued = self.take_queued();
-        self.append(queued).await;
-        if let Err(e) = on_spool(&self.spool, |s| s.sync()).await {
-            tracing::error!(sink = %self.counters.name, "cannot sync the spool: {e}");
-        }
-    }
-
-    /// Back-off: waits `wait` (or until the deadline) while moving new
-    /// alerts to the spool.
-    async fn wait_spooling(&mut self, wait: Duration) {
-        let until = tokio::time::Instant::now() + wait;
-        loop {
-            let end = match self.deadline {
-                Some(d) if d < until => d,
-                _ => until,
-            };
-            tokio::select! {
-                _ = sleep_until(end) => return,
-                m = self.rx.recv(), if !self.closed => match m {
-                    Some(Msg::Alert(e)) => {
-                        let mut records = vec![(self.seq(), e)];
-                        records.extend(self.take_queued());
-                        self.append(records).await;
-                    }
-                    Some(Msg::Reopen) => {}
-                    None => self.closed = true,
-                },
-                c = self.stop.changed(), if !self.stop_gone => self.on_stop_change(c),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn failure_logs_are_rate_limited_but_all_counted() {
-        let c = SinkCounters {
-            name: "t".into(),
-            ..SinkCounters::default()
-        };
-        for _ in 0..5 {
-            c.note_failure("connection refused");
-        }
-        assert_eq!(c.failed.load(Ordering::Relaxed), 5);
-        let g = c.fail_log.lock().unwrap();
-        assert!(g.last.is_some());
-        assert_eq!(g.suppressed, 4, "one warning, four suppressed");
-        drop(g);
-        // A loss right after is not hidden by the failures' limit.
-        c.note_drop("cannot write the spool: 3 alerts lost");
-        let g = c.loss_log.lock().unwrap();
-        assert!(g.last.is_some());
-        assert_eq!(g.suppressed, 0, "the loss was logged");
-    }
 
     #[test]
     fn unusable_paths_are_named() {

@@ -1,6 +1,10 @@
 //! Remote transports: HTTP (JSON lines, Splunk HEC, `_bulk`) and syslog
 //! (TCP with octet counting, UDP, unix datagram). One `deliver` call sends
 //! one batch and says what the receiver acknowledged.
+//!
+//! Owns the connections (HTTP client, sockets); called by `remote` only.
+//! May use `wire` (message and body encoding, answer checks) and `config`,
+//! nothing else of the daemon.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -151,49 +155,7 @@ impl Transport {
                 syslog: syslog(),
             }),
             Destination::Http { kind, url, index } => {
-                let herr = |reason: String| SinkError::Http {
-                    name: name.to_owned(),
-                    reason,
-                };
-                let mut b = reqwest::Client::builder()
-                    .connect_timeout(cfg.connect_timeout)
-                    .timeout(cfg.timeout)
-                    .user_agent(format!("{app}/{}", env!("CARGO_PKG_VERSION")))
-                    .pool_idle_timeout(Duration::from_secs(50));
-                if url.scheme() == "https" {
-                    b = b.https_only(true);
-                }
-                if let Some(ca) = &cfg.ca_file {
-                    let certs = super::config::read_ca_file(ca)
-                        .map_err(|reason| herr(format!("ca_file: {reason}")))?;
-                    b = b.tls_certs_merge(certs);
-                }
-                let client = b.build().map_err(|e| herr(chain(&e)))?;
-                let auth = match cfg.token()? {
-                    Some(t) => {
-                        let scheme = match kind {
-                            HttpKind::Hec => "Splunk",
-                            HttpKind::Bulk => "ApiKey",
-                            HttpKind::Lines => "Bearer",
-                        };
-                        let mut v = HeaderValue::from_str(&format!("{scheme} {t}"))
-                            .map_err(|_| herr("the token is not a valid header value".into()))?;
-                        v.set_sensitive(true);
-                        Some(v)
-                    }
-                    None => None,
-                };
-                Transport::Http(Box::new(Http {
-                    client,
-                    kind: *kind,
-                    url: url.clone(),
-                    index: index.clone(),
-                    auth,
-                    source: cfg.hec_source.clone().unwrap_or_else(|| app.to_owned()),
-                    sourcetype: cfg.hec_sourcetype.clone(),
-                    hec_index: cfg.hec_index.clone(),
-                    gzip: cfg.gzip,
-                }))
+                Transport::Http(Box::new(Http::new(cfg, *kind, url, index, name, app)?))
             }
         })
     }
@@ -209,7 +171,61 @@ impl Transport {
 }
 
 impl Http {
-    async fn deliver(&mut self, batch: &Batch) -> Result<Done, Failure> {
+    fn new(
+        cfg: &OutputConfig,
+        kind: HttpKind,
+        url: &reqwest::Url,
+        index: &Option<String>,
+        name: &str,
+        app: &str,
+    ) -> Result<Http, SinkError> {
+        let herr = |reason: String| SinkError::Http {
+            name: name.to_owned(),
+            reason,
+        };
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(cfg.connect_timeout)
+            .timeout(cfg.timeout)
+            .user_agent(format!("{app}/{}", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(Duration::from_secs(50));
+        if url.scheme() == "https" {
+            b = b.https_only(true);
+        }
+        if let Some(ca) = &cfg.ca_file {
+            let certs = super::config::read_ca_file(ca)
+                .map_err(|reason| herr(format!("ca_file: {reason}")))?;
+            b = b.tls_certs_merge(certs);
+        }
+        let client = b.build().map_err(|e| herr(chain(&e)))?;
+        let auth = match cfg.token()? {
+            Some(t) => {
+                let scheme = match kind {
+                    HttpKind::Hec => "Splunk",
+                    HttpKind::Bulk => "ApiKey",
+                    HttpKind::Lines => "Bearer",
+                };
+                let mut v = HeaderValue::from_str(&format!("{scheme} {t}"))
+                    .map_err(|_| herr("the token is not a valid header value".into()))?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
+        Ok(Http {
+            client,
+            kind,
+            url: url.clone(),
+            index: index.clone(),
+            auth,
+            source: cfg.hec_source.clone().unwrap_or_else(|| app.to_owned()),
+            sourcetype: cfg.hec_sourcetype.clone(),
+            hec_index: cfg.hec_index.clone(),
+            gzip: cfg.gzip,
+        })
+    }
+
+    /// The request body for `batch`, and its content type.
+    fn body(&self, batch: &Batch) -> (Vec<u8>, &'static str) {
         let mut body = Vec::new();
         let content_type = match self.kind {
             HttpKind::Lines => {
@@ -238,20 +254,17 @@ impl Http {
                 "application/x-ndjson"
             }
         };
+        (body, content_type)
+    }
+
+    async fn deliver(&mut self, batch: &Batch) -> Result<Done, Failure> {
+        let (mut body, content_type) = self.body(batch);
         let mut req = self
             .client
             .post(self.url.clone())
             .header(CONTENT_TYPE, content_type);
         if self.gzip {
-            // Compression is CPU work: keep it off the runtime thread.
-            body = tokio::task::spawn_blocking(move || {
-                let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                z.write_all(&body)?;
-                z.finish()
-            })
-            .await
-            .map_err(|e| Failure::new(format!("gzip: {e}")))?
-            .map_err(|e| Failure::new(format!("gzip: {e}")))?;
+            body = gzip(body).await?;
             req = req.header(CONTENT_ENCODING, "gzip");
         }
         let mut req = req.body(body);
@@ -267,27 +280,24 @@ impl Http {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
-        // Read the answer, within bounds: a `_bulk` answer is about 200
-        // bytes per item, far below this.
-        let mut text = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
-            .await
-            .map_err(|e| Failure::new(format!("reading the answer: {}", chain(&e))))?
-        {
-            if text.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(Failure::new(format!(
-                    "HTTP {status}: answer larger than {MAX_ANSWER_BYTES} bytes"
-                )));
-            }
-            text.extend_from_slice(&chunk);
-        }
+        let text = read_answer(&mut resp, status).await?;
+        self.verdict(batch, status, retry_after, &text)
+    }
+
+    /// What the answer `status` and body `text` say of `batch`.
+    fn verdict(
+        &self,
+        batch: &Batch,
+        status: reqwest::StatusCode,
+        retry_after: Option<Duration>,
+        text: &[u8],
+    ) -> Result<Done, Failure> {
         let snippet = || String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
         if status.is_success() {
             let verdict = match self.kind {
                 HttpKind::Lines => Verdict::Ok { rejected: 0 },
-                HttpKind::Hec => wire::hec_verdict(&text),
-                HttpKind::Bulk => wire::bulk_verdict(&text, batch.len()),
+                HttpKind::Hec => wire::hec_verdict(text),
+                HttpKind::Bulk => wire::bulk_verdict(text, batch.len()),
             };
             return match verdict {
                 Verdict::Ok { rejected } => {
@@ -316,6 +326,40 @@ impl Http {
             }),
         }
     }
+}
+
+/// Compression is CPU work: keep it off the runtime thread.
+async fn gzip(body: Vec<u8>) -> Result<Vec<u8>, Failure> {
+    tokio::task::spawn_blocking(move || {
+        let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&body)?;
+        z.finish()
+    })
+    .await
+    .map_err(|e| Failure::new(format!("gzip: {e}")))?
+    .map_err(|e| Failure::new(format!("gzip: {e}")))
+}
+
+/// Reads the answer, within bounds: a `_bulk` answer is about 200 bytes per
+/// item, far below [`MAX_ANSWER_BYTES`].
+async fn read_answer(
+    resp: &mut reqwest::Response,
+    status: reqwest::StatusCode,
+) -> Result<Vec<u8>, Failure> {
+    let mut text = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Failure::new(format!("reading the answer: {}", chain(&e))))?
+    {
+        if text.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Failure::new(format!(
+                "HTTP {status}: answer larger than {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        text.extend_from_slice(&chunk);
+    }
+    Ok(text)
 }
 
 impl Tcp {

@@ -1,5 +1,8 @@
 //! Wire formats: RFC 5424 messages, octet-counting frames, Splunk HEC and
 //! Elasticsearch `_bulk` bodies, and the checks on their answers.
+//!
+//! Pure functions of the sink's [`Entry`] (no I/O), used by `transport`;
+//! may use nothing else.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

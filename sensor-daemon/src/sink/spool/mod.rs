@@ -49,21 +49,35 @@
 //! are dropped, oldest first, and their records counted as dropped. The
 //! batch being delivered is never dropped under it (the next-oldest segment
 //! goes instead), so delivered and dropped counts never overlap.
+//!
+//! Files: this one owns [`Spool`] (open, append, read, acknowledge, bound,
+//! sync); `format.rs` encodes and parses lines; `repair.rs` checks and
+//! repairs segments at open; `fuzz.rs` is the fuzz target's way in. The
+//! spool is synchronous file I/O (the remote sink calls it on tokio's
+//! blocking pool); it may use the sink's [`Entry`] and counters and
+//! `crate::statedir`, nothing else.
+
+mod format;
+#[cfg(feature = "fuzzing")]
+mod fuzz;
+mod repair;
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
-use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use serde::{Deserialize, Serialize};
-
-use super::{Entry, SinkCounters};
+use super::Entry;
+use super::stats::SinkCounters;
 use crate::statedir::Dir;
+use format::{Header, MAX_SEQ, Parsed, encode_line, parse_at, parse_seq, seg_name};
+use repair::Checked;
+
+#[cfg(feature = "fuzzing")]
+pub use fuzz::replay_for_fuzzing;
 
 struct Segment {
     first_seq: u64,
@@ -98,10 +112,6 @@ pub(crate) struct Spool {
     counters: Arc<SinkCounters>,
 }
 
-fn seg_name(first_seq: u64) -> String {
-    format!("{first_seq:020}.seg")
-}
-
 /// The file name of a segment path (segments are always in the spool dir).
 fn name_of(path: &Path) -> &OsStr {
     path.file_name().expect("segment paths end in a file name")
@@ -116,230 +126,49 @@ fn read_all(mut f: File) -> io::Result<Vec<u8>> {
     Ok(data)
 }
 
-/// The highest sequence number a record or the cursor can hold: numbering
-/// starts at 1 and never gets near it, so a larger number is damage (and
-/// `+ 1` on it could overflow).
-const MAX_SEQ: u64 = 1 << 62;
-
-/// The sequence number at the start of a record line (no other check).
-fn parse_seq(line: &[u8]) -> Option<u64> {
-    let tab = line.iter().position(|&b| b == b'\t')?;
-    let seq: u64 = std::str::from_utf8(&line[..tab]).ok()?.parse().ok()?;
-    (seq <= MAX_SEQ).then_some(seq)
-}
-
-/// The first line of a segment: where the previous segment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-struct Header {
-    prev_first: u64,
-    prev_last: u64,
-}
-
-/// Appends one line `KEY<TAB>CRC<TAB>JSON<LF>`.
-fn encode_line(buf: &mut Vec<u8>, key: &str, json: &[u8]) {
-    buf.extend_from_slice(key.as_bytes());
-    buf.push(b'\t');
-    let _ = write!(HexOut(buf), "{:08x}", crc32fast::hash(json));
-    buf.push(b'\t');
-    buf.extend_from_slice(json);
-    buf.push(b'\n');
-}
-
-struct HexOut<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for HexOut<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(s.as_bytes());
-        Ok(())
+/// Takes the spool's `lock` (flock): two daemons never share a spool.
+fn lock(dir: &Dir) -> io::Result<File> {
+    let lock = dir.open_file(OsStr::new("lock"), libc::O_WRONLY | libc::O_CREAT, 0o600)?;
+    match lock.try_lock() {
+        Ok(()) => Ok(lock),
+        Err(std::fs::TryLockError::WouldBlock) => Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            "the spool is locked by another running torsensor",
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
     }
 }
 
-/// One line (or the first of several joined lines) that checks.
-enum Parsed {
-    Header(Header),
-    Record {
-        seq: u64,
-        /// The JSON bytes, relative to the start of the parse.
-        json: Range<usize>,
-        entry: Entry,
-    },
-}
-
-/// Parses the record or header starting at `data[0]`. Returns it and the
-/// length it takes, including its newline; a record directly followed by
-/// another one (a lost newline) ends where its JSON ends. `None` when it
-/// does not parse or its CRC does not match.
-fn parse_at(data: &[u8]) -> Option<(Parsed, usize)> {
-    let tab = data.iter().take(21).position(|&b| b == b'\t')?;
-    let key = &data[..tab];
-    let header = key == b"#";
-    let seq = if header {
-        0
-    } else if !key.is_empty() && key.iter().all(u8::is_ascii_digit) {
-        std::str::from_utf8(key)
-            .ok()?
-            .parse()
-            .ok()
-            .filter(|&seq| seq <= MAX_SEQ)?
-    } else {
-        return None;
-    };
-    let mut j = tab + 1;
-    let mut crc = None;
-    if data.len() > j + 8
-        && data[j + 8] == b'\t'
-        && data[j..j + 8].iter().all(u8::is_ascii_hexdigit)
+/// The last acknowledged sequence number (0: none, or not one that can be).
+fn read_cursor(dir: &Dir) -> io::Result<u64> {
+    match dir
+        .open_read(OsStr::new("cursor"))
+        .and_then(io::read_to_string)
     {
-        crc = Some(u32::from_str_radix(std::str::from_utf8(&data[j..j + 8]).ok()?, 16).ok()?);
-        j += 9;
-    } else if header {
-        return None;
-    }
-    // The JSON starts right after the tab (no whitespace: it never spans lines).
-    if data.get(j) != Some(&b'{') {
-        return None;
-    }
-    let (parsed, len) = if header {
-        let mut it = serde_json::Deserializer::from_slice(&data[j..]).into_iter::<Header>();
-        let h = it.next()?.ok()?;
-        (Parsed::Header(h), it.byte_offset())
-    } else {
-        let mut it = serde_json::Deserializer::from_slice(&data[j..]).into_iter::<Entry>();
-        let entry = it.next()?.ok()?;
-        let len = it.byte_offset();
-        (
-            Parsed::Record {
-                seq,
-                json: j..j + len,
-                entry,
-            },
-            len,
-        )
-    };
-    let end = j + len;
-    if crc.is_some_and(|c| c != crc32fast::hash(&data[j..end])) {
-        return None;
-    }
-    Some((parsed, end + usize::from(data.get(end) == Some(&b'\n'))))
-}
-
-/// A good record found in a segment.
-struct Found {
-    seq: u64,
-    /// The JSON bytes in the file.
-    json: Range<usize>,
-}
-
-/// What checking one segment found.
-struct Check {
-    header: Option<Header>,
-    /// Good records, numbers repaired, strictly increasing.
-    records: Vec<Found>,
-    /// Byte ranges that do not parse (offset, length).
-    bad: Vec<(usize, usize)>,
-    /// Newline-separated pieces in `bad` after the last good record.
-    bad_tail_pieces: u64,
-    /// Records recovered from joined lines.
-    joined: u64,
-    /// Sequence numbers renumbered, and records dropped as duplicates or
-    /// out of order.
-    repaired: u64,
-    dropped: u64,
-    /// The last line has no newline (a torn write that ended on a whole
-    /// record): rewritten so the next append starts a line.
-    unterminated: bool,
-}
-
-impl Check {
-    fn damaged(&self) -> bool {
-        !self.bad.is_empty()
-            || self.joined > 0
-            || self.repaired > 0
-            || self.dropped > 0
-            || self.unterminated
+        Ok(s) => Ok(s.trim().parse().ok().filter(|&c| c <= MAX_SEQ).unwrap_or(0)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
     }
 }
 
-/// Parses a segment's bytes, and checks the sequence numbers against
-/// `first_seq` (from the file name), their neighbours and `end` (the last
-/// sequence number, from the next segment's header, when known).
-fn check_segment(data: &[u8], first_seq: u64, end: Option<u64>) -> Check {
-    let mut c = Check {
-        header: None,
-        records: Vec::new(),
-        bad: Vec::new(),
-        bad_tail_pieces: 0,
-        joined: 0,
-        repaired: 0,
-        dropped: 0,
-        unterminated: false,
-    };
-    let mut pos = 0;
-    while pos < data.len() {
-        match parse_at(&data[pos..]) {
-            Some((parsed, len)) => {
-                let joined = data[pos + len - 1] != b'\n' && pos + len < data.len();
-                c.unterminated = data[pos + len - 1] != b'\n' && pos + len == data.len();
-                match parsed {
-                    Parsed::Header(h) if pos == 0 => c.header = Some(h),
-                    Parsed::Header(_) => c.bad.push((pos, len)),
-                    Parsed::Record { seq, json, .. } => {
-                        if joined {
-                            c.joined += 1;
-                        }
-                        c.records.push(Found {
-                            seq,
-                            json: pos + json.start..pos + json.end,
-                        });
-                        c.bad_tail_pieces = 0;
-                    }
-                }
-                pos += len;
-            }
-            None => {
-                let next = data[pos..]
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(data.len(), |i| pos + i + 1);
-                match c.bad.last_mut() {
-                    Some((o, l)) if *o + *l == pos => *l += next - pos,
-                    _ => c.bad.push((pos, next - pos)),
-                }
-                c.bad_tail_pieces += 1;
-                pos = next;
-            }
+/// The segment files (first sequence number from the name, and path),
+/// oldest first.
+fn segment_files(dir: &Dir) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut names: Vec<(u64, PathBuf)> = Vec::new();
+    for ent in std::fs::read_dir(dir.path())? {
+        let ent = ent?;
+        let name = ent.file_name();
+        let name = name.to_string_lossy();
+        if let Some(first) = name
+            .strip_suffix(".seg")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&n| n <= MAX_SEQ)
+        {
+            names.push((first, ent.path()));
         }
     }
-    // Sequence numbers: consecutive from the file name's on. One that is
-    // not the expected one is judged by its neighbours.
-    let found = std::mem::take(&mut c.records);
-    let mut expected = first_seq;
-    let mut out: Vec<Found> = Vec::with_capacity(found.len());
-    let mut it = found.into_iter().peekable();
-    while let Some(mut rec) = it.next() {
-        let s = rec.seq;
-        let next = it.peek().map(|f| f.seq).or(end.map(|e| e + 1));
-        if s == expected || (s > expected && next.is_none_or(|n| n > s)) {
-            // In place, or after a gap (records missing before it).
-        } else if next.is_none_or(|n| n > expected) {
-            // Its neighbours say it is `expected`: an overwritten number.
-            rec.seq = expected;
-            c.repaired += 1;
-        } else {
-            // A duplicate or out-of-order number its neighbours do not
-            // place: dropped (the gap it leaves is counted as lost).
-            c.dropped += 1;
-            continue;
-        }
-        expected = rec.seq + 1;
-        out.push(rec);
-    }
-    c.records = out;
-    c
-}
-/// Sequence numbers in `from..to` above `cursor` (not yet delivered).
-fn undelivered(from: u64, to: u64, cursor: u64) -> u64 {
-    to.saturating_sub(from.max(cursor + 1))
+    names.sort();
+    Ok(names)
 }
 
 impl Spool {
@@ -366,39 +195,9 @@ impl Spool {
         segment_bytes: u64,
         counters: Arc<SinkCounters>,
     ) -> io::Result<Spool> {
-        let lock = dir.open_file(OsStr::new("lock"), libc::O_WRONLY | libc::O_CREAT, 0o600)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    "the spool is locked by another running torsensor",
-                ));
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e),
-        }
-        let cursor = match dir
-            .open_read(OsStr::new("cursor"))
-            .and_then(io::read_to_string)
-        {
-            Ok(s) => s.trim().parse().ok().filter(|&c| c <= MAX_SEQ).unwrap_or(0),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(e),
-        };
-        let mut names: Vec<(u64, PathBuf)> = Vec::new();
-        for ent in std::fs::read_dir(dir.path())? {
-            let ent = ent?;
-            let name = ent.file_name();
-            let name = name.to_string_lossy();
-            if let Some(first) = name
-                .strip_suffix(".seg")
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|&n| n <= MAX_SEQ)
-            {
-                names.push((first, ent.path()));
-            }
-        }
-        names.sort();
+        let lock = lock(&dir)?;
+        let cursor = read_cursor(&dir)?;
+        let names = segment_files(&dir)?;
         let mut spool = Spool {
             dir,
             _lock: lock,
@@ -414,47 +213,8 @@ impl Spool {
             next_seq: cursor + 1,
             counters,
         };
-        // Newest first: each segment's header says where the one before it
-        // ended.
-        let count = names.len();
-        let mut end_of_prev: Option<Header> = None;
-        let mut indexed = Vec::with_capacity(count);
-        for (i, (first_seq, path)) in names.into_iter().enumerate().rev() {
-            let data = read_all(spool.dir.open_read(name_of(&path))?)?;
-            let end = end_of_prev
-                .filter(|h| h.prev_first == first_seq)
-                .map(|h| h.prev_last);
-            let check = check_segment(&data, first_seq, end);
-            end_of_prev = check.header;
-            let (records, bytes) = spool.settle(&path, first_seq, end, &data, check)?;
-            indexed.push((i, first_seq, path, records, bytes));
-        }
-        for (i, first_seq, path, records, bytes) in indexed.into_iter().rev() {
-            let events = records.len() as u64;
-            let acked = records.iter().filter(|r| r.0 <= cursor).count() as u64;
-            let acked_bytes = records
-                .iter()
-                .rev()
-                .find(|r| r.0 <= cursor)
-                .map_or(0, |r| r.1);
-            if events == 0 || (acked == events && i + 1 < count) {
-                spool.dir.remove(name_of(&path))?;
-                continue;
-            }
-            let last_seq = records.last().map_or(first_seq, |r| r.0);
-            spool.next_seq = spool.next_seq.max(last_seq.saturating_add(1));
-            if spool.segments.is_empty() {
-                spool.head_offset = acked_bytes;
-                spool.head_acked = acked;
-            }
-            spool.segments.push_back(Segment {
-                first_seq,
-                last_seq,
-                path,
-                bytes,
-                events,
-            });
-        }
+        let checked = spool.check_all(names)?;
+        spool.index(checked)?;
         if spool.live_events() == 0 {
             // Everything was acknowledged: start clean.
             spool.clear()?;
@@ -463,110 +223,38 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Counts, logs and repairs what checking a segment found; returns its
-    /// records (sequence number, end offset of the line) and file size.
-    fn settle(
-        &self,
-        path: &Path,
-        first_seq: u64,
-        end: Option<u64>,
-        data: &[u8],
-        check: Check,
-    ) -> io::Result<(Vec<(u64, u64)>, u64)> {
+    /// Indexes the checked segments (oldest first), removing those that
+    /// hold nothing to deliver.
+    fn index(&mut self, checked: Vec<Checked>) -> io::Result<()> {
         let cursor = self.cursor;
-        // Lost: every sequence number of this segment (consecutive from the
-        // file name's to `end`) without a good record, unless delivered.
-        let mut lost = 0;
-        let mut expected = first_seq;
-        for r in &check.records {
-            lost += undelivered(expected, r.seq, cursor);
-            expected = r.seq + 1;
-        }
-        let missing_end = match end {
-            Some(e) if e + 1 > expected => undelivered(expected, e + 1, cursor),
-            Some(_) => 0,
-            // The newest segment: each unreadable piece after the last good
-            // record was (at least) one record.
-            None => undelivered(expected, expected + check.bad_tail_pieces, cursor),
-        };
-        lost += missing_end;
-        if !check.damaged() && lost == 0 {
-            // Intact (in either format): indexed as it is.
-            let mut pos = match check.header {
-                Some(_) => data.iter().position(|&b| b == b'\n').map_or(0, |p| p + 1),
-                None => 0,
-            };
-            let records = check
-                .records
+        for c in checked {
+            let records = c.records;
+            let events = records.len() as u64;
+            let acked = records.iter().filter(|r| r.0 <= cursor).count() as u64;
+            let acked_bytes = records
                 .iter()
-                .map(|r| {
-                    pos = r.json.end + 1;
-                    (r.seq, pos as u64)
-                })
-                .collect();
-            return Ok((records, data.len() as u64));
+                .rev()
+                .find(|r| r.0 <= cursor)
+                .map_or(0, |r| r.1);
+            if events == 0 || (acked == events && !c.newest) {
+                self.dir.remove(name_of(&c.path))?;
+                continue;
+            }
+            let last_seq = records.last().map_or(c.first_seq, |r| r.0);
+            self.next_seq = self.next_seq.max(last_seq.saturating_add(1));
+            if self.segments.is_empty() {
+                self.head_offset = acked_bytes;
+                self.head_acked = acked;
+            }
+            self.segments.push_back(Segment {
+                first_seq: c.first_seq,
+                last_seq,
+                path: c.path,
+                bytes: c.bytes,
+                events,
+            });
         }
-        // Rewritten with only the good records, in the current format.
-        let mut out = Vec::with_capacity(data.len());
-        if let Some(h) = check.header {
-            encode_line(
-                &mut out,
-                "#",
-                &serde_json::to_vec(&h).map_err(io::Error::other)?,
-            );
-        }
-        let mut records = Vec::with_capacity(check.records.len());
-        for r in &check.records {
-            encode_line(&mut out, &r.seq.to_string(), &data[r.json.clone()]);
-            records.push((r.seq, out.len() as u64));
-        }
-        let name = name_of(path).to_string_lossy().into_owned();
-        if records.is_empty() {
-            self.dir.remove(name_of(path))?;
-        } else {
-            self.dir
-                .write_atomic(&name, &out, 0o600, true)
-                .map_err(io::Error::other)?;
-        }
-        let mut offsets = String::new();
-        for (o, l) in check.bad.iter().take(8) {
-            let _ = write!(
-                offsets,
-                "{}{o} ({l} bytes unreadable)",
-                if offsets.is_empty() { "" } else { ", " }
-            );
-        }
-        if check.bad.len() > 8 {
-            let _ = write!(offsets, " and {} more", check.bad.len() - 8);
-        }
-        if missing_end > 0 && end.is_some() {
-            let _ = write!(
-                offsets,
-                "{}{} (end of file: records missing)",
-                if offsets.is_empty() { "" } else { ", " },
-                data.len()
-            );
-        }
-        if offsets.is_empty() {
-            offsets.push_str("none unreadable");
-        }
-        self.counters
-            .dropped_spool
-            .fetch_add(lost, Ordering::Relaxed);
-        tracing::warn!(
-            sink = %self.counters.name,
-            file = %path.display(),
-            lost,
-            repaired = check.repaired,
-            joined = check.joined,
-            kept = records.len(),
-            "spool segment {name} is damaged: {lost} alerts lost (counted in dropped_spool), at offsets {offsets}; {} sequence numbers repaired, {} duplicate or out-of-order records dropped, {} records split from joined lines; rewritten with the {} good records",
-            check.repaired,
-            check.dropped,
-            check.joined,
-            records.len()
-        );
-        Ok((records, out.len() as u64))
+        Ok(())
     }
 
     pub(crate) fn next_seq(&mut self) -> u64 {
@@ -868,67 +556,9 @@ impl Spool {
     }
 }
 
-/// What [`replay_for_fuzzing`] did.
-#[cfg(feature = "fuzzing")]
-#[derive(Debug)]
-pub struct Replay {
-    /// Sequence numbers read, in order.
-    pub read: Vec<u64>,
-    /// Whether reading stopped because nothing was left (not at the limit).
-    pub drained: bool,
-    /// Sequence number of the alert spooled at the end.
-    pub appended: u64,
-    /// The last acknowledged sequence number at the end.
-    pub cursor: u64,
-}
-
-/// The `spool` fuzz target's way in (feature `fuzzing`): opens the spool
-/// directory `dir` as a remote sink does at start-up (indexing whatever
-/// segments and cursor it holds, cutting torn tails), delivers it as the
-/// sink does (a batch of at most `batch_events`, then an acknowledgement of
-/// its last record, at most `max_batches` times), and spools one new alert.
-#[cfg(feature = "fuzzing")]
-pub fn replay_for_fuzzing(
-    dir: &Path,
-    batch_events: usize,
-    max_batches: usize,
-) -> io::Result<Replay> {
-    let dir = Dir::open(dir, crate::statedir::SPOOL_DIR_MODE).map_err(io::Error::other)?;
-    let mut spool = Spool::open_in(dir, 1 << 20, 1 << 16, Arc::new(SinkCounters::default()))?;
-    let mut read = Vec::new();
-    let mut drained = false;
-    for _ in 0..max_batches {
-        let batch = spool.read_batch(batch_events.max(1), 1 << 16)?;
-        let Some(&(last, _)) = batch.last() else {
-            drained = true;
-            break;
-        };
-        read.extend(batch.iter().map(|(seq, _)| *seq));
-        spool.protect(Some(last));
-        spool.ack_through(last)?;
-        spool.protect(None);
-    }
-    let appended = spool.next_seq();
-    let entry = Entry {
-        id: "fuzz".into(),
-        time_ns: 0,
-        severity: 0,
-        rule_id: "fuzz".into(),
-        host: "fuzz".into(),
-        body: "{}".into(),
-    };
-    spool.append(&[(appended, Arc::new(entry))])?;
-    spool.sync()?;
-    Ok(Replay {
-        read,
-        drained,
-        appended,
-        cursor: spool.cursor,
-    })
-}
-
 #[cfg(test)]
 mod tests {
+    use super::repair::{Check, check_segment};
     use super::*;
 
     fn entry(n: u64) -> Arc<Entry> {
