@@ -11,21 +11,23 @@ use crate::kernel::{HookPlan, KernelCounters};
 /// Logs a health event for every kind of kernel-side loss that grew since
 /// `last`.
 pub(super) fn report_losses(now: &KernelCounters, last: &KernelCounters) {
-    let ring = now.ringbuf_full - last.ringbuf_full;
-    if ring > 0 {
-        tracing::warn!(
-            lost = ring,
-            total_lost = now.ringbuf_full,
-            "health: {ring} events lost because the kernel ring buffer was full; raise --ring-buffer-bytes"
-        );
-    }
-    let pending = now.pending_full - last.pending_full;
-    if pending > 0 {
-        tracing::warn!(
-            lost = pending,
-            total_lost = now.pending_full,
-            "health: {pending} hits lost because the pending-connection map was full"
-        );
+    let kinds = [
+        (
+            now.ringbuf_full,
+            last.ringbuf_full,
+            "events lost because the kernel ring buffer was full; raise --ring-buffer-bytes",
+        ),
+        (
+            now.pending_full,
+            last.pending_full,
+            "hits lost because the pending-connection map was full",
+        ),
+    ];
+    for (total, before, what) in kinds {
+        let lost = total.saturating_sub(before);
+        if lost > 0 {
+            tracing::warn!(lost, total_lost = total, "health: {lost} {what}");
+        }
     }
 }
 

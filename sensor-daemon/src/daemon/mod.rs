@@ -51,7 +51,7 @@ use endpoint::Endpoint;
 use privileges::PrivilegeError;
 use selftest::{Prober, SelftestResult};
 pub use status::{StatusFile, check_state_dir, load_offline};
-use telemetry::{AlertCount, OutputHealth, Snapshot, Telemetry};
+use telemetry::{AlertCount, Snapshot, Telemetry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SensorError {
@@ -351,13 +351,7 @@ impl Daemon {
             summarized_connections: stats.summarized_connections,
             decode_errors: stats.decode_errors,
             feeds: telemetry::feed_health(&self.manager, feeds, SystemTime::now()),
-            outputs: self
-                .delivery
-                .sinks
-                .stats()
-                .iter()
-                .map(OutputHealth::from)
-                .collect(),
+            outputs: self.delivery.sinks.stats(),
             selftest_required: self.cfg.selftest,
             selftest: self.last_selftest.clone(),
             loop_age_seconds: 0.0,

@@ -53,7 +53,7 @@ pub struct Snapshot {
     /// Ring-buffer records that could not be decoded.
     pub decode_errors: u64,
     pub feeds: Vec<FeedHealth>,
-    pub outputs: Vec<OutputHealth>,
+    pub outputs: Vec<SinkStats>,
     /// `--selftest`: not ready until a self-test passed.
     pub selftest_required: bool,
     /// The last self-test of this run.
@@ -84,40 +84,6 @@ pub struct FeedHealth {
     pub last_failure_unix: Option<f64>,
     pub last_error: Option<String>,
     pub failures_by_reason: BTreeMap<String, u64>,
-}
-
-/// One output's counters (see [`SinkStats`]).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct OutputHealth {
-    pub name: String,
-    pub kind: String,
-    pub schema: String,
-    pub delivered: u64,
-    pub failed: u64,
-    pub dropped_queue: u64,
-    pub dropped_spool: u64,
-    pub dropped_undeliverable: u64,
-    pub queued: u64,
-    pub spooled_events: u64,
-    pub spooled_bytes: u64,
-}
-
-impl From<&SinkStats> for OutputHealth {
-    fn from(s: &SinkStats) -> Self {
-        OutputHealth {
-            name: s.name.clone(),
-            kind: s.kind.to_owned(),
-            schema: s.format.to_string(),
-            delivered: s.delivered,
-            failed: s.failed,
-            dropped_queue: s.dropped_queue,
-            dropped_spool: s.dropped_spool,
-            dropped_undeliverable: s.dropped_undeliverable,
-            queued: s.queued,
-            spooled_events: s.spooled_events,
-            spooled_bytes: s.spooled_bytes,
-        }
-    }
 }
 
 fn unix(t: SystemTime) -> f64 {
@@ -538,7 +504,7 @@ fn encode_feeds(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
 
 fn encode_outputs(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
     use MetricType::{Counter, Gauge};
-    let per = |value: &dyn Fn(&OutputHealth) -> u64| -> Vec<(Labels, f64)> {
+    let per = |value: &dyn Fn(&SinkStats) -> u64| -> Vec<(Labels, f64)> {
         s.outputs
             .iter()
             .map(|o| (vec![("output", o.name.clone())], value(o) as f64))
@@ -611,7 +577,7 @@ mod tests {
                 failures_by_reason: BTreeMap::from([("timeout".to_owned(), 2)]),
                 ..Default::default()
             }],
-            outputs: vec![OutputHealth {
+            outputs: vec![SinkStats {
                 name: "siem".into(),
                 dropped_queue: 5,
                 ..Default::default()
@@ -657,7 +623,7 @@ mod tests {
         };
         assert_eq!(s.verdict(), (Level::Ok, vec![]));
         s.kernel.ringbuf_full = 3;
-        s.outputs.push(OutputHealth {
+        s.outputs.push(SinkStats {
             name: "siem".into(),
             spooled_events: 9,
             ..Default::default()

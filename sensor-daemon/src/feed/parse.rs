@@ -491,6 +491,37 @@ fn parse_or_address(text: &str) -> Option<SocketAddr> {
     (sa.port() != 0).then(|| SocketAddr::new(canonical_ip(sa.ip()), sa.port()))
 }
 
+/// Adds relay `index`'s (`relays[i]`) OR addresses to the OR-port map and
+/// returns the IPs kept.
+fn add_or_addresses(
+    feed: &mut ParsedFeed,
+    i: usize,
+    index: u32,
+    addresses: &[String],
+    allow_reserved: bool,
+) -> Vec<IpAddr> {
+    let mut kept = Vec::new();
+    for (j, addr) in addresses.iter().enumerate() {
+        let Some(sa) = parse_or_address(addr) else {
+            feed.report.bad(
+                Location::Json(format!("relays[{i}].or_addresses[{j}]")),
+                addr,
+                "not IP:PORT or [IPv6]:PORT",
+            );
+            continue;
+        };
+        if keep(IpNet::from(sa.ip()), allow_reserved, &mut feed.report).is_none() {
+            continue;
+        }
+        let relays = feed.or_ports.entry(sa).or_default();
+        if !relays.contains(&index) {
+            relays.push(index);
+        }
+        kept.push(sa.ip());
+    }
+    kept
+}
+
 fn parse_onionoo(text: &str, allow_reserved: bool) -> Result<ParsedFeed, ParseError> {
     let doc: OnionooDoc = serde_json::from_str(text).map_err(|e| ParseError::Json {
         line: e.line(),
@@ -520,25 +551,7 @@ fn parse_onionoo(text: &str, allow_reserved: bool) -> Result<ParsedFeed, ParseEr
         let last_seen = relay.last_seen.as_deref().and_then(parse_time);
         let index = feed.relays.len() as u32;
         let is_exit = relay.flags.iter().any(|f| f == "Exit");
-        let mut or_ips = Vec::new();
-        for (j, addr) in relay.or_addresses.iter().enumerate() {
-            let Some(sa) = parse_or_address(addr) else {
-                feed.report.bad(
-                    Location::Json(format!("relays[{i}].or_addresses[{j}]")),
-                    addr,
-                    "not IP:PORT or [IPv6]:PORT",
-                );
-                continue;
-            };
-            if keep(IpNet::from(sa.ip()), allow_reserved, &mut feed.report).is_none() {
-                continue;
-            }
-            let relays = feed.or_ports.entry(sa).or_default();
-            if !relays.contains(&index) {
-                relays.push(index);
-            }
-            or_ips.push(sa.ip());
-        }
+        let or_ips = add_or_addresses(&mut feed, i, index, &relay.or_addresses, allow_reserved);
         match &relay.exit_addresses {
             Some(exits) => {
                 for (j, addr) in exits.iter().enumerate() {

@@ -11,17 +11,19 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::alert::Schema;
 
-/// Counters of one sink, as reported to the metrics endpoint.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// Counters of one sink, as reported to the metrics endpoint and written
+/// to `status.json` (read back by `torsensor status` without the daemon).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkStats {
     pub name: String,
     /// `stdout`, `file`, `syslog-udp`, `syslog-tcp`, `syslog-unix`, `http`, `hec`, `bulk`.
-    pub kind: &'static str,
-    pub format: Schema,
+    pub kind: String,
+    /// The alert schema this output renders.
+    pub schema: Schema,
     /// Alerts the receiver acknowledged (local: written and flushed).
     pub delivered: u64,
     /// Failed delivery attempts (each retry counts).
@@ -108,8 +110,8 @@ pub(super) fn snapshot(
 ) -> SinkStats {
     SinkStats {
         name: name.to_owned(),
-        kind,
-        format,
+        kind: kind.to_owned(),
+        schema: format,
         delivered: c.delivered.load(Ordering::Relaxed),
         failed: c.failed.load(Ordering::Relaxed),
         dropped_queue: c.dropped_queue.load(Ordering::Relaxed),
