@@ -310,7 +310,7 @@ fn the_systemd_unit_verifies() {
     ))
     .unwrap();
     // Point ExecStart at the binary under test so that verify can resolve it.
-    let unit = unit.replace("/usr/local/bin/torsensor", BIN);
+    let unit = unit.replace("/usr/bin/torsensor", BIN);
     let dir = temp_path("unit");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("torsensor.service");
