@@ -1,5 +1,6 @@
 //! Outputs end to end, with the real sensor and real connections: one alert
-//! in three formats to three files, and a SIEM (Splunk HEC) that is down
+//! in three formats to three files, SIGUSR2 reopening a rotated alert file
+//! without a feed refresh, and a SIEM (Splunk HEC) that is down
 //! while alerts are produced, across a sensor restart: every alert arrives
 //! once, in order, when it comes back.
 
@@ -90,6 +91,65 @@ fn one_alert_in_ecs_ocsf_and_falco_to_three_files() {
     assert_eq!(f["output_fields"]["fd.rport"], json!(to.port()));
     assert_eq!(f["output_fields"]["fd.lport"], json!(port));
     assert!(f["time"].as_str().is_some_and(|t| t.ends_with('Z')));
+}
+
+#[test]
+fn sigusr2_reopens_a_rotated_alert_file_and_refreshes_nothing() {
+    if !kernel_tests_allowed("sigusr2") {
+        return;
+    }
+    let _serial = serial();
+    let file = temp_path("alerts.rotate.jsonl");
+    let rotated = temp_path("alerts.rotate.jsonl.1");
+    for p in [&file, &rotated] {
+        let _ = std::fs::remove_file(p);
+    }
+    let output = format!("file:{}", file.display());
+    let outputs = [
+        "--output",
+        "stdout",
+        "--output",
+        &output,
+        "--aggregation-window",
+        "0s",
+    ];
+    let sensor = Sensor::start("sigusr2", "127.66.61.1\n", &outputs);
+    let server = listen(addr("127.66.61.1:0"), false);
+    let to = server.local_addr().unwrap();
+    let connect = |n: usize| {
+        let client = TcpStream::connect(to).unwrap();
+        let _a = server.accept().unwrap();
+        let port = client.local_addr().unwrap().port();
+        sensor.expect_alert(&format!("alert {n}"), |a| {
+            get(a, "source.port") == &json!(port)
+        });
+        port
+    };
+    let first = connect(1);
+    // logrotate: the file is renamed, then the sensor is told.
+    std::fs::rename(&file, &rotated).unwrap();
+    sensor.signal(libc::SIGUSR2);
+    sensor.wait_log(
+        "SIGUSR2: reopening the output files",
+        1,
+        Duration::from_secs(5),
+    );
+    let second = connect(2);
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+    let old: Vec<_> = lines(&rotated)
+        .iter()
+        .map(|a| get(a, "source.port").clone())
+        .collect();
+    let new: Vec<_> = lines(&file)
+        .iter()
+        .map(|a| get(a, "source.port").clone())
+        .collect();
+    assert_eq!(old, [json!(first)], "the rotated file");
+    assert_eq!(new, [json!(second)], "the reopened file");
+    // Only the file: no reload, no feed refresh.
+    assert!(!stderr.contains("SIGHUP"), "{stderr}");
+    assert!(!stderr.contains("refresh"), "{stderr}");
 }
 
 #[test]

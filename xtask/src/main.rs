@@ -2,8 +2,10 @@
 
 mod bench;
 mod container;
+mod deb;
 mod fuzz;
 mod k8s;
+mod systemd;
 mod vm;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +26,9 @@ const LLVM: &str = "/usr/lib/llvm-22";
 /// python3-venv (kubernetes-validate's venv) for `k8s-validate`; podman and
 /// runc (the OCI runtime that copes with this host's hybrid cgroups), curl
 /// (the host-side probe) and ca-certificates (the image's CA bundle) for
-/// `container-build` and `container-test`.
+/// `container-build` and `container-test`; dpkg-dev (dpkg-shlibdeps) for
+/// `deb`; debootstrap and systemd-container (systemd-nspawn) for
+/// `systemd-test`.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -42,6 +46,9 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "curl",
     "ca-certificates",
+    "dpkg-dev",
+    "debootstrap",
+    "systemd-container",
 ];
 
 #[derive(Parser)]
@@ -69,6 +76,14 @@ enum Task {
     /// Setup, then the real-kernel tests inside qemu VMs booting Debian's own
     /// kernels (6.1, 6.1 cloud, 6.12 backport), and a table of the results.
     VmTest(vm::VmArgs),
+    /// Setup, build, and the Debian package target/deb/torsensor_*.deb
+    /// (binary, systemd unit, configuration, rules, copyright); lintian's
+    /// verdict if it is installed.
+    Deb,
+    /// Setup, package, then the package under a real systemd: a cached
+    /// debootstrap tree booted with systemd-nspawn, `apt install` of the
+    /// .deb, and start/reload/watchdog/stop/sandbox checks.
+    SystemdTest,
     /// Setup, then the performance benchmarks (ratios against a baseline
     /// measured in the same run).
     Bench(bench::BenchArgs),
@@ -120,6 +135,14 @@ fn main() -> anyhow::Result<()> {
         Task::VmTest(args) => {
             setup()?;
             vm::run_matrix(&root, &args)
+        }
+        Task::Deb => {
+            setup()?;
+            deb::build(&root).map(|_| ())
+        }
+        Task::SystemdTest => {
+            setup()?;
+            systemd::run(&root)
         }
         Task::Storm { connections } => {
             println!("{:.0} conn/s", bench::storm(connections)?);
@@ -322,10 +345,12 @@ fn test(root: &Path, toolchain: &str) -> anyhow::Result<()> {
         );
     }
     run(Command::new("cargo").args(["test", "--workspace", "--exclude", "sensor-ebpf"]))?;
-    // Deployment: the Kubernetes manifests against the API schemas, and the
-    // container image run with the DaemonSet's security settings.
+    // Deployment: the Kubernetes manifests against the API schemas, the
+    // container image run with the DaemonSet's security settings, and the
+    // Debian package installed and run under a real systemd.
     k8s::validate(root)?;
     container::test(root)?;
+    systemd::run(root)?;
     // The same kernel tests on the kernels production fleets run.
     vm::run_matrix(root, &vm::VmArgs::default())
 }

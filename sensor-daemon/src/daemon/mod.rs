@@ -8,12 +8,14 @@
 //! ring buffer to outputs ([`delivery`]), switching feed sets in one place
 //! for refresh and SIGHUP ([`switch`]), health events ([`health`]), the
 //! status file ([`status`]), the metrics and health endpoint
-//! ([`telemetry`], [`endpoint`]) and the self-test ([`selftest`]). Everything below it is a library this module
-//! drives; nothing imports from here except the binary (`main.rs`).
+//! ([`telemetry`], [`endpoint`]), the self-test ([`selftest`]) and the
+//! conversation with systemd ([`notify`]). Everything below it is a
+//! library this module drives; nothing imports from here except the binary (`main.rs`).
 
 mod delivery;
 pub mod endpoint;
 mod health;
+pub mod notify;
 pub mod privileges;
 pub mod selftest;
 pub mod status;
@@ -48,6 +50,7 @@ use crate::statedir::StateDirError;
 pub use delivery::RunStats;
 use delivery::{DRAIN_CHUNK, Delivery};
 use endpoint::Endpoint;
+use notify::Notify;
 use privileges::PrivilegeError;
 use selftest::{Prober, SelftestResult};
 pub use status::{StatusFile, check_state_dir, load_offline};
@@ -114,7 +117,12 @@ struct Signals {
     int: Signal,
     term: Signal,
     hup: Signal,
+    /// A self-test now.
     usr1: Signal,
+    /// Reopen the `file:` outputs only (logrotate), without the feed
+    /// refresh a SIGHUP brings: a fleet rotating at midnight must not
+    /// fetch every feed at once.
+    usr2: Signal,
 }
 
 impl Signals {
@@ -125,6 +133,8 @@ impl Signals {
             hup: signal(SignalKind::hangup()).map_err(io_err("installing SIGHUP handler"))?,
             usr1: signal(SignalKind::user_defined1())
                 .map_err(io_err("installing SIGUSR1 handler"))?,
+            usr2: signal(SignalKind::user_defined2())
+                .map_err(io_err("installing SIGUSR2 handler"))?,
         })
     }
 }
@@ -156,6 +166,8 @@ struct Daemon {
     prober: Result<Prober, String>,
     /// The last self-test's outcome.
     last_selftest: Option<SelftestResult>,
+    /// Messages to systemd (no-ops without `NOTIFY_SOCKET`).
+    notify: Notify,
 }
 
 /// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
@@ -175,6 +187,14 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     let mut selftest_tick = tokio::time::interval(Duration::from_millis(100));
     if daemon.cfg.selftest {
         daemon.start_selftest(polled.ring.get_mut()).await;
+        // It could not even start (no prober thread, canary refused).
+        if let Some(failed) = daemon.last_selftest.as_ref().filter(|t| !t.passed) {
+            let detail = failed.detail.clone();
+            daemon.shutdown(polled.ring.get_mut()).await?;
+            return Err(SensorError::Selftest(detail));
+        }
+    } else {
+        daemon.notify.ready(daemon.status_line());
     }
     let ring = &mut polled.ring;
     let log = &mut polled.kernel_log;
@@ -204,17 +224,31 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
             }
             _ = health.tick() => daemon.on_health(),
             _ = publish.tick() => daemon.publish(),
+            _ = daemon.notify.tick() => {
+                let status = daemon.status_line();
+                daemon.notify.alive(status);
+            }
             _ = selftest_tick.tick(), if daemon.delivery.selftest.is_some() => {
-                if let Some(false) = daemon.poll_selftest(ring.get_mut()).await
-                    && daemon.cfg.selftest
-                    && daemon.last_selftest.as_ref().is_some_and(|t| t.seq == 1)
-                {
-                    let detail = daemon.last_selftest.as_ref().map(|t| t.detail.clone());
-                    daemon.shutdown(ring.get_mut()).await?;
-                    return Err(SensorError::Selftest(detail.unwrap_or_default()));
+                let passed = daemon.poll_selftest(ring.get_mut()).await;
+                let first = daemon.last_selftest.as_ref().is_some_and(|t| t.seq == 1);
+                match passed {
+                    // --selftest: ready for systemd only once it passed.
+                    Some(true) if first && daemon.cfg.selftest => {
+                        daemon.notify.ready(daemon.status_line());
+                    }
+                    Some(false) if first && daemon.cfg.selftest => {
+                        let detail = daemon.last_selftest.as_ref().map(|t| t.detail.clone());
+                        daemon.shutdown(ring.get_mut()).await?;
+                        return Err(SensorError::Selftest(detail.unwrap_or_default()));
+                    }
+                    _ => {}
                 }
             }
             _ = signals.usr1.recv() => daemon.start_selftest(ring.get_mut()).await,
+            _ = signals.usr2.recv() => {
+                tracing::info!("SIGUSR2: reopening the output files");
+                daemon.delivery.sinks.reopen_files();
+            }
             _ = signals.hup.recv() => {
                 daemon.on_sighup(ring.get_mut()).await;
                 refresher.restart(&daemon.manager, true);
@@ -273,6 +307,7 @@ impl Daemon {
             endpoint,
             prober,
             last_selftest: None,
+            notify: Notify::from_env(),
             state_dir: cfg.state_dir.clone(),
             cfg,
             reload,
@@ -305,6 +340,16 @@ impl Daemon {
             "torsensor armed: watching TCP connect and accept"
         );
         Ok((daemon, polled))
+    }
+
+    /// The one-line `STATUS=` for systemd.
+    fn status_line(&self) -> String {
+        let feeds = self.delivery.pipeline.feeds();
+        notify::status_line(
+            self.probes.plan(),
+            feeds,
+            self.delivery.stats.alerts_written,
+        )
     }
 
     fn write_status(&self) {
@@ -445,6 +490,8 @@ impl Daemon {
         tracing::debug!("feed {name}: next fetch in {next:?}");
         let _ = reply.send(Verdict { next, accepted });
         self.write_status();
+        let status = self.status_line();
+        self.notify.status(status);
     }
 
     /// SIGHUP: the new configuration's feeds (and state directory) in full
@@ -452,12 +499,15 @@ impl Daemon {
     /// files are reopened (logrotate). The caller refreshes every feed.
     async fn on_sighup(&mut self, ring: &mut RingBuf<MapData>) {
         tracing::info!("SIGHUP: reloading the configuration and refreshing every feed now");
+        self.notify.reloading();
         match (self.reload)() {
             Ok(new_cfg) => self.apply_reload(new_cfg, ring).await,
             Err(e) => tracing::error!("SIGHUP: keeping the running configuration: {e}"),
         }
         self.delivery.sinks.reopen_files();
         self.write_status();
+        let status = self.status_line();
+        self.notify.ready(status);
     }
 
     async fn apply_reload(&mut self, new_cfg: Config, ring: &mut RingBuf<MapData>) {
@@ -507,6 +557,7 @@ impl Daemon {
     /// windows; then the outputs deliver or spool within the deadline.
     async fn shutdown(mut self, ring: &mut RingBuf<MapData>) -> Result<RunStats, SensorError> {
         tracing::info!("stopping: detaching probes and draining");
+        self.notify.stopping();
         if let Some((_, task)) = self.endpoint.take() {
             task.abort();
         }

@@ -341,7 +341,7 @@ impl Sinks {
         }
     }
 
-    /// Reopens every `file:` output (SIGHUP after logrotate).
+    /// Reopens every `file:` output (SIGUSR2 from logrotate, and SIGHUP).
     pub fn reopen_files(&self) {
         for s in self.sinks.iter().filter(|s| s.kind == "file") {
             if s.tx.try_send(Msg::Reopen).is_err() {
