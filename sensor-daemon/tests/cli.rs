@@ -581,3 +581,61 @@ fn replay_prints_the_alerts_of_a_recording() {
     let out = run("yaml");
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A consensus file as a feed: refused unless its signatures verify or the
+/// configuration says not to check them; then `check` names the relay, its
+/// flags and the consensus's valid-after.
+#[test]
+fn a_consensus_feed_is_checked_for_signatures_then_shows_relay_flags() {
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/data/consensus/live-truncated");
+    let config = temp_path("consensus.toml");
+    let state = temp_path("consensus-state");
+    let write = |extra: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "state_dir = {state:?}\n[[feed]]\nname = \"consensus\"\nlocation = \"{data}/consensus\"\n{extra}"
+            ),
+        )
+        .unwrap();
+    };
+    let check = |target: &str| torsensor(&["check", "--config", config.to_str().unwrap(), target]);
+    // A local consensus with no certificates to check it against.
+    write("");
+    let out = check("152.53.144.50:8443");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("consensus refused: no authority certificates (authority_certs is not set"),
+        "{stderr}"
+    );
+    // The real authorities' certificates, but the document was cut down
+    // from the real one, so no signature verifies.
+    write(&format!("authority_certs = \"{data}/authcert-all\"\n"));
+    let out = check("152.53.144.50:8443");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("consensus refused: signed by 0 of 9 trusted authorities, 5 needed"),
+        "{stderr}"
+    );
+    // Unchecked, as configured: the relay with its consensus flags.
+    write("signatures = \"off\"\n");
+    let out = check("152.53.144.50:8443");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "152.53.144.50:8443\tlisted\n  relay feed=consensus version=2026-07-27T10:00:00Z prefix=152.53.144.50/32 orport=8443 relays=000004ACBB9D29BCBA17256BB35928DDBFC8ABA9(lisdex)[Fast Guard Running Stable V2Dir Valid]\n"
+    );
+    // A bad fingerprint in `authorities` names the field.
+    write("authorities = [\"F533\"]\n");
+    let out = check("152.53.144.50:8443");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains(
+            "feed \"consensus\": authorities \"F533\" is not a 40-hex-digit v3 identity fingerprint"
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -93,3 +93,17 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 /// (`token_file`, `ca_file`) are pointed here before validation, so that the
 /// fuzzer never makes the target read a device or a FIFO.
 pub const NO_FILE: &str = "/nonexistent/torsensor-fuzz";
+
+/// Authority key certificates: every accepted certificate has a 40-digit
+/// identity and signing-key digest; refused ones say why.
+pub fn certs(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let certs = sensor_daemon::feed::verify::parse_certs(text, std::time::SystemTime::UNIX_EPOCH);
+    for cert in &certs.certs {
+        assert_eq!(cert.identity.len(), 40);
+        assert_eq!(cert.signing_key_digest.len(), 40);
+    }
+    assert!(certs.refused.iter().all(|r| r.starts_with("certificate ")));
+}

@@ -307,6 +307,13 @@ fn tor_details(matches: &[FeedMatch<'_>]) -> TorDetails {
         .collect();
     relays.sort();
     relays.dedup();
+    let mut flags: Vec<String> = matches
+        .iter()
+        .flat_map(|m| m.relays.iter())
+        .flat_map(|r| r.flags.iter().cloned())
+        .collect();
+    flags.sort();
+    flags.dedup();
     let relay_count = relays.len();
     relays.truncate(MAX_RELAYS_LISTED);
     TorDetails {
@@ -322,6 +329,7 @@ fn tor_details(matches: &[FeedMatch<'_>]) -> TorDetails {
             .filter_map(|m| m.exit_last_seen)
             .max()
             .map(TimestampSecs),
+        flags,
         relay_count,
         relays,
     }

@@ -454,6 +454,11 @@ pub struct TorDetails {
     pub or_port: Option<u16>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_last_seen: Option<TimestampSecs>,
+    /// Flags of the relays behind the address (`Exit`, `Guard`, `BadExit`,
+    /// `Running`, `Valid`, ...), as a consensus or Onionoo gave them: the
+    /// union, sorted. Empty (left out) when the feeds carry none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
     /// All relays behind the address; at most 16 are listed.
     pub relay_count: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

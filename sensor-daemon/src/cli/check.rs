@@ -101,9 +101,15 @@ fn relays_text(m: &FeedMatch<'_>) -> String {
         .relays
         .iter()
         .take(8)
-        .map(|r| match &r.nickname {
-            Some(n) => format!("{}({n})", r.fingerprint),
-            None => r.fingerprint.clone(),
+        .map(|r| {
+            let mut text = match &r.nickname {
+                Some(n) => format!("{}({n})", r.fingerprint),
+                None => r.fingerprint.clone(),
+            };
+            if !r.flags.is_empty() {
+                text.push_str(&format!("[{}]", r.flags.join(" ")));
+            }
+            text
         })
         .collect();
     let more = m.relays.len().saturating_sub(shown.len());
@@ -150,6 +156,7 @@ fn match_json(m: &FeedMatch<'_>) -> serde_json::Value {
         "relays": m.relays.iter().map(|r| serde_json::json!({
             "fingerprint": r.fingerprint,
             "nickname": r.nickname,
+            "flags": r.flags,
         })).collect::<Vec<_>>(),
         "confidence": if m.role == Role::Relay { "high" } else { "medium" },
     })

@@ -57,6 +57,9 @@ pub(super) fn log_loaded(manager: &FeedManager, set: &FeedSet) {
                 .unwrap_or_else(|| "none".into()),
             feed.counts()
         );
+        if let Some(consensus) = &feed.data.consensus {
+            tracing::info!("feed {}: {consensus}", feed.name);
+        }
     }
     for state in manager.states.iter().filter(|s| s.current.is_none()) {
         tracing::warn!(

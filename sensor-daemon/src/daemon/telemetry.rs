@@ -115,7 +115,7 @@ pub fn feed_health(manager: &FeedManager, set: &FeedSet, now: SystemTime) -> Vec
             name: state.config.name.clone(),
             origin: feed.map(|f| f.origin.to_string()),
             loaded: feed.is_some(),
-            stale: age.is_some_and(|a| a > state.config.stale_after),
+            stale: feed.is_some_and(|f| f.is_stale(now, state.config.stale_after)),
             counts: feed.map(|f| f.counts()).unwrap_or_default(),
             age_seconds: age.map(|a| a.as_secs_f64()),
             last_success_unix: state.last_success.map(unix),
@@ -470,7 +470,7 @@ fn encode_feeds(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
     let help = "Age of a feed's content: from its own publication time, else the fetch time.";
     let age = per_feed(&|f| f.age_seconds);
     family(e, "torsensor_feed_age_seconds", help, Gauge, &age)?;
-    let help = "1 if a feed is older than its stale_after (the embedded snapshot always is).";
+    let help = "1 if a feed is older than its stale_after or a consensus past its valid-until (the embedded snapshot always is).";
     let stale = per_feed(&|f| Some(flag(f.stale)));
     family(e, "torsensor_feed_stale", help, Gauge, &stale)?;
     let help = "When a refresh of the feed last succeeded (accepted or not modified).";

@@ -27,16 +27,23 @@ pub struct FeedConfig {
     /// Name in alerts and the cache file name (letters, digits, `.`, `_`,
     /// `-`). Required in a file; derived from the location for `--feed`.
     pub name: String,
-    /// `https://` URL, `http://` URL (loopback, or with `allow_http`), or a
-    /// local path. Required.
+    /// `https://` URL, `http://` URL (loopback, or with `allow_http`), a
+    /// local path, or `tordir:DIR` (a tor's DataDirectory: its cached
+    /// consensus). Required.
     pub location: String,
-    /// `plain`, `tordnsel`, `onionoo`, or `auto` (detect from the content).
-    /// Default: auto.
+    /// `plain`, `tordnsel`, `onionoo`, `consensus`, or `auto` (detect from
+    /// the content). Default: auto.
     #[serde(deserialize_with = "format_choice")]
     pub format: Option<FeedFormat>,
-    /// Time between refreshes. Default: 1 h (sources update hourly).
+    /// Time between refreshes of a URL. Default: 1 h (sources update
+    /// hourly).
     #[serde(deserialize_with = "deserialize_duration")]
     pub refresh: Duration,
+    /// How often a local file or a `tordir:` is checked for a change (its
+    /// size and modification time: a stat, no read); a change is loaded at
+    /// once. Default: 10 s.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub watch: Duration,
     /// Random extra delay, 0 to this, added to every wait, so that a fleet
     /// spreads its requests. Default: 10 min.
     #[serde(deserialize_with = "deserialize_duration")]
@@ -60,6 +67,18 @@ pub struct FeedConfig {
     /// Allow `http://` to a non-loopback host (an internal mirror without
     /// TLS), as the location and as any redirect hop. Default: false.
     pub allow_http: bool,
+    /// A consensus is accepted only if more than half of `authorities`
+    /// signed it (`required`), or without checking (`off`). Default:
+    /// required. See `feed/verify.rs`.
+    pub signatures: SignaturePolicy,
+    /// Where the directory authorities' key certificates come from (a path
+    /// or URL). Default: the `cached-certs` of a `tordir:`, else
+    /// `/tor/keys/all` on the consensus URL's host; a local consensus file
+    /// needs it set.
+    pub authority_certs: Option<String>,
+    /// The v3 identity fingerprints of the authorities trusted to sign (a
+    /// private or test network's). Default: the Tor network's nine.
+    pub authorities: Vec<String>,
     /// Accept prefixes shorter than /8 (IPv4) or /16 (IPv6) in a plain
     /// list. Without it such a line refuses the whole body (it would alert
     /// on a large part of the Internet), even with `allow_reserved`.
@@ -74,6 +93,7 @@ impl Default for FeedConfig {
             location: String::new(),
             format: None,
             refresh: Duration::from_secs(3600),
+            watch: Duration::from_secs(10),
             jitter: Duration::from_secs(600),
             max_shrink: 0.5,
             stale_after: Duration::from_secs(6 * 3600),
@@ -81,9 +101,20 @@ impl Default for FeedConfig {
             connect_timeout: Duration::from_secs(10),
             timeout: Duration::from_secs(120),
             allow_http: false,
+            signatures: SignaturePolicy::Required,
+            authority_certs: None,
+            authorities: Vec::new(),
             allow_wide_prefixes: false,
         }
     }
+}
+
+/// Whether a consensus must be signed (see [`FeedConfig::signatures`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignaturePolicy {
+    Required,
+    Off,
 }
 
 /// Shortest refresh interval accepted: sources must not be hammered.
@@ -96,8 +127,9 @@ fn format_choice<'de, D: Deserializer<'de>>(d: D) -> Result<Option<FeedFormat>, 
         "plain" => Ok(Some(FeedFormat::Plain)),
         "tordnsel" => Ok(Some(FeedFormat::Tordnsel)),
         "onionoo" => Ok(Some(FeedFormat::Onionoo)),
+        "consensus" => Ok(Some(FeedFormat::Consensus)),
         other => Err(serde::de::Error::custom(format!(
-            "format {other:?}: expected auto, plain, tordnsel or onionoo"
+            "format {other:?}: expected auto, plain, tordnsel, onionoo or consensus"
         ))),
     }
 }
@@ -144,6 +176,38 @@ impl FeedConfig {
         })
     }
 
+    /// Where this feed's authority certificates are, if anywhere.
+    pub fn certs_location(&self) -> Result<Option<Location>, FeedConfigError> {
+        let text = match &self.authority_certs {
+            Some(text) => Some(text.clone()),
+            None => self.location()?.default_certs(),
+        };
+        text.map(|t| {
+            Location::parse(&t, self.allow_http).map_err(|e| FeedConfigError {
+                feed: self.name.clone(),
+                field: "authority_certs",
+                reason: e.to_string(),
+            })
+        })
+        .transpose()
+    }
+
+    /// The identities trusted to sign a consensus: `authorities`, else the
+    /// Tor network's.
+    pub fn trusted_authorities(&self) -> Vec<String> {
+        if self.authorities.is_empty() {
+            super::verify::TOR_AUTHORITIES
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect()
+        } else {
+            self.authorities
+                .iter()
+                .map(|s| s.to_ascii_uppercase())
+                .collect()
+        }
+    }
+
     /// Checks every field; the error names the feed and the field.
     pub fn validate(&self) -> Result<(), FeedConfigError> {
         let bad = |field, reason: &str| FeedConfigError {
@@ -169,6 +233,20 @@ impl FeedConfig {
                 "refresh",
                 "must be at least 60s (do not hammer the source)",
             ));
+        }
+        if let Some(fp) = self
+            .authorities
+            .iter()
+            .find(|fp| fp.len() != 40 || !fp.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(bad(
+                "authorities",
+                &format!("{fp:?} is not a 40-hex-digit v3 identity fingerprint"),
+            ));
+        }
+        self.certs_location()?;
+        if self.watch < Duration::from_secs(1) {
+            return Err(bad("watch", "must be at least 1s"));
         }
         if self.jitter > self.refresh {
             return Err(bad("jitter", "must not exceed refresh"));

@@ -7,15 +7,17 @@
 //! feed too much is rejected and the current content stays.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::config::{FeedConfig, FeedSettings};
+use super::config::{FeedConfig, FeedSettings, SignaturePolicy};
 use super::parse::{self, ParseError, ParseOptions, ParsedFeed};
 use super::set::{FeedSet, SetError};
 use super::source::{Cache, CacheMeta, Fetched, Limits, Location, SourceError, Validators};
+use super::verify;
 use super::{Feed, FeedCounts, Origin};
 use crate::time::rfc3339_secs as rfc3339;
 
@@ -46,6 +48,10 @@ impl RefreshError {
     pub fn reason(&self) -> &'static str {
         match self {
             RefreshError::Fetch(e) => e.reason(),
+            RefreshError::Parse {
+                source: ParseError::Signatures(_),
+                ..
+            } => "signature",
             RefreshError::Parse { .. } => "parse",
             RefreshError::Shrink { .. } => "shrink",
         }
@@ -61,11 +67,78 @@ pub struct Candidate {
     pub parsed: Result<ParsedFeed, ParseError>,
 }
 
+impl Candidate {
+    /// A consensus whose signatures this feed requires checked.
+    pub fn needs_certs(&self, cfg: &FeedConfig) -> bool {
+        cfg.signatures == SignaturePolicy::Required
+            && self.parsed.as_ref().is_ok_and(|f| f.consensus.is_some())
+    }
+
+    /// Checks a consensus's signatures against the certificates `certs`
+    /// (their text, or why there is none); a consensus that fails is no
+    /// longer a usable body. CPU work (RSA): run it off the event loop.
+    pub fn check_signatures(&mut self, cfg: &FeedConfig, certs: Result<Vec<u8>, String>) {
+        let Ok(feed) = &self.parsed else { return };
+        let Some(info) = &feed.consensus else { return };
+        let result = certs
+            .map_err(|e| format!("no authority certificates ({e})"))
+            .and_then(|text| {
+                let text = String::from_utf8_lossy(&text);
+                let certs = verify::parse_certs(&text, SystemTime::now());
+                for refused in &certs.refused {
+                    tracing::debug!("feed {}: {refused}", cfg.name);
+                }
+                verify::verify_consensus(&self.body, info, &certs.certs, &cfg.trusted_authorities())
+            });
+        match result {
+            Ok(verified) => {
+                if let Ok(feed) = &mut self.parsed
+                    && let Some(info) = feed.consensus.as_mut()
+                {
+                    info.signed_by = verified.signed_by;
+                }
+            }
+            Err(e) => self.parsed = Err(ParseError::Signatures(e)),
+        }
+    }
+}
+
+/// Checks the signatures of a consensus that needs it (fetching its
+/// certificates; RSA on a blocking thread). Anything else passes through.
+pub async fn with_signatures(outcome: Outcome, cfg: &FeedConfig) -> Outcome {
+    let Outcome::Candidate(mut c) = outcome else {
+        return outcome;
+    };
+    if !c.needs_certs(cfg) {
+        return Outcome::Candidate(c);
+    }
+    let certs = match cfg.certs_location() {
+        Ok(location) => {
+            let lim = limits(cfg);
+            super::source::fetch_certs(location.as_ref(), &lim, cfg.allow_http).await
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let cfg = cfg.clone();
+    let checked = tokio::task::spawn_blocking(move || {
+        c.check_signatures(&cfg, certs);
+        c
+    })
+    .await;
+    match checked {
+        Ok(c) => Outcome::Candidate(c),
+        Err(e) => Outcome::Failed(SourceError::Transport {
+            url: String::new(),
+            detail: format!("signature check failed to run: {e}"),
+        }),
+    }
+}
+
 /// What happened to one fetch.
 #[derive(Debug)]
 pub enum Outcome {
     NotModified,
-    Candidate(Candidate),
+    Candidate(Box<Candidate>),
     Failed(SourceError),
 }
 
@@ -85,12 +158,12 @@ impl Outcome {
                 fetched,
             }) => {
                 let parsed = parse::parse_with(&body, format, options);
-                Outcome::Candidate(Candidate {
+                Outcome::Candidate(Box::new(Candidate {
                     body,
                     validators,
                     fetched,
                     parsed,
-                })
+                }))
             }
             Err(e) => Outcome::Failed(e),
         }
@@ -206,7 +279,17 @@ impl FeedManager {
     pub fn file_error(&self) -> Option<(String, String)> {
         self.states
             .iter()
-            .find(|s| s.current.is_none() && matches!(s.config.location(), Ok(Location::Path(_))))
+            .find(|s| {
+                s.current.is_none()
+                    && match s.config.location() {
+                        Ok(Location::Path(_)) => true,
+                        // A tor that has not written its consensus yet is
+                        // waited for; a directory that is not there is an
+                        // error in the configuration.
+                        Ok(Location::TorDir(dir)) => !dir.is_dir(),
+                        _ => false,
+                    }
+            })
             .map(|s| {
                 (
                     s.config.name.clone(),
@@ -249,10 +332,10 @@ impl FeedManager {
             Outcome::Failed(e) => Err(RefreshError::Fetch(e)),
             Outcome::Candidate(c) => {
                 let origin = match state.config.location() {
-                    Ok(Location::Path(_)) => Origin::File,
+                    Ok(l) if l.is_local() => Origin::File,
                     _ => Origin::Network,
                 };
-                accept_into(state, c, origin, Some(&self.cache)).map(Some)
+                accept_into(state, *c, origin, Some(&self.cache)).map(Some)
             }
         };
         match &result {
@@ -278,6 +361,7 @@ impl FeedManager {
         let result = super::source::fetch(client.as_ref(), &location, validators, &lim).await;
         let outcome =
             Outcome::from_fetch(result, cfg.format, &cfg.parse_options(self.allow_reserved));
+        let outcome = with_signatures(outcome, &cfg).await;
         self.offer(index, outcome)
     }
 
@@ -287,6 +371,9 @@ impl FeedManager {
     pub fn first_delay(&self, index: usize, now: SystemTime) -> Duration {
         let state = &self.states[index];
         let cfg = &state.config;
+        if cfg.location().is_ok_and(|l| l.is_local()) {
+            return cfg.watch;
+        }
         let fetched_age = state
             .current
             .as_ref()
@@ -298,13 +385,18 @@ impl FeedManager {
         }
     }
 
-    /// Delay before the next fetch of feed `index` after an attempt: the
+    /// Delay before the next fetch of feed `index` after an attempt: for a
+    /// local file or tor DataDirectory its `watch` interval; else the
     /// refresh interval plus jitter after a success; after failures an
     /// exponential back-off from 30 s, capped at the refresh interval,
     /// +-25 % jitter.
     pub fn next_delay(&self, index: usize) -> Duration {
         let state = &self.states[index];
         let cfg = &state.config;
+        // Local files and tor DataDirectories: a stat every `watch`.
+        if cfg.location().is_ok_and(|l| l.is_local()) {
+            return cfg.watch;
+        }
         if state.failures == 0 {
             return cfg.refresh + random_upto(cfg.jitter);
         }
@@ -313,15 +405,17 @@ impl FeedManager {
         backoff.mul_f64(0.75 + fastrand::f64() * 0.5)
     }
 
-    /// Feeds whose age passed `stale_after` (or came back), each once per
+    /// Feeds whose age passed `stale_after` or whose consensus expired (or
+    /// came back), each once per
     /// change: `(name, age, stale_now)`.
     pub fn stale_changes(&mut self, now: SystemTime) -> Vec<(String, Duration, bool)> {
         let mut changes = Vec::new();
         for state in &mut self.states {
-            let Some(age) = state.current.as_ref().and_then(|f| f.age(now)) else {
+            let Some(feed) = state.current.as_ref() else {
                 continue;
             };
-            let stale = age > state.config.stale_after;
+            let Some(age) = feed.age(now) else { continue };
+            let stale = feed.is_stale(now, state.config.stale_after);
             if stale != state.stale_reported {
                 state.stale_reported = stale;
                 changes.push((state.config.name.clone(), age, stale));
@@ -416,11 +510,10 @@ impl FeedStatus {
             version: feed.data.version.map(rfc3339),
             fetched: feed.fetched.map(rfc3339),
             age_seconds: age.map(|a| a.as_secs()),
-            stale: match (age, state) {
-                (Some(a), Some(s)) => a > s.config.stale_after,
+            stale: match state {
+                Some(s) => feed.is_stale(now, s.config.stale_after),
                 // The embedded snapshot is always old.
-                (_, None) => true,
-                _ => false,
+                None => true,
             },
             counts: feed.counts(),
             last_attempt: state.and_then(|s| s.last_attempt).map(rfc3339),
@@ -451,11 +544,26 @@ fn load_one(fc: &FeedConfig, cache: &Cache, allow_reserved: bool) -> FeedState {
         stale_reported: false,
     };
     match fc.location() {
-        Ok(Location::Path(path)) => {
-            let result = super::source::fetch_file(&path, fc.max_bytes);
-            match Outcome::from_fetch(result, fc.format, &fc.parse_options(allow_reserved)) {
+        Ok(location @ (Location::Path(_) | Location::TorDir(_))) => {
+            let result = match &location {
+                Location::TorDir(dir) => super::source::tordir_consensus(dir)
+                    .and_then(|path| super::source::fetch_file(&path, fc.max_bytes)),
+                _ => super::source::fetch_file(Path::new(&fc.location), fc.max_bytes),
+            };
+            let mut outcome =
+                Outcome::from_fetch(result, fc.format, &fc.parse_options(allow_reserved));
+            if let Outcome::Candidate(c) = &mut outcome
+                && c.needs_certs(fc)
+            {
+                let certs = fc
+                    .certs_location()
+                    .map_err(|e| e.to_string())
+                    .and_then(|l| super::source::read_certs(l.as_ref(), fc.max_bytes));
+                c.check_signatures(fc, certs);
+            }
+            match outcome {
                 Outcome::Candidate(c) => {
-                    if let Err(e) = accept_into(&mut state, c, Origin::File, None) {
+                    if let Err(e) = accept_into(&mut state, *c, Origin::File, None) {
                         state.last_error = Some(e.to_string());
                     }
                 }

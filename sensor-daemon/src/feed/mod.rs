@@ -1,10 +1,13 @@
 //! Feeds: what marks a peer as part of the Tor network.
 //!
-//! - [`parse`]: the formats (plain lists, TorDNSEL, Onionoo) and how a bad
-//!   body is rejected.
+//! - [`parse`]: the formats (plain lists, TorDNSEL, Onionoo, Tor consensus
+//!   documents) and how a bad body is rejected.
+//! - [`verify`]: a consensus's signatures against the directory
+//!   authorities' key certificates.
 //! - [`set`]: every loaded feed merged into what the kernel maps hold, and
 //!   the lookups that explain a match (role, relays, feed, version).
-//! - [`source`]: fetching (HTTP with conditional requests, local files) and
+//! - [`source`]: fetching (HTTP with conditional requests, local files, a
+//!   tor's DataDirectory) and
 //!   the last-known-good cache in the state directory.
 //! - [`manager`]: which feeds are loaded, from where, how old; validation of
 //!   refreshes and the schedule of the next fetch.
@@ -17,6 +20,7 @@ pub mod parse;
 pub mod refresh;
 pub mod set;
 pub mod source;
+pub mod verify;
 
 use std::fmt;
 use std::net::IpAddr;
@@ -133,6 +137,12 @@ impl Feed {
     /// fetched: what its age is measured from.
     pub fn as_of(&self) -> Option<SystemTime> {
         self.data.version.or(self.fetched)
+    }
+
+    /// Older than `stale_after`, or a consensus past its `valid-until`.
+    pub fn is_stale(&self, now: SystemTime, stale_after: Duration) -> bool {
+        let expired = (self.data.consensus.as_ref()).is_some_and(|c| now > c.valid_until);
+        expired || self.age(now).is_some_and(|a| a > stale_after)
     }
 
     pub fn age(&self, now: SystemTime) -> Option<Duration> {

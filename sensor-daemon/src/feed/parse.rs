@@ -1,5 +1,6 @@
-//! Feed formats: plain lists, TorDNSEL exit lists and Onionoo details
-//! documents, detected from the content when not stated.
+//! Feed formats: plain lists, TorDNSEL exit lists, Onionoo details
+//! documents and Tor consensus documents ([`consensus`]), detected from the
+//! content when not stated.
 //!
 //! A body that is not a feed (an HTML error page, a rate-limit sentence
 //! served with 200, truncated JSON, nothing at all) is rejected with a reason
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::{canonical_ip, is_reserved, parse_entry};
 
+pub mod consensus;
+pub use consensus::ConsensusInfo;
+
 /// How a feed's body is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,6 +32,9 @@ pub enum FeedFormat {
     Tordnsel,
     /// Onionoo details document (`relays[]` with `or_addresses`...).
     Onionoo,
+    /// Tor network-status consensus, full or microdesc flavour
+    /// (`network-status-version 3`).
+    Consensus,
 }
 
 impl fmt::Display for FeedFormat {
@@ -36,6 +43,7 @@ impl fmt::Display for FeedFormat {
             FeedFormat::Plain => "plain",
             FeedFormat::Tordnsel => "tordnsel",
             FeedFormat::Onionoo => "onionoo",
+            FeedFormat::Consensus => "consensus",
         })
     }
 }
@@ -51,6 +59,10 @@ pub enum ParseError {
     NotText { offset: usize },
     #[error("not a recognised feed format; first line: {first_line:?}")]
     Unrecognised { first_line: String },
+    #[error("consensus refused: {0}")]
+    Signatures(String),
+    #[error("consensus line {line}: {reason}")]
+    Consensus { line: usize, reason: String },
     #[error("invalid Onionoo JSON at line {line} column {column}: {message}")]
     Json {
         line: usize,
@@ -196,6 +208,8 @@ pub struct ParsedFeed {
     /// Relay OR address and ORPort -> indexes into `relays`.
     pub or_ports: BTreeMap<SocketAddr, Vec<u32>>,
     pub report: ParseReport,
+    /// Validity, flavour and signatures of a consensus.
+    pub consensus: Option<Box<ConsensusInfo>>,
 }
 
 impl ParsedFeed {
@@ -270,6 +284,15 @@ pub fn parse_with(
         FeedFormat::Plain => parse_plain(text, options)?,
         FeedFormat::Tordnsel => parse_tordnsel(text, allow_reserved),
         FeedFormat::Onionoo => parse_onionoo(text, allow_reserved)?,
+        FeedFormat::Consensus => {
+            let mut feed = consensus::parse_consensus(trimmed, allow_reserved)?;
+            // Offsets into the body, which may start with white space.
+            let start = text.len() - trimmed.len();
+            if let Some(info) = feed.consensus.as_mut() {
+                info.signed = info.signed.start + start..info.signed.end + start;
+            }
+            feed
+        }
     };
     feed.format = Some(format);
     if feed.exits.is_empty() && feed.or_ports.is_empty() {
@@ -328,6 +351,9 @@ fn html_title(text: &str) -> String {
 pub fn detect(text: &str) -> Result<FeedFormat, ParseError> {
     if text.starts_with('{') || text.starts_with('[') {
         return Ok(FeedFormat::Onionoo);
+    }
+    if consensus::looks_like(text) {
+        return Ok(FeedFormat::Consensus);
     }
     let first = text
         .lines()
@@ -415,7 +441,8 @@ fn parse_tordnsel(text: &str, allow_reserved: bool) -> ParsedFeed {
                     feed.relays.push(Relay {
                         fingerprint: fp.to_ascii_uppercase(),
                         nickname: None,
-                        flags: vec!["Exit".to_owned()],
+                        // An exit list says nothing of consensus flags.
+                        flags: Vec::new(),
                         last_seen: None,
                     });
                     current = Some((feed.relays.len() - 1) as u32);

@@ -71,16 +71,25 @@ impl SourceError {
 pub enum Location {
     Url(reqwest::Url),
     Path(PathBuf),
+    /// `tordir:DIR`: a tor's DataDirectory; its consensus (see
+    /// [`tordir_consensus`]) and `cached-certs`.
+    TorDir(PathBuf),
 }
 
 impl Location {
     /// `https://...`; `http://...` only to a loopback host unless
-    /// `allow_http`; anything without a scheme is a local path.
+    /// `allow_http`; `tordir:DIR`; anything without a scheme is a local path.
     pub fn parse(text: &str, allow_http: bool) -> Result<Self, SourceError> {
         let bad = |reason: &str| SourceError::Location {
             location: crate::redact::url(text),
             reason: reason.to_owned(),
         };
+        if let Some(dir) = text.strip_prefix("tordir:") {
+            if dir.is_empty() {
+                return Err(bad("tordir: needs a directory, e.g. tordir:/var/lib/tor"));
+            }
+            return Ok(Location::TorDir(PathBuf::from(dir)));
+        }
         if !text.contains("://") {
             if text.is_empty() {
                 return Err(bad("empty"));
@@ -90,6 +99,50 @@ impl Location {
         let url = reqwest::Url::parse(text).map_err(|e| bad(&format!("not a URL ({e})")))?;
         url_rule(&url, allow_http).map_err(|reason| bad(&reason))?;
         Ok(Location::Url(url))
+    }
+
+    /// Read from this machine (a file or a tor DataDirectory): cheap to
+    /// check for changes, and part of the configuration.
+    pub fn is_local(&self) -> bool {
+        !matches!(self, Location::Url(_))
+    }
+
+    /// Where a consensus feed's authority key certificates are by default:
+    /// a tor's `cached-certs`, or `/tor/keys/all` on a directory mirror
+    /// (the consensus URL's scheme, host and port). None for a plain file.
+    pub fn default_certs(&self) -> Option<String> {
+        match self {
+            Location::TorDir(dir) => Some(dir.join("cached-certs").display().to_string()),
+            Location::Url(url) => {
+                let mut certs = url.clone();
+                certs.set_path("/tor/keys/all");
+                certs.set_query(None);
+                certs.set_fragment(None);
+                Some(certs.to_string())
+            }
+            Location::Path(_) => None,
+        }
+    }
+}
+
+/// The consensus a tor keeps in its DataDirectory: `cached-consensus` (the
+/// full flavour, which has exit policies: relays and authorities keep it)
+/// unless `cached-microdesc-consensus` (what clients keep) is newer.
+pub fn tordir_consensus(dir: &Path) -> Result<PathBuf, SourceError> {
+    let newest = ["cached-consensus", "cached-microdesc-consensus"]
+        .into_iter()
+        .map(|name| dir.join(name))
+        .filter_map(|p| fs::metadata(&p).ok().map(|m| (m.modified().ok(), p)))
+        .max_by_key(|(modified, _)| *modified);
+    match newest {
+        Some((_, path)) => Ok(path),
+        None => Err(SourceError::Read {
+            path: dir.join("cached-consensus"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no cached-consensus or cached-microdesc-consensus in this tor DataDirectory (yet)",
+            ),
+        }),
     }
 }
 
@@ -209,7 +262,7 @@ pub fn client_for(
 ) -> Result<Option<reqwest::Client>, SourceError> {
     match location {
         Location::Url(_) => client(limits, allow_http).map(Some),
-        Location::Path(_) => Ok(None),
+        Location::Path(_) | Location::TorDir(_) => Ok(None),
     }
 }
 
@@ -228,6 +281,9 @@ pub async fn fetch(
             detail: "no HTTP client was set up for this URL".into(),
         }),
         (Location::Path(path), _) => read_file(path, validators, limits.max_bytes),
+        (Location::TorDir(dir), _) => {
+            read_file(&tordir_consensus(dir)?, validators, limits.max_bytes)
+        }
     }
 }
 
@@ -300,11 +356,68 @@ async fn fetch_url(
         }
         body.extend_from_slice(&chunk);
     }
+    // Tor's directory protocol: `<path>.z` is the document zlib-compressed
+    // (tor's own mirrors serve the consensus this way).
+    if url.path().ends_with(".z") {
+        body = inflate(&body, limits.max_bytes).map_err(|detail| SourceError::Transport {
+            url: name.clone(),
+            detail,
+        })?;
+    }
     Ok(Fetched::Body {
         body,
         validators,
         fetched: SystemTime::now(),
     })
+}
+
+/// zlib-decompresses `body`, refusing more than `max_bytes` of output.
+fn inflate(body: &[u8], max_bytes: u64) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    flate2::read::ZlibDecoder::new(body)
+        .take(max_bytes + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| format!("a .z document that is not zlib data ({e})"))?;
+    if out.len() as u64 > max_bytes {
+        return Err(format!("decompresses to more than max_bytes = {max_bytes}"));
+    }
+    Ok(out)
+}
+
+/// The authority certificates of a consensus feed (see
+/// [`FeedConfig::certs_location`](super::config::FeedConfig::certs_location)):
+/// read, or fetched with a client of their own (they are small, and only
+/// asked for when a new consensus arrived).
+pub async fn fetch_certs(
+    location: Option<&Location>,
+    limits: &Limits,
+    allow_http: bool,
+) -> Result<Vec<u8>, String> {
+    let location = location.ok_or(NO_CERTS)?;
+    let client = client_for(location, limits, allow_http).map_err(|e| e.to_string())?;
+    match fetch(client.as_ref(), location, &Validators::default(), limits).await {
+        Ok(Fetched::Body { body, .. }) => Ok(body),
+        Ok(Fetched::NotModified) => Err("not modified, without having been fetched".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+const NO_CERTS: &str = "authority_certs is not set, and this location has none by default (a tordir: or a mirror URL has)";
+
+/// The authority certificates of a consensus read at start: a local file
+/// only (start-up never waits for the network).
+pub fn read_certs(location: Option<&Location>, max_bytes: u64) -> Result<Vec<u8>, String> {
+    match location.ok_or(NO_CERTS)? {
+        Location::Path(path) => match fetch_file(path, max_bytes) {
+            Ok(Fetched::Body { body, .. }) => Ok(body),
+            Ok(Fetched::NotModified) => Err("not modified, without having been read".into()),
+            Err(e) => Err(e.to_string()),
+        },
+        _ => Err(
+            "certificates over the network are not fetched at start; set authority_certs to a file"
+                .into(),
+        ),
+    }
 }
 
 /// Reads a local feed file unconditionally.
@@ -582,5 +695,19 @@ mod tests {
             Err(SourceError::TooLarge { .. })
         ));
         fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn z_documents_are_inflated_within_max_bytes() {
+        use std::io::Write as _;
+        let text = "network-status-version 3 microdesc\n".repeat(1000);
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(text.as_bytes()).unwrap();
+        let z = z.finish().unwrap();
+        assert_eq!(inflate(&z, 1 << 20).unwrap(), text.as_bytes());
+        let e = inflate(&z, 1000).unwrap_err();
+        assert_eq!(e, "decompresses to more than max_bytes = 1000");
+        let e = inflate(b"network-status-version 3", 1 << 20).unwrap_err();
+        assert!(e.starts_with("a .z document that is not zlib data"), "{e}");
     }
 }
