@@ -34,7 +34,7 @@ fn files(root: &Path, stripped: &Path) -> Vec<(&'static str, Content, u32)> {
         ),
         (
             "etc/torsensor/torsensor.toml",
-            src("deploy/torsensor.toml"),
+            Content::Text(package_config(root)),
             0o644,
         ),
         (
@@ -62,6 +62,24 @@ fn files(root: &Path, stripped: &Path) -> Vec<(&'static str, Content, u32)> {
         ("usr/share/doc/torsensor/README.md", src("README.md"), 0o644),
     ]
 }
+
+/// The packaged configuration: `deploy/torsensor.toml` (shared with the
+/// Kubernetes ConfigMap, which keeps alerts on stdout) and the alert file
+/// the unit's `LogsDirectory=` holds.
+fn package_config(root: &Path) -> String {
+    let base = fs::read_to_string(root.join("deploy/torsensor.toml")).unwrap_or_default();
+    format!("{base}{PACKAGE_ONLY}")
+}
+
+const PACKAGE_ONLY: &str = "
+# --- Debian package only ---------------------------------------------------
+# Alerts: one JSON line each (ECS), appended to a file in the directory the
+# systemd unit's LogsDirectory= creates; logrotate rotates it daily and
+# sends SIGUSR2, which reopens it. Add more [[output]] tables for a SIEM
+# (README, \"Outputs\"); without any, alerts go to stdout (the journal).
+[[output]]
+to = \"file:/var/log/torsensor/alerts.jsonl\"
+";
 
 enum Content {
     Copy(PathBuf),

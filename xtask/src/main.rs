@@ -207,6 +207,48 @@ fn stdout_of(cmd: &mut Command) -> String {
         .unwrap_or_default()
 }
 
+/// Debian's `tor` (and `tor-gencert`) for the private Tor network test,
+/// which runs every tor inside a loopback-only network namespace. No tor
+/// may ever run in this machine's own namespace: the package is installed
+/// under a `policy-rc.d` that forbids starting services (kept if one is
+/// already there), and afterwards no `tor` process may exist.
+fn install_tor() -> anyhow::Result<()> {
+    let installed = stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", "tor"]))
+        .contains("install ok installed");
+    if !installed {
+        let policy = Path::new("/usr/sbin/policy-rc.d");
+        let ours = !policy.exists();
+        if ours {
+            std::fs::write(
+                policy,
+                "#!/bin/sh\n# xtask: no service starts while tor is installed\nexit 101\n",
+            )?;
+            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+        }
+        eprintln!("xtask: installing Debian's tor (its service is not started)");
+        let result = run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends", "tor"])
+            .env("DEBIAN_FRONTEND", "noninteractive"));
+        if ours {
+            std::fs::remove_file(policy)?;
+        }
+        result?;
+    }
+    // Tors of a test in its own namespace are fine; one in ours is not.
+    let ours = std::fs::read_link("/proc/self/ns/net")?;
+    let here: Vec<String> = stdout_of(Command::new("pgrep").args(["-x", "tor"]))
+        .split_whitespace()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/ns/net")).is_ok_and(|ns| ns == ours))
+        .map(str::to_owned)
+        .collect();
+    anyhow::ensure!(
+        here.is_empty(),
+        "a tor process runs in this machine's network namespace (pids {}): stop it; tests run tor only inside loopback-only network namespaces",
+        here.join(" ")
+    );
+    Ok(())
+}
+
 /// Installs what is missing; returns the eBPF toolchain to use.
 fn setup() -> anyhow::Result<String> {
     // Debian packages.
@@ -226,6 +268,8 @@ fn setup() -> anyhow::Result<String> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
+
+    install_tor()?;
 
     // Stable components for fmt and clippy.
     let installed = stdout_of(Command::new("rustup").args(["component", "list", "--installed"]));

@@ -450,7 +450,16 @@ impl Daemon {
         let before = self.manager.states[index].clone();
         let accepted = match self.manager.offer(index, outcome) {
             Ok(None) => {
-                tracing::info!("feed {name}: not modified");
+                // Local files and tordirs are looked at every few seconds.
+                if self.manager.states[index]
+                    .config
+                    .location()
+                    .is_ok_and(|l| l.is_local())
+                {
+                    tracing::debug!("feed {name}: not modified");
+                } else {
+                    tracing::info!("feed {name}: not modified");
+                }
                 false
             }
             Ok(Some(accepted)) => {
@@ -470,6 +479,10 @@ impl Daemon {
                             "feed {name}: refreshed: {}",
                             accepted.counts
                         );
+                        let current = self.manager.states[index].current.as_ref();
+                        if let Some(consensus) = current.and_then(|f| f.data.consensus.as_ref()) {
+                            tracing::info!("feed {name}: {consensus}");
+                        }
                         true
                     }
                     Err(e) => {
@@ -482,7 +495,15 @@ impl Daemon {
                 }
             }
             Err(e) => {
-                tracing::warn!("feed {name}: refresh rejected, keeping the current content: {e}");
+                // The same failure again (a tor that has not written its
+                // consensus yet, a mirror that stays down) is said once.
+                if before.last_error.as_deref() == Some(e.to_string().as_str()) {
+                    tracing::debug!("feed {name}: refresh rejected again: {e}");
+                } else {
+                    tracing::warn!(
+                        "feed {name}: refresh rejected, keeping the current content: {e}"
+                    );
+                }
                 false
             }
         };

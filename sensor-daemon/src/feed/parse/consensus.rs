@@ -150,6 +150,16 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
         let mut words = line.split(' ').filter(|w| !w.is_empty());
         let keyword = words.next().unwrap_or("");
         let rest: Vec<&str> = words.collect();
+        // A router's lines end at the next router or the footer.
+        if matches!(keyword, "r" | "directory-footer" | "directory-signature") {
+            finish(
+                &mut feed,
+                router.take(),
+                flavour,
+                valid_after,
+                allow_reserved,
+            );
+        }
         match keyword {
             "network-status-version" if n == 1 => {
                 flavour = match rest.as_slice() {
@@ -170,16 +180,7 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
             "dir-source" => {
                 dir_source(&mut feed, n, line, &rest, allow_reserved, &mut authorities);
             }
-            "r" => {
-                finish(
-                    &mut feed,
-                    router.take(),
-                    flavour,
-                    valid_after,
-                    allow_reserved,
-                );
-                router = r_line(&mut feed, n, line, &rest, flavour);
-            }
+            "r" => router = r_line(&mut feed, n, line, &rest, flavour),
             "a" => {
                 if let Some(r) = router.as_mut() {
                     match rest.first().and_then(|a| parse_or_address(a)) {
@@ -204,23 +205,7 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
                     }
                 }
             }
-            "directory-footer" => {
-                finish(
-                    &mut feed,
-                    router.take(),
-                    flavour,
-                    valid_after,
-                    allow_reserved,
-                );
-            }
             "directory-signature" => {
-                finish(
-                    &mut feed,
-                    router.take(),
-                    flavour,
-                    valid_after,
-                    allow_reserved,
-                );
                 // Signed: everything through "directory-signature ".
                 signed_len.get_or_insert(start + "directory-signature ".len());
                 let (algorithm, ids) = match rest.as_slice() {
