@@ -682,7 +682,7 @@ fn a_private_tor_network_is_seen_attributed_and_explained() {
 
     // The client's own DataDirectory: its microdesc consensus, verified.
     sensor.wait_log(
-        "feed lab-client: consensus (microdesc flavour: exits from the Exit flag alone)",
+        "feed lab-client: consensus (microdesc flavour: exits from the microdescriptors' exit policies (6 of 6 routers",
         1,
         Duration::from_secs(30),
     );

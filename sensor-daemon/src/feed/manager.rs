@@ -68,6 +68,45 @@ pub struct Candidate {
 }
 
 impl Candidate {
+    fn is_consensus(&self) -> bool {
+        self.parsed.as_ref().is_ok_and(|f| f.consensus.is_some())
+    }
+
+    /// Signatures (`certs`: the certificates read or fetched, None when
+    /// not required), then microdescriptor policies from a `tordir:`.
+    pub fn finish_consensus(
+        &mut self,
+        cfg: &FeedConfig,
+        certs: Option<Result<Vec<u8>, String>>,
+        allow_reserved: bool,
+    ) {
+        if let Some(certs) = certs {
+            self.check_signatures(cfg, certs);
+        }
+        let Ok(Location::TorDir(dir)) = cfg.location() else {
+            return;
+        };
+        let Ok(feed) = &mut self.parsed else { return };
+        if feed
+            .consensus
+            .as_ref()
+            .is_none_or(|c| c.microdescs.is_empty())
+        {
+            return;
+        }
+        let mut policies = std::collections::HashMap::new();
+        for name in ["cached-microdescs", "cached-microdescs.new"] {
+            if let Ok(super::source::Fetched::Body { body, .. }) =
+                super::source::fetch_file(&dir.join(name), cfg.max_bytes)
+            {
+                policies.extend(parse::consensus::microdesc_policies(
+                    &String::from_utf8_lossy(&body),
+                ));
+            }
+        }
+        parse::consensus::apply_microdescs(feed, &policies, allow_reserved);
+    }
+
     /// A consensus whose signatures this feed requires checked.
     pub fn needs_certs(&self, cfg: &FeedConfig) -> bool {
         cfg.signatures == SignaturePolicy::Required
@@ -103,25 +142,31 @@ impl Candidate {
     }
 }
 
-/// Checks the signatures of a consensus that needs it (fetching its
-/// certificates; RSA on a blocking thread). Anything else passes through.
-pub async fn with_signatures(outcome: Outcome, cfg: &FeedConfig) -> Outcome {
+/// Completes a consensus candidate: its signatures checked (certificates
+/// fetched when needed) and, from a tor DataDirectory, its microdesc
+/// routers judged by their microdescriptors' exit policies. CPU work runs
+/// on a blocking thread. Anything else passes through.
+pub async fn complete(outcome: Outcome, cfg: &FeedConfig, allow_reserved: bool) -> Outcome {
     let Outcome::Candidate(mut c) = outcome else {
         return outcome;
     };
-    if !c.needs_certs(cfg) {
+    if !c.is_consensus() {
         return Outcome::Candidate(c);
     }
-    let certs = match cfg.certs_location() {
-        Ok(location) => {
-            let lim = limits(cfg);
-            super::source::fetch_certs(location.as_ref(), &lim, cfg.allow_http).await
-        }
-        Err(e) => Err(e.to_string()),
+    let certs = if c.needs_certs(cfg) {
+        Some(match cfg.certs_location() {
+            Ok(location) => {
+                let lim = limits(cfg);
+                super::source::fetch_certs(location.as_ref(), &lim, cfg.allow_http).await
+            }
+            Err(e) => Err(e.to_string()),
+        })
+    } else {
+        None
     };
     let cfg = cfg.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        c.check_signatures(&cfg, certs);
+        c.finish_consensus(&cfg, certs, allow_reserved);
         c
     })
     .await;
@@ -129,7 +174,7 @@ pub async fn with_signatures(outcome: Outcome, cfg: &FeedConfig) -> Outcome {
         Ok(c) => Outcome::Candidate(c),
         Err(e) => Outcome::Failed(SourceError::Transport {
             url: String::new(),
-            detail: format!("signature check failed to run: {e}"),
+            detail: format!("the consensus check failed to run: {e}"),
         }),
     }
 }
@@ -361,7 +406,7 @@ impl FeedManager {
         let result = super::source::fetch(client.as_ref(), &location, validators, &lim).await;
         let outcome =
             Outcome::from_fetch(result, cfg.format, &cfg.parse_options(self.allow_reserved));
-        let outcome = with_signatures(outcome, &cfg).await;
+        let outcome = complete(outcome, &cfg, self.allow_reserved).await;
         self.offer(index, outcome)
     }
 
@@ -553,13 +598,14 @@ fn load_one(fc: &FeedConfig, cache: &Cache, allow_reserved: bool) -> FeedState {
             let mut outcome =
                 Outcome::from_fetch(result, fc.format, &fc.parse_options(allow_reserved));
             if let Outcome::Candidate(c) = &mut outcome
-                && c.needs_certs(fc)
+                && c.is_consensus()
             {
-                let certs = fc
-                    .certs_location()
-                    .map_err(|e| e.to_string())
-                    .and_then(|l| super::source::read_certs(l.as_ref(), fc.max_bytes));
-                c.check_signatures(fc, certs);
+                let certs = c.needs_certs(fc).then(|| {
+                    fc.certs_location()
+                        .map_err(|e| e.to_string())
+                        .and_then(|l| super::source::read_certs(l.as_ref(), fc.max_bytes))
+                });
+                c.finish_consensus(fc, certs, allow_reserved);
             }
             match outcome {
                 Outcome::Candidate(c) => {

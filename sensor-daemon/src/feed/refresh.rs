@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::config::FeedConfig;
-use super::manager::{FeedManager, Outcome, limits, with_signatures};
+use super::manager::{FeedManager, Outcome, complete, limits};
 use super::source::{self, Fetched, Location, Validators};
 
 /// One finished fetch, waiting for the sensor loop's verdict.
@@ -133,7 +133,7 @@ async fn task(
         })
         .await
         {
-            Ok(o) => with_signatures(o, &cfg).await,
+            Ok(o) => complete(o, &cfg, allow_reserved).await,
             Err(e) => {
                 tracing::error!("feed {}: parsing failed: {e}", cfg.name);
                 return;

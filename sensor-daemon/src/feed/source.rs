@@ -281,9 +281,7 @@ pub async fn fetch(
             detail: "no HTTP client was set up for this URL".into(),
         }),
         (Location::Path(path), _) => read_file(path, validators, limits.max_bytes),
-        (Location::TorDir(dir), _) => {
-            read_file(&tordir_consensus(dir)?, validators, limits.max_bytes)
-        }
+        (Location::TorDir(dir), _) => read_tordir(dir, validators, limits.max_bytes),
     }
 }
 
@@ -425,6 +423,57 @@ pub fn fetch_file(path: &Path, max_bytes: u64) -> Result<Fetched, SourceError> {
     read_file(path, &Validators::default(), max_bytes)
 }
 
+/// Size and modification time of a file: what stands in for an HTTP
+/// validator locally (`-` for a file that is not there).
+fn stamp_of(path: &Path) -> String {
+    match fs::metadata(path) {
+        Ok(meta) => format!(
+            "{}:{}",
+            meta.len(),
+            meta.modified()
+                .ok()
+                .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ),
+        Err(_) => "-".into(),
+    }
+}
+
+/// A tor DataDirectory's consensus, read again when it or the
+/// microdescriptors (whose exit policies a microdesc consensus needs, and
+/// which tor fetches after it) changed.
+fn read_tordir(
+    dir: &Path,
+    validators: &Validators,
+    max_bytes: u64,
+) -> Result<Fetched, SourceError> {
+    let consensus = tordir_consensus(dir)?;
+    let stamp = [
+        consensus.clone(),
+        dir.join("cached-microdescs"),
+        dir.join("cached-microdescs.new"),
+    ]
+    .iter()
+    .map(|p| stamp_of(p))
+    .collect::<Vec<_>>()
+    .join(",");
+    if validators.last_modified.as_deref() == Some(stamp.as_str()) {
+        return Ok(Fetched::NotModified);
+    }
+    match read_file(&consensus, &Validators::default(), max_bytes)? {
+        Fetched::Body { body, fetched, .. } => Ok(Fetched::Body {
+            body,
+            validators: Validators {
+                etag: None,
+                last_modified: Some(stamp),
+            },
+            fetched,
+        }),
+        Fetched::NotModified => Ok(Fetched::NotModified),
+    }
+}
+
 /// Reads a local feed file; its modification time and size stand in for an
 /// HTTP validator, so an unchanged file is not parsed again.
 fn read_file(path: &Path, validators: &Validators, max_bytes: u64) -> Result<Fetched, SourceError> {
@@ -433,15 +482,7 @@ fn read_file(path: &Path, validators: &Validators, max_bytes: u64) -> Result<Fet
         source,
     };
     let meta = fs::metadata(path).map_err(read_err)?;
-    let stamp = format!(
-        "{}:{}",
-        meta.len(),
-        meta.modified()
-            .ok()
-            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
+    let stamp = stamp_of(path);
     if validators.last_modified.as_deref() == Some(stamp.as_str()) {
         return Ok(Fetched::NotModified);
     }

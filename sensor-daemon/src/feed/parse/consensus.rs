@@ -22,8 +22,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::SystemTime;
 
+use std::collections::HashMap;
+
 use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD_NO_PAD;
 use ipnet::IpNet;
+use sha2::{Digest as _, Sha256};
 
 use super::{Location, ParseError, ParsedFeed, Relay, keep, parse_or_address, parse_time};
 use crate::net::canonical_ip;
@@ -45,6 +49,10 @@ pub enum ExitsFrom {
     Policy,
     /// The `Exit` flag alone (microdesc flavour: no policies in it).
     ExitFlag,
+    /// The microdescriptors' `p` summaries (a tor DataDirectory's
+    /// `cached-microdescs`): `known` of `total` routers had theirs, the
+    /// others are judged by the `Exit` flag.
+    Microdescs { known: usize, total: usize },
 }
 
 /// One `directory-signature` of the footer.
@@ -74,6 +82,9 @@ pub struct ConsensusInfo {
     /// checked: `signatures = "off"`, or a copy from the cache, checked
     /// when it was fetched).
     pub signed_by: Vec<String>,
+    /// Microdesc flavour: each router's relay index, `m` digest and IPv4 OR
+    /// address, for [`apply_microdescs`].
+    pub microdescs: Vec<(u32, String, IpAddr)>,
     /// The signed part of the body: from `network-status-version` through
     /// the space after the first `directory-signature` (empty if unsigned).
     pub signed: std::ops::Range<usize>,
@@ -83,13 +94,16 @@ impl std::fmt::Display for ConsensusInfo {
     /// `consensus (microdesc flavour: exits from the Exit flag alone),
     /// valid until ..., signed by 5 trusted authorities`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (flavour, exits) = match (self.flavour, self.exits_from) {
-            (Flavour::Full, ExitsFrom::Policy) => {
-                ("full", "exits from the p exit-policy summaries")
-            }
-            (Flavour::Microdesc, _) | (_, ExitsFrom::ExitFlag) => {
-                ("microdesc", "exits from the Exit flag alone")
-            }
+        let flavour = match self.flavour {
+            Flavour::Full => "full",
+            Flavour::Microdesc => "microdesc",
+        };
+        let exits = match self.exits_from {
+            ExitsFrom::Policy => "exits from the p exit-policy summaries".to_owned(),
+            ExitsFrom::ExitFlag => "exits from the Exit flag alone".to_owned(),
+            ExitsFrom::Microdescs { known, total } => format!(
+                "exits from the microdescriptors' exit policies ({known} of {total} routers; the rest by the Exit flag)"
+            ),
         };
         write!(
             f,
@@ -120,6 +134,8 @@ struct Router {
     flags: Vec<String>,
     /// `p`: does the summary accept any port?
     accepts: Option<bool>,
+    /// `m`: the microdescriptor's digest (microdesc flavour).
+    microdesc: Option<String>,
 }
 
 fn fatal(line: usize, reason: impl Into<String>) -> ParseError {
@@ -140,6 +156,7 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
     let mut router: Option<Router> = None;
     let mut signatures = Vec::new();
     let mut signed_len = None;
+    let mut microdescs = Vec::new();
     let mut offset = 0;
     let mut lines = text.split_inclusive('\n').enumerate().peekable();
     while let Some((index, raw)) = lines.next() {
@@ -152,12 +169,14 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
         let rest: Vec<&str> = words.collect();
         // A router's lines end at the next router or the footer.
         if matches!(keyword, "r" | "directory-footer" | "directory-signature") {
+            let r = router.take();
             finish(
                 &mut feed,
-                router.take(),
+                r,
                 flavour,
                 valid_after,
                 allow_reserved,
+                &mut microdescs,
             );
         }
         match keyword {
@@ -194,6 +213,11 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
                     r.flags = rest.iter().map(|f| (*f).to_owned()).collect();
                 }
             }
+            "m" => {
+                if let (Some(r), Some(digest)) = (router.as_mut(), rest.first()) {
+                    r.microdesc = Some((*digest).to_owned());
+                }
+            }
             "p" => {
                 if let Some(r) = router.as_mut() {
                     match policy_accepts(&rest) {
@@ -225,12 +249,14 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
             _ => {}
         }
     }
+    let r = router.take();
     finish(
         &mut feed,
-        router.take(),
+        r,
         flavour,
         valid_after,
         allow_reserved,
+        &mut microdescs,
     );
     let flavour = flavour.ok_or_else(|| fatal(1, "no network-status-version 3 line first"))?;
     if !consensus {
@@ -251,6 +277,7 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
         authorities,
         signatures,
         signed_by: Vec::new(),
+        microdescs,
         signed: 0..signed_len.unwrap_or(0),
     }));
     Ok(feed)
@@ -315,6 +342,7 @@ fn r_line(
         v6: Vec::new(),
         flags: Vec::new(),
         accepts: None,
+        microdesc: None,
     })
 }
 
@@ -371,6 +399,7 @@ fn finish(
     flavour: Option<Flavour>,
     valid_after: Option<SystemTime>,
     allow_reserved: bool,
+    microdescs: &mut Vec<(u32, String, IpAddr)>,
 ) {
     let Some(r) = router else { return };
     let running = r.flags.iter().any(|f| f == "Running");
@@ -421,6 +450,9 @@ fn finish(
     if is_exit && let Some(net) = keep(IpNet::from(r.ip), allow_reserved, &mut feed.report) {
         feed.add_exit(net, Some(index), valid_after);
     }
+    if let Some(digest) = r.microdesc {
+        microdescs.push((index, digest, r.ip));
+    }
 }
 
 /// `accept PORTLIST` / `reject PORTLIST`: whether any port is accepted.
@@ -450,6 +482,96 @@ fn policy_accepts(rest: &[&str]) -> Option<bool> {
             Some(next <= 65535)
         }
         _ => None,
+    }
+}
+
+/// Exit policies of microdescriptors (a tor's `cached-microdescs` and
+/// `cached-microdescs.new`, annotated with `@` lines): their `m` digest
+/// (SHA-256, unpadded base64) -> whether their `p` summary accepts any
+/// port (no `p` line: nothing).
+pub fn microdesc_policies(text: &str) -> HashMap<String, bool> {
+    let mut out = HashMap::new();
+    // (start offset, accepts, has an ntor-onion-key line)
+    let mut current: Option<(usize, bool, bool)> = None;
+    let mut close = |current: &mut Option<(usize, bool, bool)>, end: usize| {
+        if let Some((start, accepts, _)) = current.take() {
+            let digest = Sha256::digest(&text.as_bytes()[start..end]);
+            out.insert(STANDARD_NO_PAD.encode(digest), accepts);
+        }
+    };
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let start = offset;
+        offset += line.len();
+        let word = line.split([' ', '\n']).next().unwrap_or("");
+        // A microdescriptor starts at onion-key (or at ntor-onion-key once
+        // TAP keys are gone); annotations are outside every one.
+        let opens = word == "onion-key"
+            || (word == "ntor-onion-key" && current.is_none_or(|(_, _, ntor)| ntor));
+        if word.starts_with('@') || opens {
+            close(&mut current, start);
+        }
+        if opens {
+            current = Some((start, false, false));
+        }
+        if let Some(c) = current.as_mut() {
+            if word == "ntor-onion-key" {
+                c.2 = true;
+            }
+            if word == "p" {
+                let rest: Vec<&str> = line.trim_end().split(' ').skip(1).collect();
+                c.1 = policy_accepts(&rest).unwrap_or(false);
+            }
+        }
+    }
+    close(&mut current, text.len());
+    out
+}
+
+/// Judges a microdesc consensus's routers by their microdescriptors' exit
+/// policies where known (`policies` from [`microdesc_policies`]), instead
+/// of the Exit flag: an exit whose policy accepts nothing is dropped, a
+/// router without the flag whose policy accepts some port is added.
+pub fn apply_microdescs(
+    feed: &mut ParsedFeed,
+    policies: &HashMap<String, bool>,
+    allow_reserved: bool,
+) {
+    let Some(info) = feed.consensus.as_ref() else {
+        return;
+    };
+    let version = info.valid_after;
+    let routers = info.microdescs.clone();
+    let mut known = 0;
+    for (index, digest, ip) in &routers {
+        let Some(&accepts) = policies.get(digest) else {
+            continue;
+        };
+        known += 1;
+        let net = IpNet::from(*ip);
+        let listed = feed
+            .exits
+            .get(&net)
+            .is_some_and(|e| e.relays.contains(index));
+        if accepts && !listed {
+            if let Some(net) = keep(net, allow_reserved, &mut feed.report) {
+                feed.add_exit(net, Some(*index), Some(version));
+            }
+        } else if !accepts
+            && listed
+            && let Some(entry) = feed.exits.get_mut(&net)
+        {
+            entry.relays.retain(|r| r != index);
+            if entry.relays.is_empty() {
+                feed.exits.remove(&net);
+            }
+        }
+    }
+    if let Some(info) = feed.consensus.as_mut() {
+        info.exits_from = ExitsFrom::Microdescs {
+            known,
+            total: routers.len(),
+        };
     }
 }
 
@@ -619,5 +741,76 @@ mod tests {
             + "directory-signature AAAA BBBB\n";
         let e = parse(unsigned.as_bytes(), None, true).unwrap_err();
         assert!(e.to_string().contains("without its signature block"), "{e}");
+    }
+
+    #[test]
+    fn microdescriptors_decide_exits_where_known() {
+        let consensus = data("lab/cached-microdesc-consensus");
+        let microdescs = data("lab/cached-microdescs.new");
+        let policies = microdesc_policies(&microdescs);
+        // tor's own digests: every m line of the consensus is found.
+        let m_lines: Vec<&str> = consensus
+            .lines()
+            .filter_map(|l| l.strip_prefix("m "))
+            .collect();
+        assert_eq!(m_lines.len(), 6);
+        assert!(
+            m_lines.iter().all(|m| policies.contains_key(*m)),
+            "{policies:?}"
+        );
+        let mut feed = parse(consensus.as_bytes(), None, true).unwrap();
+        apply_microdescs(&mut feed, &policies, true);
+        let info = feed.consensus.as_ref().unwrap();
+        assert_eq!(
+            info.exits_from,
+            ExitsFrom::Microdescs { known: 6, total: 6 }
+        );
+        assert!(
+            info.to_string()
+                .contains("(6 of 6 routers; the rest by the Exit flag)")
+        );
+        let exit_names = |feed: &ParsedFeed| -> Vec<String> {
+            let mut names: Vec<String> = feed
+                .exits
+                .values()
+                .flat_map(|e| e.relays.iter())
+                .map(|&i| feed.relays[i as usize].nickname.clone().unwrap())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(exit_names(&feed), ["exit6"]);
+
+        // The exit's microdescriptor without its policy (accepts nothing),
+        // and relay4 (no Exit flag) with one that accepts a port.
+        let digest = |text: &str| STANDARD_NO_PAD.encode(Sha256::digest(text.as_bytes()));
+        let closed = "onion-key\nntor-onion-key AAAA\nid ed25519 BBBB\n";
+        let open = "onion-key\nntor-onion-key CCCC\np accept 443\nid ed25519 DDDD\n";
+        let mut lines: Vec<String> = consensus.lines().map(str::to_owned).collect();
+        let mut router = String::new();
+        for line in &mut lines {
+            if let Some(rest) = line.strip_prefix("r ") {
+                router = rest.split(' ').next().unwrap().to_owned();
+            }
+            if line.starts_with("m ") && router == "exit6" {
+                *line = format!("m {}", digest(closed));
+            }
+            if line.starts_with("m ") && router == "relay4" {
+                *line = format!("m {}", digest(open));
+            }
+        }
+        let edited = lines.join("\n") + "\n";
+        let mut feed = parse(edited.as_bytes(), None, true).unwrap();
+        assert_eq!(exit_names(&feed), ["exit6"], "by the Exit flag before");
+        let policies = microdesc_policies(&format!(
+            "@last-listed 2026-12-01 18:36:32\n{closed}@last-listed 2026-12-01 18:36:32\n{open}"
+        ));
+        apply_microdescs(&mut feed, &policies, true);
+        assert_eq!(exit_names(&feed), ["relay4"]);
+        let info = feed.consensus.as_ref().unwrap();
+        assert_eq!(
+            info.exits_from,
+            ExitsFrom::Microdescs { known: 2, total: 6 }
+        );
     }
 }
