@@ -107,3 +107,34 @@ pub fn certs(data: &[u8]) {
     }
     assert!(certs.refused.iter().all(|r| r.starts_with("certificate ")));
 }
+
+/// Microdescriptors (`cached-microdescs`): every digest is 43 characters of
+/// unpadded base64; applying them to a consensus keeps the feed consistent.
+pub fn microdescs(data: &[u8]) {
+    use sensor_daemon::feed::parse::consensus::{apply_microdescs, microdesc_policies};
+    let text = String::from_utf8_lossy(data);
+    let policies = microdesc_policies(&text);
+    assert!(policies.keys().all(|d| d.len() == 43));
+    let consensus = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../data/consensus/lab/cached-microdesc-consensus"
+    );
+    static LAB: std::sync::OnceLock<Option<sensor_daemon::feed::ParsedFeed>> =
+        std::sync::OnceLock::new();
+    let lab = LAB.get_or_init(|| {
+        let body = std::fs::read(consensus).ok()?;
+        Some(parse::parse(&body, None, true).expect("the lab consensus parses"))
+    });
+    let Some(mut feed) = lab.clone() else {
+        return;
+    };
+    apply_microdescs(&mut feed, &policies, true);
+    for info in feed.exits.values() {
+        assert!(!info.relays.is_empty(), "no exit entry without a relay");
+        assert!(
+            info.relays
+                .iter()
+                .all(|&r| (r as usize) < feed.relays.len())
+        );
+    }
+}

@@ -295,6 +295,48 @@ mod tests {
         {"nickname":"g2","fingerprint":"BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB","or_addresses":["185.220.101.1:9002"]}]}"#;
 
     #[test]
+    fn a_consensus_and_an_exit_list_merge_side_by_side() {
+        let consensus = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/data/consensus/live-truncated/consensus"
+        ))
+        .unwrap();
+        // d2d4 (185.129.61.129, ORPort 443) exits by its p line; the exit
+        // list names the same address and one the consensus does not have.
+        let exits = "ExitNode 5048DE03CA39D393BD54CEEB3A65E6DD0FDDB9AA\n\
+                     ExitAddress 185.129.61.129 2026-07-27 09:00:00\n\
+                     ExitNode CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC\n\
+                     ExitAddress 198.51.100.9 2026-07-27 09:00:00\n";
+        let set = FeedSet::new(vec![feed("consensus", &consensus), feed("exits", exits)]).unwrap();
+        let ip: IpAddr = "185.129.61.129".parse().unwrap();
+        let matches = set.lookup(ip, Some(443));
+        let seen: Vec<(&str, Role)> = matches
+            .iter()
+            .map(|m| (m.feed.name.as_str(), m.role))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("consensus", Role::Exit),
+                ("consensus", Role::Relay),
+                ("exits", Role::Exit)
+            ]
+        );
+        let relay = &matches[1].relays[0];
+        assert_eq!(relay.nickname.as_deref(), Some("d2d4"));
+        assert!(relay.flags.iter().any(|f| f == "Exit"));
+        assert_eq!(
+            set.classify(ip, 443, Direction::Egress),
+            Some(MatchInfo {
+                exit_feeds: 0b11,
+                relay_feeds: 0b01
+            })
+        );
+        let only_list: IpAddr = "198.51.100.9".parse().unwrap();
+        assert_eq!(set.lookup(only_list, None).len(), 1);
+    }
+
+    #[test]
     fn relay_matches_only_outbound_on_an_orport() {
         let set = FeedSet::new(vec![feed("relays", RELAYS)]).unwrap();
         let ip: IpAddr = "185.220.101.1".parse().unwrap();
