@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 mod cli;
 
 use cli::check::{CheckArgs, check};
+use cli::rules::{RulesCommand, rules};
 use cli::running::{SelftestArgs, StatusArgs, feed_status, selftest, status};
 use sensor_daemon::alert::Schema;
 use sensor_daemon::config::{ConfigFlags, RunFlags};
@@ -50,6 +51,10 @@ enum Command {
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
+    /// The detection rules: `check` validates and shows them, `test` runs
+    /// recorded alerts through them.
+    #[command(subcommand)]
+    Rules(RulesCommand),
     /// Load the programs, choose the hooks as `run` would, print the plan
     /// (one line, or JSON) and exit without arming (needs root; exit 1 if
     /// this kernel offers no working plan).
@@ -151,6 +156,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),
+        Command::Rules(command) => rules(command),
         Command::Hooks(args) => hooks(args),
         Command::Status(args) => Ok(status(args)),
         Command::Selftest(args) => selftest(args),

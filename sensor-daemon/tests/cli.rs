@@ -639,3 +639,126 @@ fn a_consensus_feed_is_checked_for_signatures_then_shows_relay_flags() {
         text(&out.stderr)
     );
 }
+
+/// `rules check` shows the rules in force and names a bad file's line;
+/// `rules test` runs a recorded alert through them and says why.
+#[test]
+fn rules_check_and_rules_test() {
+    let dir = temp_path("cli-rules.d");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let local = dir.join("10-local.toml");
+    std::fs::write(
+        &local,
+        "[[rule]]\nid = \"TORSENSOR-001\"\n[[rule.except]]\nreason = \"our relay\"\nexpires = \"2099-12-31\"\nwhen = { executable = [\"/usr/bin/tor\"], user = [\"debian-tor\"] }\n\n[[rule]]\nid = \"TORSENSOR-003\"\nenabled = false\n",
+    )
+    .unwrap();
+    let state = temp_path("cli-rules-state");
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state).unwrap();
+    let rules_dir = dir.to_str().unwrap();
+    let state_dir = state.to_str().unwrap();
+    let args = |cmd: &[&str]| {
+        let mut v = vec!["rules"];
+        v.extend_from_slice(cmd);
+        v.extend_from_slice(&["--rules-dir", rules_dir, "--state-dir", state_dir]);
+        torsensor(&v)
+    };
+    let out = args(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.starts_with("3 rules from rules/tor.toml, "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("TORSENSOR-003  DISABLED"), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "except \"our relay\" (until 2099-12-31T23:59:59Z, {}:3): executable = [\"/usr/bin/tor\"], user = [\"debian-tor\"]",
+            local.display()
+        )),
+        "{stdout}"
+    );
+    // A running sensor's counts: an exception that matched nothing.
+    std::fs::write(
+        state.join("status.json"),
+        r#"{"pid":1,"written":"2026-12-01T00:00:00Z","embedded":false,"feeds":[],"rules":{"started":"2026-12-01T10:00:00Z","rules":{},"unmatched":0}}"#,
+    )
+    .unwrap();
+    let stdout = text(&args(&["check"]).stdout);
+    assert!(
+        stdout.contains(
+            "matched nothing since the sensor started (2026-12-01T10:00:00Z): still needed?"
+        ),
+        "{stdout}"
+    );
+
+    // The golden alert: tor, /usr/bin/tor, debian-tor, to a relay ORPort.
+    let event = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/egress_ipv4_host.ecs.json"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(event).unwrap()).unwrap();
+    let line = temp_path("cli-rules-alert.jsonl");
+    std::fs::write(&line, format!("{doc}\n")).unwrap();
+    let line = line.to_str().unwrap();
+    let out = args(&["test", "--event", line]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("  TORSENSOR-001: direction yes, role yes\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    except \"our relay\" (")
+            && stdout.contains("): executable yes, user yes\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  => EXCEPTED: TORSENSOR-001 exception \"our relay\""),
+        "{stdout}"
+    );
+    // Without the operator's files: alerted.
+    let out = torsensor(&[
+        "rules",
+        "test",
+        "--event",
+        line,
+        "--rules-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout)
+            .contains("  => ALERT by TORSENSOR-001 (Outbound connection to a Tor relay)"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // A bad file: named by file, line and column; exit 2.
+    std::fs::write(
+        dir.join("20-bad.toml"),
+        "[[rule]]\nid = \"TORSENSOR-002\"\nwhen = { procss = [\"x\"] }\n",
+    )
+    .unwrap();
+    let out = args(&["check"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:3:10: unknown field `procss`",
+            dir.join("20-bad.toml").display()
+        )),
+        "{stderr}"
+    );
+    let out = torsensor(&[
+        "rules",
+        "test",
+        "--event",
+        "/nonexistent.jsonl",
+        "--rules-dir",
+        "/nonexistent",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -159,7 +159,12 @@ fn recorded() -> Recorded {
 /// the golden files were written.
 fn rules() -> Rules {
     let mut rules = Rules::builtin().unwrap();
-    rules.egress_relay.description = "A local process connected to an address listed by a Tor feed: usually a Tor client or relay on this host (or malware tunnelling through Tor). Check the process and why it talks to Tor.".into();
+    rules
+        .list
+        .iter_mut()
+        .find(|r| r.id == "TORSENSOR-001")
+        .unwrap()
+        .description = "A local process connected to an address listed by a Tor feed: usually a Tor client or relay on this host (or malware tunnelling through Tor). Check the process and why it talks to Tor.".into();
     rules
 }
 

@@ -1,4 +1,5 @@
-//! Detection rule files (`rules/*.toml`).
+//! Detection rule files (`rules/*.toml`, `rules.d/*.toml`), read over the
+//! shipped rules as an operator file is.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -10,8 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match Rules::parse("fuzz.toml", text) {
-        Ok(rules) => {
+    let mut rules = Rules::builtin().expect("the shipped rules load");
+    match rules.add_file("fuzz.toml", text, false) {
+        Ok(()) => {
+            let ids = rules.ids();
+            let mut unique = ids.clone();
+            unique.sort_unstable();
+            unique.dedup();
+            assert_eq!(unique.len(), ids.len(), "every id once");
             for direction in [Direction::Egress, Direction::Ingress] {
                 for roles in [
                     &[][..],
@@ -19,12 +26,13 @@ fuzz_target!(|data: &[u8]| {
                     &[Role::Relay],
                     &[Role::Exit, Role::Relay],
                 ] {
-                    assert_eq!(rules.for_match(direction, roles).direction, direction);
+                    let _ = rules.for_match(direction, roles);
                 }
             }
         }
         Err(e) => {
-            let _ = e.to_string();
+            let text = e.to_string();
+            assert!(text.starts_with("rules file fuzz.toml:"), "{text}");
         }
     }
 });

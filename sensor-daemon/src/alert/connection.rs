@@ -6,8 +6,8 @@ use std::time::SystemTime;
 use super::model::{
     Agent, Alert, Attribution, Confidence, Ecs, Endpoint, Enrichment, Event, EventCategory,
     EventKind, EventType, FeedName, Group, Host, IdsNames, Indicator, IndicatorType, IpFamily,
-    MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef, RuleRef, Technique, Thread,
-    Threat, TorDetails, Torsensor, Transport, User,
+    MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef, Technique, Thread, Threat,
+    TorDetails, Torsensor, Transport, User,
 };
 use crate::alert::rules::Rule;
 use crate::enrich::ProcessInfo;
@@ -118,12 +118,7 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
         group: process.map(|p| Group { id: p.gid }),
         container: None,
         orchestrator: None,
-        rule: is_alert.then(|| RuleRef {
-            id: rule.id.clone(),
-            name: rule.name.clone(),
-            description: rule.description.clone(),
-            ruleset: "torsensor-builtin".into(),
-        }),
+        rule: is_alert.then(|| rule.reference()),
         tags: is_alert.then(|| rule.tags.clone()),
         threat: is_alert.then(|| threat(conn, matches, feed_names.first())),
         related: None,
@@ -186,7 +181,10 @@ pub fn process_fields(p: &ProcessInfo) -> Process {
         executable: p.executable.clone(),
         command_line: p.command_line.clone(),
         args: p.args.clone(),
-        parent: p.ppid.map(|pid| Parent { pid }),
+        parent: p.ppid.map(|pid| Parent {
+            pid,
+            name: p.parent_name.clone(),
+        }),
         start: p.start_time.map(Timestamp),
     }
 }
@@ -394,6 +392,7 @@ mod tests {
             command_line: Some("curl https://x".into()),
             args: vec!["curl".into(), "https://x".into()],
             ppid: Some(1),
+            parent_name: None,
             uid: 1000,
             gid: 1000,
             user_name: Some("alice".into()),
@@ -544,7 +543,7 @@ mod tests {
                 conn: &conn,
                 process: Some(&info),
                 container: None,
-                rule: &rules.egress_exit,
+                rule: rules.get("TORSENSOR-003").unwrap(),
                 matches: &[],
                 sensor: &sensor,
                 created: SystemTime::now(),

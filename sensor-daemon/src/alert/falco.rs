@@ -189,7 +189,17 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
     put(
         &mut f,
         "proc.ppid",
-        process.and_then(|p| p.parent).map(|pp| json!(pp.pid)),
+        process
+            .and_then(|p| p.parent.as_ref())
+            .map(|pp| json!(pp.pid)),
+    );
+    put(
+        &mut f,
+        "proc.pname",
+        process
+            .and_then(|p| p.parent.as_ref())
+            .and_then(|pp| pp.name.as_ref())
+            .map(|n| json!(n)),
     );
     put(&mut f, "proc.exepath", actor.exe.map(|v| json!(v)));
     put(
@@ -285,7 +295,7 @@ mod tests {
         assert_eq!(Priority::parse("loud"), None);
         // The built-in rules' severities give their own priorities.
         let rules = crate::alert::rules::Rules::builtin().unwrap();
-        for rule in [&rules.egress_relay, &rules.egress_exit, &rules.ingress] {
+        for rule in &rules.list {
             assert_eq!(
                 Some(Priority::from_severity(rule.severity.into())),
                 Priority::parse(&rule.priority),

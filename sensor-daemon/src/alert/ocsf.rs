@@ -205,7 +205,10 @@ fn actor(alert: &Alert, container: Option<Value>) -> Option<Value> {
         put(
             &mut process,
             "parent_process",
-            p.parent.map(|pp| json!({"pid": pp.pid})),
+            p.parent.as_ref().map(|pp| match &pp.name {
+                Some(name) => json!({"pid": pp.pid, "name": name}),
+                None => json!({"pid": pp.pid}),
+            }),
         );
     }
     put(&mut process, "user", user.clone());

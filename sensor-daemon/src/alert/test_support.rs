@@ -43,7 +43,7 @@ pub fn connection_alert(
         conn: &conn,
         process: Some(&ProcessInfo::from_kernel(&kernel)),
         container: None,
-        rule: &rules.egress_exit,
+        rule: rules.get("TORSENSOR-003").unwrap(),
         matches: &[],
         sensor: &SensorIdentity {
             host_name: "h1".into(),

@@ -3,4 +3,5 @@
 //! code. Part of the binary, not of the library.
 
 pub mod check;
+pub mod rules;
 pub mod running;

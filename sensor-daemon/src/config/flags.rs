@@ -30,6 +30,9 @@ pub struct ConfigFlags {
     /// Keep loopback/private/documentation entries (labs and tests).
     #[arg(long, env = "TORSENSOR_ALLOW_RESERVED")]
     allow_reserved: bool,
+    /// The operator's rule files. Default: /etc/torsensor/rules.d.
+    #[arg(long, env = "TORSENSOR_RULES_DIR", value_name = "DIR")]
+    rules_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -125,6 +128,9 @@ impl ConfigFlags {
         cfg.add_feed_locations(&self.feeds);
         if let Some(dir) = &self.state_dir {
             cfg.state_dir = dir.clone();
+        }
+        if let Some(dir) = &self.rules_dir {
+            cfg.rules_dir = dir.clone();
         }
         cfg.allow_reserved |= self.allow_reserved;
         Ok(cfg)

@@ -81,6 +81,11 @@ pub struct SensorConfig {
     /// by group or others and not a link (see `statedir`), else refused.
     /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
     pub state_dir: PathBuf,
+    /// The operator's rule files (`*.toml`, read in name order after the
+    /// shipped rules; see `alert/rules` and the README, "Tuning"). A
+    /// directory that does not exist adds nothing. Default:
+    /// `/etc/torsensor/rules.d`.
+    pub rules_dir: PathBuf,
     /// Keep feed entries in reserved ranges (loopback, private,
     /// documentation). Default: false (dropped with one warning per feed).
     pub allow_reserved: bool,
@@ -155,6 +160,7 @@ pub struct SensorConfig {
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
+pub const DEFAULT_RULES_DIR: &str = "/etc/torsensor/rules.d";
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
@@ -167,6 +173,7 @@ impl Default for SensorConfig {
     fn default() -> Self {
         SensorConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
             allow_reserved: false,
             audit_all: false,
             host_name: None,
@@ -299,7 +306,8 @@ impl SensorConfig {
     /// The keys that differ between `self` (running) and `new` and that a
     /// reload (SIGHUP) does not apply: they shape the kernel programs, the
     /// outputs and the run loop, which are set up once. A reload applies
-    /// `feed`, `allow_reserved` and `state_dir`.
+    /// `feed`, `allow_reserved`, `state_dir` and `rules_dir` (and re-reads
+    /// the rules).
     pub fn restart_only_changes(&self, new: &SensorConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
         let mut differs = |key, changed: bool| {

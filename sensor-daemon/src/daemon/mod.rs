@@ -168,6 +168,10 @@ struct Daemon {
     last_selftest: Option<SelftestResult>,
     /// Messages to systemd (no-ops without `NOTIFY_SOCKET`).
     notify: Notify,
+    /// When this run started (RFC 3339), for the rule counts.
+    started: String,
+    /// The rule counts last written to `status.json`.
+    written_counts: crate::pipeline::RuleCounts,
 }
 
 /// Runs the sensor until SIGINT or SIGTERM. SIGHUP reloads the
@@ -262,13 +266,32 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     daemon.shutdown(ring.get_mut()).await
 }
 
+/// One line: the rules in force, in the order they are tried.
+fn log_rules(rules: &Rules) {
+    let enabled: Vec<&str> = rules
+        .list
+        .iter()
+        .filter(|r| r.enabled)
+        .map(|r| r.id.as_str())
+        .collect();
+    let exceptions: usize = rules.list.iter().map(|r| r.except.len()).sum();
+    tracing::info!(
+        "rules: {} enabled ({}), {} exceptions, from {}",
+        enabled.len(),
+        enabled.join(", "),
+        exceptions,
+        rules.files.join(", ")
+    );
+}
+
 impl Daemon {
     /// Privileges first (the most useful first error), then the state
     /// directory (checked before anything is read from it), the feeds, the
     /// outputs (a path that cannot be used stops the start with nothing
     /// loaded), the kernel, and last the capabilities no longer needed.
     fn arm(cfg: Config, reload: Reload) -> Result<(Daemon, Polled), SensorError> {
-        let rules = Rules::builtin()?;
+        let rules = Rules::load(Some(&cfg.rules_dir))?;
+        log_rules(&rules);
         kernel::preflight()?;
         check_state_dir(&cfg.state_dir)?;
         let (manager, feeds) = load_offline(&cfg)?;
@@ -308,6 +331,8 @@ impl Daemon {
             prober,
             last_selftest: None,
             notify: Notify::from_env(),
+            started: crate::time::rfc3339_secs(SystemTime::now()),
+            written_counts: Default::default(),
             state_dir: cfg.state_dir.clone(),
             cfg,
             reload,
@@ -360,6 +385,10 @@ impl Daemon {
             self.probes.plan(),
             self.endpoint.as_ref().map(|(addr, _)| *addr),
             self.last_selftest.as_ref(),
+            status::RulesStatus {
+                started: self.started.clone(),
+                counts: self.delivery.pipeline.rule_counts().clone(),
+            },
         );
     }
 
@@ -397,6 +426,7 @@ impl Daemon {
             decode_errors: stats.decode_errors,
             feeds: telemetry::feed_health(&self.manager, feeds, SystemTime::now()),
             outputs: self.delivery.sinks.stats(),
+            rules: self.delivery.pipeline.rule_counts().clone(),
             selftest_required: self.cfg.selftest,
             selftest: self.last_selftest.clone(),
             loop_age_seconds: 0.0,
@@ -434,6 +464,11 @@ impl Daemon {
         }
         self.output_losses.tick(&self.delivery.sinks.stats());
         health::report_stale(&mut self.manager);
+        // The rule counts in status.json, when they changed.
+        if *self.delivery.pipeline.rule_counts() != self.written_counts {
+            self.written_counts = self.delivery.pipeline.rule_counts().clone();
+            self.write_status();
+        }
     }
 
     /// Applies one finished fetch: validation in the manager, then (if the
@@ -532,6 +567,14 @@ impl Daemon {
     }
 
     async fn apply_reload(&mut self, new_cfg: Config, ring: &mut RingBuf<MapData>) {
+        // The rules: all of them or none (a bad file keeps the running ones).
+        match Rules::load(Some(&new_cfg.rules_dir)) {
+            Ok(rules) => {
+                log_rules(&rules);
+                self.delivery.pipeline.set_rules(rules);
+            }
+            Err(e) => tracing::error!("SIGHUP: keeping the running rules: {e}"),
+        }
         let restart = self.cfg.restart_only_changes(&new_cfg);
         if !restart.is_empty() {
             tracing::warn!(

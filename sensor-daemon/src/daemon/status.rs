@@ -84,6 +84,17 @@ pub struct StatusFile {
     /// The last self-test of this run, if any.
     #[serde(default)]
     pub selftest: Option<SelftestResult>,
+    /// What the rules decided since `started` (read by `rules check`).
+    #[serde(default)]
+    pub rules: Option<RulesStatus>,
+}
+
+/// The rule counts of a running sensor, and since when.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RulesStatus {
+    pub started: String,
+    #[serde(flatten)]
+    pub counts: crate::pipeline::RuleCounts,
 }
 
 /// Writes `status.json` (mode 0644) in the state directory, checked again
@@ -94,12 +105,14 @@ pub(super) fn write_status(
     hooks: Option<&HookPlan>,
     metrics: Option<SocketAddr>,
     selftest: Option<&SelftestResult>,
+    rules: RulesStatus,
 ) {
     let status = StatusFile {
         feeds,
         hooks: hooks.cloned(),
         metrics,
         selftest: selftest.cloned(),
+        rules: Some(rules),
     };
     let bytes = serde_json::to_vec_pretty(&status).expect("status serializes");
     let written = Dir::open(state_dir, STATE_DIR_MODE)

@@ -58,6 +58,8 @@ pub struct Snapshot {
     pub selftest_required: bool,
     /// The last self-test of this run.
     pub selftest: Option<super::selftest::SelftestResult>,
+    /// What the rules decided since start.
+    pub rules: crate::pipeline::RuleCounts,
     /// Seconds since the loop last refreshed this (filled in when read).
     pub loop_age_seconds: f64,
 }
@@ -322,8 +324,43 @@ impl Collector for Scrape {
         encode_kernel(&mut encoder, &s)?;
         encode_alerts(&mut encoder, &s)?;
         encode_feeds(&mut encoder, &s)?;
+        encode_rules(&mut encoder, &s)?;
         encode_outputs(&mut encoder, &s)
     }
+}
+
+fn encode_rules(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::Counter;
+    let mut decisions = Vec::new();
+    let mut exceptions = Vec::new();
+    for (rule, c) in &s.rules.rules {
+        for (decision, n) in [("alerted", c.alerted), ("logged", c.logged)] {
+            let labels = vec![("rule", rule.clone()), ("decision", decision.to_owned())];
+            decisions.push((labels, n as f64));
+        }
+        let excepted: u64 = c.excepted.values().sum();
+        let labels = vec![("rule", rule.clone()), ("decision", "excepted".to_owned())];
+        decisions.push((labels, excepted as f64));
+        for (at, n) in &c.excepted {
+            exceptions.push((
+                vec![("rule", rule.clone()), ("exception", at.clone())],
+                *n as f64,
+            ));
+        }
+    }
+    let help = "Hits each rule decided, by decision: alerted, logged (action log), excepted.";
+    family(e, "torsensor_rule_decisions", help, Counter, &decisions)?;
+    let help = "Hits an exception (allowlist entry) kept from alerting, by rule and where the exception is written (file:line).";
+    family(
+        e,
+        "torsensor_rule_exception_hits",
+        help,
+        Counter,
+        &exceptions,
+    )?;
+    let help = "Hits no enabled rule took (nothing alerted).";
+    let unmatched = one(s.rules.unmatched as f64);
+    family(e, "torsensor_rule_unmatched", help, Counter, &unmatched)
 }
 
 fn encode_daemon(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
@@ -577,6 +614,20 @@ mod tests {
                 failures_by_reason: BTreeMap::from([("timeout".to_owned(), 2)]),
                 ..Default::default()
             }],
+            rules: crate::pipeline::RuleCounts {
+                rules: BTreeMap::from([(
+                    "TORSENSOR-001".to_owned(),
+                    crate::pipeline::RuleCount {
+                        alerted: 4,
+                        logged: 0,
+                        excepted: BTreeMap::from([(
+                            "/etc/torsensor/rules.d/a.toml:4".to_owned(),
+                            3,
+                        )]),
+                    },
+                )]),
+                unmatched: 2,
+            },
             outputs: vec![SinkStats {
                 name: "siem".into(),
                 dropped_queue: 5,
@@ -594,6 +645,9 @@ mod tests {
             "torsensor_feed_refresh_failures_total{feed=\"tor-exits\",reason=\"timeout\"} 2",
             "torsensor_output_dropped_total{output=\"siem\",reason=\"queue_full\"} 5",
             "torsensor_ready 1",
+            "torsensor_rule_decisions_total{rule=\"TORSENSOR-001\",decision=\"excepted\"} 3",
+            "torsensor_rule_exception_hits_total{rule=\"TORSENSOR-001\",exception=\"/etc/torsensor/rules.d/a.toml:4\"} 3",
+            "torsensor_rule_unmatched_total 2",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

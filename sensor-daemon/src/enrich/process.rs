@@ -26,6 +26,8 @@ pub struct ProcessInfo {
     pub command_line: Option<String>,
     pub args: Vec<String>,
     pub ppid: Option<u32>,
+    /// The parent's command name (`/proc/<ppid>/comm`).
+    pub parent_name: Option<String>,
     pub uid: u32,
     pub gid: u32,
     pub user_name: Option<String>,
@@ -45,6 +47,7 @@ impl ProcessInfo {
             thread_name: p.comm.clone(),
             executable: None,
             command_line: None,
+            parent_name: None,
             args: Vec::new(),
             ppid: None,
             uid: p.uid,
@@ -161,6 +164,11 @@ fn read_process(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|v| v.trim().parse().ok())
     });
+    let parent_name = ppid.and_then(|ppid: u32| {
+        fs::read_to_string(proc_root.join(ppid.to_string()).join("comm"))
+            .ok()
+            .map(|c| c.trim_end_matches('\n').to_owned())
+    });
     let base = ProcessInfo::from_kernel(p);
     let name = fs::read_to_string(dir.join("comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
@@ -171,6 +179,7 @@ fn read_process(p: &KernelProcess, proc_root: &Path) -> ProcessInfo {
         command_line: (!args.is_empty()).then(|| args.join(" ")),
         args,
         ppid,
+        parent_name,
         start_time: process_start_time(proc_root, p.tgid),
         ..base
     }

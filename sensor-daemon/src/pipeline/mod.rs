@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime};
 use sensor_common::ConnEvent;
 
 use crate::alert::aggregate::Aggregator;
-use crate::alert::rules::Rules;
+use crate::alert::rules::{Action, Decision, Rules};
 use crate::alert::{Alert, AlertInput, SensorIdentity, build, roles_of};
 use crate::enrich::container::{ContainerCache, ContainerInfo};
 use crate::enrich::kubelet::KubeletLogs;
@@ -118,6 +118,25 @@ pub struct Pipeline<S = HostSource> {
     clock: BootClock,
     source: S,
     aggregator: Aggregator,
+    counts: RuleCounts,
+}
+
+/// What the rules decided, since start: per rule, hits alerted and logged,
+/// and per exception (in the rule's order) hits excepted; hits no enabled
+/// rule took.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleCounts {
+    pub rules: std::collections::BTreeMap<String, RuleCount>,
+    pub unmatched: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RuleCount {
+    pub alerted: u64,
+    pub logged: u64,
+    /// Hits excepted, per exception (keyed by where it is written,
+    /// `file:line`).
+    pub excepted: std::collections::BTreeMap<String, u64>,
 }
 
 impl<S: ProcessSource> Pipeline<S> {
@@ -137,7 +156,23 @@ impl<S: ProcessSource> Pipeline<S> {
             clock,
             source,
             aggregator,
+            counts: RuleCounts::default(),
         }
+    }
+
+    /// The rules in force.
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
+    /// Replaces the rules (SIGHUP); counts of rules that remain are kept.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// What the rules decided since start.
+    pub fn rule_counts(&self) -> &RuleCounts {
+        &self.counts
     }
 
     /// The clock that turns the kernel's boot times into wall-clock times.
@@ -194,11 +229,46 @@ impl<S: ProcessSource> Pipeline<S> {
         incomplete: bool,
         now: Now,
     ) -> Result<Vec<Alert>, EventError> {
-        let alert = self.alert(ev, incomplete, now.wall)?;
+        let mut alert = self.alert(ev, incomplete, now.wall)?;
         if alert.torsensor.audit {
             return Ok(vec![alert]);
         }
-        Ok(self.aggregator.offer(alert, now.mono))
+        match self.rules.decide(&alert, now.wall) {
+            Decision::Rule(rule) => {
+                let count = self.counts.rules.entry(rule.id.clone()).or_default();
+                alert.apply_rule(rule);
+                match rule.action {
+                    Action::Alert => {
+                        count.alerted += 1;
+                        Ok(self.aggregator.offer(alert, now.mono))
+                    }
+                    Action::Log => {
+                        count.logged += 1;
+                        tracing::info!(
+                            rule = %rule.id,
+                            "rule {} (action log): {} {}:{} -> {}:{} process {}",
+                            rule.id,
+                            alert.network.direction,
+                            alert.source.ip,
+                            alert.source.port,
+                            alert.destination.ip,
+                            alert.destination.port,
+                            alert.process.as_ref().map_or("-", |p| p.name.as_str())
+                        );
+                        Ok(Vec::new())
+                    }
+                }
+            }
+            Decision::Excepted(rule, i) => {
+                let count = self.counts.rules.entry(rule.id.clone()).or_default();
+                *count.excepted.entry(rule.except[i].at.clone()).or_default() += 1;
+                Ok(Vec::new())
+            }
+            Decision::Unmatched => {
+                self.counts.unmatched += 1;
+                Ok(Vec::new())
+            }
+        }
     }
 
     /// Summaries of the aggregation windows that have ended.

@@ -1,0 +1,284 @@
+//! What a rule or an exception requires of a hit (`when = { ... }`), and
+//! how it is checked against the typed [`Alert`]: every key given must
+//! hold; a list holds when any of its entries does.
+
+use std::net::IpAddr;
+
+use globset::{Glob, GlobMatcher};
+use ipnet::IpNet;
+use regex::Regex;
+use serde::Deserialize;
+
+use crate::alert::model::{Alert, Confidence};
+use crate::feed::Role;
+use crate::net::{Direction, canonical_ip};
+
+/// The role a rule asks for.
+#[derive(Debug, Clone, Copy, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleRole {
+    Exit,
+    Relay,
+}
+
+/// `when = { ... }` as written.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RawWhen {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<RuleRole>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feed: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub local_port: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_port: Option<Vec<u16>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub executable: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command_line_regex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_namespace: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod_name: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<Vec<String>>,
+}
+
+/// Compiled conditions (globs, prefixes and the regex built once).
+#[derive(Debug, Clone, Default)]
+pub struct When {
+    pub raw: RawWhen,
+    confidence: Option<Confidence>,
+    peer: Vec<IpNet>,
+    process: Vec<GlobMatcher>,
+    executable: Vec<GlobMatcher>,
+    command_line_regex: Option<Regex>,
+    parent: Vec<GlobMatcher>,
+    pod_namespace: Vec<GlobMatcher>,
+    pod_name: Vec<GlobMatcher>,
+}
+
+fn globs(key: &str, list: &Option<Vec<String>>) -> Result<Vec<GlobMatcher>, String> {
+    list.iter()
+        .flatten()
+        .map(|p| {
+            Glob::new(p)
+                .map(|g| g.compile_matcher())
+                .map_err(|e| format!("{key}: {p:?} is not a glob ({e})"))
+        })
+        .collect()
+}
+
+impl When {
+    /// Checks and compiles; the error names the key and the bad value.
+    pub fn compile(raw: RawWhen) -> Result<When, String> {
+        let lists: [(&str, Option<usize>); 13] = [
+            ("feed", raw.feed.as_ref().map(Vec::len)),
+            ("peer", raw.peer.as_ref().map(Vec::len)),
+            ("local_port", raw.local_port.as_ref().map(Vec::len)),
+            ("peer_port", raw.peer_port.as_ref().map(Vec::len)),
+            ("process", raw.process.as_ref().map(Vec::len)),
+            ("executable", raw.executable.as_ref().map(Vec::len)),
+            ("command_line", raw.command_line.as_ref().map(Vec::len)),
+            ("parent", raw.parent.as_ref().map(Vec::len)),
+            ("user", raw.user.as_ref().map(Vec::len)),
+            ("container_id", raw.container_id.as_ref().map(Vec::len)),
+            ("pod_namespace", raw.pod_namespace.as_ref().map(Vec::len)),
+            ("pod_name", raw.pod_name.as_ref().map(Vec::len)),
+            ("cgroup", raw.cgroup.as_ref().map(Vec::len)),
+        ];
+        if let Some((key, _)) = lists.iter().find(|(_, n)| *n == Some(0)) {
+            return Err(format!(
+                "{key}: an empty list matches nothing; leave the key out"
+            ));
+        }
+        let confidence = match raw.confidence.as_deref() {
+            None => None,
+            Some("high") => Some(Confidence::High),
+            Some("medium") => Some(Confidence::Medium),
+            Some(other) => {
+                return Err(format!("confidence: {other:?} is not high or medium"));
+            }
+        };
+        let peer = raw
+            .peer
+            .iter()
+            .flatten()
+            .map(|p| {
+                crate::net::parse_entry(p)
+                    .map_err(|e| format!("peer: {p:?} is not an address or prefix ({e})"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(id) = raw
+            .container_id
+            .iter()
+            .flatten()
+            .find(|id| id.len() < 12 || !id.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
+            return Err(format!(
+                "container_id: {id:?} is not a container id (at least its first 12 hex digits)"
+            ));
+        }
+        let command_line_regex = raw
+            .command_line_regex
+            .as_deref()
+            .map(|r| Regex::new(r).map_err(|e| format!("command_line_regex: {e}")))
+            .transpose()?;
+        Ok(When {
+            confidence,
+            peer,
+            process: globs("process", &raw.process)?,
+            executable: globs("executable", &raw.executable)?,
+            command_line_regex,
+            parent: globs("parent", &raw.parent)?,
+            pod_namespace: globs("pod_namespace", &raw.pod_namespace)?,
+            pod_name: globs("pod_name", &raw.pod_name)?,
+            raw,
+        })
+    }
+
+    /// No condition at all (matches every hit).
+    pub fn is_empty(&self) -> bool {
+        self.raw == RawWhen::default()
+    }
+
+    /// Whether the alert satisfies every condition given.
+    pub fn matches(&self, a: &Alert) -> bool {
+        self.checks(a).iter().all(|(_, held)| *held)
+    }
+
+    /// Each condition given, and whether it holds for the alert (what
+    /// `torsensor rules test` prints).
+    pub fn checks(&self, a: &Alert) -> Vec<(&'static str, bool)> {
+        let r = &self.raw;
+        let direction = a.network.direction;
+        let (local, peer) = match direction {
+            Direction::Egress => (&a.source, &a.destination),
+            Direction::Ingress => (&a.destination, &a.source),
+        };
+        let tor = a.torsensor.tor.as_ref();
+        let process = a.process.as_ref();
+        let any_glob = |globs: &[GlobMatcher], value: Option<&str>| {
+            value.is_some_and(|v| globs.iter().any(|g| g.is_match(v)))
+        };
+        let peer_ip: IpAddr = canonical_ip(peer.ip);
+        let command_line = process.and_then(|p| p.command_line.as_deref());
+        let mut out = Vec::new();
+        let mut check = |key: &'static str, given: bool, held: &dyn Fn() -> bool| {
+            if given {
+                out.push((key, held()));
+            }
+        };
+        check("direction", r.direction.is_some(), &|| {
+            r.direction == Some(direction)
+        });
+        check("role", r.role.is_some(), &|| {
+            let want = match r.role {
+                Some(RuleRole::Exit) => Role::Exit,
+                _ => Role::Relay,
+            };
+            tor.is_some_and(|t| t.roles.contains(&want))
+        });
+        check("confidence", self.confidence.is_some(), &|| {
+            tor.is_some_and(|t| Some(t.confidence) == self.confidence)
+        });
+        check("feed", r.feed.is_some(), &|| {
+            let feeds = r.feed.as_deref().unwrap_or_default();
+            a.torsensor.matches.iter().any(|m| feeds.contains(&m.name))
+        });
+        check("peer", !self.peer.is_empty(), &|| {
+            self.peer.iter().any(|n| n.contains(&peer_ip))
+        });
+        check("local_port", r.local_port.is_some(), &|| {
+            r.local_port
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&local.port)
+        });
+        check("peer_port", r.peer_port.is_some(), &|| {
+            r.peer_port
+                .as_deref()
+                .unwrap_or_default()
+                .contains(&peer.port)
+        });
+        check("process", !self.process.is_empty(), &|| {
+            any_glob(&self.process, process.map(|p| p.name.as_str()))
+        });
+        check("executable", !self.executable.is_empty(), &|| {
+            any_glob(
+                &self.executable,
+                process.and_then(|p| p.executable.as_deref()),
+            )
+        });
+        check("command_line", r.command_line.is_some(), &|| {
+            let subs = r.command_line.as_deref().unwrap_or_default();
+            command_line.is_some_and(|l| subs.iter().any(|s| l.contains(s.as_str())))
+        });
+        check(
+            "command_line_regex",
+            self.command_line_regex.is_some(),
+            &|| {
+                let re = self.command_line_regex.as_ref();
+                command_line.is_some_and(|l| re.is_some_and(|re| re.is_match(l)))
+            },
+        );
+        check("parent", !self.parent.is_empty(), &|| {
+            let name = process
+                .and_then(|p| p.parent.as_ref())
+                .and_then(|pp| pp.name.as_deref());
+            any_glob(&self.parent, name)
+        });
+        check("user", r.user.is_some(), &|| {
+            let users = r.user.as_deref().unwrap_or_default();
+            a.user.as_ref().is_some_and(|u| {
+                users.iter().any(|want| {
+                    *want == u.id.to_string() || u.name.as_deref() == Some(want.as_str())
+                })
+            })
+        });
+        check("container_id", r.container_id.is_some(), &|| {
+            let ids = r.container_id.as_deref().unwrap_or_default();
+            a.container
+                .as_ref()
+                .is_some_and(|c| ids.iter().any(|id| c.id.starts_with(id.as_str())))
+        });
+        check("pod_namespace", !self.pod_namespace.is_empty(), &|| {
+            let ns = a.orchestrator.as_ref().and_then(|o| o.namespace.as_deref());
+            any_glob(&self.pod_namespace, ns)
+        });
+        check("pod_name", !self.pod_name.is_empty(), &|| {
+            let name = a
+                .orchestrator
+                .as_ref()
+                .and_then(|o| o.resource.name.as_deref());
+            any_glob(&self.pod_name, name)
+        });
+        check("cgroup", r.cgroup.is_some(), &|| {
+            let prefixes = r.cgroup.as_deref().unwrap_or_default();
+            let path = a
+                .torsensor
+                .container
+                .as_ref()
+                .map(|c| c.cgroup_path.as_str());
+            path.is_some_and(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())))
+        });
+        out
+    }
+}
