@@ -207,17 +207,7 @@ fn test(args: RulesTestArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        println!(
-            "{}:{}: {} {}:{} -> {}:{} process {}",
-            args.event.display(),
-            n + 1,
-            alert.network.direction,
-            alert.source.ip,
-            alert.source.port,
-            alert.destination.ip,
-            alert.destination.port,
-            alert.process.as_ref().map_or("-", |p| p.name.as_str())
-        );
+        println!("{}:{}: {}", args.event.display(), n + 1, alert.summary());
         // Every rule tried, until the one that decides.
         for rule in &rules.list {
             let checks = rule.when.checks(&alert);

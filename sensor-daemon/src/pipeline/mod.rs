@@ -246,14 +246,9 @@ impl<S: ProcessSource> Pipeline<S> {
                         count.logged += 1;
                         tracing::info!(
                             rule = %rule.id,
-                            "rule {} (action log): {} {}:{} -> {}:{} process {}",
+                            "rule {} (action log): {}",
                             rule.id,
-                            alert.network.direction,
-                            alert.source.ip,
-                            alert.source.port,
-                            alert.destination.ip,
-                            alert.destination.port,
-                            alert.process.as_ref().map_or("-", |p| p.name.as_str())
+                            alert.summary()
                         );
                         Ok(Vec::new())
                     }

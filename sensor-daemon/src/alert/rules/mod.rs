@@ -462,6 +462,20 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
 }
 
 impl Alert {
+    /// One line for a person: `egress 10.0.0.5:40000 -> 185.220.101.1:9001
+    /// process curl`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} {}:{} -> {}:{} process {}",
+            self.network.direction,
+            self.source.ip,
+            self.source.port,
+            self.destination.ip,
+            self.destination.port,
+            self.process.as_ref().map_or("-", |p| p.name.as_str())
+        )
+    }
+
     /// Puts `rule`'s identity, tags and severity on an alert that was
     /// built with another.
     pub fn apply_rule(&mut self, rule: &Rule) {
