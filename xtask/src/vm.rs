@@ -735,8 +735,16 @@ fn base_image(root: &Path, bins: &Binaries, stage: &Path) -> anyhow::Result<Init
     let mut image = Initramfs::default();
     // The feed fixtures the test HTTP server reads at run time (by the
     // compile-time `CARGO_MANIFEST_DIR` path).
-    for entry in fs::read_dir(root.join("sensor-daemon/data"))? {
-        image.host_file(&entry?.path())?;
+    let mut dirs = vec![root.join("sensor-daemon/data")];
+    while let Some(dir) = dirs.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                image.host_file(&path)?;
+            }
+        }
     }
     // The host's merged-/usr links, so that library and program paths from
     // the host resolve the same way inside.
