@@ -19,6 +19,7 @@ const CASES: &[&str] = &[
     "egress_ipv4_host",
     "ingress_ipv6_container",
     "egress_audit_failed_no_process",
+    "egress_socks_local",
 ];
 
 fn golden_dir() -> PathBuf {

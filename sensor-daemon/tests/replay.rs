@@ -86,6 +86,7 @@ fn feeds() -> FeedSet {
     FeedSet::new(vec![
         feed("tor-exits", Origin::Network, exits),
         feed("tor-relays", Origin::Cache, relays),
+        Arc::new(Feed::socks_ports(&["127.0.0.1:9050".parse().unwrap()])),
     ])
     .unwrap()
 }
@@ -141,6 +142,25 @@ fn recorded() -> Recorded {
         user_name: Some("nginx".into()),
         ..ProcessInfo::default()
     };
+    // A program using tor's SOCKS port (through torsocks), started from a
+    // shell.
+    let curl = ProcessInfo {
+        pid: 5555,
+        name: "curl".into(),
+        executable: Some("/usr/bin/curl".into()),
+        command_line: Some("curl --socks5-hostname 127.0.0.1:9050 https://example.onion/".into()),
+        args: args(&[
+            "curl",
+            "--socks5-hostname",
+            "127.0.0.1:9050",
+            "https://example.onion/",
+        ]),
+        ppid: Some(5000),
+        parent_name: Some("bash".into()),
+        uid: 1000,
+        user_name: Some("alice".into()),
+        ..ProcessInfo::default()
+    };
     let container = ContainerInfo {
         id: "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899".into(),
         runtime: Some(Runtime::Containerd),
@@ -150,7 +170,7 @@ fn recorded() -> Recorded {
         ..ContainerInfo::default()
     };
     Recorded {
-        processes: HashMap::from([(4242, tor), (31337, nginx)]),
+        processes: HashMap::from([(4242, tor), (31337, nginx), (5555, curl)]),
         containers: HashMap::from([(88123, container)]),
     }
 }
@@ -199,8 +219,10 @@ fn recorded_events_give_the_golden_alerts() {
         ("egress_ipv4_host", Attribution::Connect),
         ("ingress_ipv6_container", Attribution::FirstUse),
         ("egress_audit_failed_no_process", Attribution::None),
+        ("egress_socks_local", Attribution::Connect),
     ];
     assert_eq!(records.len(), cases.len());
+    let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     let mut pipeline = pipeline(Duration::ZERO);
     let created = time("2024-11-24T21:00:00.131072000Z");
     for (record, (case, attribution)) in records.iter().zip(cases) {
@@ -209,6 +231,12 @@ fn recorded_events_give_the_golden_alerts() {
         // The golden files predate `torsensor.attribution`.
         assert_eq!(alert.torsensor.attribution, Some(attribution), "{case}");
         alert.torsensor.attribution = None;
+        // A new case: its input for tests/format.rs (the alert as the model
+        // serializes it, before enrichment adds the Community ID).
+        let input = dir("golden").join(format!("{case}.ecs.json"));
+        if update && !input.exists() {
+            std::fs::write(&input, pretty(&serde_json::to_value(&alert).unwrap())).unwrap();
+        }
         for (suffix, rendered) in [
             ("enriched", ecs::render(&alert)),
             ("ocsf", ocsf::render(&alert)),
@@ -216,6 +244,9 @@ fn recorded_events_give_the_golden_alerts() {
         ] {
             let name = format!("{case}.{suffix}.json");
             let got = pretty(&rendered);
+            if update {
+                std::fs::write(dir("golden").join(&name), &got).unwrap();
+            }
             assert!(
                 got == golden(&name),
                 "{name} differs from the replayed alert:\n{got}"

@@ -63,7 +63,7 @@ fn an_exception_excepts_this_process_and_sighup_reloads_the_rules() {
             "1",
         ],
     );
-    sensor.wait_log("rules: 3 enabled", 1, Duration::from_secs(1));
+    sensor.wait_log("rules: 4 enabled", 1, Duration::from_secs(1));
     let server = listen(addr("127.66.70.1:0"), false);
     let to = server.local_addr().unwrap();
 
@@ -129,7 +129,7 @@ fn an_exception_excepts_this_process_and_sighup_reloads_the_rules() {
     std::fs::remove_file(dir.join("20-bad.toml")).unwrap();
     std::fs::remove_file(&local).unwrap();
     sensor.signal(libc::SIGHUP);
-    sensor.wait_log("rules: 3 enabled", 2, Duration::from_secs(5));
+    sensor.wait_log("rules: 4 enabled", 2, Duration::from_secs(5));
     let now_alerted = TcpStream::connect(to).unwrap();
     let port = now_alerted.local_addr().unwrap().port();
     let alert = sensor.expect_alert("this process after the reload", |a| {
@@ -159,6 +159,7 @@ fn every_shipped_rule_fires_and_is_excepted() {
     )
     .unwrap();
     let relay_listener = listen(addr("127.66.71.1:9001"), false);
+    let socks_listener = listen(addr("127.0.0.1:9150"), false);
     let exit_listener = listen(addr("127.66.71.2:0"), false);
     let exit_to = exit_listener.local_addr().unwrap();
     // Inbound: a server on a local address, a client bound to the exit
@@ -167,7 +168,7 @@ fn every_shipped_rule_fires_and_is_excepted() {
     let inbound_to = server.local_addr().unwrap();
     let run = |excepted: bool| {
         let text = if excepted {
-            ["TORSENSOR-001", "TORSENSOR-002", "TORSENSOR-003"]
+            ["TORSENSOR-001", "TORSENSOR-002", "TORSENSOR-003", "TORSENSOR-004"]
                 .iter()
                 .map(|id| {
                     format!(
@@ -195,6 +196,8 @@ fn every_shipped_rule_fires_and_is_excepted() {
         );
         bash_connect(addr("127.66.71.1:9001"));
         bash_connect(exit_to);
+        // Tor Browser's SOCKS port (a default of tor_socks_ports).
+        bash_connect(addr("127.0.0.1:9150"));
         let client = common::connect_from(addr("127.66.71.2:0"), inbound_to);
         let (accepted, _) = server.accept().unwrap();
         drop((client, accepted));
@@ -211,8 +214,13 @@ fn every_shipped_rule_fires_and_is_excepted() {
     };
     assert_eq!(
         run(false),
-        ["TORSENSOR-001", "TORSENSOR-002", "TORSENSOR-003"]
+        [
+            "TORSENSOR-001",
+            "TORSENSOR-002",
+            "TORSENSOR-003",
+            "TORSENSOR-004"
+        ]
     );
     assert!(run(true).is_empty(), "every shipped rule excepted");
-    drop(relay_listener);
+    drop((relay_listener, socks_listener));
 }

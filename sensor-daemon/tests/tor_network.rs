@@ -623,7 +623,7 @@ fn a_private_tor_network_is_seen_attributed_and_explained() {
     std::fs::write(
         &config,
         format!(
-            "allow_reserved = true\naggregation_window = \"0s\"\n\n\
+            "allow_reserved = true\naggregation_window = \"0s\"\ntor_socks_ports = [\"127.10.0.10:9050\"]\n\n\
              [[feed]]\nname = \"lab-client\"\nlocation = \"tordir:{}\"\nwatch = \"1s\"\nauthorities = [{a}]\n\n\
              [[feed]]\nname = \"lab-mirror\"\nlocation = \"{}\"\nauthorities = [{a}]\njitter = \"0s\"\n",
             client_dir.display(),
@@ -707,6 +707,20 @@ fn a_private_tor_network_is_seen_attributed_and_explained() {
     let inbound = |a: &Value| {
         get(a, "network.direction") == "ingress" && get(a, "destination.port") == &json!(WEB.port())
     };
+    // Who used the SocksPort: this process, whatever relay it reached.
+    let socks = |a: &Value| get(a, "rule.id") == "TORSENSOR-004";
+    let alert = expect(
+        &sensor,
+        &net,
+        "the SOCKS client",
+        Duration::from_secs(5),
+        socks,
+    );
+    assert_eq!(get(&alert, "destination.ip"), "127.10.0.10");
+    assert_eq!(get(&alert, "destination.port"), &json!(SOCKS_PORT));
+    assert_eq!(get(&alert, "process.pid"), &json!(std::process::id()));
+    assert_eq!(get(&alert, "torsensor.tor.roles"), &json!(["socks"]));
+
     let alert = expect(
         &sensor,
         &net,

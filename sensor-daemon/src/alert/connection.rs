@@ -211,6 +211,7 @@ fn threat(conn: &Connection, matches: &[FeedMatch<'_>], first_feed: Option<&Stri
                 description: match m.role {
                     Role::Relay => "Tor relay OR address and ORPort",
                     Role::Exit => "Tor exit address",
+                    Role::Socks => "local Tor SOCKS port",
                 }
                 .into(),
                 last_seen: m.exit_last_seen.map(TimestampSecs),
@@ -315,7 +316,7 @@ fn tor_details(matches: &[FeedMatch<'_>]) -> TorDetails {
     let relay_count = relays.len();
     relays.truncate(MAX_RELAYS_LISTED);
     TorDetails {
-        confidence: if roles.contains(&Role::Relay) {
+        confidence: if roles.contains(&Role::Relay) || roles.contains(&Role::Socks) {
             Confidence::High
         } else {
             Confidence::Medium

@@ -158,6 +158,6 @@ fn match_json(m: &FeedMatch<'_>) -> serde_json::Value {
             "nickname": r.nickname,
             "flags": r.flags,
         })).collect::<Vec<_>>(),
-        "confidence": if m.role == Role::Relay { "high" } else { "medium" },
+        "confidence": if m.role == Role::Exit { "medium" } else { "high" },
     })
 }

@@ -81,6 +81,12 @@ pub struct SensorConfig {
     /// by group or others and not a link (see `statedir`), else refused.
     /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
     pub state_dir: PathBuf,
+    /// Local Tor SOCKS ports (`"127.0.0.1:9050"`): a connection to one of
+    /// them is Tor use no list of the network shows (rule TORSENSOR-004,
+    /// role `socks`). Armed as the built-in feed `tor-socks-ports`; `[]`
+    /// turns it off. Default: 127.0.0.1 and ::1, ports 9050 (tor) and 9150
+    /// (Tor Browser).
+    pub tor_socks_ports: Vec<std::net::SocketAddr>,
     /// The operator's rule files (`*.toml`, read in name order after the
     /// shipped rules; see `alert/rules` and the README, "Tuning"). A
     /// directory that does not exist adds nothing. Default:
@@ -161,6 +167,12 @@ pub struct SensorConfig {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
 pub const DEFAULT_RULES_DIR: &str = "/etc/torsensor/rules.d";
+pub const DEFAULT_SOCKS_PORTS: [&str; 4] = [
+    "127.0.0.1:9050",
+    "127.0.0.1:9150",
+    "[::1]:9050",
+    "[::1]:9150",
+];
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
@@ -174,6 +186,10 @@ impl Default for SensorConfig {
         SensorConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
+            tor_socks_ports: DEFAULT_SOCKS_PORTS
+                .iter()
+                .map(|s| s.parse().expect("valid"))
+                .collect(),
             allow_reserved: false,
             audit_all: false,
             host_name: None,
@@ -306,8 +322,8 @@ impl SensorConfig {
     /// The keys that differ between `self` (running) and `new` and that a
     /// reload (SIGHUP) does not apply: they shape the kernel programs, the
     /// outputs and the run loop, which are set up once. A reload applies
-    /// `feed`, `allow_reserved`, `state_dir` and `rules_dir` (and re-reads
-    /// the rules).
+    /// `feed`, `allow_reserved`, `state_dir`, `rules_dir` (and re-reads
+    /// the rules) and `tor_socks_ports`.
     pub fn restart_only_changes(&self, new: &SensorConfig) -> Vec<&'static str> {
         let mut keys = Vec::new();
         let mut differs = |key, changed: bool| {
@@ -360,6 +376,7 @@ impl SensorConfig {
             feeds: &self.feeds,
             state_dir: &self.state_dir,
             allow_reserved: self.allow_reserved,
+            socks_ports: &self.tor_socks_ports,
         }
     }
 

@@ -276,4 +276,6 @@ pub struct FeedSettings<'a> {
     pub feeds: &'a [FeedConfig],
     pub state_dir: &'a Path,
     pub allow_reserved: bool,
+    /// Local Tor SOCKS ports, armed as the built-in `tor-socks-ports` feed.
+    pub socks_ports: &'a [std::net::SocketAddr],
 }

@@ -259,6 +259,8 @@ pub struct FeedManager {
     pub states: Vec<FeedState>,
     cache: Cache,
     allow_reserved: bool,
+    /// Armed with every feed set as the built-in `tor-socks-ports` feed.
+    socks_ports: Vec<std::net::SocketAddr>,
 }
 
 impl FeedManager {
@@ -275,6 +277,7 @@ impl FeedManager {
             states,
             cache,
             allow_reserved: cfg.allow_reserved,
+            socks_ports: cfg.socks_ports.to_vec(),
         }
     }
 
@@ -308,6 +311,7 @@ impl FeedManager {
             states,
             cache,
             allow_reserved: cfg.allow_reserved,
+            socks_ports: cfg.socks_ports.to_vec(),
         }
     }
 
@@ -349,9 +353,10 @@ impl FeedManager {
         self.states.iter().all(|s| s.current.is_none())
     }
 
-    /// The feeds to arm: every feed with content, or the embedded snapshot.
+    /// The feeds to arm: every feed with content, or the embedded snapshot;
+    /// and the local Tor SOCKS ports.
     pub fn feed_set(&self) -> Result<FeedSet, SetError> {
-        let feeds: Vec<Arc<Feed>> = if self.needs_embedded() {
+        let mut feeds: Vec<Arc<Feed>> = if self.needs_embedded() {
             Feed::embedded().into_iter().map(Arc::new).collect()
         } else {
             self.states
@@ -359,6 +364,9 @@ impl FeedManager {
                 .filter_map(|s| s.current.clone())
                 .collect()
         };
+        if !self.socks_ports.is_empty() {
+            feeds.push(Arc::new(Feed::socks_ports(&self.socks_ports)));
+        }
         FeedSet::new(feeds)
     }
 

@@ -41,6 +41,8 @@ pub const EMBEDDED_RELAY_LIST: &str =
 /// Names of the embedded feeds in alerts and answers.
 pub const EMBEDDED_EXIT_NAME: &str = "embedded-tor-exits";
 pub const EMBEDDED_RELAY_NAME: &str = "embedded-tor-relays";
+/// Name of the built-in feed of local Tor SOCKS ports.
+pub const SOCKS_FEED_NAME: &str = "tor-socks-ports";
 
 /// A feed age for people: `3d 4h`, `5h 12m`, `7m 30s`.
 pub fn format_age(d: Duration) -> String {
@@ -70,6 +72,8 @@ pub enum Origin {
     /// The canary address of a self-test (`torsensor selftest`), armed for
     /// a few seconds.
     Selftest,
+    /// Made from the configuration (`tor_socks_ports`).
+    Builtin,
 }
 
 impl fmt::Display for Origin {
@@ -80,6 +84,7 @@ impl fmt::Display for Origin {
             Origin::Cache => "cache",
             Origin::Network => "network",
             Origin::Selftest => "selftest",
+            Origin::Builtin => "builtin",
         })
     }
 }
@@ -131,6 +136,26 @@ impl Feed {
                 .expect("the embedded snapshot parses (tested)"),
         })
         .collect()
+    }
+
+    /// The built-in feed of local Tor SOCKS ports (`tor_socks_ports`): a
+    /// connection to one of them is Tor use no list of the network shows.
+    pub fn socks_ports(ports: &[std::net::SocketAddr]) -> Feed {
+        let mut data = ParsedFeed {
+            socks_ports: true,
+            ..Default::default()
+        };
+        for sa in ports {
+            let sa = std::net::SocketAddr::new(crate::net::canonical_ip(sa.ip()), sa.port());
+            data.or_ports.entry(sa).or_default();
+        }
+        Feed {
+            name: SOCKS_FEED_NAME.to_owned(),
+            location: "tor_socks_ports".to_owned(),
+            origin: Origin::Builtin,
+            fetched: None,
+            data,
+        }
     }
 
     /// The feed's version (publication time) if it has one, else when it was

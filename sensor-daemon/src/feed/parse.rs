@@ -210,6 +210,9 @@ pub struct ParsedFeed {
     pub report: ParseReport,
     /// Validity, flavour and signatures of a consensus.
     pub consensus: Option<Box<ConsensusInfo>>,
+    /// The `or_ports` are local Tor SOCKS ports, not relays (the built-in
+    /// `tor-socks-ports` feed, from `tor_socks_ports`).
+    pub socks_ports: bool,
 }
 
 impl ParsedFeed {

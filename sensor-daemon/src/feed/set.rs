@@ -23,6 +23,9 @@ pub enum Role {
     Exit,
     /// A relay's OR address and ORPort: a Tor client or relay talks to it.
     Relay,
+    /// A local Tor SOCKS port: the process that connects to it sends its
+    /// traffic through Tor (no list of the network needed).
+    Socks,
 }
 
 impl Role {
@@ -30,6 +33,7 @@ impl Role {
         match self {
             Role::Exit => "exit",
             Role::Relay => "relay",
+            Role::Socks => "socks",
         }
     }
 }
@@ -178,6 +182,10 @@ impl FeedSet {
     pub fn lookup(&self, ip: IpAddr, port: Option<u16>) -> Vec<FeedMatch<'_>> {
         let mut out = Vec::new();
         for feed in &self.feeds {
+            // A local SOCKS port is a port, not an address of the network.
+            if feed.data.socks_ports && port.is_none() {
+                continue;
+            }
             out.extend(exit_match(feed, ip));
             out.extend(relay_matches(feed, ip, port));
         }
@@ -221,7 +229,11 @@ fn relay_matches(feed: &Feed, ip: IpAddr, port: Option<u16>) -> Vec<FeedMatch<'_
         .range(range)
         .map(|(sa, relays)| FeedMatch {
             feed,
-            role: Role::Relay,
+            role: if feed.data.socks_ports {
+                Role::Socks
+            } else {
+                Role::Relay
+            },
             prefix: IpNet::from(sa.ip()),
             or_port: Some(sa.port()),
             relays: relays_of(feed, relays),

@@ -19,6 +19,7 @@ use crate::net::{Direction, canonical_ip};
 pub enum RuleRole {
     Exit,
     Relay,
+    Socks,
 }
 
 /// `when = { ... }` as written.
@@ -192,6 +193,7 @@ impl When {
         check("role", r.role.is_some(), &|| {
             let want = match r.role {
                 Some(RuleRole::Exit) => Role::Exit,
+                Some(RuleRole::Socks) => Role::Socks,
                 _ => Role::Relay,
             };
             tor.is_some_and(|t| t.roles.contains(&want))

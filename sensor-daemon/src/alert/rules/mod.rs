@@ -392,6 +392,7 @@ impl Rules {
                     roles.contains(&match role {
                         RuleRole::Exit => Role::Exit,
                         RuleRole::Relay => Role::Relay,
+                        RuleRole::Socks => Role::Socks,
                     })
                 })
         };
@@ -510,7 +511,7 @@ mod tests {
         a.torsensor.tor = Some(TorDetails {
             roles: vec![role],
             confidence: match role {
-                Role::Relay => Confidence::High,
+                Role::Relay | Role::Socks => Confidence::High,
                 Role::Exit => Confidence::Medium,
             },
             or_port: None,
@@ -543,7 +544,12 @@ mod tests {
         let rules = Rules::builtin().unwrap();
         assert_eq!(
             rules.ids(),
-            ["TORSENSOR-001", "TORSENSOR-002", "TORSENSOR-003"]
+            [
+                "TORSENSOR-001",
+                "TORSENSOR-002",
+                "TORSENSOR-003",
+                "TORSENSOR-004"
+            ]
         );
         let relay = hit(
             Direction::Egress,
@@ -624,7 +630,8 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "LOCAL-001",
                 "TORSENSOR-001",
                 "TORSENSOR-002",
-                "TORSENSOR-003"
+                "TORSENSOR-003",
+                "TORSENSOR-004"
             ]
         );
         let ours = hit(
