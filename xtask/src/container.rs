@@ -149,6 +149,8 @@ pub fn build_release_image(root: &Path) -> anyhow::Result<()> {
 struct Lab {
     /// Replaces the ConfigMap: a config with a file feed of `LAB_RANGE`.
     config: PathBuf,
+    /// Replaces the rules ConfigMap: the base's own rules.d files.
+    rules: PathBuf,
     /// Replaces the state hostPath (the host's own /var/lib/torsensor stays untouched).
     state: PathBuf,
     /// Stands in for a hostPath this machine lacks (it is not a Kubernetes node).
@@ -234,7 +236,9 @@ fn flags_from_daemonset(ds: &Value, lab: &Lab) -> anyhow::Result<(Vec<String>, u
         let vol = volumes
             .get(name)
             .with_context(|| format!("volume {name}"))?;
-        let source = if vol["configMap"].is_object() {
+        let source = if vol["configMap"]["name"] == "torsensor-rules" {
+            lab.rules.clone()
+        } else if vol["configMap"].is_object() {
             lab.config.clone()
         } else if let Some(path) = vol["hostPath"]["path"].as_str() {
             if path == "/var/lib/torsensor" {
@@ -538,6 +542,7 @@ pub fn test(root: &Path) -> anyhow::Result<()> {
     let _ = fs::remove_dir_all(&work);
     let lab = Lab {
         config: work.join("config"),
+        rules: root.join(BASE).join("rules.d"),
         state: work.join("state"),
         empty: work.join("empty"),
         seccomp: seccomp_path(root),
@@ -679,6 +684,19 @@ pub fn test(root: &Path) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    // The rules ConfigMap is read (TORSENSOR_RULES_DIR).
+    let rules = logs()
+        .lines()
+        .find(|l| l.contains("rules: "))
+        .map(str::to_owned)
+        .unwrap_or_default();
+    if !rules.contains("from rules/tor.toml, /etc/torsensor-rules/10-local.toml") {
+        bail!("the rules ConfigMap was not read: {rules:?}");
+    }
+    eprintln!(
+        "xtask: {}: ok",
+        rules.split("INFO ").last().unwrap_or(&rules)
+    );
     let kept = logs()
         .lines()
         .find(|l| l.contains("privileges: kept"))

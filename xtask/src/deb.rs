@@ -38,6 +38,11 @@ fn files(root: &Path, stripped: &Path) -> Vec<(&'static str, Content, u32)> {
             0o644,
         ),
         (
+            "etc/torsensor/rules.d/10-local.toml",
+            Content::Text(RULES_EXAMPLE.into()),
+            0o644,
+        ),
+        (
             "etc/logrotate.d/torsensor",
             Content::Text(LOGROTATE.into()),
             0o644,
@@ -87,7 +92,23 @@ enum Content {
 }
 
 /// Files dpkg keeps when the administrator changed them.
-const CONFFILES: &str = "/etc/torsensor/torsensor.toml\n/etc/logrotate.d/torsensor\n";
+const CONFFILES: &str = "/etc/torsensor/torsensor.toml\n/etc/torsensor/rules.d/10-local.toml\n/etc/logrotate.d/torsensor\n";
+
+/// The operator's rules file the package installs (all comments: it
+/// changes nothing until edited; README, "Tuning").
+const RULES_EXAMPLE: &str = "\
+# Your rules (README, \"Tuning\"): exceptions under the shipped rules, rules
+# disabled or added. Every *.toml file here is read in name order after the
+# shipped rules; `torsensor rules check` shows the result, and `systemctl
+# reload torsensor` applies it. Example:
+#
+# [[rule]]
+# id = \"TORSENSOR-001\"
+# [[rule.except]]
+# reason = \"this host's own Tor relay (SEC-1234)\"
+# expires = \"2027-06-30\"
+# when = { executable = [\"/usr/bin/tor\"], user = [\"debian-tor\"] }
+";
 
 const LOGROTATE: &str = "\
 # Alerts written by the packaged configuration's file output. SIGUSR2 makes

@@ -870,6 +870,13 @@ fn scenario(
         "after apt install the unit is {state:?}"
     );
     check("apt install enabled and started torsensor.service");
+    // The packaged rules file (all comments) is read with the shipped rules.
+    let rules = m.ok("torsensor rules check")?;
+    ensure!(
+        rules.starts_with("4 rules from rules/tor.toml, /etc/torsensor/rules.d/10-local.toml"),
+        "`torsensor rules check` after install:\n{rules}"
+    );
+    check("`torsensor rules check` reads the packaged /etc/torsensor/rules.d/10-local.toml");
     ensure!(
         m.path("/usr/share/torsensor/rules/tor.toml").exists()
             && m.path("/usr/share/doc/torsensor/copyright").exists(),
