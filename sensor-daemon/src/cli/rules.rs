@@ -208,57 +208,8 @@ fn test(args: RulesTestArgs) -> anyhow::Result<ExitCode> {
             }
         };
         println!("{}:{}: {}", args.event.display(), n + 1, alert.summary());
-        // Every rule tried, until the one that decides.
-        for rule in &rules.list {
-            let checks = rule.when.checks(&alert);
-            let held = checks.iter().all(|(_, h)| *h);
-            let shown: Vec<String> = checks
-                .iter()
-                .map(|(k, h)| format!("{k} {}", if *h { "yes" } else { "no" }))
-                .collect();
-            let state = if !rule.enabled { " (disabled)" } else { "" };
-            println!("  {}{state}: {}", rule.id, shown.join(", "));
-            if held && rule.enabled {
-                for e in &rule.except {
-                    let checks: Vec<String> = e
-                        .when
-                        .checks(&alert)
-                        .iter()
-                        .map(|(k, h)| format!("{k} {}", if *h { "yes" } else { "no" }))
-                        .collect();
-                    println!(
-                        "    except {:?} ({}): {}",
-                        e.reason,
-                        e.at,
-                        checks.join(", ")
-                    );
-                }
-                break;
-            }
-        }
-        let verdict = match rules.decide(&alert, SystemTime::now()) {
-            Decision::Rule(rule) => format!(
-                "{} by {} ({})",
-                format!("{:?}", rule.action).to_uppercase(),
-                rule.id,
-                rule.name
-            ),
-            Decision::Excepted(rule, i) => {
-                all_alerted = false;
-                let e = &rule.except[i];
-                format!(
-                    "EXCEPTED: {} exception {:?} at {} ({})",
-                    rule.id,
-                    e.reason,
-                    e.at,
-                    when_text(&e.when.raw)
-                )
-            }
-            Decision::Unmatched => {
-                all_alerted = false;
-                "NOT ALERTED: no enabled rule holds".to_owned()
-            }
-        };
+        let (verdict, alerted) = explain(&rules, &alert);
+        all_alerted &= alerted;
         println!("  => {verdict}");
     }
     Ok(if all_alerted {
@@ -266,4 +217,58 @@ fn test(args: RulesTestArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Prints every rule tried for `alert` (each condition yes/no, and the
+/// deciding rule's exceptions); the decision, and whether it alerts.
+fn explain(rules: &Rules, alert: &Alert) -> (String, bool) {
+    // Every rule tried, until the one that decides.
+    for rule in &rules.list {
+        let checks = rule.when.checks(alert);
+        let held = checks.iter().all(|(_, h)| *h);
+        let shown: Vec<String> = checks
+            .iter()
+            .map(|(k, h)| format!("{k} {}", if *h { "yes" } else { "no" }))
+            .collect();
+        let state = if !rule.enabled { " (disabled)" } else { "" };
+        println!("  {}{state}: {}", rule.id, shown.join(", "));
+        if held && rule.enabled {
+            for e in &rule.except {
+                let checks: Vec<String> = e
+                    .when
+                    .checks(alert)
+                    .iter()
+                    .map(|(k, h)| format!("{k} {}", if *h { "yes" } else { "no" }))
+                    .collect();
+                println!(
+                    "    except {:?} ({}): {}",
+                    e.reason,
+                    e.at,
+                    checks.join(", ")
+                );
+            }
+            break;
+        }
+    }
+    let verdict = match rules.decide(alert, SystemTime::now()) {
+        Decision::Rule(rule) => format!(
+            "{} by {} ({})",
+            format!("{:?}", rule.action).to_uppercase(),
+            rule.id,
+            rule.name
+        ),
+        Decision::Excepted(rule, i) => {
+            let e = &rule.except[i];
+            format!(
+                "EXCEPTED: {} exception {:?} at {} ({})",
+                rule.id,
+                e.reason,
+                e.at,
+                when_text(&e.when.raw)
+            )
+        }
+        Decision::Unmatched => "NOT ALERTED: no enabled rule holds".to_owned(),
+    };
+    let alerted = verdict.starts_with("ALERT");
+    (verdict, alerted)
 }

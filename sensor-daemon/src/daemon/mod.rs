@@ -189,16 +189,9 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
         tokio::time::interval((daemon.cfg.inbound_wait / 4).max(Duration::from_millis(50)));
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut selftest_tick = tokio::time::interval(Duration::from_millis(100));
-    if daemon.cfg.selftest {
-        daemon.start_selftest(polled.ring.get_mut()).await;
-        // It could not even start (no prober thread, canary refused).
-        if let Some(failed) = daemon.last_selftest.as_ref().filter(|t| !t.passed) {
-            let detail = failed.detail.clone();
-            daemon.shutdown(polled.ring.get_mut()).await?;
-            return Err(SensorError::Selftest(detail));
-        }
-    } else {
-        daemon.notify.ready(daemon.status_line());
+    if let Err(detail) = daemon.ready_or_selftest(polled.ring.get_mut()).await {
+        daemon.shutdown(polled.ring.get_mut()).await?;
+        return Err(SensorError::Selftest(detail));
     }
     let ring = &mut polled.ring;
     let log = &mut polled.kernel_log;
@@ -233,19 +226,9 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
                 daemon.notify.alive(status);
             }
             _ = selftest_tick.tick(), if daemon.delivery.selftest.is_some() => {
-                let passed = daemon.poll_selftest(ring.get_mut()).await;
-                let first = daemon.last_selftest.as_ref().is_some_and(|t| t.seq == 1);
-                match passed {
-                    // --selftest: ready for systemd only once it passed.
-                    Some(true) if first && daemon.cfg.selftest => {
-                        daemon.notify.ready(daemon.status_line());
-                    }
-                    Some(false) if first && daemon.cfg.selftest => {
-                        let detail = daemon.last_selftest.as_ref().map(|t| t.detail.clone());
-                        daemon.shutdown(ring.get_mut()).await?;
-                        return Err(SensorError::Selftest(detail.unwrap_or_default()));
-                    }
-                    _ => {}
+                if let Err(detail) = daemon.on_selftest_tick(ring.get_mut()).await {
+                    daemon.shutdown(ring.get_mut()).await?;
+                    return Err(SensorError::Selftest(detail));
                 }
             }
             _ = signals.usr1.recv() => daemon.start_selftest(ring.get_mut()).await,
@@ -264,6 +247,44 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
 
     refresher.stop();
     daemon.shutdown(ring.get_mut()).await
+}
+
+impl Daemon {
+    /// After arming: the start-up self-test (`--selftest`), else READY=1
+    /// at once. An error when the self-test could not even start (no
+    /// prober thread, canary refused).
+    async fn ready_or_selftest(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), String> {
+        if !self.cfg.selftest {
+            let status = self.status_line();
+            self.notify.ready(status);
+            return Ok(());
+        }
+        self.start_selftest(ring).await;
+        match self.last_selftest.as_ref().filter(|t| !t.passed) {
+            Some(failed) => Err(failed.detail.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// A running self-test's progress. With `--selftest`, the first one
+    /// decides: passed, READY=1 (systemd); failed, an error (exit 1).
+    async fn on_selftest_tick(&mut self, ring: &mut RingBuf<MapData>) -> Result<(), String> {
+        let passed = self.poll_selftest(ring).await;
+        let first = self.last_selftest.as_ref().is_some_and(|t| t.seq == 1);
+        match passed {
+            Some(true) if first && self.cfg.selftest => {
+                let status = self.status_line();
+                self.notify.ready(status);
+                Ok(())
+            }
+            Some(false) if first && self.cfg.selftest => Err(self
+                .last_selftest
+                .as_ref()
+                .map(|t| t.detail.clone())
+                .unwrap_or_default()),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// One line: the rules in force, in the order they are tried.

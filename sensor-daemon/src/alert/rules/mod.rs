@@ -216,169 +216,50 @@ impl Rules {
     }
 
     /// Adds a file's rules: new ids (before the shipped rules unless
-    /// `shipped`), or changes to known ones.
+    /// `shipped`), or changes to known ones. All of the file or nothing:
+    /// on an error the rules are as they were.
     pub fn add_file(&mut self, file: &str, text: &str, shipped: bool) -> Result<(), RuleError> {
-        let err = |offset: usize, message: String| {
-            let (line, column) = line_col(text, offset);
-            RuleError::Parse {
-                file: file.to_owned(),
-                line,
-                column,
-                message,
-            }
-        };
+        let src = Source { file, text };
         let parsed: RuleFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
-            err(offset, e.message().to_owned())
+            src.err(offset, e.message().to_owned())
         })?;
-        self.files.push(file.to_owned());
-        let mut new_rules = Vec::new();
+        let mut next = self.clone();
+        next.files.push(file.to_owned());
+        let mut new_rules: Vec<Rule> = Vec::new();
         for spanned in parsed.rule {
             let at = spanned.span().start;
             let raw = spanned.into_inner();
             let id = raw.id.clone();
-            let except = raw
-                .except
-                .iter()
-                .map(|e| {
-                    let at = e.span().start;
-                    let e = e.get_ref();
-                    let when = When::compile(e.when.clone())
-                        .map_err(|m| err(at, format!("rule {id}, exception: {m}")))?;
-                    if when.is_empty() {
-                        return Err(err(at, format!(
-                            "rule {id}, exception {:?}: an empty `when` would except every hit",
-                            e.reason
-                        )));
-                    }
-                    let expires = match &e.expires {
-                        None => None,
-                        Some(t) => Some(parse_expiry(t).ok_or_else(|| {
-                            err(at, format!("rule {id}, exception: expires {t:?} is not a date (2027-01-31) or an RFC 3339 time"))
-                        })?),
-                    };
-                    let (line, _) = line_col(text, at);
-                    Ok(Exception {
-                        reason: e.reason.clone(),
-                        expires,
-                        when,
-                        at: format!("{file}:{line}"),
-                    })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let action = match raw.action.as_deref() {
-                None => None,
-                Some("alert") => Some(Action::Alert),
-                Some("log") => Some(Action::Log),
-                Some("block") => {
-                    return Err(err(
-                        at,
-                        format!(
-                            "rule {id}: action \"block\" is not available yet (opt-in blocking is issue 15's next step); use alert or log"
-                        ),
-                    ));
-                }
-                Some(other) => {
-                    return Err(err(
-                        at,
-                        format!("rule {id}: action {other:?} is not alert or log"),
-                    ));
-                }
-            };
+            let except = src.exceptions(&id, &raw.except)?;
+            let action = src.action(at, &id, raw.action.as_deref())?;
             let when = raw
                 .when
                 .clone()
                 .map(When::compile)
                 .transpose()
-                .map_err(|m| err(at, format!("rule {id}: {m}")))?;
-            if let Some(s) = raw.severity
-                && s > 100
-            {
-                return Err(err(at, format!("rule {id}: severity {s} is above 100")));
+                .map_err(|m| src.err(at, format!("rule {id}: {m}")))?;
+            src.check_scalars(at, &raw)?;
+            if let Some(known) = next.list.iter_mut().find(|r| r.id == id) {
+                merge(known, raw, action, when, except);
+            } else if new_rules.iter().any(|r| r.id == id) {
+                return Err(src.err(at, format!("rule {id} is defined twice in this file")));
+            } else {
+                new_rules.push(src.new_rule(at, raw, action, when, except)?);
             }
-            if let Some(p) = &raw.priority
-                && crate::alert::falco::Priority::parse(p).is_none()
-            {
-                return Err(err(
-                    at,
-                    format!("rule {id}: priority {p:?} is not one of Falco's (Emergency .. Debug)"),
-                ));
-            }
-            if let Some(known) = self.list.iter_mut().find(|r| r.id == id) {
-                if let Some(v) = raw.name {
-                    known.name = v;
-                }
-                if let Some(v) = raw.description {
-                    known.description = v;
-                }
-                if let Some(v) = raw.severity {
-                    known.severity = v;
-                }
-                if let Some(v) = raw.priority {
-                    known.priority = v;
-                }
-                if let Some(v) = raw.tags {
-                    known.tags = v;
-                }
-                if let Some(v) = raw.enabled {
-                    known.enabled = v;
-                }
-                if let Some(v) = action {
-                    known.action = v;
-                }
-                if let Some(v) = when {
-                    known.when = v;
-                }
-                known.except.extend(except);
-                continue;
-            }
-            if new_rules.iter().any(|r: &Rule| r.id == id) {
-                return Err(err(at, format!("rule {id} is defined twice in this file")));
-            }
-            let missing: Vec<&str> = [
-                ("name", raw.name.is_none()),
-                ("description", raw.description.is_none()),
-                ("severity", raw.severity.is_none()),
-                ("priority", raw.priority.is_none()),
-                ("when", when.is_none()),
-            ]
-            .into_iter()
-            .filter_map(|(k, m)| m.then_some(k))
-            .collect();
-            if !missing.is_empty() {
-                return Err(err(
-                    at,
-                    format!(
-                        "rule {id} is new (no known rule has this id), so it needs {}",
-                        missing.join(", ")
-                    ),
-                ));
-            }
-            new_rules.push(Rule {
-                id,
-                name: raw.name.unwrap_or_default(),
-                description: raw.description.unwrap_or_default(),
-                severity: raw.severity.unwrap_or_default(),
-                priority: raw.priority.unwrap_or_default(),
-                tags: raw.tags.unwrap_or_default(),
-                enabled: raw.enabled.unwrap_or(true),
-                action: action.unwrap_or_default(),
-                when: when.unwrap_or_default(),
-                except,
-                origin: file.to_owned(),
-            });
         }
         if shipped {
-            self.list.extend(new_rules);
+            next.list.extend(new_rules);
         } else {
             // Operator rules are tried before the shipped ones.
-            let shipped_at = self
+            let shipped_at = next
                 .list
                 .iter()
                 .position(|r| r.origin == BUILTIN_NAME)
-                .unwrap_or(self.list.len());
-            self.list.splice(shipped_at..shipped_at, new_rules);
+                .unwrap_or(next.list.len());
+            next.list.splice(shipped_at..shipped_at, new_rules);
         }
+        *self = next;
         Ok(())
     }
 
@@ -437,6 +318,170 @@ impl Rules {
     pub fn ids(&self) -> Vec<&str> {
         self.list.iter().map(|r| r.id.as_str()).collect()
     }
+}
+
+/// A rule file being read: errors name its line and column.
+struct Source<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Source<'_> {
+    fn err(&self, offset: usize, message: String) -> RuleError {
+        let (line, column) = line_col(self.text, offset);
+        RuleError::Parse {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
+        }
+    }
+
+    fn exceptions(
+        &self,
+        id: &str,
+        raw: &[toml::Spanned<RawException>],
+    ) -> Result<Vec<Exception>, RuleError> {
+        raw.iter()
+            .map(|e| {
+                let at = e.span().start;
+                let e = e.get_ref();
+                let when = When::compile(e.when.clone())
+                    .map_err(|m| self.err(at, format!("rule {id}, exception: {m}")))?;
+                if when.is_empty() {
+                    let why = "an empty `when` would except every hit";
+                    return Err(self.err(at, format!("rule {id}, exception {:?}: {why}", e.reason)));
+                }
+                let expires = match &e.expires {
+                    None => None,
+                    Some(t) => Some(parse_expiry(t).ok_or_else(|| {
+                        let why = "is not a date (2027-01-31) or an RFC 3339 time";
+                        self.err(at, format!("rule {id}, exception: expires {t:?} {why}"))
+                    })?),
+                };
+                Ok(Exception {
+                    reason: e.reason.clone(),
+                    expires,
+                    when,
+                    at: format!("{}:{}", self.file, line_col(self.text, at).0),
+                })
+            })
+            .collect()
+    }
+
+    fn action(
+        &self,
+        at: usize,
+        id: &str,
+        action: Option<&str>,
+    ) -> Result<Option<Action>, RuleError> {
+        match action {
+            None => Ok(None),
+            Some("alert") => Ok(Some(Action::Alert)),
+            Some("log") => Ok(Some(Action::Log)),
+            Some("block") => Err(self.err(
+                at,
+                format!(
+                    "rule {id}: action \"block\" is not available yet (opt-in blocking is issue 15's next step); use alert or log"
+                ),
+            )),
+            Some(other) => Err(self.err(
+                at,
+                format!("rule {id}: action {other:?} is not alert or log"),
+            )),
+        }
+    }
+
+    fn check_scalars(&self, at: usize, raw: &RawRule) -> Result<(), RuleError> {
+        let id = &raw.id;
+        if let Some(s) = raw.severity
+            && s > 100
+        {
+            return Err(self.err(at, format!("rule {id}: severity {s} is above 100")));
+        }
+        if let Some(p) = &raw.priority
+            && crate::alert::falco::Priority::parse(p).is_none()
+        {
+            let why = "is not one of Falco's (Emergency .. Debug)";
+            return Err(self.err(at, format!("rule {id}: priority {p:?} {why}")));
+        }
+        Ok(())
+    }
+
+    /// A rule with a new id: everything a rule needs must be there.
+    fn new_rule(
+        &self,
+        at: usize,
+        raw: RawRule,
+        action: Option<Action>,
+        when: Option<When>,
+        except: Vec<Exception>,
+    ) -> Result<Rule, RuleError> {
+        let missing: Vec<&str> = [
+            ("name", raw.name.is_none()),
+            ("description", raw.description.is_none()),
+            ("severity", raw.severity.is_none()),
+            ("priority", raw.priority.is_none()),
+            ("when", when.is_none()),
+        ]
+        .into_iter()
+        .filter_map(|(k, m)| m.then_some(k))
+        .collect();
+        if !missing.is_empty() {
+            let id = &raw.id;
+            return Err(self.err(
+                at,
+                format!(
+                    "rule {id} is new (no known rule has this id), so it needs {}",
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(Rule {
+            id: raw.id,
+            name: raw.name.unwrap_or_default(),
+            description: raw.description.unwrap_or_default(),
+            severity: raw.severity.unwrap_or_default(),
+            priority: raw.priority.unwrap_or_default(),
+            tags: raw.tags.unwrap_or_default(),
+            enabled: raw.enabled.unwrap_or(true),
+            action: action.unwrap_or_default(),
+            when: when.unwrap_or_default(),
+            except,
+            origin: self.file.to_owned(),
+        })
+    }
+}
+
+/// A known rule changed by a later file: the keys given replace, the
+/// exceptions add.
+fn merge(
+    known: &mut Rule,
+    raw: RawRule,
+    action: Option<Action>,
+    when: Option<When>,
+    except: Vec<Exception>,
+) {
+    let RawRule {
+        name,
+        description,
+        severity,
+        priority,
+        tags,
+        enabled,
+        ..
+    } = raw;
+    known.name = name.unwrap_or(std::mem::take(&mut known.name));
+    known.description = description.unwrap_or(std::mem::take(&mut known.description));
+    known.severity = severity.unwrap_or(known.severity);
+    known.priority = priority.unwrap_or(std::mem::take(&mut known.priority));
+    known.tags = tags.unwrap_or(std::mem::take(&mut known.tags));
+    known.enabled = enabled.unwrap_or(known.enabled);
+    known.action = action.unwrap_or(known.action);
+    if let Some(when) = when {
+        known.when = when;
+    }
+    known.except.extend(except);
 }
 
 /// The `*.toml` files of a rules directory, in name order. A directory
@@ -804,6 +849,20 @@ when = { container_id = ["0123456789ab"] }
             assert!(err.starts_with("rules file x.toml:"), "{err}");
             assert_eq!(rules.ids().len(), before);
         }
+    }
+
+    #[test]
+    fn a_file_with_one_bad_rule_applies_none_of_its_rules() {
+        let mut rules = Rules::builtin().unwrap();
+        let text = "[[rule]]\nid = \"TORSENSOR-002\"\nseverity = 99\n\n[[rule]]\nid = \"NEW-1\"\n";
+        let err = rules.add_file("x.toml", text, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("rules file x.toml:5:1: rule NEW-1 is new"),
+            "{err}"
+        );
+        assert_eq!(rules.get("TORSENSOR-002").unwrap().severity, 47);
+        assert_eq!(rules.files, ["rules/tor.toml"]);
     }
 
     #[test]

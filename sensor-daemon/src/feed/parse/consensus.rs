@@ -200,51 +200,15 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
                 dir_source(&mut feed, n, line, &rest, allow_reserved, &mut authorities);
             }
             "r" => router = r_line(&mut feed, n, line, &rest, flavour),
-            "a" => {
+            "a" | "s" | "m" | "p" => {
                 if let Some(r) = router.as_mut() {
-                    match rest.first().and_then(|a| parse_or_address(a)) {
-                        Some(sa) => r.v6.push(sa),
-                        None => feed.report.bad(Location::Line(n), line, "not [IPv6]:PORT"),
-                    }
-                }
-            }
-            "s" => {
-                if let Some(r) = router.as_mut() {
-                    r.flags = rest.iter().map(|f| (*f).to_owned()).collect();
-                }
-            }
-            "m" => {
-                if let (Some(r), Some(digest)) = (router.as_mut(), rest.first()) {
-                    r.microdesc = Some((*digest).to_owned());
-                }
-            }
-            "p" => {
-                if let Some(r) = router.as_mut() {
-                    match policy_accepts(&rest) {
-                        Some(accepts) => r.accepts = Some(accepts),
-                        None => {
-                            feed.report
-                                .bad(Location::Line(n), line, "not an exit-policy summary")
-                        }
-                    }
+                    router_line(r, &mut feed, n, line, keyword, &rest);
                 }
             }
             "directory-signature" => {
                 // Signed: everything through "directory-signature ".
                 signed_len.get_or_insert(start + "directory-signature ".len());
-                let (algorithm, ids) = match rest.as_slice() {
-                    [a, id, key] => ((*a).to_owned(), [*id, *key]),
-                    [id, key] => ("sha1".to_owned(), [*id, *key]),
-                    _ => return Err(fatal(n, format!("malformed {line:?}"))),
-                };
-                let signature = signature_block(&mut lines, &mut offset)
-                    .ok_or_else(|| fatal(n, "a directory-signature without its signature block"))?;
-                signatures.push(DirSignature {
-                    algorithm,
-                    identity: ids[0].to_ascii_uppercase(),
-                    signing_key_digest: ids[1].to_ascii_uppercase(),
-                    signature,
-                });
+                signatures.push(dir_signature(n, line, &rest, &mut lines, &mut offset)?);
             }
             _ => {}
         }
@@ -281,6 +245,55 @@ pub(super) fn parse_consensus(text: &str, allow_reserved: bool) -> Result<Parsed
         signed: 0..signed_len.unwrap_or(0),
     }));
     Ok(feed)
+}
+
+/// A router's `a`, `s`, `m` or `p` line.
+fn router_line(
+    r: &mut Router,
+    feed: &mut ParsedFeed,
+    n: usize,
+    line: &str,
+    keyword: &str,
+    rest: &[&str],
+) {
+    match keyword {
+        "a" => match rest.first().and_then(|a| parse_or_address(a)) {
+            Some(sa) => r.v6.push(sa),
+            None => feed.report.bad(Location::Line(n), line, "not [IPv6]:PORT"),
+        },
+        "s" => r.flags = rest.iter().map(|f| (*f).to_owned()).collect(),
+        "m" => r.microdesc = rest.first().map(|d| (*d).to_owned()),
+        _ => match policy_accepts(rest) {
+            Some(accepts) => r.accepts = Some(accepts),
+            None => feed
+                .report
+                .bad(Location::Line(n), line, "not an exit-policy summary"),
+        },
+    }
+}
+
+/// `directory-signature [ALGORITHM] IDENTITY SIGNING-KEY-DIGEST` and the
+/// signature block after it.
+fn dir_signature<'a>(
+    n: usize,
+    line: &str,
+    rest: &[&str],
+    lines: &mut std::iter::Peekable<impl Iterator<Item = (usize, &'a str)>>,
+    offset: &mut usize,
+) -> Result<DirSignature, ParseError> {
+    let (algorithm, ids) = match rest {
+        [a, id, key] => ((*a).to_owned(), [*id, *key]),
+        [id, key] => ("sha1".to_owned(), [*id, *key]),
+        _ => return Err(fatal(n, format!("malformed {line:?}"))),
+    };
+    let signature = signature_block(lines, offset)
+        .ok_or_else(|| fatal(n, "a directory-signature without its signature block"))?;
+    Ok(DirSignature {
+        algorithm,
+        identity: ids[0].to_ascii_uppercase(),
+        signing_key_digest: ids[1].to_ascii_uppercase(),
+        signature,
+    })
 }
 
 fn time_at(n: usize, line: &str, rest: &[&str]) -> Result<SystemTime, ParseError> {
