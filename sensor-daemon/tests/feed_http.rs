@@ -214,11 +214,9 @@ fn gzip_onionoo_and_a_bulk_list_side_by_side() {
         seen.iter()
             .all(|s| s.headers["accept-encoding"].contains("gzip"))
     );
-    // The two feeds, and the built-in local Tor SOCKS ports (4 of them).
     let set = m.feed_set().unwrap();
-    assert_eq!(set.feeds().len(), 3);
-    assert_eq!(set.feeds()[2].name, "tor-socks-ports");
-    assert_eq!(set.or_ports().len(), 11239 + 4);
+    assert_eq!(set.feeds().len(), 2);
+    assert_eq!(set.or_ports().len(), 11239);
 }
 
 #[test]

@@ -158,7 +158,7 @@ fn ready_after_arming_watchdog_status_reload_and_stopping() {
     );
     assert!(
         ready.contains("STATUS=armed; inbound hooks ")
-            && ready.contains("feeds notify.feed none (file), tor-socks-ports none (builtin)")
+            && ready.contains("1 prefixes")
             && ready.contains("0 alerts"),
         "{ready}"
     );

@@ -266,18 +266,11 @@ fn the_selftest_proves_the_real_path_at_start_and_on_demand() {
     assert_eq!(get(&ingress, "process.pid"), &Value::from(sensor.pid()));
     let canary = get(&ingress, "source.ip").as_str().unwrap().to_owned();
     assert!(canary.starts_with("198.51.100."), "{canary}");
-    // The canary is gone from the kernel maps again: three prefixes, the
-    // feed's and the two addresses of the built-in SOCKS ports (127.0.0.1
-    // and ::1, whose four ports are the or_ports).
+    // The canary is gone from the kernel maps again: one prefix, the feed's.
     let text = wait_sample(addr, "torsensor_ready", 1.0);
     assert_eq!(
         sample(&text, "torsensor_kernel_map_entries{map=\"prefixes\"}"),
-        Some(3.0),
-        "{text}"
-    );
-    assert_eq!(
-        sample(&text, "torsensor_kernel_map_entries{map=\"or_ports\"}"),
-        Some(4.0),
+        Some(1.0),
         "{text}"
     );
 

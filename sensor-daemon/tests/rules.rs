@@ -188,6 +188,8 @@ fn every_shipped_rule_fires_and_is_excepted() {
             &[
                 "--feed",
                 relays_arg,
+                "--tor-socks-port",
+                "127.0.0.1:9150",
                 "--rules-dir",
                 dir.to_str().unwrap(),
                 "--aggregation-window",
@@ -196,7 +198,7 @@ fn every_shipped_rule_fires_and_is_excepted() {
         );
         bash_connect(addr("127.66.71.1:9001"));
         bash_connect(exit_to);
-        // Tor Browser's SOCKS port (a default of tor_socks_ports).
+        // Tor Browser's SOCKS port (--tor-socks-port).
         bash_connect(addr("127.0.0.1:9150"));
         let client = common::connect_from(addr("127.66.71.2:0"), inbound_to);
         let (accepted, _) = server.accept().unwrap();

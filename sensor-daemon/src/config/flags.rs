@@ -33,6 +33,10 @@ pub struct ConfigFlags {
     /// The operator's rule files. Default: /etc/torsensor/rules.d.
     #[arg(long, env = "TORSENSOR_RULES_DIR", value_name = "DIR")]
     rules_dir: Option<PathBuf>,
+    /// A local Tor SOCKS port to watch (TORSENSOR-004), e.g.
+    /// 127.0.0.1:9050; repeatable, added to tor_socks_ports.
+    #[arg(long = "tor-socks-port", value_name = "IP:PORT")]
+    tor_socks_ports: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Args, Clone)]
@@ -132,6 +136,7 @@ impl ConfigFlags {
         if let Some(dir) = &self.rules_dir {
             cfg.rules_dir = dir.clone();
         }
+        cfg.tor_socks_ports.extend(&self.tor_socks_ports);
         cfg.allow_reserved |= self.allow_reserved;
         Ok(cfg)
     }

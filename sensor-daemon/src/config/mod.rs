@@ -81,11 +81,13 @@ pub struct SensorConfig {
     /// by group or others and not a link (see `statedir`), else refused.
     /// Default: `/var/lib/torsensor` (systemd `StateDirectory=torsensor`).
     pub state_dir: PathBuf,
-    /// Local Tor SOCKS ports (`"127.0.0.1:9050"`): a connection to one of
-    /// them is Tor use no list of the network shows (rule TORSENSOR-004,
-    /// role `socks`). Armed as the built-in feed `tor-socks-ports`; `[]`
-    /// turns it off. Default: 127.0.0.1 and ::1, ports 9050 (tor) and 9150
-    /// (Tor Browser).
+    /// Local Tor SOCKS ports (`["127.0.0.1:9050", "127.0.0.1:9150",
+    /// "[::1]:9050", "[::1]:9150"]` for tor and Tor Browser): a connection
+    /// to one of them is Tor use no list of the network shows (rule
+    /// TORSENSOR-004, role `socks`), armed as the built-in feed
+    /// `tor-socks-ports`. Default: none, because their addresses in the
+    /// kernel's prefix trie cost every connection on loopback two more map
+    /// lookups (README, Performance); also `--tor-socks-port`.
     pub tor_socks_ports: Vec<std::net::SocketAddr>,
     /// The operator's rule files (`*.toml`, read in name order after the
     /// shipped rules; see `alert/rules` and the README, "Tuning"). A
@@ -167,12 +169,7 @@ pub struct SensorConfig {
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
 pub const DEFAULT_RULES_DIR: &str = "/etc/torsensor/rules.d";
-pub const DEFAULT_SOCKS_PORTS: [&str; 4] = [
-    "127.0.0.1:9050",
-    "127.0.0.1:9150",
-    "[::1]:9050",
-    "[::1]:9150",
-];
+
 pub const DEFAULT_RING_BUFFER_BYTES: u32 = 4 << 20;
 pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_ENTRIES: u32 = 262_144;
@@ -186,10 +183,7 @@ impl Default for SensorConfig {
         SensorConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
-            tor_socks_ports: DEFAULT_SOCKS_PORTS
-                .iter()
-                .map(|s| s.parse().expect("valid"))
-                .collect(),
+            tor_socks_ports: Vec::new(),
             allow_reserved: false,
             audit_all: false,
             host_name: None,
