@@ -160,14 +160,31 @@ impl When {
         self.raw == RawWhen::default()
     }
 
-    /// Whether the alert satisfies every condition given.
+    /// Whether the alert satisfies every condition given. Stops at the
+    /// first that does not hold (this runs for every rule on every hit).
     pub fn matches(&self, a: &Alert) -> bool {
-        self.checks(a).iter().all(|(_, held)| *held)
+        let mut all = true;
+        self.visit(a, &mut |_, held| {
+            all &= held;
+            held
+        });
+        all
     }
 
     /// Each condition given, and whether it holds for the alert (what
     /// `torsensor rules test` prints).
     pub fn checks(&self, a: &Alert) -> Vec<(&'static str, bool)> {
+        let mut out = Vec::new();
+        self.visit(a, &mut |key, held| {
+            out.push((key, held));
+            true
+        });
+        out
+    }
+
+    /// Evaluates the conditions given, in order, and hands each result to
+    /// `seen`, until it returns false; the rest are not evaluated.
+    fn visit(&self, a: &Alert, seen: &mut dyn FnMut(&'static str, bool) -> bool) {
         let r = &self.raw;
         let direction = a.network.direction;
         let (local, peer) = match direction {
@@ -181,10 +198,10 @@ impl When {
         };
         let peer_ip: IpAddr = canonical_ip(peer.ip);
         let command_line = process.and_then(|p| p.command_line.as_deref());
-        let mut out = Vec::new();
+        let mut go = true;
         let mut check = |key: &'static str, given: bool, held: &dyn Fn() -> bool| {
-            if given {
-                out.push((key, held()));
+            if go && given {
+                go = seen(key, held());
             }
         };
         check("direction", r.direction.is_some(), &|| {
@@ -281,6 +298,5 @@ impl When {
                 .map(|c| c.cgroup_path.as_str());
             path.is_some_and(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())))
         });
-        out
     }
 }
