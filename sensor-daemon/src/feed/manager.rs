@@ -96,9 +96,8 @@ impl Candidate {
         }
         let mut policies = std::collections::HashMap::new();
         for name in ["cached-microdescs", "cached-microdescs.new"] {
-            if let Ok(super::source::Fetched::Body { body, .. }) =
-                super::source::fetch_file(&dir.join(name), cfg.max_bytes)
-            {
+            let read = super::source::fetch_file(&dir.join(name), cfg.max_bytes);
+            if let Ok(body) = super::source::body_of(read) {
                 policies.extend(parse::consensus::microdesc_policies(
                     &String::from_utf8_lossy(&body),
                 ));

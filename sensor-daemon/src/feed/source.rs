@@ -393,7 +393,13 @@ pub async fn fetch_certs(
 ) -> Result<Vec<u8>, String> {
     let location = location.ok_or(NO_CERTS)?;
     let client = client_for(location, limits, allow_http).map_err(|e| e.to_string())?;
-    match fetch(client.as_ref(), location, &Validators::default(), limits).await {
+    body_of(fetch(client.as_ref(), location, &Validators::default(), limits).await)
+}
+
+/// The bytes of an unconditional fetch or read (one without validators
+/// is never answered "not modified").
+pub fn body_of(fetched: Result<Fetched, SourceError>) -> Result<Vec<u8>, String> {
+    match fetched {
         Ok(Fetched::Body { body, .. }) => Ok(body),
         Ok(Fetched::NotModified) => Err("not modified, without having been fetched".into()),
         Err(e) => Err(e.to_string()),
@@ -406,11 +412,7 @@ const NO_CERTS: &str = "authority_certs is not set, and this location has none b
 /// only (start-up never waits for the network).
 pub fn read_certs(location: Option<&Location>, max_bytes: u64) -> Result<Vec<u8>, String> {
     match location.ok_or(NO_CERTS)? {
-        Location::Path(path) => match fetch_file(path, max_bytes) {
-            Ok(Fetched::Body { body, .. }) => Ok(body),
-            Ok(Fetched::NotModified) => Err("not modified, without having been read".into()),
-            Err(e) => Err(e.to_string()),
-        },
+        Location::Path(path) => body_of(fetch_file(path, max_bytes)),
         _ => Err(
             "certificates over the network are not fetched at start; set authority_certs to a file"
                 .into(),
