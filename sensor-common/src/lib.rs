@@ -28,6 +28,10 @@ pub const FLAG_AUDIT: u8 = 1 << 2;
 /// that ended, or that no process read, wrote or closed within the daemon's
 /// wait, before one did; pid/uid/comm are zero.
 pub const FLAG_NO_PROCESS: u8 = 1 << 3;
+/// `ConnEvent::flags`: a blocking program refused this connection (an
+/// outbound `connect()` that failed in the caller, or an inbound SYN that
+/// was dropped); sent by the blocking programs, never by the tracepoints.
+pub const FLAG_BLOCKED: u8 = 1 << 4;
 
 /// Maximum number of feeds a sensor can load at once (one bit each in
 /// the [`MatchInfo`] masks).
@@ -169,9 +173,19 @@ pub mod counter {
     /// Inbound hits whose connection ended before any process used it
     /// (reported without a process).
     pub const INBOUND_UNATTRIBUTED: u32 = 9;
+    /// Outbound connects refused by a block rule (enforce mode).
+    pub const CONNECT_BLOCKED: u32 = 10;
+    /// Inbound SYNs dropped by a block rule (enforce mode); a client's
+    /// retransmissions count again.
+    pub const INBOUND_BLOCKED: u32 = 11;
+    /// Connections (outbound connects, inbound SYNs) a block rule would
+    /// have refused in dry-run mode.
+    pub const WOULD_BLOCK: u32 = 12;
+    /// Connections a block rule matched but one of its exceptions exempted.
+    pub const BLOCK_EXCEPTED: u32 = 13;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 10;
-    const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
+    pub const COUNT: u32 = 14;
+    const _: () = assert!(BLOCK_EXCEPTED < COUNT);
 }
 
 /// Slots of the kernel's `PENDING_COUNT` array, the programs' fast path
@@ -219,6 +233,90 @@ pub mod prefilter {
     }
 }
 
+/// Opt-in blocking: the kernel side of the block rules (compiled by the
+/// daemon from rules with `action = "block"`; see `alert/rules/block.rs`).
+pub mod block {
+    /// `BLOCK_MODE[MODE]`: what the blocking programs do with a match.
+    pub const MODE: u32 = 0;
+    /// `BLOCK_MODE[ERRNO]`: the errno a refused `connect()` returns
+    /// (0: the hook's default, `EPERM`).
+    pub const ERRNO: u32 = 1;
+    /// Slots of `BLOCK_MODE`.
+    pub const MODE_SLOTS: u32 = 2;
+    /// Nothing is refused or counted (the programs may still be attached
+    /// while a reload turns blocking off).
+    pub const OFF: u32 = 0;
+    /// Matches are counted (`WOULD_BLOCK`), nothing is refused.
+    pub const DRY_RUN: u32 = 1;
+    /// Matches are refused and reported.
+    pub const ENFORCE: u32 = 2;
+    /// Entries of `BLOCK_RULES`: a rule whose lists expand to more entries
+    /// is refused when the rules are loaded.
+    pub const MAX_RULES: u32 = 16;
+    /// Exceptions per entry.
+    pub const MAX_EXCEPT: usize = 8;
+    /// `BlockMatch::uid` when the uid does not matter.
+    pub const ANY_UID: u32 = u32::MAX;
+}
+
+/// Who a block rule (or one of its exceptions) applies to, in the terms
+/// the kernel can check at `connect()` / SYN time. Every field given must
+/// hold; an unused field is "any".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockMatch {
+    /// The task's (outbound) or the listening socket's (inbound) uid, or
+    /// [`block::ANY_UID`].
+    pub uid: u32,
+    /// Depth of `cgroup_id` in the cgroup v2 hierarchy (root: 0).
+    pub cgroup_level: u32,
+    /// Only tasks (sockets) in this cgroup or below it; 0: any.
+    pub cgroup_id: u64,
+    /// The task's command name, NUL-padded; all zero: any (outbound only:
+    /// there is no task at SYN time).
+    pub comm: [u8; COMM_LEN],
+}
+
+impl BlockMatch {
+    pub const ANY: Self = Self {
+        uid: block::ANY_UID,
+        cgroup_level: 0,
+        cgroup_id: 0,
+        comm: [0; COMM_LEN],
+    };
+}
+
+/// One entry of the kernel's `BLOCK_RULES` array. Entries are tried in
+/// order; the first whose direction, feeds and scope hold decides: blocked,
+/// unless one of its exceptions holds. A `direction` of 0 ends the list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockRule {
+    /// Exit-address feeds (bit `i`: feed `i`) whose matches this blocks.
+    pub exit_feeds: u32,
+    /// Relay (OR address and ORPort) feeds whose matches this blocks.
+    pub relay_feeds: u32,
+    /// `DIR_EGRESS` or `DIR_INGRESS`; 0 ends the list.
+    pub direction: u8,
+    /// Entries of `except` in use.
+    pub except_count: u8,
+    pub _pad: [u8; 6],
+    pub scope: BlockMatch,
+    pub except: [BlockMatch; block::MAX_EXCEPT],
+}
+
+impl BlockRule {
+    pub const NONE: Self = Self {
+        exit_feeds: 0,
+        relay_feeds: 0,
+        direction: 0,
+        except_count: 0,
+        _pad: [0; 6],
+        scope: BlockMatch::ANY,
+        except: [BlockMatch::ANY; block::MAX_EXCEPT],
+    };
+}
+
 /// Kernel-structure offsets the daemon reads from the running kernel's BTF
 /// and passes to the programs (global `KOFFSETS`): the BTF tracepoint
 /// receives a BTF-typed `struct sock *` and loads these fields directly
@@ -257,6 +355,7 @@ mod user {
     unsafe impl aya::Pod for super::ConnEvent {}
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::OrPortKey {}
+    unsafe impl aya::Pod for super::BlockRule {}
 }
 
 #[cfg(test)]
@@ -311,6 +410,21 @@ mod tests {
             OrPortKey::v4([1, 2, 3, 4], 9001).addr,
             [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 1, 2, 3, 4]
         );
+    }
+
+    #[test]
+    fn block_rule_layout_has_no_hidden_padding() {
+        assert_eq!(size_of::<BlockMatch>(), 32);
+        assert_eq!(offset_of!(BlockMatch, cgroup_level), 4);
+        assert_eq!(offset_of!(BlockMatch, cgroup_id), 8);
+        assert_eq!(offset_of!(BlockMatch, comm), 16);
+        assert_eq!(offset_of!(BlockRule, relay_feeds), 4);
+        assert_eq!(offset_of!(BlockRule, direction), 8);
+        assert_eq!(offset_of!(BlockRule, except_count), 9);
+        assert_eq!(offset_of!(BlockRule, _pad), 10);
+        assert_eq!(offset_of!(BlockRule, scope), 16);
+        assert_eq!(offset_of!(BlockRule, except), 48);
+        assert_eq!(size_of::<BlockRule>(), 48 + 32 * block::MAX_EXCEPT);
     }
 
     #[test]

@@ -220,6 +220,8 @@ fn recorded_events_give_the_golden_alerts() {
         ("ingress_ipv6_container", Attribution::FirstUse),
         ("egress_audit_failed_no_process", Attribution::None),
         ("egress_socks_local", Attribution::Connect),
+        ("egress_blocked", Attribution::Connect),
+        ("ingress_blocked_no_process", Attribution::None),
     ];
     assert_eq!(records.len(), cases.len());
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");

@@ -50,20 +50,24 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     EbpfContext, Global,
+    bindings::__sk_buff,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
+            bpf_set_retval, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        },
     },
-    macros::{btf_tracepoint, fentry, kprobe, map},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, kprobe, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
+    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext, SockAddrContext},
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    AF_INET, AF_INET6, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_CONNECT_FAILED,
-    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, counter, pending,
-    prefilter,
+    AF_INET, AF_INET6, BlockMatch, BlockRule, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT,
+    FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo,
+    OrPortKey, block, counter, pending, prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -662,6 +666,373 @@ fn attribute_slow(ctx: *mut c_void, sk: u64, in_process: bool) -> u32 {
         count(counter::INBOUND_UNATTRIBUTED);
     }
     emit(&RawCtx(ctx), &ev);
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Opt-in blocking (off unless the daemon attaches these programs).
+//
+// The daemon compiles the rules with `action = "block"` into `BLOCK_RULES`
+// (`sensor_common::BlockRule`) and the mode into `BLOCK_MODE`; the programs
+// match the peer against the same gapless sets as the tracepoints, so a
+// feed refresh never opens a gap in blocking either. Outbound: cgroup
+// `connect4` / `connect6`, which run inside `connect()` before the SYN: a
+// refused connect fails in the caller with `EPERM` (or the errno in
+// `BLOCK_MODE`). Inbound: `cgroup_skb/ingress` drops the SYN of a new
+// connection from a listed exit, so the connection never exists and the
+// application never sees it (not even in `accept()`); every other packet
+// (established flows, outbound connections' replies) goes through after a
+// look at the TCP flags. Attached with `bpf_link` in "multi" mode at the
+// cgroup v2 root (or the configured cgroup), so other programs there
+// (systemd's IP firewall, Cilium) keep running.
+
+/// `BLOCK_MODE[block::MODE]` and `BLOCK_MODE[block::ERRNO]`.
+#[map]
+static BLOCK_MODE: Array<u32> = Array::with_max_entries(block::MODE_SLOTS, 0);
+/// The compiled block rules, in order; a `direction` of 0 ends the list.
+#[map]
+static BLOCK_RULES: Array<BlockRule> = Array::with_max_entries(block::MAX_RULES, 0);
+
+/// Inbound SYNs already reported (peer, ports): a client retransmits its
+/// SYN several times before it gives up; each drop is counted, the first
+/// is reported. LRU: forgetting an entry only means one more report.
+#[map]
+static BLOCK_REPORTED: LruHashMap<OrPortKey, u16> = LruHashMap::with_max_entries(4096, 0);
+
+const SOCK_STREAM: u32 = 1;
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86dd;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+
+/// Who a connection belongs to, as a `BlockMatch` is checked against it.
+trait Owner {
+    fn uid(&self) -> u32;
+    /// The cgroup id of the owner's ancestor at `level`.
+    fn ancestor(&self, level: u32) -> u64;
+    /// The command name, all zero when there is no task.
+    fn comm(&self) -> [u8; 16];
+}
+
+/// The task calling `connect()`.
+struct Caller {
+    uid: u32,
+    comm: [u8; 16],
+}
+
+impl Owner for Caller {
+    #[inline(always)]
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    #[inline(always)]
+    fn ancestor(&self, level: u32) -> u64 {
+        unsafe { bpf_get_current_ancestor_cgroup_id(level as i32) }
+    }
+    #[inline(always)]
+    fn comm(&self) -> [u8; 16] {
+        self.comm
+    }
+}
+
+/// The socket a packet is delivered to (the listener, for a SYN).
+struct Receiver {
+    skb: *mut __sk_buff,
+    uid: u32,
+}
+
+impl Owner for Receiver {
+    #[inline(always)]
+    fn uid(&self) -> u32 {
+        self.uid
+    }
+    #[inline(always)]
+    fn ancestor(&self, level: u32) -> u64 {
+        unsafe { bpf_skb_ancestor_cgroup_id(self.skb, level as i32) }
+    }
+    #[inline(always)]
+    fn comm(&self) -> [u8; 16] {
+        [0; 16]
+    }
+}
+
+#[inline(always)]
+fn block_match(m: &BlockMatch, who: &impl Owner) -> bool {
+    if m.uid != block::ANY_UID && m.uid != who.uid() {
+        return false;
+    }
+    if m.cgroup_id != 0 && who.ancestor(m.cgroup_level) != m.cgroup_id {
+        return false;
+    }
+    if m.comm[0] != 0 && m.comm != who.comm() {
+        return false;
+    }
+    true
+}
+
+enum Verdict {
+    /// No block rule holds.
+    Pass,
+    /// A block rule holds, and one of its exceptions.
+    Excepted,
+    Block,
+}
+
+/// The first block rule for `direction` whose feeds and scope hold decides.
+#[inline(always)]
+fn verdict(direction: u8, hit: &MatchInfo, who: &impl Owner) -> Verdict {
+    for i in 0..block::MAX_RULES {
+        let Some(r) = BLOCK_RULES.get(i) else {
+            break;
+        };
+        if r.direction == 0 {
+            break;
+        }
+        if r.direction != direction
+            || (r.exit_feeds & hit.exit_feeds == 0 && r.relay_feeds & hit.relay_feeds == 0)
+            || !block_match(&r.scope, who)
+        {
+            continue;
+        }
+        for j in 0..block::MAX_EXCEPT {
+            if j >= r.except_count as usize {
+                break;
+            }
+            if block_match(&r.except[j], who) {
+                return Verdict::Excepted;
+            }
+        }
+        return Verdict::Block;
+    }
+    Verdict::Pass
+}
+
+#[inline(always)]
+fn block_mode() -> u32 {
+    BLOCK_MODE.get(block::MODE).copied().unwrap_or(block::OFF)
+}
+
+/// Whether to refuse, per the verdict and the mode; counts it.
+#[inline(always)]
+fn enforce(v: Verdict, blocked: u32) -> bool {
+    match v {
+        Verdict::Pass => false,
+        Verdict::Excepted => {
+            count(counter::BLOCK_EXCEPTED);
+            false
+        }
+        Verdict::Block if block_mode() == block::ENFORCE => {
+            count(blocked);
+            true
+        }
+        Verdict::Block => {
+            count(counter::WOULD_BLOCK);
+            false
+        }
+    }
+}
+
+/// `connect()` to an IPv4 peer. Returns 1 to let it go on, 0 to refuse.
+#[cgroup_sock_addr(connect4)]
+pub fn block_connect4(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the context is the kernel's `bpf_sock_addr`; 4-byte loads.
+    let (kind, ip, port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (sa.type_, sa.user_ip4, sa.user_port)
+    };
+    if kind != SOCK_STREAM || block_mode() == block::OFF {
+        return 1;
+    }
+    let v4 = ip.to_ne_bytes();
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&v4);
+    let peer = Peer {
+        family: AF_INET,
+        addr,
+        port: u16::from_be(port as u16),
+        v4: Some(v4),
+    };
+    connect_verdict(ctx.as_ptr(), &peer)
+}
+
+/// `connect()` to an IPv6 (or IPv4-mapped) peer.
+#[cgroup_sock_addr(connect6)]
+pub fn block_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as above, each word a 4-byte load.
+    let (kind, words, port) = unsafe {
+        let sa = &*ctx.sock_addr;
+        (
+            sa.type_,
+            [
+                sa.user_ip6[0],
+                sa.user_ip6[1],
+                sa.user_ip6[2],
+                sa.user_ip6[3],
+            ],
+            sa.user_port,
+        )
+    };
+    if kind != SOCK_STREAM || block_mode() == block::OFF {
+        return 1;
+    }
+    let mut a = [0u8; 16];
+    for (i, w) in words.iter().enumerate() {
+        a[i * 4..i * 4 + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    let mapped = a[..10].iter().all(|b| *b == 0) && a[10] == 0xff && a[11] == 0xff;
+    let peer = Peer {
+        family: AF_INET6,
+        addr: a,
+        port: u16::from_be(port as u16),
+        v4: mapped.then_some([a[12], a[13], a[14], a[15]]),
+    };
+    connect_verdict(ctx.as_ptr(), &peer)
+}
+
+#[inline(never)]
+fn connect_verdict(ctx: *mut c_void, peer: &Peer) -> i32 {
+    if !may_be_listed(peer.prefilter_index()) {
+        return 1;
+    }
+    let Some(hit) = lookup(peer, DIR_EGRESS) else {
+        return 1;
+    };
+    let uid_gid = bpf_get_current_uid_gid();
+    let who = Caller {
+        uid: uid_gid as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    if !enforce(verdict(DIR_EGRESS, &hit, &who), counter::CONNECT_BLOCKED) {
+        return 1;
+    }
+    let mut ev = ConnEvent::ZERO;
+    ev.direction = DIR_EGRESS;
+    ev.flags = FLAG_BLOCKED;
+    if peer.mapped() {
+        ev.flags |= FLAG_V4_MAPPED;
+    }
+    ev.family = peer.family;
+    ev.remote_addr = peer.addr;
+    ev.remote_port = peer.port;
+    ev.matched = hit;
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    fill_process(&mut ev);
+    emit(&RawCtx(ctx), &ev);
+    let errno = BLOCK_MODE.get(block::ERRNO).copied().unwrap_or(0);
+    if errno != 0 {
+        // SAFETY: the helper sets the syscall's return value for a
+        // program that returns 0 (cgroup hooks, Linux 5.18+).
+        unsafe { bpf_set_retval(-(errno as i32)) };
+    }
+    0
+}
+
+/// Every packet delivered to a socket in scope: drops the SYN of a new
+/// inbound connection whose peer a block rule refuses. 1 lets it through.
+#[cgroup_skb(ingress)]
+pub fn block_ingress(ctx: SkBuffContext) -> i32 {
+    if block_mode() == block::OFF {
+        return 1;
+    }
+    match syn_peer(&ctx) {
+        Some((peer, dport, local)) => ingress_verdict(&ctx, &peer, dport, &local),
+        None => 1,
+    }
+}
+
+/// The source, destination port and local address of a TCP SYN (without
+/// ACK) from the network header on; `None` for any other packet. IPv6
+/// extension headers are not walked (a SYN carrying them passes).
+#[inline(always)]
+fn syn_peer(ctx: &SkBuffContext) -> Option<(Peer, u16, [u8; 16])> {
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    let (family, l4, next) = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).ok()?;
+        (
+            AF_INET,
+            ((vihl & 0x0f) as usize) * 4,
+            ctx.load::<u8>(9).ok()?,
+        )
+    } else if proto == ETH_P_IPV6 {
+        (AF_INET6, 40, ctx.load::<u8>(6).ok()?)
+    } else {
+        return None;
+    };
+    if next != IPPROTO_TCP as u8 || l4 < 20 {
+        return None;
+    }
+    let flags: u8 = ctx.load(l4 + 13).ok()?;
+    if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN {
+        return None;
+    }
+    let sport = u16::from_be(ctx.load::<u16>(l4).ok()?);
+    let dport = u16::from_be(ctx.load::<u16>(l4 + 2).ok()?);
+    let mut addr = [0u8; 16];
+    let mut local = [0u8; 16];
+    if family == AF_INET {
+        let s: [u8; 4] = ctx.load(12).ok()?;
+        let d: [u8; 4] = ctx.load(16).ok()?;
+        addr[..4].copy_from_slice(&s);
+        local[..4].copy_from_slice(&d);
+        let peer = Peer {
+            family,
+            addr,
+            port: sport,
+            v4: Some(s),
+        };
+        return Some((peer, dport, local));
+    }
+    addr = ctx.load(8).ok()?;
+    local = ctx.load(24).ok()?;
+    let mapped = addr[..10].iter().all(|b| *b == 0) && addr[10] == 0xff && addr[11] == 0xff;
+    let peer = Peer {
+        family,
+        addr,
+        port: sport,
+        v4: mapped.then_some([addr[12], addr[13], addr[14], addr[15]]),
+    };
+    Some((peer, dport, local))
+}
+
+#[inline(never)]
+fn ingress_verdict(ctx: &SkBuffContext, peer: &Peer, dport: u16, local: &[u8; 16]) -> i32 {
+    if !may_be_listed(peer.prefilter_index()) {
+        return 1;
+    }
+    let Some(hit) = lookup(peer, DIR_INGRESS) else {
+        return 1;
+    };
+    let skb = ctx.skb.skb;
+    let who = Receiver {
+        skb,
+        uid: ctx.skb.get_socket_uid(),
+    };
+    if !enforce(verdict(DIR_INGRESS, &hit, &who), counter::INBOUND_BLOCKED) {
+        return 1;
+    }
+    // Reported once per (peer, source port, local port).
+    let mut key = match peer.v4 {
+        Some(a) => OrPortKey::v4(a, peer.port),
+        None => OrPortKey::v6(peer.addr, peer.port),
+    };
+    key._pad = dport;
+    if BLOCK_REPORTED.get_ptr(&key).is_some() {
+        return 0;
+    }
+    let _ = BLOCK_REPORTED.insert(&key, &1, 0);
+    let mut ev = ConnEvent::ZERO;
+    ev.direction = DIR_INGRESS;
+    ev.flags = FLAG_BLOCKED | FLAG_NO_PROCESS;
+    ev.family = peer.family;
+    ev.remote_addr = peer.addr;
+    ev.remote_port = peer.port;
+    ev.local_addr = *local;
+    ev.local_port = dport;
+    ev.matched = hit;
+    ev.uid = who.uid;
+    ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    emit(&RawCtx(ctx.as_ptr()), &ev);
     0
 }
 

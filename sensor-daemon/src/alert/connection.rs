@@ -4,12 +4,13 @@
 use std::time::SystemTime;
 
 use super::model::{
-    Agent, Alert, Attribution, Confidence, Ecs, Endpoint, Enrichment, Event, EventCategory,
-    EventKind, EventType, FeedName, Group, Host, IdsNames, Indicator, IndicatorType, IpFamily,
-    MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef, Technique, Thread, Threat,
-    TorDetails, Torsensor, Transport, User,
+    Agent, Alert, Attribution, BlockDetails, BlockResult, Confidence, Ecs, Endpoint, Enrichment,
+    Event, EventCategory, EventKind, EventType, FeedName, Group, Host, IdsNames, Indicator,
+    IndicatorType, IpFamily, MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef,
+    Technique, Thread, Threat, TorDetails, Torsensor, Transport, User,
 };
 use crate::alert::rules::Rule;
+use crate::alert::rules::block::BlockMode;
 use crate::enrich::ProcessInfo;
 use crate::enrich::container::ContainerInfo;
 use crate::feed::{FeedMatch, Role};
@@ -145,13 +146,23 @@ fn event(conn: &Connection, rule: &Rule, created: SystemTime) -> Event {
         } else {
             vec![EventCategory::Network]
         },
-        types: vec![EventType::Connection, EventType::Allowed],
-        action: match conn.direction {
-            Direction::Egress => "tor-connection-outbound",
-            Direction::Ingress => "tor-connection-inbound",
-        }
-        .into(),
-        outcome: if conn.failed {
+        types: vec![
+            EventType::Connection,
+            if conn.blocked {
+                EventType::Denied
+            } else {
+                EventType::Allowed
+            },
+        ],
+        action: format!(
+            "tor-connection-{}{}",
+            match conn.direction {
+                Direction::Egress => "outbound",
+                Direction::Ingress => "inbound",
+            },
+            if conn.blocked { "-blocked" } else { "" }
+        ),
+        outcome: if conn.failed || conn.blocked {
             Outcome::Failure
         } else {
             Outcome::Success
@@ -290,6 +301,10 @@ fn torsensor(
         first_seen: None,
         last_seen: None,
         summary: false,
+        block: conn.blocked.then_some(BlockDetails {
+            mode: BlockMode::Enforce,
+            result: BlockResult::Blocked,
+        }),
     }
 }
 
@@ -374,6 +389,7 @@ mod tests {
             failed: false,
             audit: false,
             incomplete: false,
+            blocked: false,
             matched: MatchInfo::NONE,
             process: Some(KernelProcess {
                 tgid: 100,

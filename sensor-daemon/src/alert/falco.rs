@@ -277,6 +277,10 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
         let roles: Vec<&str> = tor.roles.iter().map(|r| r.as_str()).collect();
         parts.push(format!("tor_roles={}", roles.join(",")));
     }
+    if let Some(b) = &alert.torsensor.block {
+        let result = serde_json::to_value(b.result).unwrap_or_default();
+        parts.push(format!("block={}", result.as_str().unwrap_or("unknown")));
+    }
     let peer = if alert.is_egress() { "to" } else { "from" };
     format!("{rule} ({peer} {}) ({})", alert.peer().ip, parts.join(" "))
 }

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::alert::rules::block::BlockMode;
 use crate::enrich::container::{Qos, Runtime};
 use crate::feed::{Origin, Role};
 use crate::net::Direction;
@@ -437,6 +438,30 @@ pub struct Torsensor {
     /// The alert summarises repeats inside an aggregation window.
     #[serde(default, skip_serializing_if = "is_false")]
     pub summary: bool,
+    /// What opt-in blocking did (hits a block rule decided, and every
+    /// connection the kernel refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block: Option<BlockDetails>,
+}
+
+/// `torsensor.block`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockDetails {
+    /// `[blocking] mode` when it happened.
+    pub mode: BlockMode,
+    pub result: BlockResult,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BlockResult {
+    /// The kernel refused the connection (`event.type` has `denied`).
+    Blocked,
+    /// Dry run: a block rule holds, the connection went through.
+    WouldBlock,
+    /// Enforcing, but the connection went through: it began before
+    /// blocking was armed or the rule changed, or blocking is off.
+    NotBlocked,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

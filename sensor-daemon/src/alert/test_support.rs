@@ -35,6 +35,7 @@ pub fn connection_alert(
         failed: false,
         audit: false,
         incomplete: false,
+        blocked: false,
         matched: MatchInfo::NONE,
         process: Some(kernel.clone()),
     };

@@ -28,6 +28,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::alert::rules::block::{BlockErrno, BlockMode};
 use crate::feed::config::{FeedConfig, FeedConfigError, FeedSettings};
 use crate::kernel::{InboundChoice, LoadOptions};
 use crate::sink::OutputConfig;
@@ -63,6 +64,8 @@ pub enum ConfigError {
     MaxEntries(u32),
     #[error("aggregation_max_groups = {0}: must be between 100 and 1000000")]
     AggregationGroups(usize),
+    #[error("blocking.cgroup = {0:?}: must be an absolute path (a cgroup v2 directory)")]
+    BlockingCgroup(PathBuf),
     #[error("shutdown_deadline must be at most 60s")]
     ShutdownDeadline,
     #[error("{0}")]
@@ -160,6 +163,9 @@ pub struct SensorConfig {
     pub metrics: MetricsConfig,
     /// Where pod and container names come from (`[kubernetes]`).
     pub kubernetes: KubernetesConfig,
+    /// Opt-in blocking (`[blocking]`): what rules with `action = "block"`
+    /// do. Off by default.
+    pub blocking: BlockingConfig,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -201,6 +207,7 @@ impl Default for SensorConfig {
             selftest: false,
             metrics: MetricsConfig::default(),
             kubernetes: KubernetesConfig::default(),
+            blocking: BlockingConfig::default(),
             outputs: Vec::new(),
         }
     }
@@ -227,6 +234,26 @@ impl Default for KubernetesConfig {
             container_logs: PathBuf::from("/var/log/containers"),
         }
     }
+}
+
+/// Opt-in blocking (`[blocking]`; README, "Blocking"). The rules decide
+/// what is blocked (`action = "block"`); this decides whether and where.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BlockingConfig {
+    /// `"off"`: nothing is attached, block rules alert like alert rules;
+    /// `"dry-run"`: the programs are attached and count, hits a block rule
+    /// decides are alerted as "would block" (`torsensor.block.result`);
+    /// `"enforce"`: outbound connects fail, inbound SYNs are dropped, each
+    /// reported as a denied connection. Default: off.
+    pub mode: BlockMode,
+    /// What a refused `connect()` returns: `"EPERM"` or `"ECONNREFUSED"`
+    /// (Linux 5.18+). Default: EPERM.
+    pub errno: BlockErrno,
+    /// The cgroup v2 directory the programs attach to; they apply to every
+    /// process in it and below. Block rules' `cgroup` paths are relative
+    /// to it. Default: the host's cgroup v2 mount (the whole host).
+    pub cgroup: Option<PathBuf>,
 }
 
 /// The HTTP endpoint for Prometheus and probes (`[metrics]`): `/metrics`,
@@ -354,6 +381,13 @@ impl SensorConfig {
         );
         differs("metrics", self.metrics != new.metrics);
         differs("kubernetes", self.kubernetes != new.kubernetes);
+        // dry-run <-> enforce and the errno are applied; attaching and
+        // detaching are not.
+        differs(
+            "blocking",
+            (self.blocking.mode == BlockMode::Off) != (new.blocking.mode == BlockMode::Off)
+                || self.blocking.cgroup != new.blocking.cgroup,
+        );
         differs("stats_file", self.stats_file != new.stats_file);
         keys
     }
@@ -395,6 +429,11 @@ impl SensorConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.blocking.cgroup
+            && !c.is_absolute()
+        {
+            return Err(ConfigError::BlockingCgroup(c.clone()));
+        }
         let rb = self.ring_buffer_bytes;
         if !rb.is_power_of_two() || !(4096..=(256 << 20)).contains(&rb) {
             return Err(ConfigError::RingBufferSize(rb));

@@ -12,6 +12,8 @@
 //! conversation with systemd ([`notify`]). Everything below it is a
 //! library this module drives; nothing imports from here except the binary (`main.rs`).
 
+mod blocking;
+use blocking::Blocking;
 mod delivery;
 pub mod endpoint;
 mod health;
@@ -35,6 +37,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use crate::alert::SensorIdentity;
 use crate::alert::aggregate::Aggregator;
+use crate::alert::rules::block::BlockMode;
 use crate::alert::rules::{RuleError, Rules};
 use crate::config::{Config, ConfigError, SensorConfig};
 use crate::enrich::kubelet::KubeletLogs;
@@ -151,6 +154,7 @@ struct Daemon {
     reload: Reload,
     manager: FeedManager,
     probes: Probes,
+    blocking: Blocking,
     delivery: Delivery,
     /// The state directory in force (a reload may move it).
     state_dir: PathBuf,
@@ -328,9 +332,11 @@ impl Daemon {
         let prober = Prober::start().map_err(|e| e.to_string());
         let mut probes = Probes::load(&cfg.load_options(), &feeds)?;
         health::log_plan(probes.plan());
+        // Attaching cgroup programs needs CAP_NET_ADMIN: before the drop.
+        let blocking = Blocking::arm(&cfg, &mut probes, &rules, &feeds)?;
         privileges::drop_and_log()?;
         let polled = Polled::register(&mut probes)?;
-        let pipeline = Pipeline::new(
+        let mut pipeline = Pipeline::new(
             feeds,
             rules,
             SensorIdentity {
@@ -344,6 +350,7 @@ impl Daemon {
             )),
             Aggregator::new(cfg.aggregation_window, cfg.aggregation_max_groups),
         );
+        pipeline.set_block_mode(blocking.mode);
         let telemetry = Telemetry::new(Snapshot::default());
         let endpoint = endpoint.map(|e| (e.addr, e.serve(Arc::clone(&telemetry))));
         let daemon = Daemon {
@@ -359,6 +366,7 @@ impl Daemon {
             reload,
             manager,
             probes,
+            blocking,
             delivery: Delivery {
                 pipeline,
                 sinks,
@@ -485,6 +493,11 @@ impl Daemon {
         }
         self.output_losses.tick(&self.delivery.sinks.stats());
         health::report_stale(&mut self.manager);
+        // Exceptions that expired stop exempting in the kernel too.
+        let p = &self.delivery.pipeline;
+        let settings = self.blocking.settings();
+        self.blocking
+            .update(&mut self.probes, p.rules(), p.feeds(), settings);
         // The rule counts in status.json, when they changed.
         if *self.delivery.pipeline.rule_counts() != self.written_counts {
             self.written_counts = self.delivery.pipeline.rule_counts().clone();
@@ -589,7 +602,13 @@ impl Daemon {
 
     async fn apply_reload(&mut self, new_cfg: Config, ring: &mut RingBuf<MapData>) {
         // The rules: all of them or none (a bad file keeps the running ones).
-        match Rules::load(Some(&new_cfg.rules_dir)) {
+        let checked = Rules::load(Some(&new_cfg.rules_dir))
+            .map_err(|e| e.to_string())
+            .and_then(|rules| {
+                let feeds = self.delivery.pipeline.feeds();
+                self.blocking.check(&rules, feeds).map(|()| rules)
+            });
+        match checked {
             Ok(rules) => {
                 log_rules(&rules);
                 self.delivery.pipeline.set_rules(rules);
@@ -635,6 +654,15 @@ impl Daemon {
             }
             Err(e) => tracing::error!("SIGHUP: keeping the running feeds: {e}"),
         }
+        // New rules, feed numbers or mode: the kernel's table follows.
+        let settings = match new_cfg.blocking.mode {
+            BlockMode::Off => self.blocking.settings(),
+            mode => (mode, new_cfg.blocking.errno.kernel()),
+        };
+        let p = &mut self.delivery.pipeline;
+        self.blocking
+            .update(&mut self.probes, p.rules(), p.feeds(), settings);
+        p.set_block_mode(self.blocking.mode);
     }
 
     /// Detach first so that nothing new arrives, then take what is left:

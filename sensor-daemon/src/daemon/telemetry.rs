@@ -334,7 +334,13 @@ fn encode_rules(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
     let mut decisions = Vec::new();
     let mut exceptions = Vec::new();
     for (rule, c) in &s.rules.rules {
-        for (decision, n) in [("alerted", c.alerted), ("logged", c.logged)] {
+        let decided = [
+            ("alerted", c.alerted),
+            ("logged", c.logged),
+            ("blocked", c.blocked),
+            ("would_block", c.would_block),
+        ];
+        for (decision, n) in decided {
             let labels = vec![("rule", rule.clone()), ("decision", decision.to_owned())];
             decisions.push((labels, n as f64));
         }
@@ -348,7 +354,7 @@ fn encode_rules(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
             ));
         }
     }
-    let help = "Hits each rule decided, by decision: alerted, logged (action log), excepted.";
+    let help = "Hits each rule decided, by decision: alerted, logged (action log), blocked and would_block (action block), excepted.";
     family(e, "torsensor_rule_decisions", help, Counter, &decisions)?;
     let help = "Hits an exception (allowlist entry) kept from alerting, by rule and where the exception is written (file:line).";
     family(
@@ -438,6 +444,38 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
         Counter,
         &unattributed,
     )?;
+    let help = "Connections the blocking programs judged: blocked (outbound connects refused, inbound SYNs dropped, each retransmission counted), would_block (dry run), excepted (a block rule's exception held).";
+    let block = vec![
+        (
+            vec![
+                ("direction", "egress".to_owned()),
+                ("result", "blocked".to_owned()),
+            ],
+            k.connect_blocked as f64,
+        ),
+        (
+            vec![
+                ("direction", "ingress".to_owned()),
+                ("result", "blocked".to_owned()),
+            ],
+            k.inbound_blocked as f64,
+        ),
+        (
+            vec![
+                ("direction", "any".to_owned()),
+                ("result", "would_block".to_owned()),
+            ],
+            k.would_block as f64,
+        ),
+        (
+            vec![
+                ("direction", "any".to_owned()),
+                ("result", "excepted".to_owned()),
+            ],
+            k.block_excepted as f64,
+        ),
+    ];
+    family(e, "torsensor_kernel_block", help, Counter, &block)?;
     let help = "Entries in the kernel maps: addresses and prefixes, OR address+port pairs.";
     let maps = vec![
         (vec![("map", "prefixes".to_owned())], s.prefixes as f64),
@@ -620,6 +658,8 @@ mod tests {
                     crate::pipeline::RuleCount {
                         alerted: 4,
                         logged: 0,
+                        blocked: 0,
+                        would_block: 0,
                         excepted: BTreeMap::from([(
                             "/etc/torsensor/rules.d/a.toml:4".to_owned(),
                             3,

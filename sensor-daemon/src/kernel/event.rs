@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use sensor_common::{
-    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT,
+    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_BLOCKED,
     FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, MatchInfo,
 };
 
@@ -48,6 +48,9 @@ pub struct Connection {
     pub audit: bool,
     /// Still in progress when the sensor stopped (reported at shutdown).
     pub incomplete: bool,
+    /// Refused by a blocking program (an outbound connect that failed in
+    /// the caller, an inbound SYN dropped).
+    pub blocked: bool,
     pub matched: MatchInfo,
     /// `None` when no process could be attributed.
     pub process: Option<KernelProcess>,
@@ -123,6 +126,7 @@ impl Connection {
             failed: ev.flags & FLAG_CONNECT_FAILED != 0,
             audit: ev.flags & FLAG_AUDIT != 0,
             incomplete: false,
+            blocked: ev.flags & FLAG_BLOCKED != 0,
             matched: ev.matched,
             process: (!no_process).then(|| KernelProcess {
                 tgid: ev.tgid,

@@ -3,6 +3,7 @@
 //! attaching the hooks ([`plan`]), reading counters, sweeping inbound hits
 //! no process has used yet, and detaching (on drop).
 
+mod block;
 pub mod event;
 mod maps;
 pub mod plan;
@@ -16,6 +17,7 @@ use aya::{Btf, Ebpf, EbpfLoader};
 use sensor_common::{ConnEvent, FLAG_NO_PROCESS, KernelOffsets, counter, pending, prefilter};
 
 use crate::feed::FeedSet;
+pub use block::{BlockAttach, Neighbours};
 pub use maps::{ApplyStats, prefilter_bits};
 use maps::{SetContents, array_mut};
 pub use plan::{Hook, HookPlan, InboundChoice, InboundHooks, STATE_PROGRAM, Unavailable};
@@ -71,6 +73,8 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("blocking: {detail}")]
+    Blocking { detail: String },
     #[error("eBPF map {0} is missing from the embedded object (build problem)")]
     MissingMap(&'static str),
     #[error(
@@ -195,6 +199,10 @@ pub struct KernelCounters {
     pub inbound_attributed: u64,
     pub relay_other_port: u64,
     pub inbound_unattributed: u64,
+    pub connect_blocked: u64,
+    pub inbound_blocked: u64,
+    pub would_block: u64,
+    pub block_excepted: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -445,6 +453,10 @@ impl Probes {
             inbound_attributed: get(counter::INBOUND_ATTRIBUTED),
             relay_other_port: get(counter::RELAY_OTHER_PORT),
             inbound_unattributed: get(counter::INBOUND_UNATTRIBUTED),
+            connect_blocked: get(counter::CONNECT_BLOCKED),
+            inbound_blocked: get(counter::INBOUND_BLOCKED),
+            would_block: get(counter::WOULD_BLOCK),
+            block_excepted: get(counter::BLOCK_EXCEPTED),
         })
     }
 
@@ -531,6 +543,8 @@ fn unload_program(name: &str, program: &mut Program) {
         Program::BtfTracePoint(p) if p.fd().is_ok() => p.unload(),
         Program::FEntry(p) if p.fd().is_ok() => p.unload(),
         Program::KProbe(p) if p.fd().is_ok() => p.unload(),
+        Program::CgroupSockAddr(p) if p.fd().is_ok() => p.unload(),
+        Program::CgroupSkb(p) if p.fd().is_ok() => p.unload(),
         _ => Ok(()),
     };
     if let Err(e) = result {

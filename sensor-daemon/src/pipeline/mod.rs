@@ -17,6 +17,8 @@ use std::time::{Instant, SystemTime};
 use sensor_common::ConnEvent;
 
 use crate::alert::aggregate::Aggregator;
+use crate::alert::model::{BlockDetails, BlockResult};
+use crate::alert::rules::block::BlockMode;
 use crate::alert::rules::{Action, Decision, Rules};
 use crate::alert::{Alert, AlertInput, SensorIdentity, build, roles_of};
 use crate::enrich::container::{ContainerCache, ContainerInfo};
@@ -119,6 +121,8 @@ pub struct Pipeline<S = HostSource> {
     source: S,
     aggregator: Aggregator,
     counts: RuleCounts,
+    /// `[blocking] mode`: what a hit a block rule decides is reported as.
+    block_mode: BlockMode,
 }
 
 /// What the rules decided, since start: per rule, hits alerted and logged,
@@ -134,6 +138,12 @@ pub struct RuleCounts {
 pub struct RuleCount {
     pub alerted: u64,
     pub logged: u64,
+    /// Connections the kernel refused under this rule (`action = "block"`).
+    #[serde(default)]
+    pub blocked: u64,
+    /// Hits this block rule would have refused (dry run).
+    #[serde(default)]
+    pub would_block: u64,
     /// Hits excepted, per exception (keyed by where it is written,
     /// `file:line`).
     pub excepted: std::collections::BTreeMap<String, u64>,
@@ -157,7 +167,13 @@ impl<S: ProcessSource> Pipeline<S> {
             source,
             aggregator,
             counts: RuleCounts::default(),
+            block_mode: BlockMode::Off,
         }
+    }
+
+    /// Sets the blocking mode in force (start, reload).
+    pub fn set_block_mode(&mut self, mode: BlockMode) {
+        self.block_mode = mode;
     }
 
     /// The rules in force.
@@ -233,16 +249,15 @@ impl<S: ProcessSource> Pipeline<S> {
         if alert.torsensor.audit {
             return Ok(vec![alert]);
         }
+        // A connection the kernel refused is always reported: blocking
+        // without a trace would be worse than any duplicate.
+        let blocked = alert.torsensor.block.is_some();
         match self.rules.decide(&alert, now.wall) {
             Decision::Rule(rule) => {
                 let count = self.counts.rules.entry(rule.id.clone()).or_default();
                 alert.apply_rule(rule);
                 match rule.action {
-                    Action::Alert => {
-                        count.alerted += 1;
-                        Ok(self.aggregator.offer(alert, now.mono))
-                    }
-                    Action::Log => {
+                    Action::Log if !blocked => {
                         count.logged += 1;
                         tracing::info!(
                             rule = %rule.id,
@@ -250,19 +265,43 @@ impl<S: ProcessSource> Pipeline<S> {
                             rule.id,
                             alert.summary()
                         );
-                        Ok(Vec::new())
+                        return Ok(Vec::new());
                     }
+                    Action::Block => {
+                        let result = if blocked {
+                            count.blocked += 1;
+                            BlockResult::Blocked
+                        } else if self.block_mode == BlockMode::DryRun {
+                            count.would_block += 1;
+                            BlockResult::WouldBlock
+                        } else {
+                            count.alerted += 1;
+                            BlockResult::NotBlocked
+                        };
+                        alert.torsensor.block = Some(BlockDetails {
+                            mode: self.block_mode,
+                            result,
+                        });
+                        if result == BlockResult::WouldBlock {
+                            alert.event.action.push_str("-would-block");
+                        }
+                    }
+                    _ => count.alerted += 1,
                 }
+                Ok(self.aggregator.offer(alert, now.mono))
             }
-            Decision::Excepted(rule, i) => {
+            Decision::Excepted(rule, i) if !blocked => {
                 let count = self.counts.rules.entry(rule.id.clone()).or_default();
                 *count.excepted.entry(rule.except[i].at.clone()).or_default() += 1;
                 Ok(Vec::new())
             }
-            Decision::Unmatched => {
+            Decision::Unmatched if !blocked => {
                 self.counts.unmatched += 1;
                 Ok(Vec::new())
             }
+            // Refused by the kernel, yet no block rule holds for it in
+            // userspace now (the rules changed since): reported as built.
+            _ => Ok(self.aggregator.offer(alert, now.mono)),
         }
     }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use sensor_common::{
-    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT,
+    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_BLOCKED,
     FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, MatchInfo,
 };
 
@@ -72,13 +72,15 @@ pub enum Flag {
     ConnectFailed,
     Audit,
     NoProcess,
+    Blocked,
 }
 
-const FLAGS: [(Flag, u8); 4] = [
+const FLAGS: [(Flag, u8); 5] = [
     (Flag::V4Mapped, FLAG_V4_MAPPED),
     (Flag::ConnectFailed, FLAG_CONNECT_FAILED),
     (Flag::Audit, FLAG_AUDIT),
     (Flag::NoProcess, FLAG_NO_PROCESS),
+    (Flag::Blocked, FLAG_BLOCKED),
 ];
 
 /// `MatchInfo`: the feed bitmasks per role.

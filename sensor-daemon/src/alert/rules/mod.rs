@@ -19,6 +19,7 @@
 //!
 //! Evaluation is in userspace, on hits only, against the typed [`Alert`].
 
+pub mod block;
 pub mod conditions;
 
 use std::collections::BTreeSet;
@@ -61,6 +62,10 @@ pub enum Action {
     Alert,
     /// A line in the sensor's log only.
     Log,
+    /// Refused in the kernel when `[blocking] mode = "enforce"` (and
+    /// alerted as denied), alerted as "would block" in dry-run, alerted
+    /// like `alert` when blocking is off. See [`block`].
+    Block,
 }
 
 /// One exception (allowlist entry) of a rule.
@@ -240,13 +245,16 @@ impl Rules {
                 .transpose()
                 .map_err(|m| src.err(at, format!("rule {id}: {m}")))?;
             src.check_scalars(at, &raw)?;
-            if let Some(known) = next.list.iter_mut().find(|r| r.id == id) {
+            let rule = if let Some(known) = next.list.iter_mut().find(|r| r.id == id) {
                 merge(known, raw, action, when, except);
+                &*known
             } else if new_rules.iter().any(|r| r.id == id) {
                 return Err(src.err(at, format!("rule {id} is defined twice in this file")));
             } else {
                 new_rules.push(src.new_rule(at, raw, action, when, except)?);
-            }
+                &new_rules[new_rules.len() - 1]
+            };
+            block::check_rule(rule).map_err(|m| src.err(at, m))?;
         }
         if shipped {
             next.list.extend(new_rules);
@@ -379,15 +387,10 @@ impl Source<'_> {
             None => Ok(None),
             Some("alert") => Ok(Some(Action::Alert)),
             Some("log") => Ok(Some(Action::Log)),
-            Some("block") => Err(self.err(
-                at,
-                format!(
-                    "rule {id}: action \"block\" is not available yet (opt-in blocking is issue 15's next step); use alert or log"
-                ),
-            )),
+            Some("block") => Ok(Some(Action::Block)),
             Some(other) => Err(self.err(
                 at,
-                format!("rule {id}: action {other:?} is not alert or log"),
+                format!("rule {id}: action {other:?} is not alert, log or block"),
             )),
         }
     }
@@ -821,8 +824,8 @@ when = { container_id = ["0123456789ab"] }
                 "x.toml:1:1: rule NEW-1 is new (no known rule has this id), so it needs description, severity, priority, when",
             ),
             (
-                "[[rule]]\nid = \"TORSENSOR-002\"\naction = \"block\"\n",
-                "x.toml:1:1: rule TORSENSOR-002: action \"block\" is not available yet",
+                "[[rule]]\nid = \"TORSENSOR-002\"\naction = \"drop\"\n",
+                "x.toml:1:1: rule TORSENSOR-002: action \"drop\" is not alert, log or block",
             ),
             (
                 "[[rule]]\nid = \"TORSENSOR-002\"\nwhen = { process = [\"[\"] }\n",
