@@ -98,7 +98,7 @@ const REQUIRED: &[&str] = &[
 /// The test binaries of `sensor-daemon` that run in every VM: the kernel
 /// cases, and the feed cases that need the kernel (relay ORPort matching,
 /// start from the cache, gapless refreshes).
-const TEST_BINARIES: &[&str] = &["kernel", "feeds"];
+const TEST_BINARIES: &[&str] = &["kernel", "feeds", "blocking"];
 
 /// Tests that cannot work in the VM, with the reason (passed as `--skip`).
 const EXCLUDED: &[(&str, &str)] = &[];

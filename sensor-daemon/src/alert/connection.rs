@@ -295,6 +295,7 @@ fn torsensor(
         incomplete: conn.incomplete,
         attribution: Some(attribution),
         cgroup_id: process.map(|p| p.cgroup_id),
+        cgroup_path: None,
         process_unknown: process.is_none(),
         container: None,
         count: None,

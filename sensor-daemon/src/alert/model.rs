@@ -424,6 +424,10 @@ pub struct Torsensor {
     pub attribution: Option<Attribution>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// The process's cgroup v2 path when it runs in no container (a
+    /// container's is `torsensor.container.cgroup_path`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_path: Option<String>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub process_unknown: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

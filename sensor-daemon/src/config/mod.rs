@@ -250,9 +250,11 @@ pub struct BlockingConfig {
     /// What a refused `connect()` returns: `"EPERM"` or `"ECONNREFUSED"`
     /// (Linux 5.18+). Default: EPERM.
     pub errno: BlockErrno,
-    /// The cgroup v2 directory the programs attach to; they apply to every
-    /// process in it and below. Block rules' `cgroup` paths are relative
-    /// to it. Default: the host's cgroup v2 mount (the whole host).
+    /// The cgroup v2 directory the programs attach to (a path in the
+    /// cgroup v2 mount); they apply to every process in it and below.
+    /// Block rules' `cgroup` paths are still written from the hierarchy's
+    /// root, as `/proc/PID/cgroup` shows them. Default: the host's cgroup
+    /// v2 mount (the whole host).
     pub cgroup: Option<PathBuf>,
 }
 

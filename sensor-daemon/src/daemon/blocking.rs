@@ -22,6 +22,7 @@ pub(super) struct Blocking {
     errno: u32,
     /// Where the programs are attached (`None`: mode off, nothing attached).
     pub attach: Option<BlockAttach>,
+    /// The cgroup v2 hierarchy's root, which rule paths start from.
     cgroup_root: PathBuf,
     /// What the kernel's table holds now.
     table: Vec<BlockRule>,
@@ -67,13 +68,17 @@ impl Blocking {
             }
             return Ok(blocking);
         }
-        let root = match &cfg.blocking.cgroup {
-            Some(c) => c.clone(),
-            None => container::host_cgroup2_mount().ok_or_else(|| KernelError::Blocking {
-                detail: "no cgroup v2 hierarchy is mounted; set [blocking] cgroup".into(),
-            })?,
-        };
-        blocking.cgroup_root = root.clone();
+        // Rule paths are cgroup v2 paths as /proc/PID/cgroup shows them,
+        // from the hierarchy's root, wherever the programs are attached.
+        let hierarchy = container::host_cgroup2_mount().ok_or_else(|| KernelError::Blocking {
+            detail: "no cgroup v2 hierarchy is mounted (blocking needs one)".into(),
+        })?;
+        let root = cfg
+            .blocking
+            .cgroup
+            .clone()
+            .unwrap_or_else(|| hierarchy.clone());
+        blocking.cgroup_root = hierarchy;
         blocking.table = blocking
             .compile(rules, feeds)
             .map_err(|detail| KernelError::Blocking { detail })?;

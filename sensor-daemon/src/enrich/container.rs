@@ -326,6 +326,8 @@ pub struct ContainerCache {
     max_walk: usize,
     v1_fallback: bool,
     by_cgroup: HashMap<u64, Option<ContainerInfo>>,
+    /// The cgroup v2 path of each id in `by_cgroup`, container or not.
+    paths: HashMap<u64, String>,
 }
 
 impl ContainerCache {
@@ -344,6 +346,7 @@ impl ContainerCache {
             max_walk,
             v1_fallback: false,
             by_cgroup: HashMap::new(),
+            paths: HashMap::new(),
         }
     }
 
@@ -418,9 +421,17 @@ impl ContainerCache {
         let info = parse_cgroup_path(&path);
         if self.by_cgroup.len() >= self.capacity {
             self.by_cgroup.clear();
+            self.paths.clear();
         }
         self.by_cgroup.insert(cgroup_id, info.clone());
+        self.paths.insert(cgroup_id, path);
         info.or_else(v1)
+    }
+
+    /// The cgroup v2 path (`/system.slice/x.service`) of a cgroup id an
+    /// earlier [`ContainerCache::lookup`] resolved.
+    pub fn path_of(&self, cgroup_id: u64) -> Option<&str> {
+        self.paths.get(&cgroup_id).map(String::as_str)
     }
 
     pub fn len(&self) -> usize {

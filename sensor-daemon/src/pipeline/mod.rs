@@ -34,6 +34,10 @@ pub trait ProcessSource {
     fn process(&mut self, p: &KernelProcess) -> ProcessInfo;
     /// Its container, if it runs in one.
     fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo>;
+    /// Its cgroup v2 path, when known (after [`ProcessSource::container`]).
+    fn cgroup_path(&mut self, _p: &KernelProcess) -> Option<String> {
+        None
+    }
 }
 
 /// The host's `/proc` and cgroup2 hierarchy, through bounded caches.
@@ -74,6 +78,10 @@ impl ProcessSource for HostSource {
         let mut info = self.containers.lookup(p.tgid, p.cgroup_id)?;
         self.kubelet.annotate(&mut info);
         Some(info)
+    }
+
+    fn cgroup_path(&mut self, p: &KernelProcess) -> Option<String> {
+        self.containers.path_of(p.cgroup_id).map(str::to_owned)
     }
 }
 
@@ -224,8 +232,12 @@ impl<S: ProcessSource> Pipeline<S> {
         conn.incomplete = incomplete;
         let process = conn.process.as_ref().map(|p| self.source.process(p));
         let container = conn.process.as_ref().and_then(|p| self.source.container(p));
+        let cgroup_path = match (&conn.process, &container) {
+            (Some(p), None) => self.source.cgroup_path(p),
+            _ => None,
+        };
         let matches = self.explain(&conn);
-        Ok(build(&AlertInput {
+        let mut alert = build(&AlertInput {
             conn: &conn,
             process: process.as_ref(),
             container: container.as_ref(),
@@ -233,7 +245,9 @@ impl<S: ProcessSource> Pipeline<S> {
             matches: &matches,
             sensor: &self.sensor,
             created,
-        }))
+        });
+        alert.torsensor.cgroup_path = cgroup_path;
+        Ok(alert)
     }
 
     /// What to send for one event: its alert, unless aggregation holds it

@@ -16,6 +16,7 @@ use serde_json::Value;
 
 pub mod cgroups;
 pub mod http;
+pub mod metrics;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_torsensor");
 
@@ -446,6 +447,7 @@ fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
 pub struct NetNs {
     pub name: String,
     host_if: String,
+    ns_if: String,
 }
 
 fn ip(args: &[&str]) {
@@ -471,6 +473,7 @@ impl NetNs {
         let ns = NetNs {
             name: name.clone(),
             host_if: host_if.clone(),
+            ns_if: ns_if.clone(),
         };
         ip(&[
             "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
@@ -500,6 +503,21 @@ impl NetNs {
         ip(&["-n", &name, "link", "set", &ns_if, "up"]);
         ip(&["-n", &name, "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// One more IPv6 address (/64) on the namespace's side.
+    pub fn add_addr(&self, addr: &str) {
+        ip(&[
+            "-n",
+            &self.name,
+            "-6",
+            "addr",
+            "add",
+            &format!("{addr}/64"),
+            "dev",
+            &self.ns_if,
+            "nodad",
+        ]);
     }
 
     /// Moves the calling thread into the namespace (threads only: call it in

@@ -295,7 +295,8 @@ impl When {
                 .torsensor
                 .container
                 .as_ref()
-                .map(|c| c.cgroup_path.as_str());
+                .map(|c| c.cgroup_path.as_str())
+                .or(a.torsensor.cgroup_path.as_deref());
             path.is_some_and(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())))
         });
     }
