@@ -12,8 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::Value;
 
 use sensor_daemon::alert::aggregate::Aggregator;
-use sensor_daemon::alert::model::Attribution;
+use sensor_daemon::alert::model::{Attribution, BlockResult};
 use sensor_daemon::alert::rules::Rules;
+use sensor_daemon::alert::rules::block::BlockMode;
 use sensor_daemon::alert::{Alert, SensorIdentity, ecs, falco, ocsf};
 use sensor_daemon::enrich::ProcessInfo;
 use sensor_daemon::enrich::container::{ContainerInfo, Qos, Runtime};
@@ -354,4 +355,67 @@ fn an_unknown_process_is_named_by_the_kernel() {
     assert_eq!((process.pid, process.name.as_str()), (999, "short-lived"));
     assert_eq!(process.thread.name, "short-lived");
     assert_eq!(process.executable, None);
+}
+
+/// What a block rule makes of a hit in each mode, and a connection the
+/// kernel refused that no block rule holds for any more (rules changed):
+/// still reported.
+#[test]
+fn a_block_rule_decides_by_mode_and_a_refused_connection_is_always_reported() {
+    let block_rule = "[[rule]]\nid = \"LOCAL-BLOCK\"\nname = \"block\"\ndescription = \"d\"\nseverity = 73\npriority = \"Warning\"\naction = \"block\"\nwhen = { direction = \"egress\", user = [\"107\"] }\n";
+    let with_block = |mode: BlockMode| {
+        let mut p = pipeline(Duration::ZERO);
+        let mut rules = rules();
+        rules.add_file("b.toml", block_rule, false).unwrap();
+        p.set_rules(rules);
+        p.set_block_mode(mode);
+        p
+    };
+    let hit = tor_connect(0, 9001, 40000);
+    let outcome = |mode| {
+        let a = replay::run(&mut with_block(mode), std::slice::from_ref(&hit), None).unwrap();
+        let a = &a[0];
+        (
+            a.rule.as_ref().unwrap().id.clone(),
+            a.event.action.clone(),
+            a.torsensor.block.map(|b| b.result),
+        )
+    };
+    let id = || "LOCAL-BLOCK".to_owned();
+    assert_eq!(
+        outcome(BlockMode::Off),
+        (id(), "tor-connection-outbound".into(), None)
+    );
+    assert_eq!(
+        outcome(BlockMode::DryRun),
+        (
+            id(),
+            "tor-connection-outbound-would-block".into(),
+            Some(BlockResult::WouldBlock)
+        )
+    );
+    assert_eq!(
+        outcome(BlockMode::Enforce),
+        (
+            id(),
+            "tor-connection-outbound".into(),
+            Some(BlockResult::NotBlocked)
+        )
+    );
+    let mut p = with_block(BlockMode::Enforce);
+    let mut refused = tor_connect(1, 9001, 0);
+    refused.flags = vec![Flag::Blocked];
+    let a = replay::run(&mut p, &[refused.clone()], None).unwrap();
+    assert_eq!(a[0].event.action, "tor-connection-outbound-blocked");
+    assert_eq!(p.rule_counts().rules["LOCAL-BLOCK"].blocked, 1);
+    // Another process and user: no block rule holds, the shipped rule
+    // reports it.
+    (refused.tgid, refused.pid, refused.uid) = (999, 999, 1000);
+    let a = replay::run(&mut p, &[refused], None).unwrap();
+    assert_eq!(a.len(), 1, "a refused connection is never dropped");
+    assert_eq!(a[0].rule.as_ref().unwrap().id, "TORSENSOR-001");
+    assert_eq!(
+        a[0].torsensor.block.map(|b| b.result),
+        Some(BlockResult::Blocked)
+    );
 }

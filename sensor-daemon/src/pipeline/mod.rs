@@ -281,6 +281,10 @@ impl<S: ProcessSource> Pipeline<S> {
                         );
                         return Ok(Vec::new());
                     }
+                    Action::Block if !blocked && self.block_mode == BlockMode::Off => {
+                        // Blocking off: the rule alerts like any other.
+                        count.alerted += 1;
+                    }
                     Action::Block => {
                         let result = if blocked {
                             count.blocked += 1;
