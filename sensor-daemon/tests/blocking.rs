@@ -437,3 +437,128 @@ fn a_sensor_asked_to_block_where_it_cannot_does_not_start() {
         "{stderr}"
     );
 }
+
+/// A do-nothing `cgroup/connect4` program (`r0 = 1; exit`: allow),
+/// loaded straight through bpf(2), and attached to `cgroup` with
+/// `flags` (0: exclusive, 2: `BPF_F_ALLOW_MULTI`). Returns the program's
+/// fd: the attachment lasts while the cgroup does, the fd keeps the
+/// program loaded.
+fn foreign_program(cgroup: &Path, flags: u32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+    const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+    // mov64 r0, 1; exit
+    let insns: [u64; 2] = [0x0000_0001_0000_00b7, 0x0000_0000_0000_0095];
+    let license = b"GPL\0";
+    let mut load = [0u8; 128];
+    let put32 =
+        |buf: &mut [u8], at: usize, v: u32| buf[at..at + 4].copy_from_slice(&v.to_ne_bytes());
+    let put64 =
+        |buf: &mut [u8], at: usize, v: u64| buf[at..at + 8].copy_from_slice(&v.to_ne_bytes());
+    put32(&mut load, 0, BPF_PROG_TYPE_CGROUP_SOCK_ADDR); // prog_type
+    put32(&mut load, 4, insns.len() as u32); // insn_cnt
+    put64(&mut load, 8, insns.as_ptr() as u64); // insns
+    put64(&mut load, 16, license.as_ptr() as u64); // license
+    put32(&mut load, 68, BPF_CGROUP_INET4_CONNECT); // expected_attach_type
+    // SAFETY: a bpf_attr for BPF_PROG_LOAD whose pointers outlive the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            load.as_ptr(),
+            load.len() as u32,
+        )
+    };
+    assert!(
+        fd >= 0,
+        "BPF_PROG_LOAD: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: a new fd of our own.
+    let prog = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) };
+    let dir = std::fs::File::open(cgroup).unwrap();
+    let mut attach = [0u8; 32];
+    put32(&mut attach, 0, dir.as_raw_fd() as u32); // target_fd
+    put32(&mut attach, 4, prog.as_raw_fd() as u32); // attach_bpf_fd
+    put32(&mut attach, 8, BPF_CGROUP_INET4_CONNECT); // attach_type
+    put32(&mut attach, 12, flags); // attach_flags
+    // SAFETY: a bpf_attr for BPF_PROG_ATTACH.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            attach.as_ptr(),
+            attach.len() as u32,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "BPF_PROG_ATTACH: {}",
+        std::io::Error::last_os_error()
+    );
+    prog
+}
+
+#[test]
+fn another_program_on_the_hook_is_reported_and_an_exclusive_one_refused() {
+    if !kernel_tests_allowed("blocking") {
+        return;
+    }
+    let _serial = serial();
+    let cgroups = Cgroups::new("block-neighbours", false);
+    let root = cgroups.root.clone();
+    let run = |name: &str, at: &str| {
+        let dir = root.join(&at[1..]);
+        let cfg = temp_path(&format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!("[blocking]\nmode = \"enforce\"\ncgroup = {dir:?}\n"),
+        )
+        .unwrap();
+        (dir, cfg)
+    };
+
+    // A program that allows company: the sensor attaches next to it and
+    // names it.
+    let shared = cgroups.create("shared");
+    let (dir, cfg) = run("block-shared", &shared);
+    let _multi = foreign_program(&dir, 2);
+    let sensor = Sensor::start(
+        "block-shared",
+        "127.66.32.0/24\n",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    sensor.wait_log(
+        "connect4 shares its hook with program(s) [",
+        1,
+        Duration::from_secs(5),
+    );
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+
+    // An exclusive program: the start fails, naming it; nothing of ours
+    // is left on the cgroup.
+    let exclusive = cgroups.create("exclusive");
+    let (dir, cfg) = run("block-exclusive", &exclusive);
+    let _single = foreign_program(&dir, 0);
+    let out = Command::new(common::BIN)
+        .args(["run", "--allow-reserved", "--feed"])
+        .arg(temp_path("block-shared.feed"))
+        .args(["--config", cfg.to_str().unwrap(), "--state-dir"])
+        .arg(temp_path("block-exclusive-state"))
+        .env("TORSENSOR_METRICS_LISTEN", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("holds an exclusive program (id [")
+            && stderr.contains("on block_connect4's hook"),
+        "{stderr}"
+    );
+    let hooks = bpftool_cgroup(&dir);
+    assert!(!hooks.contains("block_"), "{hooks}");
+}
