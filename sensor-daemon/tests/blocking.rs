@@ -19,6 +19,7 @@ use std::time::Duration;
 use common::cgroups::Cgroups;
 use common::metrics::{endpoint, wait_sample};
 use common::{NetNs, Sensor, bind, get, kernel_tests_allowed, serial, socket, temp_path};
+use serde_json::{Value, json};
 
 fn addr(s: &str) -> SocketAddr {
     s.parse().unwrap()
@@ -139,6 +140,30 @@ fn listener(at: &str) -> SocketAddr {
     a
 }
 
+/// The alert with `event.action` `action`, checked to cite `rule` with
+/// `event.type` `[connection, kind]`.
+fn block_alert(sensor: &Sensor, action: &str, rule: &str, kind: &str) -> Value {
+    let alert = sensor.expect_alert(action, |a| get(a, "event.action") == action);
+    assert_eq!(get(&alert, "rule.id"), rule);
+    assert_eq!(get(&alert, "event.type"), &json!(["connection", kind]));
+    alert
+}
+
+/// Waits until the kernel's blocking counter for `labels` reaches `n`.
+fn wait_block_counter(sensor: &Sensor, labels: &str, n: f64) {
+    let series = format!("torsensor_kernel_block_total{{{labels}}}");
+    wait_sample(endpoint(sensor), &series, n);
+}
+
+/// This test's cgroups, its `scope` cgroup (the rules' `cgroup`), and the
+/// hierarchy's root (where the programs attach).
+fn scoped(tag: &str) -> (Cgroups, String, PathBuf) {
+    let cgroups = Cgroups::new(tag, false);
+    let scope = cgroups.create("scope");
+    let root = cgroups.root.clone();
+    (cgroups, scope, root)
+}
+
 fn bpftool_cgroup(root: &Path) -> String {
     let out = Command::new("bpftool")
         .args(["cgroup", "show"])
@@ -154,9 +179,7 @@ fn outbound_blocking_refuses_listed_peers_in_scope_only_and_survives_a_refresh()
         return;
     }
     let _serial = serial();
-    let mut cgroups = Cgroups::new("block", false);
-    let scope = cgroups.create("scope");
-    let root = cgroups.root.clone();
+    let (mut cgroups, scope, root) = scoped("block");
     let listed = listener("127.66.30.1:0");
     let later = listener("127.67.30.1:0");
     let unlisted = listener("127.0.0.1:0");
@@ -184,13 +207,11 @@ fn outbound_blocking_refuses_listed_peers_in_scope_only_and_survives_a_refresh()
             format!("{unlisted} ok")
         ]
     );
-    let alert = sensor.expect_alert("the denied connection", |a| {
-        get(a, "event.action") == "tor-connection-outbound-blocked"
-    });
-    assert_eq!(get(&alert, "rule.id"), "TEST-BLOCK-OUT");
-    assert_eq!(
-        get(&alert, "event.type"),
-        &serde_json::json!(["connection", "denied"])
+    let alert = block_alert(
+        &sensor,
+        "tor-connection-outbound-blocked",
+        "TEST-BLOCK-OUT",
+        "denied",
     );
     assert_eq!(get(&alert, "event.outcome"), "failure");
     assert_eq!(get(&alert, "destination.ip"), "127.66.30.1");
@@ -203,12 +224,7 @@ fn outbound_blocking_refuses_listed_peers_in_scope_only_and_survives_a_refresh()
     std::net::TcpStream::connect(listed).expect("outside the scope, not blocked");
     let got = connects_from(&mut cgroups, &scope, &exempt_shell(), &[listed]);
     assert_eq!(got, [format!("{listed} ok")]);
-    let metrics = endpoint(&sensor);
-    wait_sample(
-        metrics,
-        "torsensor_kernel_block_total{direction=\"any\",result=\"excepted\"}",
-        1.0,
-    );
+    wait_block_counter(&sensor, "direction=\"any\",result=\"excepted\"", 1.0);
 
     // A refresh that adds a range: the old one stays blocked, the new one
     // is blocked from the switch on.
@@ -236,9 +252,7 @@ fn econnrefused_is_what_a_blocked_connect_returns_when_configured() {
         return;
     }
     let _serial = serial();
-    let mut cgroups = Cgroups::new("block-errno", false);
-    let scope = cgroups.create("scope");
-    let root = cgroups.root.clone();
+    let (mut cgroups, scope, root) = scoped("block-errno");
     // Something listens there: only the block can refuse it.
     let listed = listener("127.66.31.1:0");
     let sensor = start(
@@ -251,9 +265,12 @@ fn econnrefused_is_what_a_blocked_connect_returns_when_configured() {
     );
     let got = connects_from(&mut cgroups, &scope, &bash(), &[listed]);
     assert_eq!(got, [format!("{listed} fail: Connection refused")]);
-    sensor.expect_alert("the denied connection", |a| {
-        get(a, "event.action") == "tor-connection-outbound-blocked"
-    });
+    block_alert(
+        &sensor,
+        "tor-connection-outbound-blocked",
+        "TEST-BLOCK-OUT",
+        "denied",
+    );
     let (status, _, stderr) = sensor.stop();
     assert!(status.success(), "{stderr}");
 }
@@ -346,9 +363,7 @@ fn inbound_from_a_listed_exit_never_reaches_accept_and_a_dry_run_lets_it_in() {
     let _serial = serial();
     let ns = std::sync::Arc::new(NetNs::new("k", "2001:db8:79::1", "2001:db8:79::2"));
     ns.add_addr("2001:db8:79::3");
-    let cgroups = Cgroups::new("block-in", false);
-    let scope = cgroups.create("scope");
-    let root = cgroups.root.clone();
+    let (cgroups, scope, root) = scoped("block-in");
     let l = TcpListener::bind("[2001:db8:79::1]:0").unwrap();
     let to = l.local_addr().unwrap();
     let feed = "2001:db8:79::2/128\n";
@@ -361,23 +376,16 @@ fn inbound_from_a_listed_exit_never_reaches_accept_and_a_dry_run_lets_it_in() {
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].0.ip(), addr("[2001:db8:79::3]:0").ip());
     assert_eq!(got[0].1, "hello");
-    let alert = sensor.expect_alert("the dropped SYN", |a| {
-        get(a, "event.action") == "tor-connection-inbound-blocked"
-    });
-    assert_eq!(get(&alert, "rule.id"), "TEST-BLOCK-IN");
+    let alert = block_alert(
+        &sensor,
+        "tor-connection-inbound-blocked",
+        "TEST-BLOCK-IN",
+        "denied",
+    );
     assert_eq!(get(&alert, "source.ip"), "2001:db8:79::2");
     assert_eq!(get(&alert, "destination.port"), to.port());
-    assert_eq!(
-        get(&alert, "event.type"),
-        &serde_json::json!(["connection", "denied"])
-    );
     // The client's SYN retransmissions are counted, reported once.
-    let metrics = endpoint(&sensor);
-    wait_sample(
-        metrics,
-        "torsensor_kernel_block_total{direction=\"ingress\",result=\"blocked\"}",
-        2.0,
-    );
+    wait_block_counter(&sensor, "direction=\"ingress\",result=\"blocked\"", 2.0);
     let (status, _, stderr, alerts) = sensor.stop_collect();
     assert!(status.success(), "{stderr}");
     let reports = alerts
@@ -391,22 +399,15 @@ fn inbound_from_a_listed_exit_never_reaches_accept_and_a_dry_run_lets_it_in() {
     client_in(&ns, "2001:db8:79::2", to).expect("a dry run lets it in");
     client_in(&ns, "2001:db8:79::3", to).expect("the unlisted client gets through");
     assert_eq!(accepted(&l).len(), 2);
-    let alert = sensor.expect_alert("would block", |a| {
-        get(a, "event.action") == "tor-connection-inbound-would-block"
-    });
-    assert_eq!(get(&alert, "rule.id"), "TEST-BLOCK-IN");
+    let alert = block_alert(
+        &sensor,
+        "tor-connection-inbound-would-block",
+        "TEST-BLOCK-IN",
+        "allowed",
+    );
     assert_eq!(get(&alert, "torsensor.block.result"), "would-block");
     assert_eq!(get(&alert, "torsensor.block.mode"), "dry-run");
-    assert_eq!(
-        get(&alert, "event.type"),
-        &serde_json::json!(["connection", "allowed"])
-    );
-    let metrics = endpoint(&sensor);
-    wait_sample(
-        metrics,
-        "torsensor_kernel_block_total{direction=\"any\",result=\"would_block\"}",
-        1.0,
-    );
+    wait_block_counter(&sensor, "direction=\"any\",result=\"would_block\"", 1.0);
     let (status, _, stderr) = sensor.stop();
     assert!(status.success(), "{stderr}");
     drop(cgroups);

@@ -934,9 +934,51 @@ pub fn block_ingress(ctx: SkBuffContext) -> i32 {
     if block_mode() == block::OFF {
         return 1;
     }
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    if not_a_syn(ctx.skb.skb, proto) {
+        return 1;
+    }
     match syn_peer(&ctx) {
         Some((peer, dport, local)) => ingress_verdict(&ctx, &peer, dport, &local),
         None => 1,
+    }
+}
+
+/// The fast path of every packet: whether it is certainly not a TCP SYN
+/// without ACK, read straight from the packet's linear data (no helper
+/// call). `false` when it cannot tell (headers beyond the linear part):
+/// then `syn_peer` looks with `bpf_skb_load_bytes`.
+#[inline(always)]
+fn not_a_syn(skb: *mut __sk_buff, proto: u32) -> bool {
+    // SAFETY: `data` / `data_end` of a cgroup_skb context are packet
+    // pointers; every read below is bounds-checked against `end` first,
+    // as the verifier requires.
+    unsafe {
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        let (l4, next) = if proto == ETH_P_IP {
+            if data + 20 > end {
+                return false;
+            }
+            let vihl = *(data as *const u8);
+            (((vihl & 0x0f) as usize) * 4, *((data + 9) as *const u8))
+        } else if proto == ETH_P_IPV6 {
+            if data + 40 > end {
+                return false;
+            }
+            (40, *((data + 6) as *const u8))
+        } else {
+            return true;
+        };
+        if next != IPPROTO_TCP as u8 {
+            return true;
+        }
+        let at = data + l4 + 13;
+        if at + 1 > end {
+            return false;
+        }
+        let flags = *(at as *const u8);
+        flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) != TCP_FLAG_SYN
     }
 }
 

@@ -11,6 +11,9 @@
 //!    kernel can run, against the hook floor and against the floor plus an
 //!    empty program on the raw syscall-entry tracepoint (the last resort no
 //!    plan uses), all in the same rounds.
+//!    Then opt-in blocking: the same exchange storm with the sensor, with
+//!    and without `[blocking] mode = "enforce"` (peers not listed, so what
+//!    is measured is the programs' screening of every connect and packet).
 //! 2. Worst case: the same storm with every peer listed; alerts delivered vs
 //!    connections made, and the kernel's loss counters.
 //! 3. Memory: daemon RSS after start with the embedded feed.
@@ -39,6 +42,9 @@ pub struct BenchArgs {
     /// Only the feed benchmark (section 4).
     #[arg(long)]
     feeds_only: bool,
+    /// Only the blocking benchmark (section 1c).
+    #[arg(long)]
+    blocking_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -51,6 +57,9 @@ const PROGRAMS: &[&str] = &[
     "send_kprobe",
     "recv_kprobe",
     "rcv_space",
+    "block_connect4",
+    "block_connect6",
+    "block_ingress",
 ];
 /// The inbound attribution plans, in the order `auto` tries them.
 const PLANS: &[&str] = &["sock-length", "fentry", "kprobe", "rcv-space", "close-only"];
@@ -333,6 +342,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if args.feeds_only {
         return feeds(&bin);
     }
+    if args.blocking_only {
+        return blocking(&bin, &scratch, n, rounds);
+    }
     println!("== 1. overhead: loopback connect+accept storm, no listed peers");
     println!(
         "   {n} connections per round, {rounds} rounds of three (no sensor, sensor, hook floor; the order cycles through all six), storm pinned to one CPU"
@@ -429,6 +441,7 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     // itself slows every program run, so it stays off in the rounds above.
     program_costs(&bin, &["run"], n, false)?;
     plans(&bin, n, rounds)?;
+    blocking(&bin, &scratch, n, rounds)?;
 
     println!("== 2. worst case: every peer listed (127.0.0.0/8)");
     let feed = scratch.join("all-loopback.feed");
@@ -543,8 +556,19 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
             );
         }
     }
+    compare(bin, &conditions, n / 2, rounds) // each connection does more work here
+}
+
+/// Storms with a 1-byte exchange under each condition (no arguments: no
+/// sensor; the first two are the baselines the ratios are printed
+/// against), rounds rotated, then the kernel cost of each `run` condition.
+fn compare(
+    bin: &Path,
+    conditions: &[(String, Vec<String>)],
+    n: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
     let mut rates = vec![Vec::new(); conditions.len()];
-    let n = n / 2; // each connection does more work here
     storm_with(n / 4, true)?; // warm-up
     for round in 0..rounds {
         // Rotate the order each round so that no condition always runs first.
@@ -565,7 +589,7 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
             rates[i].push(rate);
         }
     }
-    // Per-round ratios against the floor and against no sensor, medians.
+    // Per-round ratios against the two baselines, medians.
     let ratio = |i: usize, base: usize| {
         let r: Vec<f64> = rates[i]
             .iter()
@@ -576,13 +600,15 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
     };
     for (i, (name, _)) in conditions.iter().enumerate() {
         println!(
-            "   {name:<34} {:>7.0} conn/s   RATIO to no sensor {:.3}, to the hook floor {:.3}",
+            "   {name:<34} {:>7.0} conn/s   RATIO to {} {:.3}, to {} {:.3}",
             median(&rates[i]),
+            conditions[0].0,
             ratio(i, 0),
+            conditions[1].0,
             ratio(i, 1)
         );
     }
-    // The programs' own time per plan: steadier than throughput.
+    // The programs' own time per condition: steadier than throughput.
     for (_, args) in conditions
         .iter()
         .filter(|(_, a)| a.first().is_some_and(|a| a == "run"))
@@ -591,6 +617,44 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
         program_costs(bin, &args, n, true)?;
     }
     Ok(())
+}
+
+/// Section 1c: what opt-in blocking adds on a storm whose peers are not
+/// listed (the normal case): the connect programs on every connect, the
+/// ingress program on every packet delivered to a socket.
+fn blocking(bin: &Path, scratch: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
+    println!(
+        "== 1c. opt-in blocking: storm with a 1-byte exchange, no listed peers, blocking off vs enforce (a block rule each way)"
+    );
+    let rules = scratch.join("blocking-rules.d");
+    std::fs::create_dir_all(&rules)?;
+    std::fs::write(
+        rules.join("50-block.toml"),
+        "[[rule]]\nid = \"BENCH-BLOCK\"\nname = \"bench\"\ndescription = \"bench\"\nseverity = 73\npriority = \"Warning\"\naction = \"block\"\nwhen = { role = \"exit\" }\n",
+    )?;
+    let cfg = scratch.join("blocking.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "rules_dir = {:?}\n[blocking]\nmode = \"enforce\"\n",
+            rules.display().to_string()
+        ),
+    )?;
+    let run = |extra: &[&str]| {
+        std::iter::once("run")
+            .chain(extra.iter().copied())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let conditions = vec![
+        ("no sensor".to_owned(), vec![]),
+        ("sensor, blocking off".to_owned(), run(&[])),
+        (
+            "sensor, blocking enforce".to_owned(),
+            run(&["--config", cfg.to_str().unwrap()]),
+        ),
+    ];
+    compare(bin, &conditions, n / 2, rounds)
 }
 
 /// Section 4: parse, merge, load and refresh the Tor relay set at the real
