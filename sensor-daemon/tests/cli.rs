@@ -762,3 +762,35 @@ fn rules_check_and_rules_test() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `rules check` resolves what a block rule's kernel table needs (users,
+/// cgroups) on this host: a name that does not resolve fails the check as
+/// it would fail the start.
+#[test]
+fn rules_check_resolves_block_rules() {
+    let file = temp_path("cli-block.toml");
+    let rule = |when: &str| {
+        format!(
+            "[[rule]]\nid = \"LOCAL-BLOCK\"\nname = \"b\"\ndescription = \"d\"\nseverity = 73\npriority = \"Warning\"\naction = \"block\"\nwhen = {{ {when} }}\n[[rule.except]]\nreason = \"r\"\nwhen = {{ user = [\"root\"] }}\n"
+        )
+    };
+    std::fs::write(&file, rule("direction = \"egress\", cgroup = [\"/\"]")).unwrap();
+    let out = torsensor(&["rules", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("block rules: 1 kernel entries of 16"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert!(text(&out.stdout).contains("LOCAL-BLOCK  enabled  action=block"));
+    std::fs::write(&file, rule("cgroup = [\"/no/such/cgroup\"]")).unwrap();
+    let out = torsensor(&["rules", "check", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.starts_with(
+            "torsensor: error: rule LOCAL-BLOCK (action block): cgroup \"/no/such/cgroup\": "
+        ),
+        "{stderr}"
+    );
+}

@@ -8,9 +8,11 @@ use std::time::SystemTime;
 
 use clap::{Args, Subcommand};
 use sensor_daemon::alert::Alert;
-use sensor_daemon::alert::rules::{Decision, RawWhen, Rule, RuleError, Rules};
+use sensor_daemon::alert::rules::block::{self, Resolver};
+use sensor_daemon::alert::rules::{Action, Decision, RawWhen, Rule, RuleError, Rules};
 use sensor_daemon::config::ConfigFlags;
 use sensor_daemon::daemon::status::RulesStatus;
+use sensor_daemon::enrich::container;
 
 #[derive(Subcommand)]
 pub(crate) enum RulesCommand {
@@ -118,6 +120,29 @@ fn check(args: RulesCheckArgs) -> anyhow::Result<ExitCode> {
         .and_then(|mut v| serde_json::from_value::<RulesStatus>(v["rules"].take()).ok());
     let now = SystemTime::now();
     println!("{} rules from {}", rules.list.len(), rules.files.join(", "));
+    // Block rules: the names the kernel's table needs must resolve here.
+    if rules
+        .list
+        .iter()
+        .any(|r| r.enabled && r.action == Action::Block)
+    {
+        let hierarchy = container::host_cgroup2_mount().unwrap_or_else(|| "/sys/fs/cgroup".into());
+        let resolver = Resolver {
+            passwd: Path::new("/etc/passwd"),
+            cgroup_root: &hierarchy,
+        };
+        match block::compile(&rules, None, &resolver, now) {
+            Ok(table) => println!(
+                "block rules: {} kernel entries of {} (users and cgroups resolved on this host; they act when [blocking] mode is dry-run or enforce)",
+                table.len(),
+                sensor_common::block::MAX_RULES
+            ),
+            Err(e) => {
+                eprintln!("torsensor: error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
     for rule in &rules.list {
         print_rule(rule);
         for e in &rule.except {

@@ -99,7 +99,7 @@ impl Blocking {
             passwd: Path::new("/etc/passwd"),
             cgroup_root: &self.cgroup_root,
         };
-        compile(rules, feeds, &resolver, SystemTime::now())
+        compile(rules, Some(feeds), &resolver, SystemTime::now())
     }
 
     /// Whether `rules` compile against `feeds` (a reload checks new rules

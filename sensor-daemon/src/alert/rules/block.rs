@@ -230,8 +230,12 @@ impl Resolver<'_> {
     }
 }
 
-/// The feed masks a rule's role and feed names select.
-fn masks(when: &RawWhen, feeds: &FeedSet) -> Result<(u32, u32), String> {
+/// The feed masks a rule's role and feed names select; without the feeds
+/// (`rules check`), every feed bit.
+fn masks(when: &RawWhen, feeds: Option<&FeedSet>) -> Result<(u32, u32), String> {
+    let Some(feeds) = feeds else {
+        return Ok((u32::MAX, u32::MAX));
+    };
     if let Some(names) = &when.feed
         && let Some(unknown) = names
             .iter()
@@ -262,9 +266,10 @@ fn masks(when: &RawWhen, feeds: &FeedSet) -> Result<(u32, u32), String> {
 
 /// The kernel's table for the enabled block rules, in the order they are
 /// tried, with the exceptions in force at `now`. An error names the rule.
+/// Without `feeds` (`torsensor rules check`), feed names are not checked.
 pub fn compile(
     rules: &Rules,
-    feeds: &FeedSet,
+    feeds: Option<&FeedSet>,
     resolver: &Resolver<'_>,
     now: SystemTime,
 ) -> Result<Vec<BlockRule>, String> {
@@ -363,7 +368,7 @@ mod tests {
         )
         .unwrap();
         let feeds = feed_set(&[("one", "192.0.2.1\n"), ("two", "198.51.100.0/24\n")]);
-        let table = compile(&r, &feeds, &resolver(&dir), SystemTime::now()).unwrap();
+        let table = compile(&r, Some(&feeds), &resolver(&dir), SystemTime::now()).unwrap();
         assert_eq!(table.len(), 1);
         let e = &table[0];
         assert_eq!(
@@ -392,7 +397,13 @@ mod tests {
         )
         .unwrap();
         let feeds = feed_set(&[("one", "192.0.2.1\n"), ("two", "198.51.100.0/24\n")]);
-        let table = compile(&r, &feeds, &resolver(Path::new("/")), SystemTime::now()).unwrap();
+        let table = compile(
+            &r,
+            Some(&feeds),
+            &resolver(Path::new("/")),
+            SystemTime::now(),
+        )
+        .unwrap();
         let dirs: Vec<u8> = table.iter().map(|e| e.direction).collect();
         assert_eq!(dirs, [DIR_EGRESS, DIR_INGRESS]);
         assert!(
@@ -450,8 +461,13 @@ mod tests {
                 "[[rule]]\nid = \"B-4\"\nname = \"b\"\ndescription = \"d\"\nseverity = 73\npriority = \"Warning\"\naction = \"block\"\n{when}\n"
             );
             let r = rules(&text).unwrap();
-            let err =
-                compile(&r, &feeds, &resolver(Path::new("/")), SystemTime::now()).unwrap_err();
+            let err = compile(
+                &r,
+                Some(&feeds),
+                &resolver(Path::new("/")),
+                SystemTime::now(),
+            )
+            .unwrap_err();
             assert!(err.starts_with("rule B-4 (action block): "), "{err}");
             assert!(err.contains(want), "{err}");
         }
