@@ -281,23 +281,56 @@ pub fn cgroup_id_of(root: &Path, path: &str) -> io::Result<u64> {
 /// `id`, found by a breadth-first walk of at most `max_dirs` directories.
 /// `None` when not found within the bound (the cgroup may be gone).
 pub fn path_for_cgroup_id(root: &Path, id: u64, max_dirs: usize) -> Option<String> {
+    let mut found = None;
+    walk_cgroups(root, max_dirs, |path, ino| {
+        if ino == id {
+            found = Some(path.to_owned());
+        }
+        found.is_none()
+    });
+    found
+}
+
+/// The cgroups (paths relative to `root`) of the running containers whose
+/// id starts with `id_prefix`, found by a walk of at most `max_dirs`
+/// directories: what a block rule's `container_id` scopes to.
+pub fn container_cgroups(root: &Path, id_prefix: &str, max_dirs: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    walk_cgroups(root, max_dirs, |path, _| {
+        if parse_cgroup_path(path).is_some_and(|c| c.id.starts_with(id_prefix))
+            // The container's own cgroup, not the ones it nests.
+            && !out.iter().any(|p: &String| path.starts_with(&format!("{p}/")))
+        {
+            out.push(path.to_owned());
+        }
+        true
+    });
+    out
+}
+
+/// Visits the cgroup tree under `root` breadth first (`/`, then `/a`,
+/// `/b`, `/a/c`...), at most `max_dirs` directories, handing each path and
+/// its inode (the cgroup id) to `visit` until it returns false. Links are
+/// not followed.
+fn walk_cgroups(root: &Path, max_dirs: usize, mut visit: impl FnMut(&str, u64) -> bool) {
     let mut queue = std::collections::VecDeque::from([String::new()]);
     let mut visited = 0;
     while let Some(rel) = queue.pop_front() {
         visited += 1;
         if visited > max_dirs {
-            return None;
+            return;
         }
         let dir = root.join(&rel);
         let Ok(meta) = fs::symlink_metadata(&dir) else {
             continue;
         };
-        if meta.ino() == id {
-            return Some(if rel.is_empty() {
-                "/".into()
-            } else {
-                format!("/{rel}")
-            });
+        let path = if rel.is_empty() {
+            "/".to_owned()
+        } else {
+            format!("/{rel}")
+        };
+        if !visit(&path, meta.ino()) {
+            return;
         }
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
@@ -313,7 +346,6 @@ pub fn path_for_cgroup_id(root: &Path, id: u64, max_dirs: usize) -> Option<Strin
             }
         }
     }
-    None
 }
 
 /// Container lookups cached by cgroup id (negative answers included: a

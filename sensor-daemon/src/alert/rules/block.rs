@@ -7,8 +7,9 @@
 //! its exceptions, may only use what the kernel can check there:
 //! `direction`, `role` and `feed` (the feed bitmasks of the match),
 //! `user` (uid), `process` (the exact command name, 15 bytes at most;
-//! outbound only) and `cgroup` (a cgroup v2 directory and everything below
-//! it). A rule file that asks for more is refused when it is loaded
+//! outbound only), `cgroup` (a cgroup v2 directory and everything below
+//! it) and `container_id` (the cgroups of the running containers with that
+//! id prefix). A rule file that asks for more is refused when it is loaded
 //! ([`check_rule`]), with the key named. Names are resolved when the table
 //! is compiled ([`compile`]): users through the passwd file, cgroup paths
 //! to cgroup ids under the hierarchy the programs are attached to.
@@ -21,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conditions::{RawWhen, RuleRole};
 use super::{Action, Rule, Rules};
+use crate::enrich::container;
 use crate::feed::FeedSet;
 use crate::net::Direction;
 
@@ -80,7 +82,8 @@ impl BlockErrno {
 }
 
 /// The keys a block rule or exception may use (see the module comment).
-const KERNEL_KEYS: &str = "direction, role, feed, user, process (exact name) and cgroup";
+const KERNEL_KEYS: &str =
+    "direction, role, feed, user, process (exact name), cgroup and container_id";
 
 /// Refuses a block rule that asks for what the kernel cannot check. Run
 /// when a rule file is loaded.
@@ -97,7 +100,7 @@ pub fn check_rule(rule: &Rule) -> Result<(), String> {
     for e in &rule.except {
         check_when(&e.when.raw, false).map_err(|key| {
             format!(
-                "rule {} (action block): the exception at {} uses `{key}`, which the kernel cannot check; an exception of a block rule may use user, process (exact name) and cgroup",
+                "rule {} (action block): the exception at {} uses `{key}`, which the kernel cannot check; an exception of a block rule may use user, process (exact name), cgroup and container_id",
                 rule.id, e.at
             )
         })?;
@@ -144,7 +147,10 @@ fn check_when(w: &RawWhen, rule_level: bool) -> Result<(), &'static str> {
         ("command_line", w.command_line.is_some()),
         ("command_line_regex", w.command_line_regex.is_some()),
         ("parent", w.parent.is_some()),
-        ("container_id", w.container_id.is_some()),
+        (
+            "container_id and cgroup together",
+            w.container_id.is_some() && w.cgroup.is_some(),
+        ),
         ("pod_namespace", w.pod_namespace.is_some()),
         ("pod_name", w.pod_name.is_some()),
     ];
@@ -153,6 +159,9 @@ fn check_when(w: &RawWhen, rule_level: bool) -> Result<(), &'static str> {
         None => Ok(()),
     }
 }
+
+/// Most cgroup directories a `container_id` lookup walks.
+const MAX_WALK: usize = 20_000;
 
 /// Where names are resolved: the passwd file (user names) and the cgroup
 /// v2 hierarchy the programs are attached to (cgroup paths).
@@ -209,9 +218,20 @@ impl Resolver<'_> {
             }
         };
         let mut out = Vec::new();
+        // A container is its cgroup: each running one whose id starts with
+        // a listed prefix (none running: the entry matches nothing yet; the
+        // daemon recompiles every health tick, so it applies once it runs).
+        let cgroups: Vec<Option<String>> = match &w.container_id {
+            Some(ids) => ids
+                .iter()
+                .flat_map(|id| container::container_cgroups(self.cgroup_root, id, MAX_WALK))
+                .map(Some)
+                .collect(),
+            None => one(w.cgroup.as_ref()),
+        };
         for user in one(w.user.as_ref()) {
             for process in one(w.process.as_ref()) {
-                for cgroup in one(w.cgroup.as_ref()) {
+                for cgroup in &cgroups {
                     let mut m = BlockMatch::ANY;
                     if let Some(u) = &user {
                         m.uid = self.uid(u)?;
@@ -219,7 +239,7 @@ impl Resolver<'_> {
                     if let Some(p) = &process {
                         m.comm[..p.len()].copy_from_slice(p.as_bytes());
                     }
-                    if let Some(c) = &cgroup {
+                    if let Some(c) = cgroup {
                         (m.cgroup_id, m.cgroup_level) = self.cgroup(c)?;
                     }
                     out.push(m);
@@ -411,6 +431,38 @@ mod tests {
                 .iter()
                 .all(|e| e.exit_feeds == 0b10 && e.except_count == 0)
         );
+    }
+
+    #[test]
+    fn a_container_id_scopes_to_the_running_containers_cgroup() {
+        let dir = std::env::temp_dir().join(format!("ts-block-c-{}", std::process::id()));
+        let id = "0123456789abcdef".repeat(4);
+        let scope = format!("system.slice/docker-{id}.scope");
+        std::fs::create_dir_all(dir.join(&scope).join("nested")).unwrap();
+        let text = |prefix: &str| {
+            format!(
+                "[[rule]]\nid = \"B-5\"\nname = \"b\"\ndescription = \"d\"\nseverity = 73\npriority = \"Warning\"\naction = \"block\"\nwhen = {{ direction = \"egress\", container_id = [\"{prefix}\"] }}\n"
+            )
+        };
+        let feeds = feed_set(&[("one", "192.0.2.1\n")]);
+        let r = rules(&text(&id[..12])).unwrap();
+        let table = compile(&r, Some(&feeds), &resolver(&dir), SystemTime::now()).unwrap();
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(
+            table.len(),
+            1,
+            "the container's own cgroup, not the nested one"
+        );
+        assert_eq!(
+            table[0].scope.cgroup_id,
+            std::fs::metadata(dir.join(&scope)).unwrap().ino()
+        );
+        assert_eq!(table[0].scope.cgroup_level, 2);
+        // Not running: nothing to scope to yet, so nothing is blocked.
+        let r = rules(&text("fedcba9876543210")).unwrap();
+        let table = compile(&r, Some(&feeds), &resolver(&dir), SystemTime::now()).unwrap();
+        assert!(table.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
