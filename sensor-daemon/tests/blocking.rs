@@ -4,7 +4,7 @@
 //! a process outside the rule's cgroup and an excepted process are not
 //! blocked; blocking holds across a feed refresh; an inbound connection
 //! from a listed address in a network namespace never reaches `accept`;
-//! a dry run lets everything through and alerts "would block"; the hooks
+//! a dry run lets both directions through and alerts "would block"; the hooks
 //! are gone when the sensor exits (bpftool).
 
 mod common;
@@ -247,7 +247,7 @@ fn outbound_blocking_refuses_listed_peers_in_scope_only_and_survives_a_refresh()
 }
 
 #[test]
-fn econnrefused_is_what_a_blocked_connect_returns_when_configured() {
+fn econnrefused_when_configured_and_a_dry_run_lets_the_connect_through() {
     if !kernel_tests_allowed("blocking") {
         return;
     }
@@ -271,6 +271,29 @@ fn econnrefused_is_what_a_blocked_connect_returns_when_configured() {
         "TEST-BLOCK-OUT",
         "denied",
     );
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+
+    // Dry run: the same connect goes through, alerted as "would block".
+    let sensor = start(
+        "block-errno-dry",
+        "127.66.31.0/24\n",
+        "dry-run",
+        "ECONNREFUSED",
+        &root,
+        &scope,
+    );
+    let got = connects_from(&mut cgroups, &scope, &bash(), &[listed]);
+    assert_eq!(got, [format!("{listed} ok")]);
+    let alert = block_alert(
+        &sensor,
+        "tor-connection-outbound-would-block",
+        "TEST-BLOCK-OUT",
+        "allowed",
+    );
+    assert_eq!(get(&alert, "process.name"), "bash");
+    assert_eq!(get(&alert, "torsensor.block.result"), "would-block");
+    wait_block_counter(&sensor, "direction=\"any\",result=\"would_block\"", 1.0);
     let (status, _, stderr) = sensor.stop();
     assert!(status.success(), "{stderr}");
 }
