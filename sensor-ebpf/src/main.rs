@@ -1058,10 +1058,10 @@ fn ingress_verdict(ctx: &SkBuffContext, peer: &Peer, dport: u16, local: &[u8; 16
         None => OrPortKey::v6(peer.addr, peer.port),
     };
     key._pad = dport;
-    if BLOCK_REPORTED.get_ptr(&key).is_some() {
+    if BLOCK_REPORTED.get_ptr(key).is_some() {
         return 0;
     }
-    let _ = BLOCK_REPORTED.insert(&key, &1, 0);
+    let _ = BLOCK_REPORTED.insert(key, 1, 0);
     let mut ev = ConnEvent::ZERO;
     ev.direction = DIR_INGRESS;
     ev.flags = FLAG_BLOCKED | FLAG_NO_PROCESS;
