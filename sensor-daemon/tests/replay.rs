@@ -304,7 +304,7 @@ fn a_replayed_burst_is_aggregated_and_the_counts_add_up() {
     let summary = |a: &Alert| a.torsensor.summary;
     let line: Vec<(u16, Option<u64>, bool)> = alerts
         .iter()
-        .map(|a| (a.destination.port, a.torsensor.count, summary(a)))
+        .map(|a| (a.destination.unwrap().port, a.torsensor.count, summary(a)))
         .collect();
     assert_eq!(
         line,
@@ -318,7 +318,8 @@ fn a_replayed_burst_is_aggregated_and_the_counts_add_up() {
     );
     let repeats = &alerts[3];
     assert_eq!(
-        repeats.source.port, 40005,
+        repeats.source.unwrap().port,
+        40005,
         "the summary is the latest repeat"
     );
     assert_eq!(

@@ -23,6 +23,7 @@ pub mod community_id;
 pub mod connection;
 pub mod ecs;
 pub mod falco;
+pub mod local;
 pub mod model;
 pub mod ocsf;
 pub mod rules;

@@ -627,6 +627,7 @@ mod tests {
                     },
                 )]),
                 unmatched: 2,
+                exec_unconfirmed: 0,
             },
             outputs: vec![SinkStats {
                 name: "siem".into(),

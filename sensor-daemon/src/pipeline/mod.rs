@@ -10,11 +10,12 @@
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
 
+mod local;
 pub mod replay;
 
 use std::time::{Instant, SystemTime};
 
-use sensor_common::ConnEvent;
+use sensor_common::{ConnEvent, FLAG_LISTEN};
 
 use crate::alert::aggregate::Aggregator;
 use crate::alert::rules::{Action, Decision, Rules};
@@ -32,6 +33,16 @@ pub trait ProcessSource {
     fn process(&mut self, p: &KernelProcess) -> ProcessInfo;
     /// Its container, if it runs in one.
     fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo>;
+    /// Like [`ProcessSource::process`], for a process that has just
+    /// started a new program: nothing cached from before the exec.
+    fn started(&mut self, p: &KernelProcess) -> ProcessInfo {
+        self.process(p)
+    }
+    /// The `NAME=value` bindings of its environment whose name starts
+    /// with `prefix` (nothing else), if it can be read.
+    fn environment(&mut self, _pid: u32, _prefix: &str) -> Option<Vec<String>> {
+        None
+    }
 }
 
 /// The host's `/proc` and cgroup2 hierarchy, through bounded caches.
@@ -72,6 +83,15 @@ impl ProcessSource for HostSource {
         let mut info = self.containers.lookup(p.tgid, p.cgroup_id)?;
         self.kubelet.annotate(&mut info);
         Some(info)
+    }
+
+    fn started(&mut self, p: &KernelProcess) -> ProcessInfo {
+        self.processes.forget(p.tgid);
+        self.processes.lookup(p)
+    }
+
+    fn environment(&mut self, pid: u32, prefix: &str) -> Option<Vec<String>> {
+        crate::local::environ::read(std::path::Path::new("/proc"), pid, prefix)
     }
 }
 
@@ -119,6 +139,8 @@ pub struct Pipeline<S = HostSource> {
     source: S,
     aggregator: Aggregator,
     counts: RuleCounts,
+    /// What the local signals watch (confirms exec hits, names ports).
+    local: crate::local::LocalWatch,
 }
 
 /// What the rules decided, since start: per rule, hits alerted and logged,
@@ -128,6 +150,11 @@ pub struct Pipeline<S = HostSource> {
 pub struct RuleCounts {
     pub rules: std::collections::BTreeMap<String, RuleCount>,
     pub unmatched: u64,
+    /// Program starts the kernel matched by their 15-byte command name
+    /// whose whole name (or directory) is not a watched program's: not
+    /// alerted.
+    #[serde(default)]
+    pub exec_unconfirmed: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -157,7 +184,13 @@ impl<S: ProcessSource> Pipeline<S> {
             source,
             aggregator,
             counts: RuleCounts::default(),
+            local: crate::local::LocalWatch::shipped(),
         }
+    }
+
+    /// Replaces what the local signals watch (the configuration's ports).
+    pub fn set_local(&mut self, local: crate::local::LocalWatch) {
+        self.local = local;
     }
 
     /// The rules in force.
@@ -204,6 +237,9 @@ impl<S: ProcessSource> Pipeline<S> {
         incomplete: bool,
         created: SystemTime,
     ) -> Result<Alert, EventError> {
+        if ev.flags & FLAG_LISTEN != 0 {
+            return self.listen_alert(ev, created);
+        }
         let mut conn = Connection::from_event(ev, &self.clock)?;
         conn.incomplete = incomplete;
         let process = conn.process.as_ref().map(|p| self.source.process(p));
@@ -229,10 +265,16 @@ impl<S: ProcessSource> Pipeline<S> {
         incomplete: bool,
         now: Now,
     ) -> Result<Vec<Alert>, EventError> {
-        let mut alert = self.alert(ev, incomplete, now.wall)?;
+        let alert = self.alert(ev, incomplete, now.wall)?;
         if alert.torsensor.audit {
             return Ok(vec![alert]);
         }
+        Ok(self.decide(alert, now))
+    }
+
+    /// What the rules make of an alert: sent (through aggregation),
+    /// logged, excepted or unmatched, and counted.
+    fn decide(&mut self, mut alert: Alert, now: Now) -> Vec<Alert> {
         match self.rules.decide(&alert, now.wall) {
             Decision::Rule(rule) => {
                 let count = self.counts.rules.entry(rule.id.clone()).or_default();
@@ -240,7 +282,7 @@ impl<S: ProcessSource> Pipeline<S> {
                 match rule.action {
                     Action::Alert => {
                         count.alerted += 1;
-                        Ok(self.aggregator.offer(alert, now.mono))
+                        self.aggregator.offer(alert, now.mono)
                     }
                     Action::Log => {
                         count.logged += 1;
@@ -250,18 +292,18 @@ impl<S: ProcessSource> Pipeline<S> {
                             rule.id,
                             alert.summary()
                         );
-                        Ok(Vec::new())
+                        Vec::new()
                     }
                 }
             }
             Decision::Excepted(rule, i) => {
                 let count = self.counts.rules.entry(rule.id.clone()).or_default();
                 *count.excepted.entry(rule.except[i].at.clone()).or_default() += 1;
-                Ok(Vec::new())
+                Vec::new()
             }
             Decision::Unmatched => {
                 self.counts.unmatched += 1;
-                Ok(Vec::new())
+                Vec::new()
             }
         }
     }
