@@ -93,12 +93,21 @@ const REQUIRED: &[&str] = &[
     "a_refused_outbound_attempt_reports_its_real_source_port",
     "relay_orport_matches_only_outbound_on_the_orport",
     "refreshes_are_gapless_under_a_tight_connect_loop",
+    // tests/local_signals.rs: the exec program must load and work on
+    // every kernel (its environment scan is a bounded loop the verifier
+    // walks; 6.1 is the oldest).
+    "a_program_started_as_tor_is_reported_by_name",
+    "a_renamed_program_with_tor_pt_environment_is_reported",
+    "an_exception_excepts_a_program_start",
+    "a_listener_on_a_tor_port_and_its_client_are_reported",
+    "an_exception_excepts_a_listener_and_configured_ports_are_watched",
 ];
 
 /// The test binaries of `sensor-daemon` that run in every VM: the kernel
-/// cases, and the feed cases that need the kernel (relay ORPort matching,
-/// start from the cache, gapless refreshes).
-const TEST_BINARIES: &[&str] = &["kernel", "feeds"];
+/// cases, the feed cases that need the kernel (relay ORPort matching,
+/// start from the cache, gapless refreshes), and the local Tor signals
+/// (program starts, listeners).
+const TEST_BINARIES: &[&str] = &["kernel", "feeds", "local_signals"];
 
 /// Tests that cannot work in the VM, with the reason (passed as `--skip`).
 const EXCLUDED: &[(&str, &str)] = &[];

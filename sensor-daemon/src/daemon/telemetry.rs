@@ -420,6 +420,10 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
             vec![("reason", "pending_full".to_owned())],
             k.pending_full as f64,
         ),
+        (
+            vec![("reason", "exec_ringbuf_full".to_owned())],
+            k.exec_ringbuf_full as f64,
+        ),
     ];
     family(e, "torsensor_events_lost", help, Counter, &lost)?;
     let help = "Events the kernel sent through the ring buffer.";
@@ -438,12 +442,55 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
         Counter,
         &unattributed,
     )?;
+    encode_local(e, s)?;
     let help = "Entries in the kernel maps: addresses and prefixes, OR address+port pairs.";
     let maps = vec![
         (vec![("map", "prefixes".to_owned())], s.prefixes as f64),
         (vec![("map", "or_ports".to_owned())], s.or_ports as f64),
     ];
     family(e, "torsensor_kernel_map_entries", help, Gauge, &maps)
+}
+
+/// The local Tor signals' kernel counters (program starts, listeners).
+fn encode_local(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::Counter;
+    let k = &s.kernel;
+    let help = "Programs started (sched_process_exec), all of them; only hits reach the daemon.";
+    let seen = one(k.exec_seen as f64);
+    family(e, "torsensor_programs_started", help, Counter, &seen)?;
+    let help = "Program starts the kernel sent: a watched name, or TOR_PT_* in the environment.";
+    let hits = vec![
+        (vec![("reason", "name".to_owned())], k.exec_name_hit as f64),
+        (
+            vec![("reason", "environment".to_owned())],
+            k.exec_env_hit as f64,
+        ),
+    ];
+    family(e, "torsensor_program_hits", help, Counter, &hits)?;
+    let help = "Program starts whose environment was scanned only in part (larger than 2 KiB; the middle was not), or could not be read.";
+    let env = vec![
+        (
+            vec![("reason", "partial".to_owned())],
+            k.exec_env_partial as f64,
+        ),
+        (
+            vec![("reason", "unreadable".to_owned())],
+            k.exec_env_unreadable as f64,
+        ),
+    ];
+    family(
+        e,
+        "torsensor_program_environment_unscanned",
+        help,
+        Counter,
+        &env,
+    )?;
+    let help = "TCP sockets that started to listen, and those on a watched Tor port.";
+    let listen = vec![
+        (vec![("kind", "seen".to_owned())], k.listen_seen as f64),
+        (vec![("kind", "hit".to_owned())], k.listen_hit as f64),
+    ];
+    family(e, "torsensor_listens", help, Counter, &listen)
 }
 
 fn encode_alerts(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {

@@ -52,7 +52,22 @@ impl<S: ProcessSource> Pipeline<S> {
         created: SystemTime,
     ) -> Result<Option<Alert>, ExecEventError> {
         let start = ExecStart::from_event(ev, &self.clock)?;
-        let process = self.source.started(&start.process);
+        let mut process = self.source.started(&start.process);
+        if process.name != start.process.comm {
+            // The process started yet another program (a shell's last
+            // command) before /proc was read: what /proc says is about
+            // that one. Only the kernel's fields describe this start.
+            tracing::debug!(
+                pid = start.process.tgid,
+                "exec: /proc shows {:?}, no longer {:?}",
+                process.name,
+                start.process.comm
+            );
+            process = crate::enrich::ProcessInfo {
+                user_name: process.user_name,
+                ..crate::enrich::ProcessInfo::from_kernel(&start.process)
+            };
+        }
         let container = self.source.container(&start.process);
         let prefix = self.local.environment_prefix.clone();
         let env_vars = prefix
@@ -80,7 +95,6 @@ impl<S: ProcessSource> Pipeline<S> {
             );
             return Ok(None);
         }
-        let mut process = process;
         if process.ppid.is_none() && start.ppid != 0 {
             process.ppid = Some(start.ppid);
         }
