@@ -183,8 +183,9 @@ pub mod counter {
     /// Programs started with a `TOR_PT_*` variable in the part of their
     /// environment the kernel scanned.
     pub const EXEC_ENV_HIT: u32 = 16;
-    /// Programs started whose environment was larger than the scanned
-    /// windows (its beginning and end): the middle was not scanned.
+    /// Programs started without a match whose environment was larger than
+    /// the scanned windows (its beginning and end): the middle was not
+    /// scanned.
     pub const EXEC_ENV_PARTIAL: u32 = 17;
     /// Environments that could not be read (`bpf_probe_read_user` failed).
     pub const EXEC_ENV_UNREADABLE: u32 = 18;

@@ -744,8 +744,12 @@ fn kread<T: Copy + Default>(at: u64) -> T {
 /// variables to its own environment; `env VAR=.. prog` and most shells
 /// too). A larger environment's middle is not scanned: counted
 /// (`EXEC_ENV_PARTIAL`), and the daemon's rule can still catch the
-/// program by name. Every loop has a constant bound and no data-dependent
-/// exit, so the verifier walks it once.
+/// program by name. Every loop has a constant bound; the only
+/// data-dependent branch in the scan leaves it at once (a match), so the
+/// verifier walks each loop once and each branch it set aside ends in a
+/// few instructions. (A `found |= ...` accumulator instead kept every set
+/// aside branch alive through the rest of the loop: quadratic, and Linux
+/// 6.1's verifier gave up with E2BIG.)
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(ctx: BtfTracePointContext) -> u32 {
     count(counter::EXEC_SEEN);
@@ -869,9 +873,13 @@ fn scan_window(at: u64, n: u64, pattern: u64, mask: u64) -> Option<bool> {
     // SAFETY: the per-CPU slot is this program's alone while it runs.
     let buf = unsafe { &mut *buf };
     // Zero first: bytes past `n` are left from an earlier exec, and zeros
-    // can never complete the pattern (its prefix has no NUL).
-    for chunk in buf.chunks_exact_mut(8) {
-        chunk.copy_from_slice(&[0; 8]);
+    // can never complete the pattern (its prefix has no NUL). Volatile
+    // 8-byte stores: LLVM would make a plain loop a byte-wise memset call.
+    let words = buf.as_mut_ptr().cast::<u64>();
+    for i in 0..exec::ENV_WINDOW / 8 {
+        // SAFETY: inside the buffer (ENV_WINDOW is a multiple of 8); map
+        // values are 8-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
     let n = (n as usize).min(exec::ENV_WINDOW);
     // SAFETY: a checked read of the current task's own memory.
@@ -879,12 +887,13 @@ fn scan_window(at: u64, n: u64, pattern: u64, mask: u64) -> Option<bool> {
         return None;
     }
     let mut reg = 0u64;
-    let mut found = 0u64;
     for b in buf.iter() {
         reg = (reg << 8) | *b as u64;
-        found |= ((reg & mask) == pattern) as u64;
+        if reg & mask == pattern {
+            return Some(true);
+        }
     }
-    Some(found != 0)
+    Some(false)
 }
 
 /// CLOSE -> LISTEN, inside `listen()` (the caller's context): one lookup

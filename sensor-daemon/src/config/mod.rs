@@ -368,6 +368,14 @@ impl SensorConfig {
         differs("metrics", self.metrics != new.metrics);
         differs("kubernetes", self.kubernetes != new.kubernetes);
         differs("stats_file", self.stats_file != new.stats_file);
+        differs(
+            "tor_listen_ports",
+            self.tor_listen_ports != new.tor_listen_ports,
+        );
+        differs(
+            "exec_environment_scan",
+            self.exec_environment_scan != new.exec_environment_scan,
+        );
         keys
     }
 

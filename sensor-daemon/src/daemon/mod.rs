@@ -444,6 +444,7 @@ impl Daemon {
             prefixes: feeds.len(),
             or_ports: feeds.or_ports().len(),
             hooks: self.probes.plan().cloned(),
+            exec_unwatched: self.probes.exec_hook().err().map(str::to_owned),
             kernel: self.probes.counters().unwrap_or(self.last),
             alerts: self
                 .delivery

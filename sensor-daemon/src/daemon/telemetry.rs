@@ -45,6 +45,10 @@ pub struct Snapshot {
     pub prefixes: usize,
     pub or_ports: usize,
     pub hooks: Option<HookPlan>,
+    /// Why program starts are not watched (the exec program could not be
+    /// attached; rule TORSENSOR-005 cannot fire), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_unwatched: Option<String>,
     pub kernel: KernelCounters,
     pub alerts: Vec<AlertCount>,
     /// Aggregated summaries sent, and the connections they stand for.
@@ -212,7 +216,11 @@ impl Snapshot {
         if let Some(why) = self.hooks.as_ref().and_then(|p| p.degraded.as_ref()) {
             reasons.push(format!("degraded hook plan: {why}"));
         }
-        let lost = self.kernel.ringbuf_full + self.kernel.pending_full;
+        if let Some(why) = &self.exec_unwatched {
+            reasons.push(format!("program starts are not watched: {why}"));
+        }
+        let lost =
+            self.kernel.ringbuf_full + self.kernel.pending_full + self.kernel.exec_ringbuf_full;
         if lost > 0 {
             reasons.push(format!("{lost} events lost in the kernel"));
         }
@@ -467,7 +475,7 @@ fn encode_local(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
         ),
     ];
     family(e, "torsensor_program_hits", help, Counter, &hits)?;
-    let help = "Program starts whose environment was scanned only in part (larger than 2 KiB; the middle was not), or could not be read.";
+    let help = "Program starts without a TOR_PT_* match whose environment was scanned only in part (larger than 2 KiB: the middle was not), or could not be read.";
     let env = vec![
         (
             vec![("reason", "partial".to_owned())],

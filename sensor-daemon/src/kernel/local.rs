@@ -148,8 +148,20 @@ impl Probes {
     /// caller), and `torsensor_exec_hook` says so.
     pub(super) fn attach_exec(&mut self, btf: &Btf) -> Result<(), String> {
         let (name, hook) = EXEC_PROGRAM;
-        self.attach(name, hook, btf)
-            .map_err(|e| format!("{hook}: {}", short_reason(&e)))
+        self.attach(name, hook, btf).map_err(|e| {
+            // The verifier's last words say which limit it hit (the whole
+            // log is in --log debug).
+            let tail = match &e {
+                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+                    let text = verifier_log.to_string();
+                    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+                    let from = lines.len().saturating_sub(3);
+                    format!("; verifier: {}", lines[from..].join(" / "))
+                }
+                _ => String::new(),
+            };
+            format!("{hook}: {}{tail}", short_reason(&e))
+        })
     }
 
     /// Takes the exec ring buffer (once).
