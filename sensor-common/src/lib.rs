@@ -32,6 +32,12 @@ pub const FLAG_NO_PROCESS: u8 = 1 << 3;
 /// outbound `connect()` that failed in the caller, or an inbound SYN that
 /// was dropped); sent by the blocking programs, never by the tracepoints.
 pub const FLAG_BLOCKED: u8 = 1 << 4;
+// Bits 4 and 5 are opt-in blocking's.
+/// `ConnEvent::flags`: not a connection but a socket that started to listen
+/// (CLOSE -> LISTEN) on a watched port (`LISTEN_PORTS`); the local address
+/// and port are the listening ones, the remote ones are zero, and the
+/// process is the caller of `listen()`.
+pub const FLAG_LISTEN: u8 = 1 << 6;
 
 /// Maximum number of feeds a sensor can load at once (one bit each in
 /// the [`MatchInfo`] masks).
@@ -183,9 +189,139 @@ pub mod counter {
     pub const WOULD_BLOCK: u32 = 12;
     /// Connections a block rule matched but one of its exceptions exempted.
     pub const BLOCK_EXCEPTED: u32 = 13;
+    const _: () = assert!(BLOCK_EXCEPTED < EXEC_SEEN);
+    /// Programs started (`sched_process_exec`).
+    pub const EXEC_SEEN: u32 = 14;
+    /// Programs started whose command name is a watched one (`EXEC_NAMES`).
+    pub const EXEC_NAME_HIT: u32 = 15;
+    /// Programs started with a `TOR_PT_*` variable in the part of their
+    /// environment the kernel scanned.
+    pub const EXEC_ENV_HIT: u32 = 16;
+    /// Programs started without a match whose environment was larger than
+    /// the scanned windows (its beginning and end): the middle was not
+    /// scanned.
+    pub const EXEC_ENV_PARTIAL: u32 = 17;
+    /// Environments that could not be read (`bpf_probe_read_user` failed).
+    pub const EXEC_ENV_UNREADABLE: u32 = 18;
+    /// Exec events written to the `EXEC_EVENTS` ring buffer.
+    pub const EXEC_SENT: u32 = 19;
+    /// Exec events lost because `EXEC_EVENTS` was full.
+    pub const EXEC_RINGBUF_FULL: u32 = 20;
+    /// TCP sockets that started to listen (CLOSE -> LISTEN).
+    pub const LISTEN_SEEN: u32 = 21;
+    /// ... on a watched port (`LISTEN_PORTS`): sent as `FLAG_LISTEN` events.
+    pub const LISTEN_HIT: u32 = 22;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 14;
-    const _: () = assert!(BLOCK_EXCEPTED < COUNT);
+    pub const COUNT: u32 = 23;
+    const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
+    const _: () = assert!(LISTEN_HIT < COUNT);
+}
+
+/// Why an [`ExecEvent`] was sent (`ExecEvent::reasons` bits).
+pub mod exec {
+    /// The new program's command name is in `EXEC_NAMES`.
+    pub const BY_NAME: u8 = 1 << 0;
+    /// Its environment has a variable that starts with the watched prefix
+    /// (`TOR_PT_`).
+    pub const BY_ENV: u8 = 1 << 1;
+
+    /// `ExecEvent::flags`: the environment was larger than the two scanned
+    /// windows; its middle was not scanned.
+    pub const ENV_PARTIAL: u8 = 1 << 0;
+    /// `ExecEvent::flags`: the environment could not be read.
+    pub const ENV_UNREADABLE: u8 = 1 << 1;
+
+    /// Bytes of the environment scanned from its beginning, and again from
+    /// its end: an environment up to twice this is scanned whole.
+    pub const ENV_WINDOW: usize = 1024;
+    /// Longest environment variable prefix the kernel can look for (it
+    /// compares 8 bytes: the NUL before the variable, then the prefix).
+    pub const ENV_PREFIX_MAX: usize = 7;
+
+    /// The 8-byte pattern and mask the kernel compares its shift register
+    /// with for `prefix` (at most [`ENV_PREFIX_MAX`] bytes, no NUL): the
+    /// last byte read is the lowest. `None` for an unusable prefix.
+    pub fn env_pattern(prefix: &[u8]) -> Option<(u64, u64)> {
+        if prefix.is_empty() || prefix.len() > ENV_PREFIX_MAX || prefix.contains(&0) {
+            return None;
+        }
+        // NUL, then the prefix: (1 + len) bytes, the last in the low byte.
+        let mut pattern = 0u64;
+        for b in prefix {
+            pattern = (pattern << 8) | *b as u64;
+        }
+        let bits = 8 * (prefix.len() as u32 + 1);
+        let mask = if bits == 64 {
+            u64::MAX
+        } else {
+            (1u64 << bits) - 1
+        };
+        Some((pattern, mask))
+    }
+}
+
+/// Offsets in `struct task_struct` and `struct mm_struct` that the exec
+/// program reads (global `EXEC_OFFSETS`, from the running kernel's BTF).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ExecOffsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.real_parent`
+    pub task_real_parent: u32,
+    /// `task_struct.tgid`
+    pub task_tgid: u32,
+    /// `mm_struct.env_start`
+    pub mm_env_start: u32,
+    /// `mm_struct.env_end`
+    pub mm_env_end: u32,
+    pub _pad: u32,
+}
+
+/// One program start worth a look, written by the exec program into the
+/// `EXEC_EVENTS` ring buffer (a ring of its own, so that `ConnEvent`
+/// records keep their one size).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    /// `bpf_ktime_get_boot_ns()` at the exec.
+    pub ts_boot_ns: u64,
+    pub cgroup_id: u64,
+    /// Process id (kernel tgid).
+    pub tgid: u32,
+    /// Thread id (kernel pid).
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The parent's process id (`real_parent->tgid`).
+    pub ppid: u32,
+    /// Bytes of the environment (`env_end - env_start`).
+    pub env_len: u32,
+    /// `exec::BY_*` bits.
+    pub reasons: u8,
+    /// `exec::ENV_*` bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    /// The new program's command name (the basename it was started by,
+    /// truncated to 15 bytes).
+    pub comm: [u8; COMM_LEN],
+}
+
+impl ExecEvent {
+    pub const ZERO: Self = Self {
+        ts_boot_ns: 0,
+        cgroup_id: 0,
+        tgid: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        ppid: 0,
+        env_len: 0,
+        reasons: 0,
+        flags: 0,
+        _pad: [0; 6],
+        comm: [0; COMM_LEN],
+    };
 }
 
 /// Slots of the kernel's `PENDING_COUNT` array, the programs' fast path
@@ -356,6 +492,8 @@ mod user {
     unsafe impl aya::Pod for super::KernelOffsets {}
     unsafe impl aya::Pod for super::OrPortKey {}
     unsafe impl aya::Pod for super::BlockRule {}
+    unsafe impl aya::Pod for super::ExecEvent {}
+    unsafe impl aya::Pod for super::ExecOffsets {}
 }
 
 #[cfg(test)]
@@ -425,6 +563,33 @@ mod tests {
         assert_eq!(offset_of!(BlockRule, scope), 16);
         assert_eq!(offset_of!(BlockRule, except), 48);
         assert_eq!(size_of::<BlockRule>(), 48 + 32 * block::MAX_EXCEPT);
+    }
+
+    #[test]
+    fn exec_types_layout() {
+        assert_eq!(offset_of!(ExecEvent, tgid), 16);
+        assert_eq!(offset_of!(ExecEvent, ppid), 32);
+        assert_eq!(offset_of!(ExecEvent, env_len), 36);
+        assert_eq!(offset_of!(ExecEvent, reasons), 40);
+        assert_eq!(offset_of!(ExecEvent, flags), 41);
+        assert_eq!(offset_of!(ExecEvent, comm), 48);
+        assert_eq!(size_of::<ExecEvent>(), 64);
+        assert_eq!(size_of::<ExecOffsets>(), 24);
+    }
+
+    #[test]
+    fn env_pattern_is_nul_then_prefix() {
+        let (p, m) = exec::env_pattern(b"TOR_PT_").unwrap();
+        assert_eq!(p, u64::from_be_bytes(*b"\0TOR_PT_"));
+        assert_eq!(m, u64::MAX);
+        let (p, m) = exec::env_pattern(b"AB").unwrap();
+        assert_eq!((p, m), (0x4142, 0xff_ffff));
+        // The shift register after "..\0AB" holds 0x??..??004142.
+        let reg = u64::from_be_bytes(*b"xyz=1\0AB");
+        assert_eq!(reg & m, p);
+        assert!(exec::env_pattern(b"").is_none());
+        assert!(exec::env_pattern(b"TOR_PT_X").is_none());
+        assert!(exec::env_pattern(b"A\0").is_none());
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! | 3 | [`kernel`] | eBPF programs and maps, hook plan, decoding ring-buffer events |
 //! | 2 | [`feed`] | Tor lists: sources, formats, sets, cache, refresh |
 //! | 1 | [`statedir`] | files in the state directory, never through a link |
-//! | 0 | [`net`], [`time`], [`sys`], [`redact`] | addresses, times, every libc call, secrets out of messages |
+//! | 0 | [`net`], [`time`], [`sys`], [`redact`], [`local`] | addresses, times, every libc call, secrets out of messages; the watched programs, environment prefix and ports of the local Tor signals |
 //!
 //! The binary (`main.rs`) is the command line on top; [`mod@bench`] holds
 //! the benchmarks `cargo xtask bench` runs.
@@ -26,6 +26,7 @@ pub mod daemon;
 pub mod enrich;
 pub mod feed;
 pub mod kernel;
+pub mod local;
 pub mod net;
 pub mod pipeline;
 pub mod redact;

@@ -208,7 +208,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
     let (_, feeds) = sensor::load_offline(&cfg)?;
     let text = std::fs::read_to_string(&args.file)
         .with_context(|| format!("reading {}", args.file.display()))?;
-    let records = replay::parse(&text)?;
+    let records = replay::parse_lines(&text)?;
     let window = args.aggregation_window.unwrap_or(cfg.aggregation_window);
     let mut pipeline = Pipeline::new(
         feeds,
@@ -218,7 +218,7 @@ fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         KernelOnly,
         Aggregator::new(window, cfg.aggregation_max_groups),
     );
-    for alert in replay::run(&mut pipeline, &records, None)? {
+    for alert in replay::run_lines(&mut pipeline, &records, None)? {
         println!("{}", args.format.render(&alert));
     }
     Ok(())

@@ -668,7 +668,7 @@ fn rules_check_and_rules_test() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.starts_with("4 rules from rules/tor.toml, "),
+        stdout.starts_with("6 rules from rules/tor.toml, "),
         "{stdout}"
     );
     assert!(stdout.contains("TORSENSOR-003  DISABLED"), "{stdout}");
@@ -735,6 +735,53 @@ fn rules_check_and_rules_test() {
         "{}",
         text(&out.stdout)
     );
+
+    // The local signals' alerts (a program start, a listener): the
+    // connection rules say why they do not apply, the signal's rule takes
+    // them, an exception by port excepts the listener.
+    let mut lines = String::new();
+    for case in ["exec_tor_by_name", "listen_socks_port"] {
+        let path = format!(
+            "{}/tests/golden/{case}.ecs.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        lines += &format!("{doc}\n");
+    }
+    let local_events = temp_path("cli-rules-local.jsonl");
+    std::fs::write(&local_events, lines).unwrap();
+    std::fs::write(
+        dir.join("15-listen.toml"),
+        "[[rule]]\nid = \"TORSENSOR-006\"\n[[rule.except]]\nreason = \"tor's own SOCKS port\"\nwhen = { local_port = [9050] }\n",
+    )
+    .unwrap();
+    let out = args(&["test", "--event", local_events.to_str().unwrap()]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains(":1: exec /usr/bin/tor process tor\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  TORSENSOR-001: event (connection unless given) no\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  TORSENSOR-005: event yes\n"), "{stdout}");
+    assert!(
+        stdout
+            .contains("  => ALERT by TORSENSOR-005 (Tor client or pluggable transport started)\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(":2: listen 127.0.0.1:9050 process tor\n"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  => EXCEPTED: TORSENSOR-006 exception \"tor's own SOCKS port\""),
+        "{stdout}"
+    );
+    std::fs::remove_file(dir.join("15-listen.toml")).unwrap();
 
     // A bad file: named by file, line and column; exit 2.
     std::fs::write(

@@ -20,6 +20,9 @@ const CASES: &[&str] = &[
     "ingress_ipv6_container",
     "egress_audit_failed_no_process",
     "egress_socks_local",
+    "exec_tor_by_name",
+    "exec_transport_by_environment",
+    "listen_socks_port",
 ];
 
 fn golden_dir() -> PathBuf {
@@ -116,9 +119,17 @@ fn assert_no_nulls(doc: &Value, at: &str) {
     }
 }
 
+/// The cases of one signal: connections, program starts or listeners.
+fn cases_of(prefix: &[&str]) -> impl Iterator<Item = &'static &'static str> {
+    let prefix: Vec<String> = prefix.iter().map(|p| p.to_string()).collect();
+    CASES
+        .iter()
+        .filter(move |c| prefix.iter().any(|p| c.starts_with(p.as_str())))
+}
+
 #[test]
 fn ocsf_has_the_required_network_activity_attributes() {
-    for case in CASES {
+    for case in cases_of(&["egress", "ingress"]) {
         let o = render(case).ocsf;
         assert_no_nulls(&o, case);
         for field in [
@@ -166,6 +177,55 @@ fn ocsf_has_the_required_network_activity_attributes() {
     }
 }
 
+/// A program start is OCSF Process Activity (1007), Launch; a listener is
+/// Network Activity, Listen (7), its address the destination. Neither has
+/// a source endpoint.
+#[test]
+fn ocsf_local_signals_have_their_class_and_activity() {
+    let required = ["severity_id", "time", "metadata.version", "device.type_id"];
+    for case in cases_of(&["exec"]) {
+        let o = render(case).ocsf;
+        assert_no_nulls(&o, case);
+        for field in required
+            .iter()
+            .chain(&["process.pid", "process.name", "actor"])
+        {
+            assert!(get(&o, field).is_some(), "{case}: OCSF lacks {field}");
+        }
+        assert_eq!(
+            (&o["category_uid"], &o["class_uid"], &o["activity_id"]),
+            (&1.into(), &1007.into(), &1.into()),
+            "{case}"
+        );
+        assert_eq!(o["type_uid"], 100701, "{case}");
+        assert_eq!(o["type_name"], "Process Activity: Launch", "{case}");
+        assert_eq!(o["observables"][0]["type_id"], 9, "{case}");
+        assert_eq!(o["attacks"][0]["sub_technique"]["uid"], "T1090.003");
+        for absent in ["src_endpoint", "dst_endpoint", "connection_info"] {
+            assert!(o.get(absent).is_none(), "{case}: {absent}");
+        }
+    }
+    for case in cases_of(&["listen"]) {
+        let o = render(case).ocsf;
+        assert_no_nulls(&o, case);
+        for field in
+            required
+                .iter()
+                .chain(&["dst_endpoint.ip", "dst_endpoint.port", "actor.process.pid"])
+        {
+            assert!(get(&o, field).is_some(), "{case}: OCSF lacks {field}");
+        }
+        assert_eq!(
+            (&o["class_uid"], &o["activity_id"]),
+            (&4001.into(), &7.into())
+        );
+        assert_eq!(o["type_uid"], 400107, "{case}");
+        assert_eq!(o["connection_info"]["direction_id"], 0, "{case}");
+        assert_eq!(o["observables"][0]["type_id"], 11, "{case}");
+        assert!(o.get("src_endpoint").is_none(), "{case}");
+    }
+}
+
 #[test]
 fn falco_output_is_what_falcosidekick_accepts() {
     for case in CASES {
@@ -186,8 +246,13 @@ fn falco_output_is_what_falcosidekick_accepts() {
         );
         let fields = f["output_fields"].as_object().unwrap();
         assert!(!fields.is_empty(), "{case}: output_fields");
-        for key in ["fd.rip", "fd.rport", "fd.lport", "fd.l4proto", "evt.time"] {
-            assert!(fields.contains_key(key), "{case}: {key}");
+        let keys: &[&str] = match case.split('_').next() {
+            Some("exec") => &["evt.time", "evt.type", "proc.pid", "proc.name"],
+            Some("listen") => &["fd.lip", "fd.lport", "fd.l4proto", "evt.time", "proc.pid"],
+            _ => &["fd.rip", "fd.rport", "fd.lport", "fd.l4proto", "evt.time"],
+        };
+        for key in keys {
+            assert!(fields.contains_key(*key), "{case}: {key}");
         }
         assert_eq!(f["source"], "torsensor");
         assert!(!f["output"].as_str().unwrap().is_empty());

@@ -12,6 +12,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("time", 0),
     ("sys", 0),
     ("redact", 0),
+    ("local", 0),
     ("statedir", 1),
     ("feed", 2),
     ("kernel", 3),

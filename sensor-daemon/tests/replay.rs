@@ -22,7 +22,7 @@ use sensor_daemon::feed::parse::{ExitInfo, Relay};
 use sensor_daemon::feed::{Feed, FeedSet, Origin, ParsedFeed};
 use sensor_daemon::kernel::event::{BootClock, KernelProcess};
 use sensor_daemon::net::Direction;
-use sensor_daemon::pipeline::replay::{self, Flag, Matched, Record};
+use sensor_daemon::pipeline::replay::{self, Flag, Line, Matched, Record};
 use sensor_daemon::pipeline::{Pipeline, ProcessSource};
 use sensor_daemon::time::Timestamp;
 
@@ -97,6 +97,8 @@ fn feeds() -> FeedSet {
 struct Recorded {
     processes: HashMap<u32, ProcessInfo>,
     containers: HashMap<u64, ContainerInfo>,
+    /// `/proc/PID/environ`, whole.
+    environments: HashMap<u32, Vec<String>>,
 }
 
 impl ProcessSource for Recorded {
@@ -115,6 +117,16 @@ impl ProcessSource for Recorded {
 
     fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo> {
         self.containers.get(&p.cgroup_id).cloned()
+    }
+
+    fn environment(&mut self, pid: u32, prefix: &str) -> Option<Vec<String>> {
+        let env = self.environments.get(&pid)?;
+        Some(
+            env.iter()
+                .filter(|v| v.starts_with(prefix))
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -170,9 +182,30 @@ fn recorded() -> Recorded {
         cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
         ..ContainerInfo::default()
     };
+    // A pluggable transport tor started, renamed (an obfs4 client).
+    let transport = ProcessInfo {
+        pid: 7007,
+        name: "notor".into(),
+        executable: Some("/opt/pt/notor".into()),
+        command_line: Some("/opt/pt/notor".into()),
+        args: args(&["/opt/pt/notor"]),
+        ppid: Some(4242),
+        parent_name: Some("tor".into()),
+        uid: 107,
+        user_name: Some("debian-tor".into()),
+        ..ProcessInfo::default()
+    };
+    let environment = [
+        "HOME=/var/lib/tor",
+        "TOR_PT_MANAGED_TRANSPORT_VER=1",
+        "TOR_PT_STATE_LOCATION=/var/lib/tor/pt_state/",
+        "TOR_PT_EXIT_ON_STDIN_CLOSE=1",
+        "TOR_PT_CLIENT_TRANSPORTS=obfs4",
+    ];
     Recorded {
-        processes: HashMap::from([(4242, tor), (31337, nginx), (5555, curl)]),
+        processes: HashMap::from([(4242, tor), (31337, nginx), (5555, curl), (7007, transport)]),
         containers: HashMap::from([(88123, container)]),
+        environments: HashMap::from([(7007, environment.map(String::from).to_vec())]),
     }
 }
 
@@ -215,24 +248,35 @@ fn pretty(value: &Value) -> String {
 #[test]
 fn recorded_events_give_the_golden_alerts() {
     let text = std::fs::read_to_string(dir("recordings").join("golden_cases.jsonl")).unwrap();
-    let records = replay::parse(&text).unwrap();
+    let records = replay::parse_lines(&text).unwrap();
     let cases = [
-        ("egress_ipv4_host", Attribution::Connect),
-        ("ingress_ipv6_container", Attribution::FirstUse),
-        ("egress_audit_failed_no_process", Attribution::None),
-        ("egress_socks_local", Attribution::Connect),
-        ("egress_blocked", Attribution::Connect),
-        ("ingress_blocked_no_process", Attribution::None),
+        ("egress_ipv4_host", Some(Attribution::Connect)),
+        ("ingress_ipv6_container", Some(Attribution::FirstUse)),
+        ("egress_audit_failed_no_process", Some(Attribution::None)),
+        ("egress_socks_local", Some(Attribution::Connect)),
+        ("egress_blocked", Some(Attribution::Connect)),
+        ("ingress_blocked_no_process", Some(Attribution::None)),
+        ("exec_tor_by_name", None),
+        ("exec_transport_by_environment", None),
+        ("listen_socks_port", Some(Attribution::Listen)),
     ];
     assert_eq!(records.len(), cases.len());
     let update = std::env::var("UPDATE_GOLDEN").is_ok_and(|v| v == "1");
     let mut pipeline = pipeline(Duration::ZERO);
     let created = time("2024-11-24T21:00:00.131072000Z");
-    for (record, (case, attribution)) in records.iter().zip(cases) {
-        let ev = record.to_event(&pipeline.clock()).unwrap();
-        let mut alert = pipeline.alert(&ev, false, created).unwrap();
+    for (line, (case, attribution)) in records.iter().zip(cases) {
+        let mut alert = match line {
+            Line::Conn(record) => {
+                let ev = record.to_event(&pipeline.clock()).unwrap();
+                pipeline.alert(&ev, false, created).unwrap()
+            }
+            Line::Exec(record) => {
+                let ev = record.to_event(&pipeline.clock()).unwrap();
+                pipeline.exec_alert(&ev, created).unwrap().unwrap()
+            }
+        };
         // The golden files predate `torsensor.attribution`.
-        assert_eq!(alert.torsensor.attribution, Some(attribution), "{case}");
+        assert_eq!(alert.torsensor.attribution, attribution, "{case}");
         alert.torsensor.attribution = None;
         // A new case: its input for tests/format.rs (the alert as the model
         // serializes it, before enrichment adds the Community ID).
@@ -307,7 +351,7 @@ fn a_replayed_burst_is_aggregated_and_the_counts_add_up() {
     let summary = |a: &Alert| a.torsensor.summary;
     let line: Vec<(u16, Option<u64>, bool)> = alerts
         .iter()
-        .map(|a| (a.destination.port, a.torsensor.count, summary(a)))
+        .map(|a| (a.destination.unwrap().port, a.torsensor.count, summary(a)))
         .collect();
     assert_eq!(
         line,
@@ -321,7 +365,8 @@ fn a_replayed_burst_is_aggregated_and_the_counts_add_up() {
     );
     let repeats = &alerts[3];
     assert_eq!(
-        repeats.source.port, 40005,
+        repeats.source.unwrap().port,
+        40005,
         "the summary is the latest repeat"
     );
     assert_eq!(

@@ -53,10 +53,10 @@ use aya_ebpf::{
     bindings::__sk_buff,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        bpf_probe_read_kernel,
+        bpf_probe_read_kernel, bpf_probe_read_user_buf,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_boot_ns,
-            bpf_set_retval, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, kprobe, map},
@@ -65,9 +65,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
-    AF_INET, AF_INET6, BlockMatch, BlockRule, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT,
-    FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo,
-    OrPortKey, block, counter, pending, prefilter,
+    AF_INET, AF_INET6, BlockMatch, BlockRule, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS,
+    ExecEvent, ExecOffsets, FLAG_AUDIT, FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_LISTEN,
+    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, block, counter, exec,
+    pending, prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -193,6 +194,7 @@ const TCP_FIN_WAIT1: i32 = 4;
 const TCP_CLOSE: i32 = 7;
 const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
 
 /// Reads a `T` at `sk + offset` (a field of `struct sock`).
 ///
@@ -236,6 +238,8 @@ pub fn sock_state(ctx: BtfTracePointContext) -> u32 {
         (TCP_CLOSE, TCP_SYN_SENT) => on_connect(sk),
         (TCP_SYN_SENT, _) => on_connect_done(&ctx, sk, new),
         (TCP_SYN_RECV, TCP_ESTABLISHED) => on_inbound(&ctx, sk),
+        // listen(): rare; see "Local signs of Tor" below.
+        (TCP_CLOSE, TCP_LISTEN) => on_listen(&ctx, sk),
         // A shutdown or close: only ever in the calling process.
         (TCP_ESTABLISHED, TCP_FIN_WAIT1) | (TCP_CLOSE_WAIT, TCP_LAST_ACK) => {
             attribute(ctx.as_ptr(), sk, true)
@@ -1075,6 +1079,270 @@ fn ingress_verdict(ctx: &SkBuffContext, peer: &Peer, dport: u16, local: &[u8; 16
     ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     emit(&RawCtx(ctx.as_ptr()), &ev);
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Local signs of Tor (issue 15): a Tor client or pluggable transport starts,
+// a process listens on a Tor SOCKS or control port. Tor use that no list of
+// the network shows. Kept apart from the connection code above.
+// ---------------------------------------------------------------------------
+
+/// Offsets in `task_struct` / `mm_struct` (from the daemon, read from BTF).
+#[unsafe(no_mangle)]
+static EXEC_OFFSETS: Global<ExecOffsets> = Global::new(ExecOffsets {
+    task_mm: 0,
+    task_real_parent: 0,
+    task_tgid: 0,
+    mm_env_start: 0,
+    mm_env_end: 0,
+    _pad: 0,
+});
+/// The environment prefix to look for, as the 8-byte pattern and mask of
+/// `sensor_common::exec::env_pattern` (NUL, then `TOR_PT_`); a zero mask
+/// turns the scan off.
+#[unsafe(no_mangle)]
+static ENV_PATTERN: Global<[u64; 2]> = Global::new([0, 0]);
+
+/// Watched command names (`comm`, NUL-padded, 15 bytes at most), from the
+/// daemon's `rules/tor-local.toml`. The value is unused.
+#[map]
+static EXEC_NAMES: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(64, 0);
+/// Watched listening ports (host order): Tor's SOCKS and control ports.
+#[map]
+static LISTEN_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(64, 0);
+/// Exec hits for the daemon (a ring of its own: `ExecEvent`s).
+#[map]
+static EXEC_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 16, 0);
+/// Per-CPU scratch space for one window of an environment (plus room for
+/// the loop's look-ahead, see `scan_window`).
+#[map]
+static ENV_SCRATCH: PerCpuArray<[u8; exec::ENV_WINDOW]> = PerCpuArray::with_max_entries(1, 0);
+
+/// One field of `EXEC_OFFSETS`.
+macro_rules! eoff {
+    ($field:ident) => {
+        // SAFETY: as `koff!`.
+        unsafe {
+            let offsets = (&raw const EXEC_OFFSETS).cast::<ExecOffsets>();
+            core::ptr::read_volatile(&raw const (*offsets).$field) as u64
+        }
+    };
+}
+
+/// Reads a `T` at kernel address `at` (0 if it cannot be read).
+#[inline(always)]
+fn kread<T: Copy + Default>(at: u64) -> T {
+    // SAFETY: a read of kernel memory through the checked helper.
+    unsafe { bpf_probe_read_kernel(at as *const T) }.unwrap_or_default()
+}
+
+/// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct
+/// linux_binprm *bprm)`: runs once per successful execve, in the new
+/// program (`current` is `p`, its `comm` and `mm` are the new ones).
+///
+/// What crosses to the daemon: only a start whose command name is watched
+/// (one hash lookup) or whose environment has a `TOR_PT_*` variable. Tor
+/// passes its pluggable transports their configuration in `TOR_PT_*`
+/// variables, so that signal survives any renaming of the binary.
+///
+/// The environment scan (`scan_env`): the new program's environment lies
+/// in its own stack, `mm->env_start .. env_end`; it is read into a per-CPU
+/// buffer with `bpf_probe_read_user` and scanned with an 8-byte shift
+/// register for "NUL, TOR_PT_" (the byte before `env_start` is the NUL that
+/// ends the last argument, so the first variable counts too). Bounded, so
+/// that it verifies on Linux 6.1 and costs a few microseconds at most:
+/// `ENV_WINDOW` bytes from the beginning and `ENV_WINDOW` bytes from the
+/// end, i.e. all of an environment up to 2 KiB, and for a larger one the
+/// places where launchers put what they add (tor appends the `TOR_PT_*`
+/// variables to its own environment; `env VAR=.. prog` and most shells
+/// too). A larger environment's middle is not scanned: counted
+/// (`EXEC_ENV_PARTIAL`), and the daemon's rule can still catch the
+/// program by name. Every loop has a constant bound; the only
+/// data-dependent branch in the scan leaves it at once (a match), so the
+/// verifier walks each loop once and each branch it set aside ends in a
+/// few instructions. (A `found |= ...` accumulator instead kept every set
+/// aside branch alive through the rest of the loop: quadratic, and Linux
+/// 6.1's verifier gave up with E2BIG.)
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn process_exec(ctx: BtfTracePointContext) -> u32 {
+    count(counter::EXEC_SEEN);
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    // SAFETY: a lookup; the value is not used.
+    let by_name = unsafe { EXEC_NAMES.get(comm) }.is_some();
+    exec_slow(ctx.as_ptr(), &comm, by_name);
+    0
+}
+
+#[inline(never)]
+fn exec_slow(ctx: *mut c_void, comm: &[u8; COMM_LEN], by_name: bool) -> u32 {
+    let pattern = ENV_PATTERN.load();
+    let task = unsafe { bpf_get_current_task() };
+    let mm: u64 = kread(task + eoff!(task_mm));
+    let mut ev = ExecEvent::ZERO;
+    if by_name {
+        ev.reasons |= exec::BY_NAME;
+        count(counter::EXEC_NAME_HIT);
+    }
+    if mm != 0 {
+        let start: u64 = kread(mm + eoff!(mm_env_start));
+        let end: u64 = kread(mm + eoff!(mm_env_end));
+        let len = end.saturating_sub(start);
+        ev.env_len = len.min(u32::MAX as u64) as u32;
+        // Scanned for a name hit too: the daemon then knows both reasons
+        // even if the process is gone before it reads /proc.
+        if pattern[1] != 0 && start != 0 {
+            match scan_env(start, len, pattern[0], pattern[1]) {
+                Scan::Found(partial) => {
+                    ev.reasons |= exec::BY_ENV;
+                    if partial {
+                        ev.flags |= exec::ENV_PARTIAL;
+                    }
+                    count(counter::EXEC_ENV_HIT);
+                }
+                Scan::NotFound(partial) => {
+                    if partial {
+                        count(counter::EXEC_ENV_PARTIAL);
+                    }
+                }
+                Scan::Unreadable => {
+                    count(counter::EXEC_ENV_UNREADABLE);
+                }
+            }
+        }
+    }
+    if ev.reasons == 0 {
+        return 0;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    ev.tgid = (pid_tgid >> 32) as u32;
+    ev.pid = pid_tgid as u32;
+    ev.uid = uid_gid as u32;
+    ev.gid = (uid_gid >> 32) as u32;
+    ev.cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    ev.comm = *comm;
+    let parent: u64 = kread(task + eoff!(task_real_parent));
+    if parent != 0 {
+        ev.ppid = kread::<u32>(parent + eoff!(task_tgid));
+    }
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    match EXEC_EVENTS.reserve::<ExecEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(0);
+            count(counter::EXEC_SENT);
+        }
+        None => {
+            count(counter::EXEC_RINGBUF_FULL);
+            warn!(
+                &RawCtx(ctx),
+                "exec ring buffer full, event dropped (counted)"
+            );
+        }
+    }
+    0
+}
+
+enum Scan {
+    /// The prefix was found; `true`: the environment's middle was not
+    /// scanned.
+    Found(bool),
+    NotFound(bool),
+    Unreadable,
+}
+
+/// Looks for the pattern in the environment at `start` (`len` bytes), in
+/// its first and its last `ENV_WINDOW` bytes.
+#[inline(always)]
+fn scan_env(start: u64, len: u64, pattern: u64, mask: u64) -> Scan {
+    const W: u64 = exec::ENV_WINDOW as u64;
+    // From the NUL before the first variable.
+    let base = start - 1;
+    let total = len + 1;
+    let first = total.min(W);
+    match scan_window(base, first, pattern, mask) {
+        Some(true) => return Scan::Found(total > 2 * W),
+        Some(false) => {}
+        None => return Scan::Unreadable,
+    }
+    if total <= W {
+        return Scan::NotFound(false);
+    }
+    // The second window overlaps the first by 7 bytes, so that a match
+    // across their boundary is inside it.
+    let from = (W - 7).max(total - W);
+    match scan_window(base + from, total - from, pattern, mask) {
+        Some(true) => Scan::Found(total > 2 * W),
+        Some(false) => Scan::NotFound(total > 2 * W),
+        None => Scan::Unreadable,
+    }
+}
+
+/// Reads `n` (at most `ENV_WINDOW`) bytes of user memory at `at` and
+/// whether "NUL, prefix" occurs in them. `None`: not readable.
+#[inline(never)]
+fn scan_window(at: u64, n: u64, pattern: u64, mask: u64) -> Option<bool> {
+    let buf = ENV_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: the per-CPU slot is this program's alone while it runs.
+    let buf = unsafe { &mut *buf };
+    // Zero first: bytes past `n` are left from an earlier exec, and zeros
+    // can never complete the pattern (its prefix has no NUL). Volatile
+    // 8-byte stores: LLVM would make a plain loop a byte-wise memset call.
+    let words = buf.as_mut_ptr().cast::<u64>();
+    for i in 0..exec::ENV_WINDOW / 8 {
+        // SAFETY: inside the buffer (ENV_WINDOW is a multiple of 8); map
+        // values are 8-byte aligned.
+        unsafe { core::ptr::write_volatile(words.add(i), 0) };
+    }
+    let n = (n as usize).min(exec::ENV_WINDOW);
+    // SAFETY: a checked read of the current task's own memory.
+    if unsafe { bpf_probe_read_user_buf(at as *const u8, &mut buf[..n]) }.is_err() {
+        return None;
+    }
+    let mut reg = 0u64;
+    for b in buf.iter() {
+        reg = (reg << 8) | *b as u64;
+        if reg & mask == pattern {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// CLOSE -> LISTEN, inside `listen()` (the caller's context): one lookup
+/// of the socket's port in `LISTEN_PORTS`, only on this rare transition.
+#[inline(always)]
+fn on_listen(ctx: &BtfTracePointContext, sk: u64) {
+    if !is_tcp(sk) {
+        return;
+    }
+    count(counter::LISTEN_SEEN);
+    // The port was bound already (`bind()`, or an autobind before the
+    // state change is traced, which leaves 0 here: such a port is random,
+    // never a watched one).
+    let port: u16 = sk_field(sk, koff!(skc_num));
+    // SAFETY: a lookup; the value is not used.
+    if unsafe { LISTEN_PORTS.get(port) }.is_some() {
+        listen_slow(ctx.as_ptr(), sk, port);
+    }
+}
+
+#[inline(never)]
+fn listen_slow(ctx: *mut c_void, sk: u64, port: u16) -> u32 {
+    let mut ev = ConnEvent::ZERO;
+    ev.family = sk_field(sk, koff!(skc_family));
+    if ev.family != AF_INET && ev.family != AF_INET6 {
+        return 0;
+    }
+    count(counter::LISTEN_HIT);
+    read_local(sk, &mut ev);
+    ev.local_port = port;
+    ev.direction = DIR_INGRESS;
+    ev.flags = FLAG_LISTEN;
+    fill_process(&mut ev);
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    emit(&RawCtx(ctx), &ev);
     0
 }
 

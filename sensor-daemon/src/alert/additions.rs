@@ -7,15 +7,21 @@ use crate::enrich::container::ContainerInfo;
 impl Alert {
     /// Sets `network.community_id` (Community ID v1, seed 0) from the
     /// endpoints and the transport.
+    /// Only a connection (source, destination and network) has one.
     pub fn add_community_id(&mut self) {
+        let (Some(src), Some(dst), Some(network)) =
+            (self.source, self.destination, self.network.as_mut())
+        else {
+            return;
+        };
         let id = crate::alert::community_id::v1(
             0,
-            self.source.ip,
-            self.destination.ip,
-            self.network.iana_number,
-            Some((self.source.port, self.destination.port)),
+            src.ip,
+            dst.ip,
+            network.iana_number,
+            Some((src.port, dst.port)),
         );
-        self.network.community_id = Some(id);
+        network.community_id = Some(id);
     }
 
     /// Sets ECS `container.id`/`container.runtime` and, for a pod,
@@ -62,7 +68,7 @@ mod tests {
         );
         alert.add_community_id();
         assert_eq!(
-            alert.network.community_id.as_deref(),
+            alert.network.as_ref().unwrap().community_id.as_deref(),
             Some("1:LQU9qZlK+B5F3KDmev6m5PMibrg=")
         );
     }

@@ -25,16 +25,17 @@ pub struct Key {
 }
 
 impl Key {
-    /// The group of an alert.
-    pub fn of(alert: &Alert) -> Self {
-        Key {
-            direction: alert.network.direction,
+    /// The group of an alert; none for an alert that is not about a
+    /// connection (a program start, a listener: each one is news).
+    pub fn of(alert: &Alert) -> Option<Self> {
+        Some(Key {
+            direction: alert.direction()?,
             pid: alert.process.as_ref().map_or(0, |p| p.pid),
-            peer: alert.peer().ip,
+            peer: alert.peer()?.ip,
             // Outbound the peer is the destination, inbound the local end
             // is: the service port is the destination port either way.
-            port: alert.destination.port,
-        }
+            port: alert.destination?.port,
+        })
     }
 }
 
@@ -87,10 +88,10 @@ impl Aggregator {
     pub fn offer(&mut self, mut doc: Alert, now: Instant) -> Vec<Alert> {
         let key = Key::of(&doc);
         let at = doc.timestamp.0;
-        if !self.enabled() {
+        let Some(key) = key.filter(|_| self.enabled()) else {
             stamp(&mut doc, 1, at, at, false);
             return vec![doc];
-        }
+        };
         let mut out = Vec::new();
         if let Some(group) = self.groups.get_mut(&key)
             && now.duration_since(group.opened) < self.window
@@ -184,7 +185,7 @@ mod tests {
     #[test]
     fn the_key_is_the_service_port_and_the_peer() {
         let at = SystemTime::UNIX_EPOCH;
-        let key = Key::of(&doc(9001, 41000, at));
+        let key = Key::of(&doc(9001, 41000, at)).unwrap();
         assert_eq!(key.port, 9001);
         assert_eq!(key.pid, 7);
         assert_eq!(key.peer, "198.51.100.7".parse::<IpAddr>().unwrap());
@@ -214,7 +215,11 @@ mod tests {
         // 9001 had no repeat: nothing to summarise.
         assert_eq!(due.len(), 1);
         let s = &due[0];
-        assert_eq!(s.source.port, 9, "the summary is the latest repeat");
+        assert_eq!(
+            s.source.unwrap().port,
+            9,
+            "the summary is the latest repeat"
+        );
         assert_eq!(s.torsensor.count, Some(9));
         assert!(s.torsensor.summary);
         let text = |t: Option<Timestamp>| t.map(|t| t.to_string());

@@ -7,7 +7,7 @@ use super::model::{
     Agent, Alert, Attribution, BlockDetails, BlockResult, Confidence, Ecs, Endpoint, Enrichment,
     Event, EventCategory, EventKind, EventType, FeedName, Group, Host, IdsNames, Indicator,
     IndicatorType, IpFamily, MatchDetails, Matched, Network, Outcome, Parent, Process, RelayRef,
-    Technique, Thread, Threat, TorDetails, Torsensor, Transport, User,
+    Signal, Technique, Thread, Threat, TorDetails, Torsensor, Transport, User,
 };
 use crate::alert::rules::Rule;
 use crate::alert::rules::block::BlockMode;
@@ -84,8 +84,8 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
             version: ECS_VERSION.into(),
         },
         event: event(conn, rule, *created),
-        network: Network {
-            direction: conn.direction,
+        network: Some(Network {
+            direction: Some(conn.direction),
             transport: Transport::Tcp,
             iana_number: Transport::Tcp.iana_number(),
             family: if conn.remote.is_ipv4() {
@@ -94,23 +94,18 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
                 IpFamily::Ipv6
             },
             community_id: None,
-        },
-        source: Endpoint {
+        }),
+        source: Some(Endpoint {
             ip: source.ip(),
             port: source.port(),
-        },
-        destination: Endpoint {
+        }),
+        destination: Some(Endpoint {
             ip: destination.ip(),
             port: destination.port(),
-        },
-        host: Host {
-            name: sensor.host_name.clone(),
-        },
-        agent: Agent {
-            kind: "torsensor".into(),
-            name: "torsensor".into(),
-            version: sensor.version.into(),
-        },
+        }),
+        server: None,
+        host: host(sensor),
+        agent: agent(sensor),
         process: process.map(process_fields),
         user: process.map(|p| User {
             id: p.uid,
@@ -130,6 +125,22 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
         alert.add_container(c);
     }
     alert
+}
+
+/// ECS `host.*`.
+pub fn host(sensor: &SensorIdentity) -> Host {
+    Host {
+        name: sensor.host_name.clone(),
+    }
+}
+
+/// ECS `agent.*`.
+pub fn agent(sensor: &SensorIdentity) -> Agent {
+    Agent {
+        kind: "torsensor".into(),
+        name: "torsensor".into(),
+        version: sensor.version.into(),
+    }
 }
 
 /// ECS `event.*`.
@@ -197,6 +208,7 @@ pub fn process_fields(p: &ProcessInfo) -> Process {
             name: p.parent_name.clone(),
         }),
         start: p.start_time.map(Timestamp),
+        env_vars: Vec::new(),
     }
 }
 
@@ -238,6 +250,18 @@ fn threat(conn: &Connection, matches: &[FeedMatch<'_>], first_feed: Option<&Stri
             },
         })
         .collect();
+    Threat {
+        feed: Some(FeedName {
+            name: first_feed.cloned().unwrap_or_default(),
+        }),
+        enrichments,
+        ..multi_hop_proxy()
+    }
+}
+
+/// ECS `threat.*` for ATT&CK T1090.003 (Proxy: Multi-hop Proxy, tactic
+/// Command and Control), without a feed or enrichments.
+pub fn multi_hop_proxy() -> Threat {
     let one = |s: &str| vec![s.to_owned()];
     Threat {
         framework: "MITRE ATT&CK".into(),
@@ -253,10 +277,8 @@ fn threat(conn: &Connection, matches: &[FeedMatch<'_>], first_feed: Option<&Stri
                 name: one("Multi-hop Proxy"),
             },
         },
-        feed: FeedName {
-            name: first_feed.cloned().unwrap_or_default(),
-        },
-        enrichments,
+        feed: None,
+        enrichments: Vec::new(),
     }
 }
 
@@ -287,6 +309,9 @@ fn torsensor(
         (true, Direction::Ingress) => Attribution::FirstUse,
     };
     Torsensor {
+        signal: Signal::Connection,
+        exec: None,
+        listen: None,
         feeds,
         tor: (!matches.is_empty()).then(|| tor_details(matches)),
         matches: matches_out,

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde_json::{Map, Value, json};
 
-use super::model::{Alert, Endpoint};
+use super::model::{Alert, Endpoint, Signal};
 use crate::time::{epoch_ns, rfc3339};
 
 /// Falco-style priority, most to least severe.
@@ -161,27 +161,43 @@ pub fn render_with_priority(alert: &Alert, priority: Priority) -> Value {
     Value::Object(out)
 }
 
+/// Falco's `fd.name`: `src->dst` for a connection, the address of a
+/// listener.
+fn fd_name(alert: &Alert) -> Option<String> {
+    match (alert.source, alert.destination, alert.server) {
+        (Some(src), Some(dst), _) => Some(format!("{}->{}", socket_text(&src), socket_text(&dst))),
+        (_, _, Some(server)) => Some(socket_text(&server)),
+        _ => None,
+    }
+}
+
 fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
     let (local, remote) = (alert.local(), alert.peer());
     let mut f = Map::new();
     f.insert("evt.time".into(), json!(epoch_ns(alert.timestamp.0)));
-    let evt_type = if alert.is_egress() {
-        "connect"
-    } else {
-        "accept"
+    let evt_type = match alert.signal() {
+        Signal::Exec => "execve",
+        Signal::Listen => "listen",
+        Signal::Connection if alert.is_egress() => "connect",
+        Signal::Connection => "accept",
     };
     f.insert("evt.type".into(), json!(evt_type));
-    f.insert("fd.l4proto".into(), json!(alert.network.transport.as_str()));
-    f.insert("fd.lip".into(), json!(local.ip.to_string()));
-    f.insert("fd.lport".into(), json!(local.port));
-    f.insert("fd.rip".into(), json!(remote.ip.to_string()));
-    f.insert("fd.rport".into(), json!(remote.port));
-    let name = format!(
-        "{}->{}",
-        socket_text(&alert.source),
-        socket_text(&alert.destination)
+    put(
+        &mut f,
+        "fd.l4proto",
+        alert.network.as_ref().map(|n| json!(n.transport.as_str())),
     );
-    f.insert("fd.name".into(), json!(name));
+    put(&mut f, "fd.lip", local.map(|l| json!(l.ip.to_string())));
+    put(&mut f, "fd.lport", local.map(|l| json!(l.port)));
+    put(&mut f, "fd.rip", remote.map(|r| json!(r.ip.to_string())));
+    put(&mut f, "fd.rport", remote.map(|r| json!(r.port)));
+    put(&mut f, "fd.name", fd_name(alert).map(|n| json!(n)));
+    let env = alert.process.as_ref().map(|p| &p.env_vars);
+    put(
+        &mut f,
+        "proc.env",
+        env.filter(|e| !e.is_empty()).map(|e| json!(e.join(" "))),
+    );
     put(&mut f, "proc.name", actor.name.map(|v| json!(v)));
     put(&mut f, "proc.pid", actor.pid.map(|v| json!(v)));
     let process = alert.process.as_ref();
@@ -247,11 +263,12 @@ fn socket_text(e: &Endpoint) -> String {
 /// One human sentence, in Falco's `text (key=value ...)` style, naming only
 /// what is known.
 fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
-    let mut parts = vec![format!(
-        "connection={}->{}",
-        socket_text(&alert.source),
-        socket_text(&alert.destination)
-    )];
+    let mut parts = Vec::new();
+    match alert.signal() {
+        Signal::Connection => parts.extend(fd_name(alert).map(|n| format!("connection={n}"))),
+        Signal::Listen => parts.extend(fd_name(alert).map(|n| format!("listen={n}"))),
+        Signal::Exec => {}
+    }
     let known: [(&str, Option<String>); 8] = [
         ("process", actor.name.map(str::to_owned)),
         ("pid", actor.pid.map(|p| p.to_string())),
@@ -281,8 +298,21 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
         let result = serde_json::to_value(b.result).unwrap_or_default();
         parts.push(format!("block={}", result.as_str().unwrap_or("unknown")));
     }
-    let peer = if alert.is_egress() { "to" } else { "from" };
-    format!("{rule} ({peer} {}) ({})", alert.peer().ip, parts.join(" "))
+    if let Some(exec) = &alert.torsensor.exec {
+        let reasons: Vec<String> = exec
+            .reasons
+            .iter()
+            .map(|r| format!("{r:?}").to_lowercase())
+            .collect();
+        parts.push(format!("reasons={}", reasons.join(",")));
+    }
+    let what = match (alert.peer(), alert.server) {
+        (Some(peer), _) if alert.is_egress() => format!("to {}", peer.ip),
+        (Some(peer), _) => format!("from {}", peer.ip),
+        (None, Some(server)) => format!("on {}", socket_text(&server)),
+        (None, None) => format!("program {}", actor.exe.or(actor.name).unwrap_or("unknown")),
+    };
+    format!("{rule} ({what}) ({})", parts.join(" "))
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Alerts: what the sensor reports, as one type, and its output formats.
 //!
 //! Owns the alert model ([`model::Alert`], shaped like an ECS document),
-//! how an alert is built from a connection ([`connection`]), the additions
+//! how an alert is built from a connection ([`connection`]) or from a
+//! local Tor signal, a program start or a listener ([`local`]), the additions
 //! made to it from other sources (community id, container: [`additions`]),
 //! aggregation of repeats ([`aggregate`]),
 //! and the three renderers, each an infallible `&Alert -> Value`:
 //!
 //! - [`ecs::render`]: the alert as it serializes (ECS).
-//! - [`ocsf::render`]: OCSF Network Activity (class 4001).
+//! - [`ocsf::render`]: OCSF Network Activity (class 4001), or Process
+//!   Activity (class 1007) for a program start.
 //! - [`falco::render`]: Falco's JSON output.
 //!
 //! May use the layers below it: decoded events ([`crate::kernel::event`]), feed
@@ -23,6 +25,7 @@ pub mod community_id;
 pub mod connection;
 pub mod ecs;
 pub mod falco;
+pub mod local;
 pub mod model;
 pub mod ocsf;
 pub mod rules;

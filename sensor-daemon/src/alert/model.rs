@@ -56,10 +56,19 @@ pub struct Alert {
     pub timestamp: Timestamp,
     pub ecs: Ecs,
     pub event: Event,
-    pub network: Network,
-    /// The initiator: the local end outbound, the peer inbound.
-    pub source: Endpoint,
-    pub destination: Endpoint,
+    /// A connection's or a listening socket's; none for a program start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// The initiator of a connection: the local end outbound, the peer
+    /// inbound. None for a program start or a listening socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Endpoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Endpoint>,
+    /// A listening socket's address (ECS `server.*`: the side that waits
+    /// for connections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<Endpoint>,
     pub host: Host,
     pub agent: Agent,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -106,6 +115,7 @@ pub enum EventKind {
 #[serde(rename_all = "snake_case")]
 pub enum EventCategory {
     Network,
+    Process,
     IntrusionDetection,
 }
 
@@ -115,6 +125,8 @@ pub enum EventType {
     Connection,
     Allowed,
     Denied,
+    /// A program started, a socket started to listen.
+    Start,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,7 +143,8 @@ pub struct Event {
     pub category: Vec<EventCategory>,
     #[serde(rename = "type")]
     pub types: Vec<EventType>,
-    /// `tor-connection-outbound`, `tor-connection-inbound`.
+    /// `tor-connection-outbound`, `tor-connection-inbound`,
+    /// `tor-program-start`, `tor-port-listen`.
     pub action: String,
     pub outcome: Outcome,
     pub module: String,
@@ -177,7 +190,9 @@ pub enum IpFamily {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
-    pub direction: Direction,
+    /// A connection's (none for a listening socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<Direction>,
     pub transport: Transport,
     #[serde(with = "as_text")]
     pub iana_number: u8,
@@ -223,6 +238,10 @@ pub struct Process {
     pub parent: Option<Parent>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
+    /// ECS `process.env_vars`, filtered: only the watched `TOR_PT_*`
+    /// bindings of a program start, never the rest of the environment.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_vars: Vec<String>,
 }
 
 /// The thread that connected or accepted; its name is the kernel's.
@@ -310,8 +329,10 @@ pub struct Threat {
     pub framework: String,
     pub tactic: IdsNames,
     pub technique: Technique,
-    /// The first feed that matched.
-    pub feed: FeedName,
+    /// The first feed that matched (none for a signal without a feed: a
+    /// program start, a listening socket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feed: Option<FeedName>,
     pub enrichments: Vec<Enrichment>,
 }
 
@@ -402,11 +423,89 @@ pub enum Attribution {
     /// The first process that read, wrote, shut down or closed an accepted
     /// connection.
     FirstUse,
+    /// The caller of `listen()`.
+    Listen,
+}
+
+/// What an alert is about (rules select it with `when.event`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signal {
+    /// A connection to or from a listed address (or a SOCKS port).
+    #[default]
+    Connection,
+    /// A Tor client or pluggable transport started.
+    Exec,
+    /// A process listens on a Tor SOCKS or control port.
+    Listen,
+}
+
+impl Signal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Connection => "connection",
+            Signal::Exec => "exec",
+            Signal::Listen => "listen",
+        }
+    }
+
+    pub fn is_connection(&self) -> bool {
+        *self == Signal::Connection
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a program start was reported (`torsensor.exec.reasons`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExecReason {
+    /// Its name is a Tor client's or pluggable transport's.
+    Name,
+    /// Its environment has `TOR_PT_*` variables (tor started it as a
+    /// pluggable transport, or someone made it look so).
+    Environment,
+}
+
+/// `torsensor.exec`: what the kernel and `/proc` said about a start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecDetails {
+    pub reasons: Vec<ExecReason>,
+    /// The watched name it matched (`tor`, `lyrebird`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<String>,
+    /// The kernel's command name (15 bytes at most).
+    pub comm: String,
+    /// Bytes of environment.
+    pub env_bytes: u32,
+    /// The environment was larger than the kernel scans (its middle was
+    /// not looked at).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub env_partial: bool,
+}
+
+/// `torsensor.listen`: the watched port a process listens on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenDetails {
+    /// What the port is (`tor SOCKS`, `tor control`, `Tor Browser SOCKS`,
+    /// `configured`).
+    pub port_use: String,
 }
 
 /// `torsensor.*`: what ECS has no field for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Torsensor {
+    /// What the alert is about; left out for a connection.
+    #[serde(default, skip_serializing_if = "Signal::is_connection")]
+    pub signal: Signal,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<ListenDetails>,
     /// The feeds that matched, in feed order, each once.
     pub feeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -531,25 +630,35 @@ impl Alert {
         self.event.kind == EventKind::Alert
     }
 
-    pub fn is_egress(&self) -> bool {
-        self.network.direction == Direction::Egress
+    /// What the alert is about.
+    pub fn signal(&self) -> Signal {
+        self.torsensor.signal
     }
 
-    /// The remote end: the destination outbound, the source inbound.
-    pub fn peer(&self) -> Endpoint {
-        if self.is_egress() {
-            self.destination
-        } else {
-            self.source
+    /// A connection's direction (none for other signals).
+    pub fn direction(&self) -> Option<Direction> {
+        self.network.as_ref().and_then(|n| n.direction)
+    }
+
+    pub fn is_egress(&self) -> bool {
+        self.direction() == Some(Direction::Egress)
+    }
+
+    /// The remote end of a connection: the destination outbound, the
+    /// source inbound. None without a peer (a program start, a listener).
+    pub fn peer(&self) -> Option<Endpoint> {
+        match self.direction()? {
+            Direction::Egress => self.destination,
+            Direction::Ingress => self.source,
         }
     }
 
-    /// The local end.
-    pub fn local(&self) -> Endpoint {
-        if self.is_egress() {
-            self.source
-        } else {
-            self.destination
+    /// The local end: of a connection, or the listening address.
+    pub fn local(&self) -> Option<Endpoint> {
+        match self.direction() {
+            Some(Direction::Egress) => self.source,
+            Some(Direction::Ingress) => self.destination,
+            None => self.server,
         }
     }
 }

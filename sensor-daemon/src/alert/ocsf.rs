@@ -1,5 +1,7 @@
-//! OCSF output: the alert as OCSF Network Activity (class 4001), for
-//! Security Lake, Sentinel and other OCSF consumers.
+//! OCSF output: the alert as OCSF Network Activity (class 4001; a
+//! listening socket as its activity Listen) or, for a program start,
+//! Process Activity (class 1007, activity Launch), for Security Lake,
+//! Sentinel and other OCSF consumers.
 //!
 //! The renderer copies what the alert has and derives only what follows from
 //! it (a name from a path, milliseconds from a time); a field the alert
@@ -10,7 +12,8 @@
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 
-use super::model::{Alert, Endpoint, EventType, IpFamily, Outcome};
+use super::model::{Alert, Endpoint, EventType, IpFamily, Outcome, Signal};
+use crate::net::Direction;
 use crate::time::epoch_ms;
 
 /// OCSF schema version the output follows.
@@ -53,21 +56,29 @@ fn endpoint(e: &Endpoint) -> Value {
     json!({"ip": e.ip.to_string(), "port": e.port})
 }
 
-/// Renders the alert as OCSF Network Activity (class 4001).
+/// Renders the alert as OCSF Network Activity (class 4001), or Process
+/// Activity (class 1007) for a program start.
 ///
-/// Activity: Open (1), Fail (4) when `event.outcome` is failure, Refuse (5)
-/// when `event.type` has `denied`; `type_uid` = 4001 * 100 + activity.
-/// Disposition: Alert (19), or Blocked (2) when denied. torsensor's own
-/// fields go to `unmapped.torsensor`.
+/// Network Activity: Open (1), Fail (4) when `event.outcome` is failure,
+/// Refuse (5) when `event.type` has `denied`, Listen (7) for a listening
+/// socket; `type_uid` = 4001 * 100 + activity. Process Activity: Launch
+/// (1), `type_uid` 100701, the started program in `process`, its parent in
+/// `actor.process`. Disposition: Alert (19), or Blocked (2) when denied.
+/// torsensor's own fields go to `unmapped.torsensor`.
 pub fn render(alert: &Alert) -> Value {
     let denied = alert.event.types.contains(&EventType::Denied);
     let failed = alert.event.outcome == Outcome::Failure;
-    let (activity_id, activity) = if denied {
-        (5, "Refuse")
-    } else if failed {
-        (4, "Fail")
-    } else {
-        (1, "Open")
+    let signal = alert.signal();
+    let (activity_id, activity) = match signal {
+        Signal::Exec => (1, "Launch"),
+        Signal::Listen => (7, "Listen"),
+        Signal::Connection if denied => (5, "Refuse"),
+        Signal::Connection if failed => (4, "Fail"),
+        Signal::Connection => (1, "Open"),
+    };
+    let (category_uid, category, class_uid, class) = match signal {
+        Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
+        Signal::Connection | Signal::Listen => (4, "Network Activity", 4001, "Network Activity"),
     };
     let is_alert = alert.is_alert();
     let (severity_id, severity_name) = severity(alert.event.severity);
@@ -75,15 +86,12 @@ pub fn render(alert: &Alert) -> Value {
     let mut out = Map::new();
     out.insert("activity_id".into(), json!(activity_id));
     out.insert("activity_name".into(), json!(activity));
-    out.insert("category_uid".into(), json!(4));
-    out.insert("category_name".into(), json!("Network Activity"));
-    out.insert("class_uid".into(), json!(4001));
-    out.insert("class_name".into(), json!("Network Activity"));
-    out.insert("type_uid".into(), json!(400100 + activity_id));
-    out.insert(
-        "type_name".into(),
-        json!(format!("Network Activity: {activity}")),
-    );
+    out.insert("category_uid".into(), json!(category_uid));
+    out.insert("category_name".into(), json!(category));
+    out.insert("class_uid".into(), json!(class_uid));
+    out.insert("class_name".into(), json!(class));
+    out.insert("type_uid".into(), json!(class_uid * 100 + activity_id));
+    out.insert("type_name".into(), json!(format!("{class}: {activity}")));
     out.insert("time".into(), json!(epoch_ms(alert.timestamp.0)));
     out.insert("severity_id".into(), json!(severity_id));
     out.insert("severity".into(), json!(severity_name));
@@ -113,11 +121,27 @@ pub fn render(alert: &Alert) -> Value {
     out.insert("status".into(), json!(status));
     let message = alert.rule.as_ref().map_or(&alert.event.action, |r| &r.name);
     out.insert("message".into(), json!(message));
-    out.insert("connection_info".into(), connection_info(alert));
-    out.insert("src_endpoint".into(), endpoint(&alert.source));
-    out.insert("dst_endpoint".into(), endpoint(&alert.destination));
+    put(&mut out, "connection_info", connection_info(alert));
+    put(
+        &mut out,
+        "src_endpoint",
+        alert.source.as_ref().map(endpoint),
+    );
+    // A listener is where connections will go.
+    let dst = alert.destination.as_ref().or(alert.server.as_ref());
+    put(&mut out, "dst_endpoint", dst.map(endpoint));
     let container = container(alert);
-    put(&mut out, "actor", actor(alert, container.clone()));
+    if signal == Signal::Exec {
+        // The started program is the process; who started it, the actor.
+        put(
+            &mut out,
+            "process",
+            non_empty(process_object(alert, container.clone())),
+        );
+        out.insert("actor".into(), launcher(alert));
+    } else {
+        put(&mut out, "actor", actor(alert, container.clone()));
+    }
     out.insert("device".into(), device(alert, container.clone()));
     out.insert("metadata".into(), metadata(alert, container.is_some()));
     threat_parts(alert, &mut out);
@@ -125,15 +149,17 @@ pub fn render(alert: &Alert) -> Value {
     Value::Object(out)
 }
 
-fn connection_info(alert: &Alert) -> Value {
-    let network = &alert.network;
+fn connection_info(alert: &Alert) -> Option<Value> {
+    let network = alert.network.as_ref()?;
     let mut conn = Map::new();
-    let egress = alert.is_egress();
-    conn.insert("direction_id".into(), json!(if egress { 2 } else { 1 }));
-    conn.insert(
-        "direction".into(),
-        json!(if egress { "Outbound" } else { "Inbound" }),
-    );
+    let (direction_id, direction) = match alert.direction() {
+        Some(Direction::Egress) => (2, "Outbound"),
+        Some(Direction::Ingress) => (1, "Inbound"),
+        // A listener: no connection yet.
+        None => (0, "Unknown"),
+    };
+    conn.insert("direction_id".into(), json!(direction_id));
+    conn.insert("direction".into(), json!(direction));
     conn.insert("protocol_name".into(), json!(network.transport.as_str()));
     conn.insert("protocol_num".into(), json!(network.iana_number));
     let version = match network.family {
@@ -146,7 +172,7 @@ fn connection_info(alert: &Alert) -> Value {
         "community_uid",
         network.community_id.as_ref().map(|c| json!(c)),
     );
-    Value::Object(conn)
+    Some(Value::Object(conn))
 }
 
 /// The OCSF container object, for a containerised process.
@@ -172,14 +198,47 @@ fn container(alert: &Alert) -> Option<Value> {
     non_empty(container)
 }
 
-/// `actor.process` and `actor.user`.
-fn actor(alert: &Alert, container: Option<Value>) -> Option<Value> {
-    let user = alert.user.as_ref().and_then(|u| {
+/// The OCSF user of the alert's process.
+fn user(alert: &Alert) -> Option<Value> {
+    alert.user.as_ref().and_then(|u| {
         let mut user = Map::new();
         user.insert("uid".into(), json!(u.id.to_string()));
         put(&mut user, "name", u.name.as_ref().map(|n| json!(n)));
         non_empty(user)
-    });
+    })
+}
+
+/// `actor.process` and `actor.user`.
+fn actor(alert: &Alert, container: Option<Value>) -> Option<Value> {
+    let user = user(alert);
+    let process = process_object(alert, container);
+    let mut actor = Map::new();
+    put(&mut actor, "process", non_empty(process));
+    put(&mut actor, "user", user);
+    non_empty(actor)
+}
+
+/// Process Activity's `actor`: the parent that started the program (the
+/// actor object is required; an unknown parent leaves it empty).
+fn launcher(alert: &Alert) -> Value {
+    let mut actor = Map::new();
+    let parent = alert.process.as_ref().and_then(|p| p.parent.as_ref());
+    put(
+        &mut actor,
+        "process",
+        parent.map(|pp| match &pp.name {
+            Some(name) => json!({"pid": pp.pid, "name": name}),
+            None => json!({"pid": pp.pid}),
+        }),
+    );
+    put(&mut actor, "user", user(alert));
+    Value::Object(actor)
+}
+
+/// The OCSF process object of the alert's process, with its user and
+/// container.
+fn process_object(alert: &Alert, container: Option<Value>) -> Map<String, Value> {
+    let user = user(alert);
     let mut process = Map::new();
     if let Some(p) = &alert.process {
         process.insert("pid".into(), json!(p.pid));
@@ -211,12 +270,9 @@ fn actor(alert: &Alert, container: Option<Value>) -> Option<Value> {
             }),
         );
     }
-    put(&mut process, "user", user.clone());
+    put(&mut process, "user", user);
     put(&mut process, "container", container);
-    let mut actor = Map::new();
-    put(&mut actor, "process", non_empty(process));
-    put(&mut actor, "user", user);
-    non_empty(actor)
+    process
 }
 
 fn device(alert: &Alert, container: Option<Value>) -> Value {
@@ -248,27 +304,57 @@ fn metadata(alert: &Alert, in_container: bool) -> Value {
     Value::Object(metadata)
 }
 
+/// The observable of an alert: (name, type_id, type, value). The peer of
+/// a connection, the port of a listener, the name of a started program.
+fn observable_of(alert: &Alert) -> Option<(&'static str, u64, &'static str, Value)> {
+    match alert.signal() {
+        Signal::Connection => {
+            let field = if alert.is_egress() {
+                "dst_endpoint.ip"
+            } else {
+                "src_endpoint.ip"
+            };
+            let ip = alert.peer()?.ip.to_string();
+            Some((field, 2, "IP Address", json!(ip)))
+        }
+        Signal::Listen => {
+            let port = alert.server?.port;
+            Some(("dst_endpoint.port", 11, "Port", json!(port)))
+        }
+        Signal::Exec => {
+            let name = alert.process.as_ref()?.name.clone();
+            Some(("process.name", 9, "Process Name", json!(name)))
+        }
+    }
+}
+
 /// `observables` (the peer, with its reputation), `enrichments` (one per
 /// feed match) and `attacks` (ATT&CK).
 fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
+    if let Some(attack) = attack(alert) {
+        out.insert("attacks".into(), json!([attack]));
+    }
     // The peer is the observable; its reputation comes from the feed match.
-    let peer_field = if alert.is_egress() {
-        "dst_endpoint.ip"
-    } else {
-        "src_endpoint.ip"
+    let Some((peer_field, type_id, type_name, peer_value)) = observable_of(alert) else {
+        return;
     };
-    let peer_ip = alert.peer().ip.to_string();
     let enrichments = alert
         .threat
         .as_ref()
         .map_or(&[][..], |t| &t.enrichments[..]);
     let mut observable = Map::new();
     observable.insert("name".into(), json!(peer_field));
-    observable.insert("type_id".into(), json!(2));
-    observable.insert("type".into(), json!("IP Address"));
-    observable.insert("value".into(), json!(peer_ip));
+    observable.insert("type_id".into(), json!(type_id));
+    observable.insert("type".into(), json!(type_name));
+    observable.insert("value".into(), peer_value.clone());
+    let provider = match (enrichments.first(), alert.signal()) {
+        (Some(first), _) => Some(first.indicator.provider.clone()),
+        // No feed: the rule is the judge.
+        (None, Signal::Exec | Signal::Listen) => Some("torsensor".to_owned()),
+        (None, Signal::Connection) => None,
+    };
     if alert.is_alert()
-        && let Some(first) = enrichments.first()
+        && let Some(provider) = provider
     {
         // A listed Tor address is "Suspicious/Risky" (7), not proven
         // malicious; the score is the rule's severity.
@@ -280,7 +366,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
             "base_score",
             alert.event.severity.map(|s| json!(f64::from(s))),
         );
-        reputation.insert("provider".into(), json!(first.indicator.provider));
+        reputation.insert("provider".into(), json!(provider));
         observable.insert("reputation".into(), Value::Object(reputation));
     }
     out.insert("observables".into(), json!([observable]));
@@ -295,7 +381,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
             put(&mut data, "tor", alert.torsensor.tor.as_ref().map(value));
             json!({
                 "name": peer_field,
-                "value": peer_ip,
+                "value": peer_value,
                 "type": "threat_feed",
                 "provider": e.indicator.provider,
                 "data": data,
@@ -304,9 +390,6 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
         .collect();
     if !items.is_empty() {
         out.insert("enrichments".into(), json!(items));
-    }
-    if let Some(attack) = attack(alert) {
-        out.insert("attacks".into(), json!([attack]));
     }
 }
 

@@ -14,7 +14,8 @@ pub enum Schema {
     /// Elastic Common Schema: the alert as it serializes.
     #[default]
     Ecs,
-    /// OCSF Network Activity (class 4001).
+    /// OCSF Network Activity (class 4001; Process Activity, 1007, for a
+    /// program start).
     Ocsf,
     /// Falco's JSON output (for falcosidekick).
     Falco,

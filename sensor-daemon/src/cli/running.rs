@@ -130,7 +130,9 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
             reasons.join("; ")
         },
         snapshot.prefixes,
-        snapshot.kernel.ringbuf_full + snapshot.kernel.pending_full,
+        snapshot.kernel.ringbuf_full
+            + snapshot.kernel.pending_full
+            + snapshot.kernel.exec_ringbuf_full,
     );
     if !args.json {
         print_snapshot(&snapshot);
@@ -207,6 +209,17 @@ fn print_snapshot(s: &sensor_daemon::daemon::telemetry::Snapshot) {
         k.ringbuf_full + k.pending_full,
         k.ringbuf_full,
         k.pending_full
+    );
+    println!(
+        "local signals: {} programs started, {} sent (name {}, TOR_PT_* {}), {} environments scanned in part, {} lost; {} listens, {} on watched ports",
+        k.exec_seen,
+        k.exec_sent,
+        k.exec_name_hit,
+        k.exec_env_hit,
+        k.exec_env_partial,
+        k.exec_ringbuf_full,
+        k.listen_seen,
+        k.listen_hit
     );
 }
 

@@ -92,6 +92,17 @@ pub struct SensorConfig {
     /// kernel's prefix trie cost every connection on loopback two more map
     /// lookups (README, Performance); also `--tor-socks-port`.
     pub tor_socks_ports: Vec<std::net::SocketAddr>,
+    /// More TCP ports whose listeners are Tor's (rule TORSENSOR-006), on
+    /// top of the shipped ones in `rules/tor-local.toml` (9050, 9051,
+    /// 9150, 9151: tor's and Tor Browser's SOCKS and control ports), e.g.
+    /// a `SocksPort` your torrc sets. Checked in the kernel only when a
+    /// socket starts to listen. Default: none.
+    pub tor_listen_ports: Vec<u16>,
+    /// Look for `TOR_PT_*` variables in the environment of every program
+    /// started (rule TORSENSOR-005: a pluggable transport, whatever its
+    /// name). A bounded scan in the kernel, a few microseconds per exec;
+    /// false leaves only the name check. Default: true.
+    pub exec_environment_scan: bool,
     /// The operator's rule files (`*.toml`, read in name order after the
     /// shipped rules; see `alert/rules` and the README, "Tuning"). A
     /// directory that does not exist adds nothing. Default:
@@ -190,6 +201,8 @@ impl Default for SensorConfig {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
             rules_dir: PathBuf::from(DEFAULT_RULES_DIR),
             tor_socks_ports: Vec::new(),
+            tor_listen_ports: Vec::new(),
+            exec_environment_scan: true,
             allow_reserved: false,
             audit_all: false,
             host_name: None,
@@ -391,6 +404,14 @@ impl SensorConfig {
                 || self.blocking.cgroup != new.blocking.cgroup,
         );
         differs("stats_file", self.stats_file != new.stats_file);
+        differs(
+            "tor_listen_ports",
+            self.tor_listen_ports != new.tor_listen_ports,
+        );
+        differs(
+            "exec_environment_scan",
+            self.exec_environment_scan != new.exec_environment_scan,
+        );
         keys
     }
 
@@ -418,6 +439,9 @@ impl SensorConfig {
             kernel_log: self.kernel_log,
             max_entries: self.max_entries,
             inbound: self.inbound_hooks.0,
+            local: crate::local::LocalWatch::shipped()
+                .with_listen_ports(&self.tor_listen_ports)
+                .with_environment_scan(self.exec_environment_scan),
         }
     }
 

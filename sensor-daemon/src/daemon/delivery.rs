@@ -11,6 +11,7 @@ use super::selftest::Run;
 use crate::alert::Alert;
 use crate::kernel::KernelCounters;
 use crate::kernel::event::decode;
+use crate::kernel::local::decode_exec;
 use crate::net::Direction;
 use crate::pipeline::{Now, Pipeline};
 use crate::sink::{AlertMeta, SinkStats, Sinks};
@@ -47,8 +48,10 @@ pub(super) struct Delivery {
     pub pipeline: Pipeline,
     pub sinks: Sinks,
     pub stats: RunStats,
-    /// Alerts sent per (direction, rule id) (metrics).
-    pub by_rule: BTreeMap<(Direction, String), u64>,
+    /// Alerts sent per (direction, rule id) (metrics); the direction of
+    /// an alert that is not about a connection is its signal (`exec`,
+    /// `listen`).
+    pub by_rule: BTreeMap<(String, String), u64>,
     /// A self-test under way: its canary's alerts are marked as seen.
     pub selftest: Option<Run>,
 }
@@ -97,18 +100,26 @@ impl Delivery {
         };
         self.sinks.send(&meta, &|schema| schema.render(alert));
         if let Some(run) = &mut self.selftest
-            && (alert.source.ip == run.canary || alert.destination.ip == run.canary)
+            && [alert.source, alert.destination]
+                .iter()
+                .flatten()
+                .any(|e| e.ip == run.canary)
         {
             let own = alert
                 .process
                 .as_ref()
                 .is_some_and(|p| p.pid == std::process::id());
-            match alert.network.direction {
-                Direction::Egress => run.egress = Some(own),
-                Direction::Ingress => run.ingress = Some(own),
+            match alert.direction() {
+                Some(Direction::Egress) => run.egress = Some(own),
+                Some(Direction::Ingress) => run.ingress = Some(own),
+                None => {}
             }
         }
-        let key = (alert.network.direction, meta.rule_id);
+        let label = match alert.direction() {
+            Some(d) => d.to_string(),
+            None => alert.signal().to_string(),
+        };
+        let key = (label, meta.rule_id);
         *self.by_rule.entry(key).or_default() += 1;
         self.stats.alerts_written += 1;
         self.stats.connections_reported += alert.torsensor.count.unwrap_or(1);
@@ -138,11 +149,43 @@ impl Delivery {
         true
     }
 
+    /// Handles up to `max` records of the exec ring buffer (program
+    /// starts); true if more may be left.
+    pub fn drain_exec_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
+            let decoded = decode_exec(&item);
+            drop(item);
+            let result = decoded.and_then(|ev| self.pipeline.handle_exec(&ev, Now::current()));
+            match result {
+                Ok(alerts) => {
+                    for alert in &alerts {
+                        self.write(alert);
+                    }
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    tracing::warn!("dropped a kernel exec record: {e}");
+                }
+            }
+        }
+        true
+    }
+
     /// Handles every record in the ring buffer, in chunks, letting the
     /// output tasks (same thread) run between chunks so that their queues
     /// drain as fast as alerts arrive.
     pub async fn drain(&mut self, ring: &mut RingBuf<MapData>) {
         while self.drain_some(ring, DRAIN_CHUNK) {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// [`Delivery::drain`] for the exec ring buffer.
+    pub async fn drain_exec(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.drain_exec_some(ring, DRAIN_CHUNK) {
             tokio::task::yield_now().await;
         }
     }

@@ -22,6 +22,11 @@ pub(super) fn report_losses(now: &KernelCounters, last: &KernelCounters) {
             last.pending_full,
             "hits lost because the pending-connection map was full",
         ),
+        (
+            now.exec_ringbuf_full,
+            last.exec_ringbuf_full,
+            "program starts lost because the exec ring buffer was full",
+        ),
     ];
     for (total, before, what) in kinds {
         let lost = total.saturating_sub(before);

@@ -145,6 +145,8 @@ impl Signals {
 /// The kernel's file descriptors the loop polls.
 struct Polled {
     ring: AsyncFd<RingBuf<MapData>>,
+    /// Program starts (`EXEC_EVENTS`).
+    exec_ring: AsyncFd<RingBuf<MapData>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
@@ -198,6 +200,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
         return Err(SensorError::Selftest(detail));
     }
     let ring = &mut polled.ring;
+    let exec_ring = &mut polled.exec_ring;
     let log = &mut polled.kernel_log;
 
     loop {
@@ -207,6 +210,14 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
                 if daemon.on_readable(guard) {
                     // Let the output tasks take what was just queued.
                     tokio::task::yield_now().await;
+                }
+            }
+            guard = exec_ring.readable_mut() => {
+                let mut guard = guard.map_err(io_err("polling the exec ring buffer"))?;
+                if daemon.delivery.drain_exec_some(guard.get_inner_mut(), DRAIN_CHUNK) {
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
                 }
             }
             guard = async { log.as_mut().expect("guarded").readable_mut().await }, if log.is_some() => {
@@ -250,6 +261,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     }
 
     refresher.stop();
+    daemon.delivery.drain_exec(exec_ring.get_mut()).await;
     daemon.shutdown(ring.get_mut()).await
 }
 
@@ -351,6 +363,7 @@ impl Daemon {
             Aggregator::new(cfg.aggregation_window, cfg.aggregation_max_groups),
         );
         pipeline.set_block_mode(blocking.mode);
+        pipeline.set_local(cfg.load_options().local);
         let telemetry = Telemetry::new(Snapshot::default());
         let endpoint = endpoint.map(|e| (e.addr, e.serve(Arc::clone(&telemetry))));
         let daemon = Daemon {
@@ -439,13 +452,14 @@ impl Daemon {
             prefixes: feeds.len(),
             or_ports: feeds.or_ports().len(),
             hooks: self.probes.plan().cloned(),
+            exec_unwatched: self.probes.exec_hook().err().map(str::to_owned),
             kernel: self.probes.counters().unwrap_or(self.last),
             alerts: self
                 .delivery
                 .by_rule
                 .iter()
                 .map(|((direction, rule), count)| AlertCount {
-                    direction: direction.to_string(),
+                    direction: direction.clone(),
                     rule: rule.clone(),
                     count: *count,
                 })
@@ -717,6 +731,10 @@ impl Polled {
         let ring =
             unsafe { AsyncFd::register_with_interest(probes.take_events()?, Interest::READABLE) }
                 .map_err(|e| io_err("polling the ring buffer")(e.into()))?;
+        let exec_ring = unsafe {
+            AsyncFd::register_with_interest(probes.take_exec_events()?, Interest::READABLE)
+        }
+        .map_err(|e| io_err("polling the exec ring buffer")(e.into()))?;
         let kernel_log = match probes.take_logger() {
             Some(l) => Some(
                 unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
@@ -724,6 +742,10 @@ impl Polled {
             ),
             None => None,
         };
-        Ok(Polled { ring, kernel_log })
+        Ok(Polled {
+            ring,
+            exec_ring,
+            kernel_log,
+        })
     }
 }

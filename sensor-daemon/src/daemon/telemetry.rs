@@ -45,6 +45,10 @@ pub struct Snapshot {
     pub prefixes: usize,
     pub or_ports: usize,
     pub hooks: Option<HookPlan>,
+    /// Why program starts are not watched (the exec program could not be
+    /// attached; rule TORSENSOR-005 cannot fire), if so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec_unwatched: Option<String>,
     pub kernel: KernelCounters,
     pub alerts: Vec<AlertCount>,
     /// Aggregated summaries sent, and the connections they stand for.
@@ -212,7 +216,11 @@ impl Snapshot {
         if let Some(why) = self.hooks.as_ref().and_then(|p| p.degraded.as_ref()) {
             reasons.push(format!("degraded hook plan: {why}"));
         }
-        let lost = self.kernel.ringbuf_full + self.kernel.pending_full;
+        if let Some(why) = &self.exec_unwatched {
+            reasons.push(format!("program starts are not watched: {why}"));
+        }
+        let lost =
+            self.kernel.ringbuf_full + self.kernel.pending_full + self.kernel.exec_ringbuf_full;
         if lost > 0 {
             reasons.push(format!("{lost} events lost in the kernel"));
         }
@@ -426,6 +434,10 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
             vec![("reason", "pending_full".to_owned())],
             k.pending_full as f64,
         ),
+        (
+            vec![("reason", "exec_ringbuf_full".to_owned())],
+            k.exec_ringbuf_full as f64,
+        ),
     ];
     family(e, "torsensor_events_lost", help, Counter, &lost)?;
     let help = "Events the kernel sent through the ring buffer.";
@@ -476,12 +488,55 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
         ),
     ];
     family(e, "torsensor_kernel_block", help, Counter, &block)?;
+    encode_local(e, s)?;
     let help = "Entries in the kernel maps: addresses and prefixes, OR address+port pairs.";
     let maps = vec![
         (vec![("map", "prefixes".to_owned())], s.prefixes as f64),
         (vec![("map", "or_ports".to_owned())], s.or_ports as f64),
     ];
     family(e, "torsensor_kernel_map_entries", help, Gauge, &maps)
+}
+
+/// The local Tor signals' kernel counters (program starts, listeners).
+fn encode_local(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::Counter;
+    let k = &s.kernel;
+    let help = "Programs started (sched_process_exec), all of them; only hits reach the daemon.";
+    let seen = one(k.exec_seen as f64);
+    family(e, "torsensor_programs_started", help, Counter, &seen)?;
+    let help = "Program starts the kernel sent: a watched name, or TOR_PT_* in the environment.";
+    let hits = vec![
+        (vec![("reason", "name".to_owned())], k.exec_name_hit as f64),
+        (
+            vec![("reason", "environment".to_owned())],
+            k.exec_env_hit as f64,
+        ),
+    ];
+    family(e, "torsensor_program_hits", help, Counter, &hits)?;
+    let help = "Program starts without a TOR_PT_* match whose environment was scanned only in part (larger than 2 KiB: the middle was not), or could not be read.";
+    let env = vec![
+        (
+            vec![("reason", "partial".to_owned())],
+            k.exec_env_partial as f64,
+        ),
+        (
+            vec![("reason", "unreadable".to_owned())],
+            k.exec_env_unreadable as f64,
+        ),
+    ];
+    family(
+        e,
+        "torsensor_program_environment_unscanned",
+        help,
+        Counter,
+        &env,
+    )?;
+    let help = "TCP sockets that started to listen, and those on a watched Tor port.";
+    let listen = vec![
+        (vec![("kind", "seen".to_owned())], k.listen_seen as f64),
+        (vec![("kind", "hit".to_owned())], k.listen_hit as f64),
+    ];
+    family(e, "torsensor_listens", help, Counter, &listen)
 }
 
 fn encode_alerts(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
@@ -667,6 +722,7 @@ mod tests {
                     },
                 )]),
                 unmatched: 2,
+                exec_unconfirmed: 0,
             },
             outputs: vec![SinkStats {
                 name: "siem".into(),

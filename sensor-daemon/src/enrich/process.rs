@@ -93,6 +93,12 @@ impl ProcessCache {
         )
     }
 
+    /// Drops what is cached for process `tgid` (it started a new program:
+    /// its executable and command line are no longer those cached).
+    pub fn forget(&mut self, tgid: u32) {
+        self.processes.remove(&tgid);
+    }
+
     pub fn lookup(&mut self, p: &KernelProcess) -> ProcessInfo {
         let now = Instant::now();
         let fresh = |t: &Instant| now.duration_since(*t) < self.ttl;

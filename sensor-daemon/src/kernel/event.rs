@@ -96,7 +96,7 @@ pub fn decode(bytes: &[u8]) -> Result<ConnEvent, EventError> {
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnEvent>()) })
 }
 
-fn addr(family: u16, raw: &[u8; 16]) -> Result<IpAddr, EventError> {
+pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> Result<IpAddr, EventError> {
     match family {
         AF_INET => Ok(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
         AF_INET6 => Ok(canonical_ip(IpAddr::V6(Ipv6Addr::from(*raw)))),
@@ -104,7 +104,7 @@ fn addr(family: u16, raw: &[u8; 16]) -> Result<IpAddr, EventError> {
     }
 }
 
-fn comm(raw: &[u8; COMM_LEN]) -> String {
+pub(crate) fn comm(raw: &[u8; COMM_LEN]) -> String {
     let end = raw.iter().position(|b| *b == 0).unwrap_or(COMM_LEN);
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }

@@ -5,6 +5,7 @@
 
 mod block;
 pub mod event;
+pub mod local;
 mod maps;
 pub mod plan;
 
@@ -100,6 +101,9 @@ pub struct LoadOptions {
     pub max_entries: u32,
     /// Force one inbound attribution plan; `None` picks the best that works.
     pub inbound: Option<InboundHooks>,
+    /// What the local-signal programs watch (program names, environment
+    /// prefix, listening ports).
+    pub local: crate::local::LocalWatch,
 }
 
 /// Checks everything that can be checked before touching the kernel, so that
@@ -151,7 +155,7 @@ pub fn kernel_offsets(btf_path: &Path) -> Result<KernelOffsets, KernelError> {
 
 /// Byte offset of `member` in `struct name`, looking inside anonymous
 /// structs and unions as C does.
-fn member_offset(btf: &btf_rs::Btf, name: &str, member: &str) -> Option<u32> {
+pub(crate) fn member_offset(btf: &btf_rs::Btf, name: &str, member: &str) -> Option<u32> {
     let types = btf.resolve_types_by_name(name).ok()?;
     types.iter().find_map(|t| match t {
         btf_rs::Type::Struct(s) => find_member(btf, &s.members, member, 0),
@@ -203,6 +207,26 @@ pub struct KernelCounters {
     pub inbound_blocked: u64,
     pub would_block: u64,
     pub block_excepted: u64,
+    /// Local signals (see `sensor_common::counter`, 14 and up); default 0
+    /// when read from a stats file written before they existed.
+    #[serde(default)]
+    pub exec_seen: u64,
+    #[serde(default)]
+    pub exec_name_hit: u64,
+    #[serde(default)]
+    pub exec_env_hit: u64,
+    #[serde(default)]
+    pub exec_env_partial: u64,
+    #[serde(default)]
+    pub exec_env_unreadable: u64,
+    #[serde(default)]
+    pub exec_sent: u64,
+    #[serde(default)]
+    pub exec_ringbuf_full: u64,
+    #[serde(default)]
+    pub listen_seen: u64,
+    #[serde(default)]
+    pub listen_hit: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -216,6 +240,8 @@ pub struct Probes {
     last_flip: Option<Instant>,
     max_entries: u32,
     plan: Option<HookPlan>,
+    /// The exec program: attached, or why not (`None` before `load`).
+    exec_hook: Option<Result<(), String>>,
 }
 
 impl Probes {
@@ -228,8 +254,15 @@ impl Probes {
         probes.with_btf(|probes, btf| {
             probes.attach_required(&[STATE_PROGRAM], btf)?;
             probes.plan = Some(probes.choose_inbound(opts.inbound, btf)?);
+            probes.exec_hook = Some(probes.attach_exec(btf));
             Ok(())
         })?;
+        probes.fill_local(&opts.local)?;
+        if let Some(Err(reason)) = &probes.exec_hook {
+            tracing::warn!(
+                "program starts are not watched (rule TORSENSOR-005 cannot fire): {reason}"
+            );
+        }
         Ok(probes)
     }
 
@@ -328,6 +361,8 @@ impl Probes {
             tracing::debug!("could not raise RLIMIT_MEMLOCK (fine on kernels >= 5.11)");
         }
         let offsets = kernel_offsets(Path::new(VMLINUX_BTF))?;
+        let exec_offsets = local::exec_offsets(Path::new(VMLINUX_BTF))?;
+        let env_pattern = opts.local.env_pattern();
         let audit: u32 = opts.audit_all.into();
         let log_level: u8 = if opts.kernel_log {
             aya_log::Level::Trace as u8
@@ -337,6 +372,8 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .override_global("AUDIT_ALL", &audit, true)
             .override_global("KOFFSETS", &offsets, true)
+            .override_global("EXEC_OFFSETS", &exec_offsets, true)
+            .override_global("ENV_PATTERN", &env_pattern, true)
             .override_global(aya_log::LEVEL, &log_level, true)
             .map_max_entries("TOR_V4_0", opts.max_entries)
             .map_max_entries("TOR_V6_0", opts.max_entries)
@@ -366,6 +403,7 @@ impl Probes {
             last_flip: None,
             max_entries: opts.max_entries,
             plan: None,
+            exec_hook: None,
         })
     }
 
@@ -457,6 +495,15 @@ impl Probes {
             inbound_blocked: get(counter::INBOUND_BLOCKED),
             would_block: get(counter::WOULD_BLOCK),
             block_excepted: get(counter::BLOCK_EXCEPTED),
+            exec_seen: get(counter::EXEC_SEEN),
+            exec_name_hit: get(counter::EXEC_NAME_HIT),
+            exec_env_hit: get(counter::EXEC_ENV_HIT),
+            exec_env_partial: get(counter::EXEC_ENV_PARTIAL),
+            exec_env_unreadable: get(counter::EXEC_ENV_UNREADABLE),
+            exec_sent: get(counter::EXEC_SENT),
+            exec_ringbuf_full: get(counter::EXEC_RINGBUF_FULL),
+            listen_seen: get(counter::LISTEN_SEEN),
+            listen_hit: get(counter::LISTEN_HIT),
         })
     }
 
@@ -555,7 +602,7 @@ fn unload_program(name: &str, program: &mut Program) {
 /// Why a program could not be loaded or attached, in one line: the
 /// verifier's log (which can run to thousands of lines) goes to the debug
 /// log, not into the reason.
-fn short_reason(e: &ProgramError) -> String {
+pub(crate) fn short_reason(e: &ProgramError) -> String {
     match e {
         ProgramError::LoadError {
             io_error,

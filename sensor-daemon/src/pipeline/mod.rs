@@ -10,11 +10,12 @@
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
 
+mod local;
 pub mod replay;
 
 use std::time::{Instant, SystemTime};
 
-use sensor_common::ConnEvent;
+use sensor_common::{ConnEvent, FLAG_LISTEN};
 
 use crate::alert::aggregate::Aggregator;
 use crate::alert::model::{BlockDetails, BlockResult};
@@ -36,6 +37,16 @@ pub trait ProcessSource {
     fn container(&mut self, p: &KernelProcess) -> Option<ContainerInfo>;
     /// Its cgroup v2 path, when known (after [`ProcessSource::container`]).
     fn cgroup_path(&mut self, _p: &KernelProcess) -> Option<String> {
+        None
+    }
+    /// Like [`ProcessSource::process`], for a process that has just
+    /// started a new program: nothing cached from before the exec.
+    fn started(&mut self, p: &KernelProcess) -> ProcessInfo {
+        self.process(p)
+    }
+    /// The `NAME=value` bindings of its environment whose name starts
+    /// with `prefix` (nothing else), if it can be read.
+    fn environment(&mut self, _pid: u32, _prefix: &str) -> Option<Vec<String>> {
         None
     }
 }
@@ -82,6 +93,15 @@ impl ProcessSource for HostSource {
 
     fn cgroup_path(&mut self, p: &KernelProcess) -> Option<String> {
         self.containers.path_of(p.cgroup_id).map(str::to_owned)
+    }
+
+    fn started(&mut self, p: &KernelProcess) -> ProcessInfo {
+        self.processes.forget(p.tgid);
+        self.processes.lookup(p)
+    }
+
+    fn environment(&mut self, pid: u32, prefix: &str) -> Option<Vec<String>> {
+        crate::local::environ::read(std::path::Path::new("/proc"), pid, prefix)
     }
 }
 
@@ -131,6 +151,8 @@ pub struct Pipeline<S = HostSource> {
     counts: RuleCounts,
     /// `[blocking] mode`: what a hit a block rule decides is reported as.
     block_mode: BlockMode,
+    /// What the local signals watch (confirms exec hits, names ports).
+    local: crate::local::LocalWatch,
 }
 
 /// What the rules decided, since start: per rule, hits alerted and logged,
@@ -140,6 +162,11 @@ pub struct Pipeline<S = HostSource> {
 pub struct RuleCounts {
     pub rules: std::collections::BTreeMap<String, RuleCount>,
     pub unmatched: u64,
+    /// Program starts the kernel matched by their 15-byte command name
+    /// whose whole name (or directory) is not a watched program's: not
+    /// alerted.
+    #[serde(default)]
+    pub exec_unconfirmed: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -176,12 +203,18 @@ impl<S: ProcessSource> Pipeline<S> {
             aggregator,
             counts: RuleCounts::default(),
             block_mode: BlockMode::Off,
+            local: crate::local::LocalWatch::shipped(),
         }
     }
 
     /// Sets the blocking mode in force (start, reload).
     pub fn set_block_mode(&mut self, mode: BlockMode) {
         self.block_mode = mode;
+    }
+
+    /// Replaces what the local signals watch (the configuration's ports).
+    pub fn set_local(&mut self, local: crate::local::LocalWatch) {
+        self.local = local;
     }
 
     /// The rules in force.
@@ -228,6 +261,9 @@ impl<S: ProcessSource> Pipeline<S> {
         incomplete: bool,
         created: SystemTime,
     ) -> Result<Alert, EventError> {
+        if ev.flags & FLAG_LISTEN != 0 {
+            return self.listen_alert(ev, created);
+        }
         let mut conn = Connection::from_event(ev, &self.clock)?;
         conn.incomplete = incomplete;
         let process = conn.process.as_ref().map(|p| self.source.process(p));
@@ -259,10 +295,16 @@ impl<S: ProcessSource> Pipeline<S> {
         incomplete: bool,
         now: Now,
     ) -> Result<Vec<Alert>, EventError> {
-        let mut alert = self.alert(ev, incomplete, now.wall)?;
+        let alert = self.alert(ev, incomplete, now.wall)?;
         if alert.torsensor.audit {
             return Ok(vec![alert]);
         }
+        Ok(self.decide(alert, now))
+    }
+
+    /// What the rules make of an alert: sent (through aggregation),
+    /// logged, excepted or unmatched, and counted.
+    fn decide(&mut self, mut alert: Alert, now: Now) -> Vec<Alert> {
         // A connection the kernel refused is always reported: blocking
         // without a trace would be worse than any duplicate.
         let blocked = alert.torsensor.block.is_some();
@@ -279,7 +321,7 @@ impl<S: ProcessSource> Pipeline<S> {
                             rule.id,
                             alert.summary()
                         );
-                        return Ok(Vec::new());
+                        return Vec::new();
                     }
                     Action::Block if !blocked && self.block_mode == BlockMode::Off => {
                         // Blocking off: the rule alerts like any other.
@@ -306,20 +348,20 @@ impl<S: ProcessSource> Pipeline<S> {
                     }
                     _ => count.alerted += 1,
                 }
-                Ok(self.aggregator.offer(alert, now.mono))
+                self.aggregator.offer(alert, now.mono)
             }
             Decision::Excepted(rule, i) if !blocked => {
                 let count = self.counts.rules.entry(rule.id.clone()).or_default();
                 *count.excepted.entry(rule.except[i].at.clone()).or_default() += 1;
-                Ok(Vec::new())
+                Vec::new()
             }
             Decision::Unmatched if !blocked => {
                 self.counts.unmatched += 1;
-                Ok(Vec::new())
+                Vec::new()
             }
             // Refused by the kernel, yet no block rule holds for it in
             // userspace now (the rules changed since): reported as built.
-            _ => Ok(self.aggregator.offer(alert, now.mono)),
+            _ => self.aggregator.offer(alert, now.mono),
         }
     }
 

@@ -9,6 +9,13 @@
 //! {"time":"2024-11-24T21:00:00.123456789Z","direction":"egress","local":"192.0.2.10:41874","remote":"198.51.100.7:9001","matched":{"exit_feeds":1,"relay_feeds":2},"tgid":4242,"pid":4243,"uid":107,"gid":107,"comm":"tor","cgroup_id":5521}
 //! ```
 //!
+//! A program start (an `ExecEvent`, from the exec ring buffer) is an
+//! [`ExecRecord`], told apart by its `exec` list of reasons:
+//!
+//! ```json
+//! {"time":"2024-11-24T21:00:03Z","exec":["name"],"tgid":4242,"pid":4242,"uid":107,"gid":107,"ppid":1,"comm":"tor","cgroup_id":5521,"env_len":812}
+//! ```
+//!
 //! [`run`] turns each record back into the exact `#[repr(C)]` event and
 //! handles it as the daemon would: summaries whose window ended before the
 //! record's time first, then the record, and at the end every pending
@@ -20,8 +27,9 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 
 use sensor_common::{
-    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, FLAG_AUDIT, FLAG_BLOCKED,
-    FLAG_CONNECT_FAILED, FLAG_NO_PROCESS, FLAG_V4_MAPPED, MatchInfo,
+    AF_INET, AF_INET6, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS, ExecEvent, FLAG_AUDIT,
+    FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_LISTEN, FLAG_NO_PROCESS, FLAG_V4_MAPPED, MatchInfo,
+    exec,
 };
 
 use super::{Now, Pipeline, ProcessSource};
@@ -50,6 +58,14 @@ pub enum ReplayError {
         #[source]
         source: EventError,
     },
+    /// Record number `index` (from 1) is a program start the daemon would
+    /// drop.
+    #[error("record {index} is a program start the daemon would drop")]
+    Exec {
+        index: usize,
+        #[source]
+        source: crate::kernel::local::ExecEventError,
+    },
 }
 
 /// Why a record cannot be a kernel event.
@@ -73,15 +89,90 @@ pub enum Flag {
     Audit,
     NoProcess,
     Blocked,
+    /// A listener on a watched port (`local` is its address; `remote` is
+    /// `0.0.0.0:0` or `[::]:0`).
+    Listen,
 }
 
-const FLAGS: [(Flag, u8); 5] = [
+const FLAGS: [(Flag, u8); 6] = [
     (Flag::V4Mapped, FLAG_V4_MAPPED),
     (Flag::ConnectFailed, FLAG_CONNECT_FAILED),
     (Flag::Audit, FLAG_AUDIT),
     (Flag::NoProcess, FLAG_NO_PROCESS),
     (Flag::Blocked, FLAG_BLOCKED),
+    (Flag::Listen, FLAG_LISTEN),
 ];
+
+/// One `ExecEvent`, decoded (a program start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecRecord {
+    pub time: Timestamp,
+    /// Why the kernel sent it.
+    pub exec: Vec<crate::alert::model::ExecReason>,
+    #[serde(default)]
+    pub tgid: u32,
+    #[serde(default)]
+    pub pid: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    #[serde(default)]
+    pub ppid: u32,
+    #[serde(default)]
+    pub comm: String,
+    #[serde(default)]
+    pub cgroup_id: u64,
+    #[serde(default)]
+    pub env_len: u32,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub env_partial: bool,
+}
+
+impl ExecRecord {
+    /// The kernel event this record stands for.
+    pub fn to_event(&self, clock: &BootClock) -> Result<ExecEvent, RecordError> {
+        if self.comm.len() >= COMM_LEN {
+            return Err(RecordError::Comm {
+                comm: self.comm.clone(),
+            });
+        }
+        let mut ev = ExecEvent::ZERO;
+        ev.comm[..self.comm.len()].copy_from_slice(self.comm.as_bytes());
+        ev.ts_boot_ns = clock.since_boot(self.time.0);
+        ev.cgroup_id = self.cgroup_id;
+        (ev.tgid, ev.pid, ev.uid, ev.gid, ev.ppid) =
+            (self.tgid, self.pid, self.uid, self.gid, self.ppid);
+        ev.env_len = self.env_len;
+        for r in &self.exec {
+            ev.reasons |= match r {
+                crate::alert::model::ExecReason::Name => exec::BY_NAME,
+                crate::alert::model::ExecReason::Environment => exec::BY_ENV,
+            };
+        }
+        if self.env_partial {
+            ev.flags |= exec::ENV_PARTIAL;
+        }
+        Ok(ev)
+    }
+}
+
+/// One line of a recording: a connection (or listener), or a program start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Line {
+    Conn(Record),
+    Exec(ExecRecord),
+}
+
+impl Line {
+    pub fn time(&self) -> Timestamp {
+        match self {
+            Line::Conn(r) => r.time,
+            Line::Exec(r) => r.time,
+        }
+    }
+}
 
 /// `MatchInfo`: the feed bitmasks per role.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +313,67 @@ impl Record {
     }
 }
 
+/// Reads a recording of connections and program starts: one JSON
+/// [`Line`] per line (blank lines skipped).
+pub fn parse_lines(text: &str) -> Result<Vec<Line>, ReplayError> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|source| ReplayError::Parse {
+                line: i + 1,
+                source,
+            })
+        })
+        .collect()
+}
+
+/// [`run`] for a recording with program starts too.
+pub fn run_lines<S: ProcessSource>(
+    pipeline: &mut Pipeline<S>,
+    lines: &[Line],
+    created: Option<SystemTime>,
+) -> Result<Vec<Alert>, ReplayError> {
+    let clock = pipeline.clock();
+    let start = Instant::now();
+    let first = lines.first().map(|r| r.time().0);
+    let mono = |t: SystemTime| {
+        start + first.map_or(Duration::ZERO, |f| t.duration_since(f).unwrap_or_default())
+    };
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let index = i + 1;
+        let time = line.time().0;
+        let now = Now {
+            wall: created.unwrap_or(time),
+            mono: mono(time),
+        };
+        out.extend(pipeline.due(now.mono));
+        match line {
+            Line::Conn(record) => {
+                let ev = record
+                    .to_event(&clock)
+                    .map_err(|reason| ReplayError::Record { index, reason })?;
+                let alerts = pipeline
+                    .handle(&ev, record.incomplete, now)
+                    .map_err(|source| ReplayError::Event { index, source })?;
+                out.extend(alerts);
+            }
+            Line::Exec(record) => {
+                let ev = record
+                    .to_event(&clock)
+                    .map_err(|reason| ReplayError::Record { index, reason })?;
+                let alerts = pipeline
+                    .handle_exec(&ev, now)
+                    .map_err(|source| ReplayError::Exec { index, source })?;
+                out.extend(alerts);
+            }
+        }
+    }
+    out.extend(pipeline.flush());
+    Ok(out)
+}
+
 /// Reads a recording: one JSON [`Record`] per line (blank lines skipped).
 pub fn parse(text: &str) -> Result<Vec<Record>, ReplayError> {
     text.lines()
@@ -245,30 +397,8 @@ pub fn run<S: ProcessSource>(
     records: &[Record],
     created: Option<SystemTime>,
 ) -> Result<Vec<Alert>, ReplayError> {
-    let clock = pipeline.clock();
-    let start = Instant::now();
-    let first = records.first().map(|r| r.time.0);
-    let mono = |t: SystemTime| {
-        start + first.map_or(Duration::ZERO, |f| t.duration_since(f).unwrap_or_default())
-    };
-    let mut out = Vec::new();
-    for (i, record) in records.iter().enumerate() {
-        let index = i + 1;
-        let ev = record
-            .to_event(&clock)
-            .map_err(|reason| ReplayError::Record { index, reason })?;
-        let now = Now {
-            wall: created.unwrap_or(record.time.0),
-            mono: mono(record.time.0),
-        };
-        out.extend(pipeline.due(now.mono));
-        let alerts = pipeline
-            .handle(&ev, record.incomplete, now)
-            .map_err(|source| ReplayError::Event { index, source })?;
-        out.extend(alerts);
-    }
-    out.extend(pipeline.flush());
-    Ok(out)
+    let lines: Vec<Line> = records.iter().cloned().map(Line::Conn).collect();
+    run_lines(pipeline, &lines, created)
 }
 
 #[cfg(test)]

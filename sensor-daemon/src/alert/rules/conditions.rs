@@ -1,6 +1,14 @@
 //! What a rule or an exception requires of a hit (`when = { ... }`), and
 //! how it is checked against the typed [`Alert`]: every key given must
 //! hold; a list holds when any of its entries does.
+//!
+//! `event` selects the signal (`connection`, `exec`, `listen`). A rule
+//! that does not give it applies to connections only (every rule written
+//! before the other signals existed keeps its meaning); an exception
+//! without it applies to whatever its rule does. Conditions about a peer
+//! (`peer`, `peer_port`, `direction`, `role`, `confidence`, `feed`) do not
+//! hold for an alert without one (a program start, a listener);
+//! `local_port` is a listener's port.
 
 use std::net::IpAddr;
 
@@ -9,7 +17,7 @@ use ipnet::IpNet;
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::alert::model::{Alert, Confidence};
+use crate::alert::model::{Alert, Confidence, Signal};
 use crate::feed::Role;
 use crate::net::{Direction, canonical_ip};
 
@@ -26,6 +34,8 @@ pub enum RuleRole {
 #[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RawWhen {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event: Option<Signal>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub direction: Option<Direction>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,6 +76,8 @@ pub struct RawWhen {
 #[derive(Debug, Clone, Default)]
 pub struct When {
     pub raw: RawWhen,
+    /// A rule's `when` without `event`: connections only.
+    connections_only: bool,
     confidence: Option<Confidence>,
     peer: Vec<IpNet>,
     process: Vec<GlobMatcher>,
@@ -143,6 +155,7 @@ impl When {
             .map(|r| Regex::new(r).map_err(|e| format!("command_line_regex: {e}")))
             .transpose()?;
         Ok(When {
+            connections_only: false,
             confidence,
             peer,
             process: globs("process", &raw.process)?,
@@ -153,6 +166,23 @@ impl When {
             pod_name: globs("pod_name", &raw.pod_name)?,
             raw,
         })
+    }
+
+    /// A rule's conditions: without `event`, the rule is about
+    /// connections (see the module documentation).
+    pub fn compile_rule(raw: RawWhen) -> Result<When, String> {
+        let mut when = Self::compile(raw)?;
+        when.connections_only = when.raw.event.is_none();
+        Ok(when)
+    }
+
+    /// The signal these conditions select, if they select one.
+    pub fn event(&self) -> Option<Signal> {
+        match self.raw.event {
+            Some(e) => Some(e),
+            None if self.connections_only => Some(Signal::Connection),
+            None => None,
+        }
     }
 
     /// No condition at all (matches every hit).
@@ -186,17 +216,20 @@ impl When {
     /// `seen`, until it returns false; the rest are not evaluated.
     fn visit(&self, a: &Alert, seen: &mut dyn FnMut(&'static str, bool) -> bool) {
         let r = &self.raw;
-        let direction = a.network.direction;
-        let (local, peer) = match direction {
-            Direction::Egress => (&a.source, &a.destination),
-            Direction::Ingress => (&a.destination, &a.source),
-        };
+        let signal = a.signal();
+        if self.connections_only && signal != Signal::Connection {
+            // Shown by `rules test` only when it decides.
+            seen("event (connection unless given)", false);
+            return;
+        }
+        let direction = a.direction();
+        let (local, peer) = (a.local(), a.peer());
         let tor = a.torsensor.tor.as_ref();
         let process = a.process.as_ref();
         let any_glob = |globs: &[GlobMatcher], value: Option<&str>| {
             value.is_some_and(|v| globs.iter().any(|g| g.is_match(v)))
         };
-        let peer_ip: IpAddr = canonical_ip(peer.ip);
+        let peer_ip: Option<IpAddr> = peer.map(|p| canonical_ip(p.ip));
         let command_line = process.and_then(|p| p.command_line.as_deref());
         let mut go = true;
         let mut check = |key: &'static str, given: bool, held: &dyn Fn() -> bool| {
@@ -204,8 +237,9 @@ impl When {
                 go = seen(key, held());
             }
         };
+        check("event", r.event.is_some(), &|| r.event == Some(signal));
         check("direction", r.direction.is_some(), &|| {
-            r.direction == Some(direction)
+            direction.is_some() && r.direction == direction
         });
         check("role", r.role.is_some(), &|| {
             let want = match r.role {
@@ -223,19 +257,15 @@ impl When {
             a.torsensor.matches.iter().any(|m| feeds.contains(&m.name))
         });
         check("peer", !self.peer.is_empty(), &|| {
-            self.peer.iter().any(|n| n.contains(&peer_ip))
+            peer_ip.is_some_and(|ip| self.peer.iter().any(|n| n.contains(&ip)))
         });
         check("local_port", r.local_port.is_some(), &|| {
-            r.local_port
-                .as_deref()
-                .unwrap_or_default()
-                .contains(&local.port)
+            let ports = r.local_port.as_deref().unwrap_or_default();
+            local.is_some_and(|l| ports.contains(&l.port))
         });
         check("peer_port", r.peer_port.is_some(), &|| {
-            r.peer_port
-                .as_deref()
-                .unwrap_or_default()
-                .contains(&peer.port)
+            let ports = r.peer_port.as_deref().unwrap_or_default();
+            peer.is_some_and(|p| ports.contains(&p.port))
         });
         check("process", !self.process.is_empty(), &|| {
             any_glob(&self.process, process.map(|p| p.name.as_str()))

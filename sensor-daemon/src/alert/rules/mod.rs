@@ -30,7 +30,7 @@ use serde::Deserialize;
 
 pub use conditions::{RawWhen, RuleRole, When};
 
-use crate::alert::model::{Alert, RuleRef};
+use crate::alert::model::{Alert, RuleRef, Signal};
 use crate::feed::Role;
 use crate::net::Direction;
 
@@ -100,6 +100,11 @@ impl Rule {
     /// The direction it requires (`when.direction`).
     pub fn direction(&self) -> Option<Direction> {
         self.when.raw.direction
+    }
+
+    /// The signal it applies to (`when.event`, connections unless given).
+    pub fn event(&self) -> Signal {
+        self.when.event().unwrap_or_default()
     }
 
     /// `rule.*` of an alert it decided.
@@ -241,7 +246,7 @@ impl Rules {
             let when = raw
                 .when
                 .clone()
-                .map(When::compile)
+                .map(When::compile_rule)
                 .transpose()
                 .map_err(|m| src.err(at, format!("rule {id}: {m}")))?;
             src.check_scalars(at, &raw)?;
@@ -276,7 +281,8 @@ impl Rules {
     /// rules cover every case; an alert built with it is re-ruled).
     pub fn for_match(&self, direction: Direction, roles: &[Role]) -> &Rule {
         let fits = |r: &Rule| {
-            r.when.raw.direction.is_none_or(|d| d == direction)
+            r.event() == Signal::Connection
+                && r.when.raw.direction.is_none_or(|d| d == direction)
                 && r.when.raw.role.is_none_or(|role| {
                     roles.contains(&match role {
                         RuleRole::Exit => Role::Exit,
@@ -294,6 +300,19 @@ impl Rules {
                     .iter()
                     .find(|r| r.when.raw.direction == Some(direction))
             })
+            .or(self.list.first())
+            .expect("the shipped rules are never empty (tested)")
+    }
+
+    /// The rule an alert about `signal` (a program start, a listener) is
+    /// first built with: the first shipped rule for it (re-ruled by
+    /// [`Rules::decide`] as any alert).
+    pub fn for_signal(&self, signal: Signal) -> &Rule {
+        self.list
+            .iter()
+            .filter(|r| r.origin == BUILTIN_NAME)
+            .find(|r| r.event() == signal)
+            .or_else(|| self.list.iter().find(|r| r.event() == signal))
             .or(self.list.first())
             .expect("the shipped rules are never empty (tested)")
     }
@@ -512,17 +531,26 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, RuleError> {
 
 impl Alert {
     /// One line for a person: `egress 10.0.0.5:40000 -> 185.220.101.1:9001
-    /// process curl`.
+    /// process curl`, `exec /usr/bin/tor process tor`, `listen
+    /// 127.0.0.1:9050 process tor`.
     pub fn summary(&self) -> String {
-        format!(
-            "{} {}:{} -> {}:{} process {}",
-            self.network.direction,
-            self.source.ip,
-            self.source.port,
-            self.destination.ip,
-            self.destination.port,
-            self.process.as_ref().map_or("-", |p| p.name.as_str())
-        )
+        let process = self.process.as_ref();
+        let name = process.map_or("-", |p| p.name.as_str());
+        match (self.direction(), self.source, self.destination) {
+            (Some(direction), Some(src), Some(dst)) => format!(
+                "{direction} {}:{} -> {}:{} process {name}",
+                src.ip, src.port, dst.ip, dst.port,
+            ),
+            _ => {
+                let what = match (self.signal(), self.server) {
+                    (Signal::Listen, Some(s)) => format!("{}:{}", s.ip, s.port),
+                    _ => process
+                        .and_then(|p| p.executable.clone())
+                        .unwrap_or_else(|| "-".into()),
+                };
+                format!("{} {what} process {name}", self.signal())
+            }
+        }
     }
 
     /// Puts `rule`'s identity, tags and severity on an alert that was
@@ -552,7 +580,7 @@ mod tests {
             ("185.220.101.1", 9001),
             SystemTime::UNIX_EPOCH,
         );
-        a.network.direction = direction;
+        a.network.as_mut().unwrap().direction = Some(direction);
         if direction == Direction::Ingress {
             std::mem::swap(&mut a.source, &mut a.destination);
         }
@@ -596,7 +624,9 @@ mod tests {
                 "TORSENSOR-001",
                 "TORSENSOR-002",
                 "TORSENSOR-003",
-                "TORSENSOR-004"
+                "TORSENSOR-004",
+                "TORSENSOR-005",
+                "TORSENSOR-006"
             ]
         );
         let relay = hit(
@@ -633,6 +663,144 @@ mod tests {
             rules.get("TORSENSOR-001").unwrap().reference().ruleset,
             "torsensor-builtin"
         );
+    }
+
+    /// A program start (`tor`, by name) and a listener on 127.0.0.1:9050,
+    /// as the pipeline builds them.
+    fn local_alerts() -> (Alert, Alert) {
+        use crate::alert::connection::SensorIdentity;
+        use crate::alert::local::{ExecInput, ListenInput, build_exec, build_listen};
+        use crate::enrich::ProcessInfo;
+        let rules = Rules::builtin().unwrap();
+        let sensor = SensorIdentity {
+            host_name: "h1".into(),
+            version: "0.1.0",
+        };
+        let tor = ProcessInfo {
+            pid: 4242,
+            name: "tor".into(),
+            executable: Some("/usr/bin/tor".into()),
+            command_line: Some("/usr/bin/tor -f /etc/tor/torrc".into()),
+            uid: 107,
+            user_name: Some("debian-tor".into()),
+            ..ProcessInfo::default()
+        };
+        let at = SystemTime::UNIX_EPOCH;
+        let exec = build_exec(ExecInput {
+            time: at,
+            comm: "tor",
+            process: &tor,
+            container: None,
+            by_name: true,
+            by_env: false,
+            program: Some("tor"),
+            env_vars: Vec::new(),
+            env_bytes: 100,
+            env_partial: false,
+            rule: rules.for_signal(Signal::Exec),
+            sensor: &sensor,
+            created: at,
+        });
+        let listen = build_listen(ListenInput {
+            time: at,
+            local: "127.0.0.1:9050".parse().unwrap(),
+            process: Some(&tor),
+            container: None,
+            port_use: "tor SOCKS",
+            rule: rules.for_signal(Signal::Listen),
+            sensor: &sensor,
+            created: at,
+        });
+        (exec, listen)
+    }
+
+    #[test]
+    fn rules_select_the_signal_and_peer_conditions_need_a_peer() {
+        let text = r#"
+# Old-style rules (no event): connections only, as before.
+[[rule]]
+id = "ANY-TOR"
+name = "n"
+description = "d"
+severity = 10
+priority = "Notice"
+when = { process = ["tor"] }
+
+[[rule]]
+id = "PEER"
+name = "n"
+description = "d"
+severity = 10
+priority = "Notice"
+when = { event = "exec", peer = ["0.0.0.0/0", "::/0"] }
+
+[[rule]]
+id = "PORT"
+name = "n"
+description = "d"
+severity = 10
+priority = "Notice"
+when = { event = "listen", local_port = [9150] }
+
+[[rule]]
+id = "TORSENSOR-005"
+[[rule.except]]
+reason = "the host's own relay"
+when = { executable = ["/usr/bin/tor"], user = ["debian-tor"] }
+
+[[rule]]
+id = "TORSENSOR-006"
+[[rule.except]]
+reason = "tor's SOCKS port on loopback is expected here"
+when = { local_port = [9050] }
+"#;
+        let (exec, listen) = local_alerts();
+        let builtin = Rules::builtin().unwrap();
+        assert_eq!(decided(&builtin, &exec), "TORSENSOR-005");
+        assert_eq!(decided(&builtin, &listen), "TORSENSOR-006");
+        let mut rules = Rules::builtin().unwrap();
+        rules.add_file("x.toml", text, false).unwrap();
+        // ANY-TOR has no `event`: not for a program start of tor; PEER's
+        // peer condition does not hold without a peer; PORT wants 9150.
+        assert_eq!(
+            decided(&rules, &exec),
+            "TORSENSOR-005 excepted by \"the host's own relay\""
+        );
+        assert_eq!(
+            decided(&rules, &listen),
+            "TORSENSOR-006 excepted by \"tor's SOCKS port on loopback is expected here\""
+        );
+        let checks = rules.get("ANY-TOR").unwrap().when.checks(&exec);
+        assert_eq!(checks, [("event (connection unless given)", false)]);
+        let checks = rules.get("PEER").unwrap().when.checks(&exec);
+        assert_eq!(checks, [("event", true), ("peer", false)]);
+        let mut other = listen.clone();
+        other.server.as_mut().unwrap().port = 9150;
+        assert_eq!(decided(&rules, &other), "PORT");
+        // ANY-TOR still takes a connection of tor's.
+        let conn = hit(
+            Direction::Egress,
+            Role::Relay,
+            "tor",
+            "/usr/bin/tor",
+            "debian-tor",
+        );
+        assert_eq!(decided(&rules, &conn), "ANY-TOR");
+        // The shipped connection rules never take a local signal.
+        for id in [
+            "TORSENSOR-001",
+            "TORSENSOR-002",
+            "TORSENSOR-003",
+            "TORSENSOR-004",
+        ] {
+            let rule = builtin.get(id).unwrap();
+            assert!(
+                !rule.when.matches(&exec) && !rule.when.matches(&listen),
+                "{id}"
+            );
+        }
+        assert_eq!(exec.summary(), "exec /usr/bin/tor process tor");
+        assert_eq!(listen.summary(), "listen 127.0.0.1:9050 process tor");
     }
 
     const TUNING: &str = r#"
@@ -679,7 +847,9 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "TORSENSOR-001",
                 "TORSENSOR-002",
                 "TORSENSOR-003",
-                "TORSENSOR-004"
+                "TORSENSOR-004",
+                "TORSENSOR-005",
+                "TORSENSOR-006"
             ]
         );
         let ours = hit(
@@ -787,7 +957,7 @@ when = { container_id = ["0123456789ab"] }
         );
         assert_eq!(decided(&rules, &relay), "X-1");
         let mut elsewhere = relay.clone();
-        elsewhere.destination.port = 443;
+        elsewhere.destination.as_mut().unwrap().port = 443;
         assert_eq!(decided(&rules, &elsewhere), "TORSENSOR-001");
         let mut boxed = hit(
             Direction::Egress,
