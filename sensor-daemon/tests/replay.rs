@@ -181,9 +181,10 @@ fn recorded() -> Recorded {
         cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
         ..ContainerInfo::default()
     };
-    // A pluggable transport tor started, renamed (an obfs4 client).
+    // A pluggable transport tor started, renamed (an obfs4 client). Its
+    // pid is its own: the blocking cases' unknown process is 6001.
     let transport = ProcessInfo {
-        pid: 6001,
+        pid: 7007,
         name: "notor".into(),
         executable: Some("/opt/pt/notor".into()),
         command_line: Some("/opt/pt/notor".into()),
@@ -202,9 +203,9 @@ fn recorded() -> Recorded {
         "TOR_PT_CLIENT_TRANSPORTS=obfs4",
     ];
     Recorded {
-        processes: HashMap::from([(4242, tor), (31337, nginx), (5555, curl), (6001, transport)]),
+        processes: HashMap::from([(4242, tor), (31337, nginx), (5555, curl), (7007, transport)]),
         containers: HashMap::from([(88123, container)]),
-        environments: HashMap::from([(6001, environment.map(String::from).to_vec())]),
+        environments: HashMap::from([(7007, environment.map(String::from).to_vec())]),
     }
 }
 
