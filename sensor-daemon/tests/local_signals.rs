@@ -191,7 +191,43 @@ fn a_program_started_as_tor_is_reported_by_name() {
     });
     control.wait().unwrap();
     assert!(alerts_of(&sensor, other_pid).is_empty());
-    sensor.stop();
+    let sensor_pid = sensor.pid();
+    assert_eq!(exec_programs_of(sensor_pid), 1, "process_exec attached");
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+    // Detached at exit like the other programs: none left behind (the
+    // kernel frees them shortly after the last reference goes).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while exec_programs_of(sensor_pid) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process_exec left behind 2 s after exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `process_exec` programs held by `pid`, or by no process (an orphan;
+/// also every one when this bpftool cannot tell who holds what), as
+/// `tests/kernel.rs` counts the connection programs.
+fn exec_programs_of(pid: u32) -> usize {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "process_exec")
+        .filter(|p| {
+            p["pids"]
+                .as_array()
+                .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))
+        })
+        .count()
 }
 
 #[test]

@@ -182,7 +182,8 @@ fn recorded() -> Recorded {
         cgroup_path: "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod7c1d2e3f_4a5b_4c6d_8e9f_0a1b2c3d4e5f.slice/cri-containerd-3f4e5d6c7b8a99887766554433221100ffeeddccbbaa00112233445566778899.scope".into(),
         ..ContainerInfo::default()
     };
-    // A pluggable transport tor started, renamed (an obfs4 client).
+    // A pluggable transport tor started, renamed (an obfs4 client). Its
+    // pid is its own: the blocking cases' unknown process is 6001.
     let transport = ProcessInfo {
         pid: 7007,
         name: "notor".into(),
