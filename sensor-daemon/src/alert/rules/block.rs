@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::conditions::{RawWhen, RuleRole};
 use super::{Action, Rule, Rules};
+use crate::alert::model::Signal;
 use crate::enrich::container;
 use crate::feed::FeedSet;
 use crate::net::Direction;
@@ -136,6 +137,12 @@ pub fn check_rule(rule: &Rule) -> Result<(), String> {
 /// The first key given that the kernel cannot check.
 fn check_when(w: &RawWhen, rule_level: bool) -> Result<(), &'static str> {
     let unsupported = [
+        // Only connections can be refused (a program start or a listener
+        // is not blocked).
+        (
+            "event other than connection",
+            w.event.is_some_and(|e| e != Signal::Connection),
+        ),
         ("direction", !rule_level && w.direction.is_some()),
         ("role", !rule_level && w.role.is_some()),
         ("feed", !rule_level && w.feed.is_some()),
@@ -475,6 +482,10 @@ mod tests {
             (
                 "when = { direction = \"egress\", process = [\"cur*\"] }",
                 "must be an exact command name",
+            ),
+            (
+                "when = { event = \"exec\" }",
+                "`event other than connection` cannot be checked",
             ),
             (
                 "when = { direction = \"ingress\", process = [\"nginx\"] }",
