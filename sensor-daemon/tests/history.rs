@@ -313,3 +313,53 @@ fn bad_input_is_one_line_per_file_and_the_rest_is_kept() {
         text(&out.stderr)
     );
 }
+
+/// Today's documents by URL: the exit list and a consensus served by a
+/// server on loopback, as check.torproject.org and a directory mirror
+/// serve them (no `@type` line), and the archive as a download.
+#[test]
+fn import_todays_documents_by_url() {
+    let dir = temp_path("history-url");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let history = dir.join("history");
+    let h = history.to_str().unwrap();
+    let server = common::http::FeedServer::start();
+    server.serve(
+        "/exit-addresses",
+        &std::fs::read(data("exit-addresses_check.torproject.org_2024-03-12.txt")).unwrap(),
+    );
+    server.serve(
+        "/tor/status-vote/current/consensus",
+        &std::fs::read(data("consensus/live-truncated/consensus")).unwrap(),
+    );
+    let archive = consensus_archive(&dir);
+    server.serve("/archive.tar.xz", &std::fs::read(&archive).unwrap());
+    let out = torsensor(&[
+        "history",
+        "import",
+        "--history",
+        h,
+        &server.url("/exit-addresses"),
+        &server.url("/tor/status-vote/current/consensus"),
+        &server.url("/archive.tar.xz"),
+        &server.url("/missing"),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    // The archive's copy of the consensus has CollecTor's @type line: a
+    // different document, the same intervals.
+    assert!(
+        stdout.starts_with("imported 5 documents (4 consensuses, 1 exit lists"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("/missing: "), "{stdout}");
+    let out = check_at(h, "2026-07-27T10:59:59Z", "95.216.33.30");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2,
+        "{}",
+        text(&out.stdout)
+    );
+}

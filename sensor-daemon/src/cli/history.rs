@@ -146,12 +146,13 @@ fn import(args: ImportArgs) -> anyhow::Result<ExitCode> {
         std::fs::metadata(dir.path().join(history::INDEX_FILE)).map_or(0, |m| m.len())
     };
     println!(
-        "imported {} documents ({} consensuses, {} exit lists, {} records), {} already in the index, {} with bad records skipped in part, {} errors",
+        "imported {} documents ({} consensuses, {} exit lists, {} records), {} already in the index, {} of other types skipped, {} with bad records skipped in part, {} errors",
         report.documents(),
         report.consensuses,
         report.exit_lists,
         report.records,
         report.duplicates,
+        report.skipped,
         report.with_bad_records,
         report.error_count
     );

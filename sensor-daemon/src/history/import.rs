@@ -35,6 +35,9 @@ pub struct ImportReport {
     pub duplicates: usize,
     /// Records added: (address, relay) pairs and exit addresses.
     pub records: usize,
+    /// Documents of other CollecTor types (`@type server-descriptor`,
+    /// `microdescriptor`, votes...: an archive may mix them), skipped.
+    pub skipped: usize,
     /// Documents with some bad records (kept without them).
     pub with_bad_records: usize,
     /// The first error lines (file, member, line: reason).
@@ -118,7 +121,11 @@ impl<'a> Importer<'a> {
             if line.starts_with("@type ") {
                 match annotated_format(line.trim_end()) {
                     Ok(f) => format = Some(f),
-                    Err(e) => return self.report.error(format!("{name}: {e}")),
+                    Err(e) => {
+                        tracing::debug!("{name}: {e}");
+                        self.report.skipped += 1;
+                        return;
+                    }
                 }
             }
             body = rest;
@@ -372,20 +379,20 @@ mod tests {
         imp.document("ok", &data("history/2024-03-12-14-30-00"));
         let r = &imp.report;
         assert_eq!(r.exit_lists, 1);
-        assert_eq!(r.error_count, 5, "{:?}", r.errors);
+        assert_eq!(r.error_count, 4, "{:?}", r.errors);
+        assert_eq!(r.skipped, 1, "the server descriptor");
         assert!(
             r.errors[0].starts_with("a.html: an HTML page"),
             "{}",
             r.errors[0]
         );
         assert!(r.errors[1].contains("byte 1 is not valid UTF-8"));
-        assert!(r.errors[2].contains("server-descriptor"));
         // The line number counts the annotation.
         assert_eq!(
-            r.errors[3],
+            r.errors[2],
             "vote: line 3: \"vote-status vote\": a vote, not a consensus"
         );
-        assert!(r.errors[4].contains("a plain document"), "{}", r.errors[4]);
+        assert!(r.errors[3].contains("a plain document"), "{}", r.errors[3]);
     }
 
     #[test]
