@@ -184,6 +184,10 @@ pub struct Index {
     first: Vec<u32>,
     last: Vec<u32>,
     meta: Vec<u32>,
+    /// Where the IPv4 addresses of each /16 start in `v4` (65,537
+    /// entries, derived at freeze and load time, not stored): the binary
+    /// search runs within one /16.
+    v4_buckets: Vec<u32>,
     /// Per interval: the largest `last` of the address's intervals up to
     /// and including this one (sorted by `first`), so a lookup's backward
     /// walk stops as soon as nothing earlier can reach the window.
@@ -222,7 +226,15 @@ impl Index {
 
     fn range(&self, ip: IpAddr) -> Option<(usize, usize)> {
         let (i, starts) = match canonical_ip(ip) {
-            IpAddr::V4(v4) => (self.v4.binary_search(&u32::from(v4)).ok()?, &self.v4_start),
+            IpAddr::V4(v4) => {
+                let a = u32::from(v4);
+                let b = (a >> 16) as usize;
+                let (lo, hi) = match self.v4_buckets.get(b..b + 2) {
+                    Some(&[lo, hi]) => (lo as usize, hi as usize),
+                    _ => (0, self.v4.len()),
+                };
+                (lo + self.v4[lo..hi].binary_search(&a).ok()?, &self.v4_start)
+            }
             IpAddr::V6(v6) => (self.v6.binary_search(&u128::from(v6)).ok()?, &self.v6_start),
         };
         Some((starts[i] as usize, starts[i + 1] as usize))
@@ -378,6 +390,7 @@ impl Index {
             + bytes(&self.last)
             + bytes(&self.meta)
             + bytes(&self.reach)
+            + bytes(&self.v4_buckets)
             + bytes(&self.details)
             + bytes(&self.strings)
             + self.strings.iter().map(|s| s.len()).sum::<usize>()
@@ -538,6 +551,7 @@ impl Index {
         index.exit_lists = exit_lists as u64;
         index.check()?;
         index.reach = reach(&index.v4_start, &index.v6_start, &index.first, &index.last);
+        index.v4_buckets = buckets(&index.v4);
         Ok(index)
     }
 
@@ -651,6 +665,14 @@ impl<R: Read> Crc<R> {
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect())
     }
+}
+
+/// For each /16 (and one past the last), the index of its first address in
+/// the sorted `v4`.
+fn buckets(v4: &[u32]) -> Vec<u32> {
+    (0..=1u32 << 16)
+        .map(|b| v4.partition_point(|&a| (a >> 16) < b) as u32)
+        .collect()
 }
 
 /// Per interval, the running maximum of `last` within its address.
@@ -973,6 +995,7 @@ impl Builder {
         index.v4_start.shrink_to_fit();
         index.v6_start.shrink_to_fit();
         index.reach = reach(&index.v4_start, &index.v6_start, &index.first, &index.last);
+        index.v4_buckets = buckets(&index.v4);
         index
     }
 }
@@ -1077,6 +1100,44 @@ mod tests {
         let hits = index.lookup(ip("192.0.2.1"), at(T0 - 2 * H), &w);
         assert_eq!(hits[0].distance, -(2 * i64::from(H)));
         assert!(index.lookup(ip("192.0.2.2"), at(T0), &w).is_empty());
+    }
+
+    #[test]
+    fn addresses_at_the_edges_of_their_16_are_found() {
+        let mut b = Builder::new();
+        let all = [
+            "0.0.0.0",
+            "0.0.255.255",
+            "10.1.0.0",
+            "10.1.255.255",
+            "10.2.0.0",
+            "255.255.255.255",
+        ];
+        for a in all {
+            b.add_relay(ip(a), T0, T0 + H, &rs(&fp(3), "c", "9001", "Running"));
+        }
+        // Read back: the buckets are rebuilt at load time.
+        let bytes = b.finish().to_bytes();
+        let index = Index::read(&bytes[..], bytes.len() as u64).unwrap();
+        for a in all {
+            assert_eq!(
+                index.lookup(ip(a), time(T0), &Window::default()).len(),
+                1,
+                "{a}"
+            );
+        }
+        for a in [
+            "0.0.0.1",
+            "10.1.128.0",
+            "10.0.255.255",
+            "255.255.255.254",
+            "::",
+        ] {
+            assert!(
+                index.lookup(ip(a), time(T0), &Window::default()).is_empty(),
+                "{a}"
+            );
+        }
     }
 
     #[test]
