@@ -841,6 +841,14 @@ impl Builder {
             }
         }
         v.push(Interval { first, last, meta });
+        // Documents out of order (an archive's members come in the order
+        // tar put them, not necessarily by time) leave intervals the
+        // lookback cannot merge yet: merge them whenever an address's
+        // list doubles, so memory follows the merged size, not the number
+        // of documents.
+        if v.len() >= 2 * MERGE_LOOKBACK && v.len().is_power_of_two() {
+            normalize(v);
+        }
     }
 
     /// Adds a parsed consensus: every OR address of every router (and
@@ -990,6 +998,11 @@ impl Builder {
         if index.v6_start.is_empty() {
             index.v6_start.push(*index.v4_start.last().unwrap_or(&0));
         }
+        index.first.shrink_to_fit();
+        index.last.shrink_to_fit();
+        index.meta.shrink_to_fit();
+        index.details.shrink_to_fit();
+        index.strings.shrink_to_fit();
         index.v4.shrink_to_fit();
         index.v6.shrink_to_fit();
         index.v4_start.shrink_to_fit();
@@ -1138,6 +1151,26 @@ mod tests {
                 "{a}"
             );
         }
+    }
+
+    #[test]
+    fn documents_out_of_order_merge_as_they_come() {
+        let mut b = Builder::new();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut hours: Vec<u32> = (0..1000).collect();
+        rng.shuffle(&mut hours);
+        let a = ip("192.0.2.9");
+        let f = fp(9);
+        let r = rs(&f, "d", "443", "Running");
+        for h in hours {
+            b.add_relay(a, T0 + h * H, T0 + (h + 1) * H, &r);
+            // Never more than twice what the merged list needs, plus the
+            // lookback.
+            assert!(b.addrs[&a].len() <= 4 * MERGE_LOOKBACK + 2 * 1000 / 4);
+        }
+        let index = b.finish();
+        assert_eq!(index.first, [T0]);
+        assert_eq!(index.last, [T0 + 1000 * H]);
     }
 
     #[test]
