@@ -3,6 +3,8 @@
 //! to refresh by difference, at the real size and at 10 times that size.
 //! Prints ratios against the 1x baseline measured in the same run.
 
+pub mod history;
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;

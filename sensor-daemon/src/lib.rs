@@ -12,6 +12,7 @@
 //! | 5 | [`alert`] | the typed alert, rules, aggregation, ECS/OCSF/Falco renderers |
 //! | 4 | [`enrich`] | process details from `/proc`, container and pod from cgroups |
 //! | 3 | [`kernel`] | eBPF programs and maps, hook plan, decoding ring-buffer events |
+//! | 3 | [`history`] | Tor history: CollecTor archives and documents into a time-aware index, lookups at a time |
 //! | 2 | [`feed`] | Tor lists: sources, formats, sets, cache, refresh |
 //! | 1 | [`statedir`] | files in the state directory, never through a link |
 //! | 0 | [`net`], [`time`], [`sys`], [`redact`], [`local`] | addresses, times, every libc call, secrets out of messages; the watched programs, environment prefix and ports of the local Tor signals |
@@ -25,6 +26,7 @@ pub mod config;
 pub mod daemon;
 pub mod enrich;
 pub mod feed;
+pub mod history;
 pub mod kernel;
 pub mod local;
 pub mod net;

@@ -48,6 +48,10 @@ enum Command {
     /// the live maps, a connection to it, both alerts back through the ring
     /// buffer and the pipeline (root; exit 0 passed, 1 failed, 2 no answer).
     Selftest(SelftestArgs),
+    /// Tor history: import CollecTor archives and documents into a
+    /// time-aware index (`check --at TIME` queries it).
+    #[command(subcommand)]
+    History(cli::history::HistoryCommand),
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -157,6 +161,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),
         Command::Rules(command) => rules(command),
+        Command::History(command) => cli::history::history(command),
         Command::Hooks(args) => hooks(args),
         Command::Status(args) => Ok(status(args)),
         Command::Selftest(args) => selftest(args),
@@ -186,7 +191,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("statedir", 1),
     ("feed", 2),
     ("kernel", 3),
+    ("history", 3),
     ("enrich", 4),
     ("alert", 5),
     ("pipeline", 6),

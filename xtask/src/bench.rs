@@ -19,6 +19,10 @@
 //! 3. Memory: daemon RSS after start with the embedded feed.
 //! 5. Outputs: alerts/s and CPU per alert through an HTTP output, with and
 //!    without `durable` (the daemon's hidden `bench-outputs`).
+//! 6. History: a year of hourly consensuses (8,760 documents of 7,000
+//!    relays with churn) indexed; import time, index size on disk and in
+//!    memory, lookups/s against a BTreeMap + linear-scan baseline (the
+//!    daemon's hidden `history bench`; no root, `--history-only`).
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -45,6 +49,9 @@ pub struct BenchArgs {
     /// Only the blocking benchmark (section 1c).
     #[arg(long)]
     blocking_only: bool,
+    /// Only the history benchmark (section 6; needs no root).
+    #[arg(long)]
+    history_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -330,6 +337,12 @@ fn status_kib(pid: u32, field: &str) -> f64 {
 }
 
 pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
+    if args.history_only {
+        return history(
+            &root.join("target/release/torsensor"),
+            &root.join("target/bench"),
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
@@ -517,7 +530,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
         }
     );
     feeds(&bin)?;
-    outputs(&bin, &scratch)
+    outputs(&bin, &scratch)?;
+    history(&bin, &scratch)
 }
 
 /// Section 1b: the cost of each inbound attribution plan this kernel can
@@ -689,6 +703,32 @@ fn outputs(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("torsensor bench-outputs failed ({status})");
+    }
+    Ok(())
+}
+
+/// Section 6: a year of consensuses in the history index: import time,
+/// size, lookups/s against a baseline (the daemon's hidden `history bench`).
+fn history(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
+    println!("== 6. history: a year of hourly consensuses indexed, lookups at a time");
+    let dir = scratch.join("history");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(scratch)?;
+    let status = Command::new(bin)
+        .args([
+            "history",
+            "bench",
+            "--documents",
+            "8760",
+            "--relays",
+            "7000",
+            "--dir",
+        ])
+        .arg(&dir)
+        .env("TORSENSOR_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("torsensor history bench failed ({status})");
     }
     Ok(())
 }

@@ -22,7 +22,8 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM: &str = "/usr/lib/llvm-22";
 /// Debian packages: LLVM 22 for bpf-linker; bpftool, iproute2 and systemd
 /// (systemd-analyze) for tests; qemu, a static busybox (the VMs' init),
-/// binutils (objcopy) and xz (compressed kernel modules) for `vm-test`;
+/// binutils (objcopy) and xz (compressed kernel modules) for `vm-test`, xz
+/// also for the `.tar.xz` that `tests/history.rs` packs with `tar -cJf`;
 /// python3-venv (kubernetes-validate's venv) for `k8s-validate`; podman and
 /// runc (the OCI runtime that copes with this host's hybrid cgroups), curl
 /// (the host-side probe) and ca-certificates (the image's CA bundle) for

@@ -2,12 +2,15 @@
 //! and the cache only (no kernel, no network).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
 
 use clap::Args;
 use sensor_daemon::config::ConfigFlags;
 use sensor_daemon::daemon as sensor;
 use sensor_daemon::feed::{FeedMatch, Role};
+use sensor_daemon::history::Window;
 use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Args)]
@@ -17,10 +20,32 @@ pub(crate) struct CheckArgs {
     /// Print JSON lines instead of text.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Look the addresses up in the history index at this time (RFC 3339,
+    /// e.g. 2025-03-01T12:00:00Z) instead of in the current feeds.
+    #[arg(long, value_name = "TIME", value_parser = parse_at)]
+    pub(crate) at: Option<SystemTime>,
+    /// The history directory for --at. Default: history/ in the state
+    /// directory (/var/lib/torsensor/history).
+    #[arg(long, env = "TORSENSOR_HISTORY", value_name = "DIR")]
+    pub(crate) history: Option<PathBuf>,
+    /// With --at: how long before the time an interval may have ended and
+    /// still match (default: 1 day for relays, 2 days for exits, as
+    /// ExoneraTor).
+    #[arg(long, value_parser = sensor_daemon::time::parse_duration, value_name = "DURATION")]
+    pub(crate) window_before: Option<Duration>,
+    /// With --at: how long after the time an interval may begin and still
+    /// match (default: 1 day for both roles).
+    #[arg(long, value_parser = sensor_daemon::time::parse_duration, value_name = "DURATION")]
+    pub(crate) window_after: Option<Duration>,
     /// Addresses to look up: IP, IP:PORT or [IPv6]:PORT (the port decides
     /// relay ORPort matches; without it every ORPort is shown).
     #[arg(required = true, value_name = "IP[:PORT]")]
     pub(crate) addresses: Vec<String>,
+}
+
+fn parse_at(text: &str) -> Result<SystemTime, String> {
+    humantime::parse_rfc3339_weak(text)
+        .map_err(|e| format!("{text:?} is not a time like 2025-03-01T12:00:00Z ({e})"))
 }
 
 /// `IP`, `IP:PORT` or `[IPv6]:PORT`.
@@ -51,6 +76,28 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    if let Some(at) = args.at {
+        let dir = super::history::dir_for_check(args.history.clone(), &cfg.state_dir);
+        let index = match super::history::load_for_check(&dir) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("torsensor: error: {e:#}");
+                return Ok(ExitCode::from(2));
+            }
+        };
+        let mut window = Window::default();
+        if let Some(b) = args.window_before {
+            (window.relay_before, window.exit_before) = (b, b);
+        }
+        if let Some(a) = args.window_after {
+            (window.relay_after, window.exit_after) = (a, a);
+        }
+        let targets: Vec<(&str, IpAddr, Option<u16>)> =
+            targets.iter().map(|(t, (ip, p))| (*t, *ip, *p)).collect();
+        return Ok(super::history::check_at(
+            &index, at, &window, &targets, args.json,
+        ));
+    }
     let (manager, set) = match sensor::load_offline(&cfg) {
         Ok(x) => x,
         Err(e) => {

@@ -3,5 +3,6 @@
 //! code. Part of the binary, not of the library.
 
 pub mod check;
+pub mod history;
 pub mod rules;
 pub mod running;
