@@ -316,6 +316,11 @@ impl Record {
 /// Reads a recording of connections and program starts: one JSON
 /// [`Line`] per line (blank lines skipped).
 pub fn parse_lines(text: &str) -> Result<Vec<Line>, ReplayError> {
+    json_lines(text)
+}
+
+/// One JSON value per non-blank line; an error names the line.
+fn json_lines<T: serde::de::DeserializeOwned>(text: &str) -> Result<Vec<T>, ReplayError> {
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
@@ -376,16 +381,7 @@ pub fn run_lines<S: ProcessSource>(
 
 /// Reads a recording: one JSON [`Record`] per line (blank lines skipped).
 pub fn parse(text: &str) -> Result<Vec<Record>, ReplayError> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|source| ReplayError::Parse {
-                line: i + 1,
-                source,
-            })
-        })
-        .collect()
+    json_lines(text)
 }
 
 /// Runs `records` through `pipeline` as the daemon would have handled them
