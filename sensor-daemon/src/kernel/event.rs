@@ -31,6 +31,20 @@ pub struct KernelProcess {
     pub cgroup_id: u64,
 }
 
+impl KernelProcess {
+    /// The process fields of a connection or listener event.
+    pub fn of(ev: &ConnEvent) -> Self {
+        KernelProcess {
+            tgid: ev.tgid,
+            tid: ev.pid,
+            uid: ev.uid,
+            gid: ev.gid,
+            comm: comm(&ev.comm),
+            cgroup_id: ev.cgroup_id,
+        }
+    }
+}
+
 /// One reported connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connection {
@@ -128,14 +142,7 @@ impl Connection {
             incomplete: false,
             blocked: ev.flags & FLAG_BLOCKED != 0,
             matched: ev.matched,
-            process: (!no_process).then(|| KernelProcess {
-                tgid: ev.tgid,
-                tid: ev.pid,
-                uid: ev.uid,
-                gid: ev.gid,
-                comm: comm(&ev.comm),
-                cgroup_id: ev.cgroup_id,
-            }),
+            process: (!no_process).then(|| KernelProcess::of(ev)),
         })
     }
 

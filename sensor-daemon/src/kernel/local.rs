@@ -88,14 +88,7 @@ impl Listen {
         Ok(Listen {
             time: clock.wall(ev.ts_boot_ns),
             local: SocketAddr::new(addr(ev.family, &ev.local_addr)?, ev.local_port),
-            process: (ev.tgid != 0).then(|| KernelProcess {
-                tgid: ev.tgid,
-                tid: ev.pid,
-                uid: ev.uid,
-                gid: ev.gid,
-                comm: comm(&ev.comm),
-                cgroup_id: ev.cgroup_id,
-            }),
+            process: (ev.tgid != 0).then(|| KernelProcess::of(ev)),
         })
     }
 }
