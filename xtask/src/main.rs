@@ -29,7 +29,12 @@ const LLVM: &str = "/usr/lib/llvm-22";
 /// (the host-side probe) and ca-certificates (the image's CA bundle) for
 /// `container-build` and `container-test`; dpkg-dev (dpkg-shlibdeps) for
 /// `deb`; debootstrap and systemd-container (systemd-nspawn) for
-/// `systemd-test`.
+/// `systemd-test`; for the hunt (issue 16): tcpdump and tshark (real
+/// captures, and the peers its bench compares with), softflowd and nfdump
+/// (real flow exports), nginx-light (real access logs); for the vantage
+/// points (issue 17): unbound, dnsmasq-base and bind9-dnsutils (real DNS
+/// servers and clients), iperf3 (gateway throughput). Services are never
+/// started by the install (see [`without_service_starts`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -50,6 +55,15 @@ const APT_PACKAGES: &[&str] = &[
     "dpkg-dev",
     "debootstrap",
     "systemd-container",
+    "tcpdump",
+    "tshark",
+    "softflowd",
+    "nfdump",
+    "nginx-light",
+    "unbound",
+    "dnsmasq-base",
+    "bind9-dnsutils",
+    "iperf3",
 ];
 
 #[derive(Parser)]
@@ -217,23 +231,12 @@ fn install_tor() -> anyhow::Result<()> {
     let installed = stdout_of(Command::new("dpkg-query").args(["-W", "-f=${Status}", "tor"]))
         .contains("install ok installed");
     if !installed {
-        let policy = Path::new("/usr/sbin/policy-rc.d");
-        let ours = !policy.exists();
-        if ours {
-            std::fs::write(
-                policy,
-                "#!/bin/sh\n# xtask: no service starts while tor is installed\nexit 101\n",
-            )?;
-            std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-        }
         eprintln!("xtask: installing Debian's tor (its service is not started)");
-        let result = run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends", "tor"])
-            .env("DEBIAN_FRONTEND", "noninteractive"));
-        if ours {
-            std::fs::remove_file(policy)?;
-        }
-        result?;
+        without_service_starts(|| {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends", "tor"])
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        })?;
     }
     // Tors of a test in its own namespace are fine; one in ours is not.
     let ours = std::fs::read_link("/proc/self/ns/net")?;
@@ -250,6 +253,26 @@ fn install_tor() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Runs `install` under a `policy-rc.d` that forbids starting services
+/// (kept if one is already there): packages such as tor, nginx and unbound
+/// would otherwise start a daemon in this machine's namespace.
+fn without_service_starts(install: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# xtask: no service starts while packages are installed\nexit 101\n",
+        )?;
+        std::fs::set_permissions(policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    }
+    let result = install();
+    if ours {
+        std::fs::remove_file(policy)?;
+    }
+    result
+}
+
 /// Installs what is missing; returns the eBPF toolchain to use.
 fn setup() -> anyhow::Result<String> {
     // Debian packages.
@@ -264,10 +287,12 @@ fn setup() -> anyhow::Result<String> {
     if !missing.is_empty() {
         eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
         run(Command::new("apt-get").arg("update").arg("-qq"))?;
-        run(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        without_service_starts(|| {
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))
+        })?;
     }
 
     install_tor()?;
