@@ -10,6 +10,7 @@
 //! | 6 | [`sink`] | outputs: local writers, remote delivery, spool, statistics |
 //! | 6 | [`pipeline`] | kernel event to alerts, no I/O (replayable) |
 //! | 5 | [`alert`] | the typed alert, rules, aggregation, ECS/OCSF/Falco renderers |
+//! | 4 | [`hunt`] | the retrospective hunt: PCAP/pcapng, NetFlow/IPFIX, Zeek, nfdump and access logs matched against the history at their time |
 //! | 4 | [`enrich`] | process details from `/proc`, container and pod from cgroups |
 //! | 3 | [`kernel`] | eBPF programs and maps, hook plan, decoding ring-buffer events |
 //! | 3 | [`history`] | Tor history: CollecTor archives and documents into a time-aware index, lookups at a time |
@@ -27,6 +28,7 @@ pub mod daemon;
 pub mod enrich;
 pub mod feed;
 pub mod history;
+pub mod hunt;
 pub mod kernel;
 pub mod local;
 pub mod net;

@@ -52,6 +52,12 @@ enum Command {
     /// time-aware index (`check --at TIME` queries it).
     #[command(subcommand)]
     History(cli::history::HistoryCommand),
+    /// Check past captures (PCAP, pcapng, NetFlow/IPFIX in them), flow logs
+    /// (Zeek conn.log, nfdump CSV/JSON) and web server access logs against
+    /// the Tor history at their time: alerts for substantial transactions,
+    /// then a summary per internal host and Tor peer. Exit 0 if something
+    /// was alerted, 1 if not, 2 on an error.
+    Hunt(Box<cli::hunt::HuntArgs>),
     /// Feed maintenance.
     #[command(subcommand)]
     Feed(FeedCommand),
@@ -162,6 +168,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(args),
         Command::Rules(command) => rules(command),
         Command::History(command) => cli::history::history(command),
+        Command::Hunt(args) => cli::hunt::hunt(*args),
         Command::Hooks(args) => hooks(args),
         Command::Status(args) => Ok(status(args)),
         Command::Selftest(args) => selftest(args),

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("kernel", 3),
     ("history", 3),
     ("enrich", 4),
+    ("hunt", 4),
     ("alert", 5),
     ("pipeline", 6),
     ("sink", 6),

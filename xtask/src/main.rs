@@ -31,7 +31,8 @@ const LLVM: &str = "/usr/lib/llvm-22";
 /// `deb`; debootstrap and systemd-container (systemd-nspawn) for
 /// `systemd-test`; for the hunt (issue 16): tcpdump and tshark (real
 /// captures, and the peers its bench compares with), softflowd and nfdump
-/// (real flow exports), nginx-light (real access logs); for the vantage
+/// (real flow exports), nginx-light (real access logs), tcpreplay (tcprewrite maps a
+/// capture's test addresses onto real Tor addresses of the fixtures); for the vantage
 /// points (issue 17): unbound, dnsmasq-base and bind9-dnsutils (real DNS
 /// servers and clients), iperf3 (gateway throughput). Services are never
 /// started by the install (see [`without_service_starts`]).
@@ -64,6 +65,7 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bind9-dnsutils",
     "iperf3",
+    "tcpreplay",
 ];
 
 #[derive(Parser)]

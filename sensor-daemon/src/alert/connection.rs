@@ -95,14 +95,8 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
             },
             community_id: None,
         }),
-        source: Some(Endpoint {
-            ip: source.ip(),
-            port: source.port(),
-        }),
-        destination: Some(Endpoint {
-            ip: destination.ip(),
-            port: destination.port(),
-        }),
+        source: Some(Endpoint::new(source)),
+        destination: Some(Endpoint::new(destination)),
         server: None,
         host: host(sensor),
         agent: agent(sensor),
@@ -118,6 +112,10 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
         tags: is_alert.then(|| rule.tags.clone()),
         threat: is_alert.then(|| threat(conn, matches, feed_names.first())),
         related: None,
+        log: None,
+        http: None,
+        url: None,
+        user_agent: None,
         torsensor: torsensor(conn, *process, matches, feed_names),
     };
     alert.add_community_id();
@@ -182,6 +180,9 @@ fn event(conn: &Connection, rule: &Rule, created: SystemTime) -> Event {
         dataset: "torsensor.alert".into(),
         created: Timestamp(created),
         severity: is_alert.then_some(rule.severity),
+        start: None,
+        end: None,
+        duration: None,
     }
 }
 
@@ -331,6 +332,7 @@ fn torsensor(
             mode: BlockMode::Enforce,
             result: BlockResult::Blocked,
         }),
+        hunt: None,
     }
 }
 
@@ -372,6 +374,7 @@ fn tor_details(matches: &[FeedMatch<'_>]) -> TorDetails {
         flags,
         relay_count,
         relays,
+        history: None,
     }
 }
 

@@ -69,6 +69,9 @@ fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
         dataset: "torsensor.alert".into(),
         created: Timestamp(created),
         severity: Some(rule.severity),
+        start: None,
+        end: None,
+        duration: None,
     }
 }
 
@@ -105,6 +108,10 @@ fn base(
         tags: Some(rule.tags.clone()),
         threat: Some(multi_hop_proxy()),
         related: None,
+        log: None,
+        http: None,
+        url: None,
+        user_agent: None,
         torsensor: Torsensor {
             signal,
             exec: None,
@@ -125,6 +132,7 @@ fn base(
             last_seen: None,
             summary: false,
             block: None,
+            hunt: None,
         },
     }
 }
@@ -183,10 +191,7 @@ pub fn build_listen(input: ListenInput<'_>) -> Alert {
         },
         community_id: None,
     });
-    alert.server = Some(Endpoint {
-        ip: input.local.ip(),
-        port: input.local.port(),
-    });
+    alert.server = Some(Endpoint::new(input.local));
     alert.torsensor.listen = Some(ListenDetails {
         port_use: input.port_use.to_owned(),
     });

@@ -25,6 +25,10 @@ fn is_false(b: &bool) -> bool {
     !*b
 }
 
+fn is_zero(n: &u16) -> bool {
+    *n == 0
+}
+
 /// Numbers that ECS types as `keyword` (`user.id`, `network.iana_number`)
 /// are written as strings.
 mod as_text {
@@ -95,7 +99,69 @@ pub struct Alert {
     /// fields above.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub related: Option<Related>,
+    /// Where a hunt found the record (ECS `log.file.path`, and `log.offset`
+    /// as Filebeat writes it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<Log>,
+    /// A web server's requests (a hunt over access logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Http>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<Url>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_agent: Option<UserAgent>,
     pub torsensor: Torsensor,
+}
+
+/// ECS `log.*`: the input a hunt read the record from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Log {
+    pub file: LogFile,
+    /// Byte offset of the record (a packet, a line) in the file.
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogFile {
+    pub path: String,
+}
+
+/// ECS `http.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Http {
+    pub request: HttpRequest,
+    pub response: HttpResponse,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<HttpBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpBody {
+    pub bytes: u64,
+}
+
+/// ECS `url.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Url {
+    pub original: String,
+}
+
+/// ECS `user_agent.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAgent {
+    pub original: String,
 }
 
 /// `ecs.version`: the ECS version the document follows.
@@ -154,6 +220,15 @@ pub struct Event {
     /// The rule's severity, 0-100 (alerts only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<u8>,
+    /// A hunt's flow or requests: the first packet or request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+    /// A hunt's flow or requests: the last packet or request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Timestamp>,
+    /// `end - start` in nanoseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,7 +281,27 @@ pub struct Network {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub ip: IpAddr,
+    /// 0 when not known (a web server's log names the client's address
+    /// only): not written. No TCP or UDP endpoint has port 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub port: u16,
+    /// What this end sent (ECS `source.bytes`): a hunt's flows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+}
+
+impl Endpoint {
+    /// An address and port, without counts.
+    pub fn new(addr: std::net::SocketAddr) -> Self {
+        Endpoint {
+            ip: addr.ip(),
+            port: addr.port(),
+            bytes: None,
+            packets: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -545,6 +640,61 @@ pub struct Torsensor {
     /// connection the kernel refused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block: Option<BlockDetails>,
+    /// What a retrospective hunt (`torsensor hunt`) found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hunt: Option<HuntDetails>,
+}
+
+/// `torsensor.hunt`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HuntDetails {
+    /// What the input was: `pcap`, `pcapng`, `netflow` (export packets in
+    /// a capture), `zeek`, `nfdump`, `access-log`.
+    pub input: String,
+    /// The record's number in its input (packet, line, flow), from 1.
+    pub record: u64,
+    /// Above the thresholds (`[hunt]`): alerts are only raised for these.
+    pub substantial: bool,
+    /// Which thresholds it passed (`bytes`, `duration`, `requests`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// How the initiator was known: `syn` (the capture has the SYN),
+    /// `record` (the flow record says), `port` (guessed: the lower port
+    /// serves).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator: Option<String>,
+    /// How a flow ended: `fin`, `rst`, `idle`, `end-of-input`, `record`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended: Option<String>,
+    /// Both ends were listed at the time.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub both_listed: bool,
+    /// Requests of one client in one window (access logs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<RequestCounts>,
+    /// `X-Forwarded-For` addresses of the first request (with
+    /// `forwarded_for`), nearest proxy last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarded_for: Vec<IpAddr>,
+}
+
+/// `torsensor.hunt.requests`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestCounts {
+    pub count: u64,
+    pub bytes: u64,
+    /// Requests per HTTP status.
+    pub status: std::collections::BTreeMap<String, u64>,
+}
+
+/// `torsensor.tor.history`: the interval of the Tor history that matched
+/// and how far the event was from it (0 inside; negative before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryMatch {
+    pub first_seen: TimestampSecs,
+    pub last_seen: TimestampSecs,
+    /// Seconds.
+    pub distance: i64,
 }
 
 /// `torsensor.block`.
@@ -595,6 +745,9 @@ pub struct TorDetails {
     pub relay_count: usize,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<RelayRef>,
+    /// A hunt's match against the Tor history (at the event's time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<HistoryMatch>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

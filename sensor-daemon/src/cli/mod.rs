@@ -4,5 +4,6 @@
 
 pub mod check;
 pub mod history;
+pub mod hunt;
 pub mod rules;
 pub mod running;

@@ -68,6 +68,9 @@ pub enum ConfigError {
     BlockingCgroup(PathBuf),
     #[error("shutdown_deadline must be at most 60s")]
     ShutdownDeadline,
+    /// A `[hunt]` value out of range (the message names the key).
+    #[error("{0}")]
+    Hunt(String),
     #[error("{0}")]
     Output(String),
     #[error(transparent)]
@@ -182,6 +185,9 @@ pub struct SensorConfig {
     /// Default: none, which means one `stdout` output in ECS.
     #[serde(rename = "output")]
     pub outputs: Vec<OutputConfig>,
+    /// The retrospective hunt's thresholds and input settings (`[hunt]`;
+    /// `torsensor hunt` only).
+    pub hunt: crate::hunt::HuntSettings,
 }
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/torsensor";
@@ -222,6 +228,7 @@ impl Default for SensorConfig {
             kubernetes: KubernetesConfig::default(),
             blocking: BlockingConfig::default(),
             outputs: Vec::new(),
+            hunt: crate::hunt::HuntSettings::default(),
         }
     }
 }
@@ -455,6 +462,7 @@ impl SensorConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.hunt.validate().map_err(ConfigError::Hunt)?;
         if let Some(c) = &self.blocking.cgroup
             && !c.is_absolute()
         {

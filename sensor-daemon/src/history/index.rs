@@ -240,6 +240,12 @@ impl Index {
         Some((starts[i] as usize, starts[i + 1] as usize))
     }
 
+    /// Whether `ip` (IPv4-mapped IPv6 as IPv4) is in the index at all, at
+    /// any time: the hunt's cheap first test of every packet.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.range(ip).is_some()
+    }
+
     /// Calls `f` with every interval of `ip` (IPv4-mapped IPv6 as IPv4)
     /// that matches time `at` within `window`, latest first; returns how
     /// many. Allocates nothing.

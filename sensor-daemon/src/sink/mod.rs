@@ -298,6 +298,18 @@ impl Sinks {
     /// woken to move it to its spool; an alert that finds a queue full is
     /// dropped for that sink and counted (`dropped_queue`).
     pub fn send(&self, meta: &AlertMeta, render: &dyn Fn(Schema) -> serde_json::Value) {
+        self.deliver(meta, render, false);
+    }
+
+    /// As [`Sinks::send`], but waits for room in a full queue instead of
+    /// dropping: for a producer that may wait (the hunt, reading files as
+    /// fast as it can). Must be called outside the runtime's tasks (it
+    /// blocks the thread).
+    pub fn send_wait(&self, meta: &AlertMeta, render: &dyn Fn(Schema) -> serde_json::Value) {
+        self.deliver(meta, render, true);
+    }
+
+    fn deliver(&self, meta: &AlertMeta, render: &dyn Fn(Schema) -> serde_json::Value, wait: bool) {
         if self.sinks.is_empty() {
             return;
         }
@@ -327,13 +339,18 @@ impl Sinks {
                 .find(|(f, _)| *f == s.format)
                 .map(|(_, e)| e.clone())
                 .expect("rendered");
-            match s.tx.try_send(Msg::Alert(entry)) {
-                Ok(()) => {}
-                Err(_) => {
-                    s.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
-                    s.counters
-                        .note_drop("memory queue is full (or the sink stopped): alert dropped");
-                }
+            if s.remote && s.tx.capacity() < s.tx.max_capacity() / 2 {
+                s.wake.notify_one();
+            }
+            let queued = if wait {
+                s.tx.blocking_send(Msg::Alert(entry)).is_ok()
+            } else {
+                s.tx.try_send(Msg::Alert(entry)).is_ok()
+            };
+            if !queued {
+                s.counters.dropped_queue.fetch_add(1, Ordering::Relaxed);
+                s.counters
+                    .note_drop("memory queue is full (or the sink stopped): alert dropped");
             }
             if s.remote && s.tx.capacity() < s.tx.max_capacity() / 2 {
                 s.wake.notify_one();

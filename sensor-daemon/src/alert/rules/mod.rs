@@ -595,6 +595,7 @@ mod tests {
             flags: Vec::new(),
             relay_count: 0,
             relays: Vec::new(),
+            history: None,
         });
         let p = a.process.as_mut().unwrap();
         p.name = name.into();
