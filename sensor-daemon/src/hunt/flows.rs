@@ -421,3 +421,82 @@ pub fn nfdump_json(
     de.deserialize_seq(Elements { out, progress })
         .map_err(|e| format!("not an nfdump JSON array: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Default)]
+    struct Collect {
+        flows: Vec<Flow>,
+        bad: Vec<(u64, String)>,
+    }
+
+    impl Records for Collect {
+        fn flow(&mut self, flow: Flow) {
+            self.flows.push(flow);
+        }
+        fn request(&mut self, _: super::super::Request) {}
+        fn bad(&mut self, offset: u64, why: &str) {
+            self.bad.push((offset, why.to_owned()));
+        }
+        fn may_match(&self, _: IpAddr) -> bool {
+            true
+        }
+    }
+
+    fn expected(position: Position) -> Flow {
+        Flow {
+            start_ns: 1_632_928_690_500_620_000,
+            end_ns: 1_632_928_690_500_620_000 + 27_648_000,
+            initiator: "192.168.1.99:62978".parse().unwrap(),
+            responder: "192.168.1.1:53".parse().unwrap(),
+            protocol: 17,
+            bytes: [83, 162],
+            packets: [1, 1],
+            initiator_by: Initiator::Record,
+            end: FlowEnd::Record,
+            position,
+        }
+    }
+
+    /// A conn.log Zeek wrote (data/hunt/SOURCES.md).
+    #[test]
+    fn a_real_zeek_conn_log() {
+        let text = include_str!("../../data/hunt/zeek-conn.log");
+        assert_eq!(
+            super::super::detect(text.as_bytes()),
+            Some(super::super::InputKind::ZeekTsv)
+        );
+        let mut c = Collect::default();
+        zeek_tsv(text.as_bytes(), &mut c, &mut |_| {}).unwrap();
+        assert!(c.bad.is_empty(), "{:?}", c.bad);
+        let offset = text.find("1632928690").unwrap() as u64;
+        assert_eq!(c.flows, vec![expected(Position { offset, record: 9 })]);
+    }
+
+    /// The same connection as Zeek writes it with `LogAscii::use_json`.
+    #[test]
+    fn zeek_json_lines_and_bad_ones() {
+        let line = r#"{"ts":1632928690.50062,"uid":"CvVbVi3kNVC4LPU90f","id.orig_h":"192.168.1.99","id.orig_p":62978,"id.resp_h":"192.168.1.1","id.resp_p":53,"proto":"udp","service":"dns","duration":0.027648,"orig_bytes":55,"resp_bytes":134,"conn_state":"SF","missed_bytes":0,"history":"Dd","orig_pkts":1,"orig_ip_bytes":83,"resp_pkts":1,"resp_ip_bytes":162}"#;
+        let text = format!("{line}\n{{\"ts\":1,\"id.orig_h\":\"nope\"}}\n");
+        let mut c = Collect::default();
+        zeek_json(text.as_bytes(), &mut c, &mut |_| {}).unwrap();
+        assert_eq!(
+            c.flows,
+            vec![expected(Position {
+                offset: 0,
+                record: 1
+            })]
+        );
+        assert_eq!(c.bad.len(), 1);
+        assert_eq!(c.bad[0].0, line.len() as u64 + 1);
+        assert!(
+            c.bad[0]
+                .1
+                .starts_with("line 2: id.orig_h is not an address"),
+            "{:?}",
+            c.bad
+        );
+    }
+}
