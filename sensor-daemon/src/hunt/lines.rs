@@ -115,7 +115,13 @@ pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
 
 /// Nanoseconds since 1970 of a civil UTC time, if in range.
 pub fn civil_ns(y: i64, mo: u32, d: u32, h: u32, mi: u32, s: u32, frac_ns: u64) -> Option<u64> {
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || s > 60
+    {
         return None;
     }
     let days = days_from_civil(y, mo, d);
@@ -190,7 +196,7 @@ pub fn parse_clf(text: &str) -> Option<u64> {
     let mi: u32 = hms.next()?.parse().ok()?;
     let s: u32 = hms.next()?.parse().ok()?;
     let z = zone.as_bytes();
-    if z.len() != 5 || !(z[0] == b'+' || z[0] == b'-') {
+    if z.len() != 5 || !(z[0] == b'+' || z[0] == b'-') || !z[1..].iter().all(u8::is_ascii_digit) {
         return None;
     }
     let zh: i64 = zone[1..3].parse().ok()?;
@@ -212,6 +218,10 @@ mod tests {
         assert_eq!(parse_clf("01/Mar/2025:13:30:00 +0130"), Some(t));
         assert_eq!(parse_clf("01/Mar/2025:11:00:00 -0100"), Some(t));
         assert_eq!(parse_clf("01/Foo/2025:11:00:00 -0100"), None);
+        // Found by the fuzzer: a zone that is not ASCII.
+        assert_eq!(parse_clf("01/Mar/2025:11:00:00 -é0"), None);
+        assert_eq!(parse_iso("2025-03-01T13:00:00+01:0é"), None);
+        assert_eq!(parse_clf("01/Mar/99999999999999:11:00:00 +0000"), None);
         assert_eq!(parse_iso("2025-03-01 12:00:00"), Some(t));
         assert_eq!(parse_iso("2025-03-01T12:00:00.250Z"), Some(t + 250_000_000));
         assert_eq!(parse_iso("2025-03-01T13:00:00+01:00"), Some(t));

@@ -380,7 +380,34 @@ pub fn read(
 ) -> Result<PacketStats, (PacketStats, PacketError)> {
     let mut asm = Assembler::new(settings);
     let mut exports = Exports::new();
-    let result = read_blocks(reader, settings, &mut asm, &mut exports, out, progress);
+    // pcapng: every block's length checked on the way (see PcapngGuard).
+    // The first 64 KiB are read ahead: the parser must find a whole file
+    // header in its first read.
+    let mut reader = reader;
+    let mut prefix = Vec::with_capacity(64 << 10);
+    if let Err(e) = (&mut reader).take(64 << 10).read_to_end(&mut prefix) {
+        return Err((
+            asm.stats,
+            PacketError::Header {
+                offset: 0,
+                reason: e.to_string(),
+            },
+        ));
+    }
+    let magic = prefix.get(..4).map(|m| [m[0], m[1], m[2], m[3]]);
+    let head = std::io::Cursor::new(prefix).chain(reader);
+    let result = if magic == Some([0x0a, 0x0d, 0x0d, 0x0a]) {
+        read_blocks(
+            PcapngGuard::new(head),
+            settings,
+            &mut asm,
+            &mut exports,
+            out,
+            progress,
+        )
+    } else {
+        read_blocks(head, settings, &mut asm, &mut exports, out, progress)
+    };
     asm.finish(out);
     asm.stats.exports = exports.packets;
     match result {
@@ -548,3 +575,97 @@ fn read_blocks(
 pub const UNSPECIFIED_V4: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 /// An unspecified IPv6 address.
 pub const UNSPECIFIED_V6: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Checks pcapng block lengths as the bytes stream through, before
+/// `pcap-parser` sees them: a block shorter than its own 12-byte frame
+/// makes that parser compute a negative length (found by the fuzzer; it
+/// overflows). Such a file is refused at that block.
+pub struct PcapngGuard<R> {
+    inner: R,
+    /// Bytes of the current block still to pass through.
+    remaining: u64,
+    header: [u8; 12],
+    have: usize,
+    big_endian: bool,
+    /// Bytes passed so far, and where the current block began.
+    offset: u64,
+    block_start: u64,
+}
+
+impl<R: Read> PcapngGuard<R> {
+    pub fn new(inner: R) -> Self {
+        PcapngGuard {
+            inner,
+            remaining: 0,
+            header: [0; 12],
+            have: 0,
+            big_endian: false,
+            offset: 0,
+            block_start: 0,
+        }
+    }
+
+    fn bad(&self, what: &str) -> std::io::Error {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("offset {}: {what}", self.block_start),
+        )
+    }
+
+    /// Takes one header byte; returns the rest of the block's length once
+    /// the header is complete.
+    fn header_byte(&mut self, b: u8) -> std::io::Result<Option<u64>> {
+        self.header[self.have] = b;
+        self.have += 1;
+        let h = self.header;
+        let is_shb = h[..4] == [0x0a, 0x0d, 0x0d, 0x0a];
+        if self.have < 4 || self.have < if is_shb { 12 } else { 8 } {
+            return Ok(None);
+        }
+        if is_shb {
+            self.big_endian = match [h[8], h[9], h[10], h[11]] {
+                [0x1a, 0x2b, 0x3c, 0x4d] => true,
+                [0x4d, 0x3c, 0x2b, 0x1a] => false,
+                _ => return Err(self.bad("bad pcapng byte-order magic")),
+            };
+        }
+        let len_bytes = [h[4], h[5], h[6], h[7]];
+        let len = if self.big_endian {
+            u32::from_be_bytes(len_bytes)
+        } else {
+            u32::from_le_bytes(len_bytes)
+        };
+        if len < 12 || len % 4 != 0 {
+            return Err(self.bad(&format!(
+                "pcapng block of length {len} (at least 12, a multiple of 4)"
+            )));
+        }
+        let rest = u64::from(len) - self.have as u64;
+        self.have = 0;
+        Ok(Some(rest))
+    }
+}
+
+impl<R: Read> Read for PcapngGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut i = 0;
+        while i < n {
+            if self.remaining > 0 {
+                let step = self.remaining.min((n - i) as u64) as usize;
+                self.remaining -= step as u64;
+                i += step;
+                continue;
+            }
+            if self.have == 0 {
+                self.block_start = self.offset + i as u64;
+            }
+            if let Some(rest) = self.header_byte(buf[i])? {
+                self.remaining = rest;
+            }
+            i += 1;
+        }
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
