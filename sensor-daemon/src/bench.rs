@@ -4,6 +4,7 @@
 //! Prints ratios against the 1x baseline measured in the same run.
 
 pub mod history;
+pub mod hunt;
 
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -86,6 +86,18 @@ enum Command {
     /// kernel and no /proc; print one alert per line.
     #[command(hide = true)]
     Replay(ReplayArgs),
+    /// Benchmark: the hunt with a year of history against tcpdump, tshark
+    /// and grep on the same files (run by `cargo xtask bench --hunt-only`).
+    #[command(hide = true)]
+    BenchHunt {
+        /// Where the year's index, the capture and the log go (kept).
+        #[arg(long)]
+        dir: std::path::PathBuf,
+        #[arg(long, default_value_t = 1024)]
+        pcap_mib: u64,
+        #[arg(long, default_value_t = 256)]
+        log_mib: u64,
+    },
     /// Benchmark control: an empty program on the sensor's hook, nothing else.
     #[command(hide = true)]
     BenchFloor {
@@ -185,6 +197,13 @@ fn main() -> ExitCode {
         } => sensor_daemon::sink::bench::run(&state_dir, alerts, rounds)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
+        Command::BenchHunt {
+            dir,
+            pcap_mib,
+            log_mib,
+        } => sensor_daemon::bench::hunt::run(&dir, pcap_mib, log_mib)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| anyhow::anyhow!("{e}")),
         Command::Feed(FeedCommand::Bench { rounds }) => sensor_daemon::bench::run(rounds)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),

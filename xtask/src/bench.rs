@@ -23,6 +23,11 @@
 //!    relays with churn) indexed; import time, index size on disk and in
 //!    memory, lookups/s against a BTreeMap + linear-scan baseline (the
 //!    daemon's hidden `history bench`; no root, `--history-only`).
+//! 7. Hunt: with that year loaded, a synthetic 1 GiB PCAP through `torsensor
+//!    hunt`'s reader against `tcpdump -r` (BPF filter of the same 200
+//!    addresses) and `tshark -r -Y`, and a 256 MiB access log against
+//!    `grep -F -f` (the daemon's hidden `bench-hunt`; no root,
+//!    `--hunt-only`).
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -52,6 +57,9 @@ pub struct BenchArgs {
     /// Only the history benchmark (section 6; needs no root).
     #[arg(long)]
     history_only: bool,
+    /// Only the hunt benchmark (section 7; needs no root).
+    #[arg(long)]
+    hunt_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -343,6 +351,12 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             &root.join("target/bench"),
         );
     }
+    if args.hunt_only {
+        return hunt(
+            &root.join("target/release/torsensor"),
+            &root.join("target/bench"),
+        );
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
@@ -531,7 +545,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     );
     feeds(&bin)?;
     outputs(&bin, &scratch)?;
-    history(&bin, &scratch)
+    history(&bin, &scratch)?;
+    hunt(&bin, &scratch)
 }
 
 /// Section 1b: the cost of each inbound attribution plan this kernel can
@@ -729,6 +744,24 @@ fn history(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
         .status()?;
     if !status.success() {
         bail!("torsensor history bench failed ({status})");
+    }
+    Ok(())
+}
+
+/// Section 7: the hunt's throughput against tcpdump, tshark and grep on the
+/// same files, with a year of history loaded (the daemon's hidden
+/// `bench-hunt`).
+fn hunt(bin: &Path, scratch: &Path) -> anyhow::Result<()> {
+    println!(
+        "== 7. hunt: captures and access logs, a year of history loaded, against tcpdump, tshark and grep"
+    );
+    let status = Command::new(bin)
+        .args(["bench-hunt", "--dir"])
+        .arg(scratch.join("hunt"))
+        .env("TORSENSOR_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("torsensor bench-hunt failed ({status})");
     }
     Ok(())
 }

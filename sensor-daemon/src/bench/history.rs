@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use crate::history::index::{RelaySeen, Role, Window, time};
 use crate::history::{self, Builder, HistoryError, Importer};
 
-const HOUR: u32 = 3600;
+pub const HOUR: u32 = 3600;
 /// 2025-01-01T00:00:00Z.
-const T0: u32 = 1_735_689_600;
+pub const T0: u32 = 1_735_689_600;
 /// Flag sets relays move between (the most common ones on the network).
 const FLAGS: &[&str] = &[
     "Fast Running Stable V2Dir Valid",
@@ -153,6 +153,38 @@ impl Network {
     }
 }
 
+/// The synthetic year as a [`Builder`] (every relay's addresses per hour
+/// it is present), and the records added; shared with the hunt's bench.
+pub fn year_builder(documents: u32, relays: u32) -> (Builder, u64) {
+    let mut net = Network::new(relays);
+    let mut builder = Builder::new();
+    let mut records = 0u64;
+    for h in 0..documents {
+        let present = net.present();
+        let (first, last) = (T0 + h * HOUR, T0 + (h + 1) * HOUR);
+        for (r, _) in net.relays.iter().zip(&present).filter(|(_, p)| **p) {
+            let port = r.or_port.to_string();
+            let seen = RelaySeen {
+                fingerprint: &r.fingerprint,
+                nickname: &r.nickname,
+                or_ports: &port,
+                flags: FLAGS[r.flags],
+            };
+            builder.add_relay(IpAddr::V4(r.v4.into()), first, last, &seen);
+            records += 1;
+            if let Some(v6) = r.v6 {
+                builder.add_relay(IpAddr::V6(v6.into()), first, last, &seen);
+                records += 1;
+            }
+        }
+        let mut digest = [0u8; 32];
+        digest[..4].copy_from_slice(&h.to_le_bytes());
+        builder.count_consensus(digest);
+        net.step();
+    }
+    (builder, records)
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -213,33 +245,8 @@ pub fn run(documents: u32, relays: u32, lookups: usize, dir: &Path) -> Result<()
     drop(texts);
 
     // 2. The year, indexed from the documents' content (no text).
-    let mut net = Network::new(relays);
-    let mut builder = Builder::new();
     let start = Instant::now();
-    let mut records = 0u64;
-    for h in 0..documents {
-        let present = net.present();
-        let (first, last) = (T0 + h * HOUR, T0 + (h + 1) * HOUR);
-        for (r, _) in net.relays.iter().zip(&present).filter(|(_, p)| **p) {
-            let port = r.or_port.to_string();
-            let seen = RelaySeen {
-                fingerprint: &r.fingerprint,
-                nickname: &r.nickname,
-                or_ports: &port,
-                flags: FLAGS[r.flags],
-            };
-            builder.add_relay(IpAddr::V4(r.v4.into()), first, last, &seen);
-            records += 1;
-            if let Some(v6) = r.v6 {
-                builder.add_relay(IpAddr::V6(v6.into()), first, last, &seen);
-                records += 1;
-            }
-        }
-        let mut digest = [0u8; 32];
-        digest[..4].copy_from_slice(&h.to_le_bytes());
-        builder.count_consensus(digest);
-        net.step();
-    }
+    let (builder, records) = year_builder(documents, relays);
     let build = start.elapsed();
     let start = Instant::now();
     let index = builder.finish();
