@@ -188,9 +188,18 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
         alert.network.as_ref().map(|n| json!(n.transport.as_str())),
     );
     put(&mut f, "fd.lip", local.map(|l| json!(l.ip.to_string())));
-    put(&mut f, "fd.lport", local.map(|l| json!(l.port)));
+    // Port 0: not known (a web log's client).
+    put(
+        &mut f,
+        "fd.lport",
+        local.filter(|l| l.port != 0).map(|l| json!(l.port)),
+    );
     put(&mut f, "fd.rip", remote.map(|r| json!(r.ip.to_string())));
-    put(&mut f, "fd.rport", remote.map(|r| json!(r.port)));
+    put(
+        &mut f,
+        "fd.rport",
+        remote.filter(|r| r.port != 0).map(|r| json!(r.port)),
+    );
     put(&mut f, "fd.name", fd_name(alert).map(|n| json!(n)));
     let env = alert.process.as_ref().map(|p| &p.env_vars);
     put(

@@ -53,7 +53,37 @@ fn file_name(path: &str) -> &str {
 }
 
 fn endpoint(e: &Endpoint) -> Value {
-    json!({"ip": e.ip.to_string(), "port": e.port})
+    // Port 0: not known (a web log's client).
+    if e.port == 0 {
+        json!({"ip": e.ip.to_string()})
+    } else {
+        json!({"ip": e.ip.to_string(), "port": e.port})
+    }
+}
+
+/// OCSF `traffic` (a hunt's flow: bytes and packets each way, out being
+/// from the source).
+fn traffic(alert: &Alert) -> Option<Value> {
+    let (src, dst) = (alert.source.as_ref()?, alert.destination.as_ref()?);
+    let mut t = Map::new();
+    for (key, value) in [
+        ("bytes_out", src.bytes),
+        ("packets_out", src.packets),
+        ("bytes_in", dst.bytes),
+        ("packets_in", dst.packets),
+    ] {
+        if let Some(v) = value {
+            t.insert(key.into(), json!(v));
+        }
+    }
+    if t.is_empty() {
+        return None;
+    }
+    let bytes = src.bytes.unwrap_or(0) + dst.bytes.unwrap_or(0);
+    let packets = src.packets.unwrap_or(0) + dst.packets.unwrap_or(0);
+    t.insert("bytes".into(), json!(bytes));
+    t.insert("packets".into(), json!(packets));
+    Some(Value::Object(t))
 }
 
 /// Renders the alert as OCSF Network Activity (class 4001), or Process
@@ -122,6 +152,14 @@ pub fn render(alert: &Alert) -> Value {
     let message = alert.rule.as_ref().map_or(&alert.event.action, |r| &r.name);
     out.insert("message".into(), json!(message));
     put(&mut out, "connection_info", connection_info(alert));
+    put(&mut out, "traffic", traffic(alert));
+    if let (Some(start), Some(end)) = (&alert.event.start, &alert.event.end) {
+        out.insert("start_time".into(), json!(epoch_ms(start.0)));
+        out.insert("end_time".into(), json!(epoch_ms(end.0)));
+        if let Some(ns) = alert.event.duration {
+            out.insert("duration".into(), json!(ns / 1_000_000));
+        }
+    }
     put(
         &mut out,
         "src_endpoint",
