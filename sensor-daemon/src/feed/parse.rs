@@ -190,6 +190,10 @@ pub struct Relay {
 pub struct ExitInfo {
     /// Indexes into [`ParsedFeed::relays`].
     pub relays: Vec<u32>,
+    /// Per entry of `relays`: when that relay was seen exiting from this
+    /// address (TorDNSEL: its own `ExitAddress` test time), which the
+    /// history keeps per relay; `last_seen` is the newest of them.
+    pub relay_seen: Vec<Option<SystemTime>>,
     /// When the address was last seen as an exit (TorDNSEL test time;
     /// Onionoo: the relay's `last_seen`).
     pub last_seen: Option<SystemTime>,
@@ -229,10 +233,14 @@ impl ParsedFeed {
 
     fn add_exit(&mut self, net: IpNet, relay: Option<u32>, seen: Option<SystemTime>) {
         let info = self.exits.entry(net).or_default();
-        if let Some(r) = relay
-            && !info.relays.contains(&r)
-        {
-            info.relays.push(r);
+        if let Some(r) = relay {
+            match info.relays.iter().position(|&x| x == r) {
+                Some(i) => info.relay_seen[i] = info.relay_seen[i].max(seen),
+                None => {
+                    info.relays.push(r);
+                    info.relay_seen.push(seen);
+                }
+            }
         }
         if seen > info.last_seen {
             info.last_seen = seen;

@@ -914,10 +914,13 @@ impl Builder {
     pub fn add_exit_list(&mut self, feed: &ParsedFeed, digest: [u8; 32]) -> Added {
         let mut added = 0;
         for (net, info) in &feed.exits {
-            let Some(seen) = info.last_seen.map(secs) else {
-                continue;
-            };
-            for &r in &info.relays {
+            for (i, &r) in info.relays.iter().enumerate() {
+                // Each relay's own test time at this address (an address
+                // shared by several exits has one per exit).
+                let seen = info.relay_seen.get(i).copied().flatten().or(info.last_seen);
+                let Some(seen) = seen.map(secs) else {
+                    continue;
+                };
                 let Some(relay) = feed.relays.get(r as usize) else {
                     continue;
                 };
