@@ -62,6 +62,7 @@ fn feeds() -> FeedSet {
     ] {
         let info = ExitInfo {
             relays: vec![index],
+            relay_seen: vec![Some(time(seen))],
             last_seen: Some(time(seen)),
         };
         exits.exits.insert(net.parse().unwrap(), info);
