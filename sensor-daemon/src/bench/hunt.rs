@@ -174,18 +174,19 @@ fn month_day(day_of_year: u64) -> (&'static str, u64) {
     ("Dec", 31)
 }
 
-/// Best wall time of `rounds` runs of an external command (output
-/// discarded); None if it cannot run.
+/// Best wall time of `rounds` runs of an external command; None if it
+/// cannot run. Its output is read through a pipe (GNU grep stops at the
+/// first match when its output is /dev/null).
 fn time_command(rounds: usize, mut make: impl FnMut() -> Command) -> Option<Duration> {
     let mut best = Duration::MAX;
     for _ in 0..rounds {
         let start = Instant::now();
-        let status = make()
-            .stdout(Stdio::null())
+        let out = make()
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
-            .status()
+            .output()
             .ok()?;
-        if !status.success() && status.code() != Some(1) {
+        if !out.status.success() && out.status.code() != Some(1) {
             return None;
         }
         best = best.min(start.elapsed());
@@ -293,7 +294,7 @@ pub fn run(dir: &Path, pcap_mib: u64, log_mib: u64) -> Result<(), Box<dyn std::e
         .iter()
         .map(|p| p.to_string())
         .collect::<Vec<_>>()
-        .join(" ");
+        .join(", ");
     let tshark = time_command(1, || {
         let mut c = Command::new("tshark");
         c.arg("-r").arg(&pcap).args([

@@ -126,8 +126,8 @@ pub fn forwarded_addresses(value: &str) -> Vec<IpAddr> {
         .collect()
 }
 
-/// One line of the combined or common log format.
-pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
+/// The client and time of a combined/common line, and the rest.
+fn client_and_time(line: &str) -> Result<(IpAddr, u64, &str), String> {
     let (client, rest) = token(line).ok_or("empty line")?;
     let client: IpAddr = client
         .parse()
@@ -137,7 +137,12 @@ pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
     let close = rest[open..].find(']').ok_or("no [time]")? + open;
     let time_ns = parse_clf(&rest[open + 1..close])
         .ok_or("the time is not like 01/Mar/2025:12:00:00 +0000")?;
-    let rest = &rest[close + 1..];
+    Ok((client, time_ns, &rest[close + 1..]))
+}
+
+/// One line of the combined or common log format.
+pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
+    let (client, time_ns, rest) = client_and_time(line)?;
     let (request, rest) = quoted(rest).ok_or("no quoted request line")?;
     let (status, rest) = token(rest).ok_or("no status")?;
     let status: u16 = status
@@ -243,7 +248,23 @@ pub fn read(
             }
             let parsed = match json {
                 Some(fields) => parse_json(line.text, fields, forwarded_for),
-                None => parse_line(line.text, forwarded_for),
+                // The fast path: a client the history never held (and no
+                // forwarded chain to read) needs only its time; the rest
+                // of the line is not parsed.
+                None if !forwarded_for => match client_and_time(line.text) {
+                    Ok((client, time_ns, _)) if !out.may_match(client) => Ok(Parsed {
+                        time_ns,
+                        client,
+                        forwarded_for: Vec::new(),
+                        method: None,
+                        target: None,
+                        status: None,
+                        bytes: 0,
+                        user_agent: None,
+                    }),
+                    _ => parse_line(line.text, false),
+                },
+                None => parse_line(line.text, true),
             };
             match parsed {
                 Ok(p) => out.request(Request {
