@@ -55,14 +55,19 @@ pub struct ListenInput<'a> {
 }
 
 fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
-    let (category, action) = match signal {
-        Signal::Exec => (EventCategory::Process, "tor-program-start"),
-        _ => (EventCategory::Network, "tor-port-listen"),
+    let (category, action, kind) = match signal {
+        Signal::Exec => (
+            EventCategory::Process,
+            "tor-program-start",
+            EventType::Start,
+        ),
+        Signal::Dns => (EventCategory::Network, "tor-dns-query", EventType::Protocol),
+        _ => (EventCategory::Network, "tor-port-listen", EventType::Start),
     };
     Event {
         kind: EventKind::Alert,
         category: vec![category, EventCategory::IntrusionDetection],
-        types: vec![EventType::Start],
+        types: vec![kind],
         action: action.into(),
         outcome: Outcome::Success,
         module: "torsensor".into(),
@@ -72,8 +77,9 @@ fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
     }
 }
 
-/// An alert with what every local signal has: no peer, no feed.
-fn base(
+/// An alert with what every local signal has: no peer, no feed (a DNS
+/// alert starts from it too).
+pub(super) fn base(
     signal: Signal,
     time: SystemTime,
     process: Option<&ProcessInfo>,
@@ -104,11 +110,13 @@ fn base(
         rule: Some(rule.reference()),
         tags: Some(rule.tags.clone()),
         threat: Some(multi_hop_proxy()),
+        dns: None,
         related: None,
         torsensor: Torsensor {
             signal,
             exec: None,
             listen: None,
+            dns: None,
             feeds: Vec::new(),
             tor: None,
             matches: Vec::new(),
@@ -182,6 +190,7 @@ pub fn build_listen(input: ListenInput<'_>) -> Alert {
             IpFamily::Ipv6
         },
         community_id: None,
+        protocol: None,
     });
     alert.server = Some(Endpoint {
         ip: input.local.ip(),
