@@ -212,8 +212,8 @@ pub mod counter {
     /// ... on a watched port (`LISTEN_PORTS`): sent as `FLAG_LISTEN` events.
     pub const LISTEN_HIT: u32 = 22;
     // DNS lookups for Tor (issue 17): one table, renumber here at a merge.
-    /// Egress packets to a DNS port (`DNS_PORTS`) the egress program
-    /// looked into.
+    /// Egress packets to a DNS port (`DNS_PORTS`) with data the egress
+    /// program looked into (a TCP segment without data is not counted).
     pub const DNS_SEEN: u32 = DNS_BASE;
     /// ... whose question name has a watched suffix by its hash.
     pub const DNS_HIT: u32 = DNS_BASE + 1;

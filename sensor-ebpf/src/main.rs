@@ -1505,16 +1505,21 @@ fn udp_tcp_dport(skb: *mut __sk_buff, proto: u32) -> Option<u16> {
 
 #[inline(never)]
 fn dns_slow(ctx: &SkBuffContext, proto: u32, dport: u16) -> u32 {
-    count(counter::DNS_SEEN);
     let Some(ev) = DNS_SCRATCH.get_ptr_mut(0) else {
         return 0;
     };
     // SAFETY: the per-CPU slot is this program's alone while it runs.
     let ev = unsafe { &mut *ev };
-    let Some(msg) = dns_message(ctx, proto, ev) else {
+    let msg = dns_message(ctx, proto, ev);
+    if msg == NO_PAYLOAD {
+        // A TCP segment without data (SYN, ACK, FIN): nothing to read.
+        return 0;
+    }
+    count(counter::DNS_SEEN);
+    if msg == NOT_A_QUERY {
         count(counter::DNS_UNPARSED);
         return 0;
-    };
+    }
     ev.server_port = dport;
     // The question name's wire format, at most NAME_BUF bytes of it.
     let qoff = msg + 12;
@@ -1588,12 +1593,22 @@ fn dns_slow(ctx: &SkBuffContext, proto: u32, dport: u16) -> u32 {
     0
 }
 
+/// `dns_message`: a TCP segment without data.
+const NO_PAYLOAD: usize = usize::MAX;
+/// `dns_message`: data that is not the start of a query with a question.
+const NOT_A_QUERY: usize = usize::MAX - 1;
+
 /// Where the DNS message of a UDP datagram or TCP segment begins, for a
 /// query with a question; fills the event's addresses and transport on
-/// the way. `None`: not one (a response, no question, a TCP segment
-/// without data or without the start of a message).
+/// the way. `NO_PAYLOAD`, or `NOT_A_QUERY` (a response, no question, a
+/// TCP segment that continues a message, headers that cannot be read).
 #[inline(always)]
-fn dns_message(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> Option<usize> {
+fn dns_message(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> usize {
+    dns_message_at(ctx, proto, ev).unwrap_or(NOT_A_QUERY)
+}
+
+#[inline(always)]
+fn dns_message_at(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> Option<usize> {
     let (l4, next) = if proto == ETH_P_IP {
         let vihl: u8 = ctx.load(0).ok()?;
         let d: [u8; 4] = ctx.load(16).ok()?;
@@ -1612,9 +1627,13 @@ fn dns_message(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> Option<usi
         l4 + 8
     } else {
         let off: u8 = ctx.load(l4 + 12).ok()?;
+        let data = l4 + ((off >> 4) as usize) * 4;
+        if ctx.skb.len() as usize <= data {
+            return Some(NO_PAYLOAD);
+        }
         // A TCP message starts with its 2-byte length; a segment that
         // continues one is not looked at.
-        l4 + ((off >> 4) as usize) * 4 + 2
+        data + 2
     };
     // The header: QR clear (a query), QDCOUNT at least 1.
     let flags: u8 = ctx.load(msg + 2).ok()?;
