@@ -164,7 +164,7 @@ impl DnsWatch {
         let mut resolvers = BTreeSet::new();
         for r in raw.resolver {
             let name = r.name.get_ref();
-            if name.is_empty() || name.len() > crate::local::COMM_MAX || name.contains('/') {
+            if name.is_empty() || name.len() > sensor_common::COMM_LEN - 1 || name.contains('/') {
                 return Err(bad(
                     r.name.span().start,
                     format!("resolver {name:?} must be a process name of 1 to 15 bytes"),
