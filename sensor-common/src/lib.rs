@@ -398,6 +398,29 @@ pub struct DnsEvent {
     pub qname: [u8; dns::NAME_BUF],
 }
 
+impl DnsEvent {
+    pub const ZERO: Self = Self {
+        ts_boot_ns: 0,
+        cgroup_id: 0,
+        cookie: 0,
+        tgid: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        server_addr: [0; 16],
+        server_port: 0,
+        local_port: 0,
+        family: 0,
+        transport: 0,
+        flags: 0,
+        qtype: 0,
+        qname_len: 0,
+        _pad: 0,
+        comm: [0; COMM_LEN],
+        qname: [0; dns::NAME_BUF],
+    };
+}
+
 /// Offsets in `struct task_struct` and `struct mm_struct` that the exec
 /// program reads (global `EXEC_OFFSETS`, from the running kernel's BTF).
 #[repr(C)]

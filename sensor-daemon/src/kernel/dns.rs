@@ -191,7 +191,7 @@ mod tests {
 
     #[test]
     fn dns_events_decode() {
-        let mut ev: DnsEvent = unsafe { std::mem::zeroed() };
+        let mut ev = DnsEvent::ZERO;
         ev.ts_boot_ns = 3_000_000_000;
         ev.family = sensor_common::AF_INET6;
         ev.server_addr = std::net::Ipv6Addr::LOCALHOST.octets();
