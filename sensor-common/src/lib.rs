@@ -300,6 +300,9 @@ pub mod dns {
     pub const MAX_SUFFIX_LABELS: usize = 4;
     /// `DNS_PORTS` bitmap words (one bit per port).
     pub const PORT_WORDS: u32 = 65536 / 64;
+    /// Entries of `DNS_SUFFIXES`: the most watched names a names file may
+    /// list.
+    pub const MAX_NAMES: u32 = 1024;
 
     /// `DnsEvent::flags`: no process is known for the socket (see
     /// `counter::DNS_NO_PROCESS`); uid and cgroup are the socket's.

@@ -1374,16 +1374,18 @@ fn listen_slow(ctx: *mut c_void, sk: u64, port: u16) -> u32 {
 /// Watched suffix hashes (`sensor_common::dns::suffix_hash`); the value
 /// is unused. Filled once by the daemon.
 #[map]
-static DNS_SUFFIXES: HashMap<u64, u8> = HashMap::with_max_entries(1024, 0);
+static DNS_SUFFIXES: HashMap<u64, u8> = HashMap::with_max_entries(dns::MAX_NAMES, 0);
 /// One bit per destination port that is a DNS port (53 unless configured).
 #[map]
 static DNS_PORTS: Array<u64> = Array::with_max_entries(dns::PORT_WORDS, 0);
 /// Socket cookie -> the process that connected or sent to a DNS port.
 #[map]
 static DNS_SOCKS: LruHashMap<u64, DnsProc> = LruHashMap::with_max_entries(16384, 0);
-/// DNS hits for the daemon.
+/// DNS hits for the daemon: 1 MiB, about 2,900 events of backlog (a
+/// flood of 75,000 watched queries a second on loopback overran a quarter
+/// of that in `cargo xtask bench --dns-only`; every loss is counted).
 #[map]
-static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
+static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 /// Per-CPU space to build one event in (too large for the stack).
 #[map]
 static DNS_SCRATCH: PerCpuArray<DnsEvent> = PerCpuArray::with_max_entries(1, 0);

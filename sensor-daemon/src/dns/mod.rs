@@ -14,7 +14,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use sensor_common::dns::{MAX_SUFFIX_LABELS, label_hash, suffix_hash};
+use sensor_common::dns::{MAX_NAMES, MAX_SUFFIX_LABELS, label_hash, suffix_hash};
 use serde::Deserialize;
 
 /// The shipped names file.
@@ -160,6 +160,15 @@ impl DnsWatch {
         }
         if names.is_empty() {
             return Err(bad(0, "no [[name]] is listed".into()));
+        }
+        if names.len() > MAX_NAMES as usize {
+            return Err(bad(
+                text.len(),
+                format!(
+                    "{} names listed, the kernel's table holds {MAX_NAMES}",
+                    names.len()
+                ),
+            ));
         }
         let mut resolvers = BTreeSet::new();
         for r in raw.resolver {
@@ -383,6 +392,12 @@ mod tests {
         let resolver = "[[name]]\nsuffix = \"onion\"\ncategory = \"x\"\nwhat = \"w\"\n[[resolver]]\nname = \"a-very-long-resolver-name\"\n";
         assert!(err(resolver).contains("line 6: resolver"));
         assert!(err("").contains("no [[name]]"));
+        let many: String = (0..=MAX_NAMES)
+            .map(|i| {
+                format!("[[name]]\nsuffix = \"n{i}.example\"\ncategory = \"x\"\nwhat = \"w\"\n")
+            })
+            .collect();
+        assert!(err(&many).ends_with("1025 names listed, the kernel's table holds 1024"));
         let missing = DnsWatch::load(Some(Path::new("/nonexistent/names.toml"))).unwrap_err();
         assert!(
             missing
