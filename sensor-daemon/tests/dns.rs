@@ -460,3 +460,122 @@ fn dns_programs_of(pid: u32) -> usize {
         })
         .count()
 }
+
+/// The cgroup v2 hierarchy's mount point (where both features attach by
+/// default).
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup v2 hierarchy is mounted")
+}
+
+#[test]
+fn dns_and_enforced_blocking_share_the_connect_hooks() {
+    if !kernel_tests_allowed("dns_and_enforced_blocking_share_the_connect_hooks")
+        || !tools_present()
+    {
+        return;
+    }
+    let _g = serial();
+    let ns = DnsNs::new("b", SERVER);
+    let _unbound = start_unbound(&ns);
+    // Blocking refuses outbound connects to the listed 127.66.53.1; DNS
+    // watches queries; both on the root's connect4/connect6 hooks.
+    let rules = temp_path("dns-block-rules.d");
+    std::fs::create_dir_all(&rules).unwrap();
+    std::fs::write(
+        rules.join("50-block.toml"),
+        "[[rule]]\nid = \"TEST-BLOCK\"\nname = \"block\"\ndescription = \"test\"\nseverity = 73\npriority = \"Warning\"\ntags = []\naction = \"block\"\nwhen = { direction = \"egress\", role = \"exit\" }\n",
+    )
+    .unwrap();
+    let cfg = temp_path("dns-block.toml");
+    std::fs::write(
+        &cfg,
+        format!("rules_dir = {rules:?}\n[blocking]\nmode = \"enforce\"\n[dns]\nenabled = true\n"),
+    )
+    .unwrap();
+    let sensor = Sensor::start(
+        "dns-block",
+        "127.66.53.1/32\n",
+        &["--config", cfg.to_str().unwrap()],
+    );
+    sensor.wait_log(
+        "blocking enforce: blocking hooks on cgroup",
+        1,
+        Duration::from_secs(5),
+    );
+    sensor.wait_log("DNS hooks on cgroup", 1, Duration::from_secs(5));
+
+    // Both sets on the same hook, side by side.
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup2_root())
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let attached: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // bpftool names the hooks `cgroup_inet4_connect`..., older ones
+    // `connect4`...
+    let on = |hook: &[&str]| -> Vec<String> {
+        let mut names: Vec<String> = attached
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| hook.iter().any(|h| p["attach_type"] == *h))
+            .filter_map(|p| p["name"].as_str().map(str::to_owned))
+            .filter(|n| n.starts_with("dns_") || n.starts_with("block_"))
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        on(&["cgroup_inet4_connect", "connect4"]),
+        ["block_connect4", "dns_connect4"],
+        "{attached:#}"
+    );
+    assert_eq!(
+        on(&["cgroup_inet6_connect", "connect6"]),
+        ["block_connect6", "dns_connect6"],
+        "{attached:#}"
+    );
+    assert_eq!(
+        on(&["cgroup_udp4_sendmsg", "sendmsg4"]),
+        ["dns_sendmsg4"],
+        "{attached:#}"
+    );
+    assert_eq!(
+        on(&["cgroup_inet_egress", "egress"]),
+        ["dns_egress"],
+        "{attached:#}"
+    );
+
+    // Blocking still refuses...
+    let fd = socket(libc::AF_INET);
+    let (sa, len) = {
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_port = 9u16.to_be();
+        sin.sin_addr.s_addr = u32::from_ne_bytes([127, 66, 53, 1]);
+        (sin, size_of::<libc::sockaddr_in>() as u32)
+    };
+    use std::os::fd::AsRawFd as _;
+    // SAFETY: a valid socket and sockaddr_in of the given length.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    assert_eq!((rc, err.raw_os_error()), (-1, Some(libc::EPERM)), "{err}");
+    // ... and DNS still watches.
+    let pid = ns.dig(&[&format!("@{SERVER}"), "www.torproject.org"]);
+    let doc = sensor.expect_alert("dig's query", |a| pid_of(a) == pid as u64);
+    assert_eq!(get(&doc, "process.name"), "dig");
+    assert_eq!(get(&doc, "rule.id"), "TORSENSOR-008");
+    sensor.expect_alert("the refused connect", |a| {
+        get(a, "torsensor.block.result") == "blocked"
+    });
+    let (status, _, stderr) = sensor.stop();
+    assert!(status.success(), "{stderr}");
+}

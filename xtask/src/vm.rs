@@ -105,6 +105,7 @@ const REQUIRED: &[&str] = &[
     // name in cgroup_skb/egress) must load and work on every kernel.
     "direct_queries_name_the_client_over_udp_tcp_ipv6_and_glibc",
     "through_a_local_stub_the_client_and_the_forwarding_resolver_are_named",
+    "dns_and_enforced_blocking_share_the_connect_hooks",
 ];
 
 /// The test binaries of `sensor-daemon` that run in every VM: the kernel
