@@ -211,10 +211,35 @@ pub mod counter {
     pub const LISTEN_SEEN: u32 = 21;
     /// ... on a watched port (`LISTEN_PORTS`): sent as `FLAG_LISTEN` events.
     pub const LISTEN_HIT: u32 = 22;
+    // DNS lookups for Tor (issue 17): one table, renumber here at a merge.
+    /// Egress packets to a DNS port (`DNS_PORTS`) with data the egress
+    /// program looked into (a TCP segment without data is not counted).
+    pub const DNS_SEEN: u32 = DNS_BASE;
+    /// ... whose question name has a watched suffix by its hash.
+    pub const DNS_HIT: u32 = DNS_BASE + 1;
+    /// DNS events written to the `DNS_EVENTS` ring buffer.
+    pub const DNS_SENT: u32 = DNS_BASE + 2;
+    /// DNS events lost because `DNS_EVENTS` was full.
+    pub const DNS_RINGBUF_FULL: u32 = DNS_BASE + 3;
+    /// Packets to a DNS port whose question could not be parsed: not a
+    /// query, a compression pointer in the name, a name cut short by the
+    /// end of the packet (or of a TCP segment), a TCP segment without the
+    /// message's start. Not matched.
+    pub const DNS_UNPARSED: u32 = DNS_BASE + 4;
+    /// Hits whose socket was not in `DNS_SOCKS` (connected before the
+    /// sensor started, or evicted): sent with the socket's uid and cgroup,
+    /// without a process.
+    pub const DNS_NO_PROCESS: u32 = DNS_BASE + 5;
+    /// Sockets recorded by the sock_addr programs (`connect`, `sendmsg`
+    /// to a DNS port).
+    pub const DNS_SOCK_RECORDED: u32 = DNS_BASE + 6;
+    const DNS_BASE: u32 = 23;
+    const _: () = assert!(LISTEN_HIT < DNS_BASE);
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = DNS_BASE + 7;
     const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
     const _: () = assert!(LISTEN_HIT < COUNT);
+    const _: () = assert!(DNS_SOCK_RECORDED < COUNT);
 }
 
 /// Why an [`ExecEvent`] was sent (`ExecEvent::reasons` bits).
@@ -258,6 +283,145 @@ pub mod exec {
         };
         Some((pattern, mask))
     }
+}
+
+/// DNS lookups for Tor (issue 17): what the `cgroup_skb/egress` program
+/// and the daemon share. The program walks the question name of a query
+/// to a DNS port label by label, hashes each label (case-folded), and
+/// looks the last 1..=`MAX_SUFFIX_LABELS` labels up in `DNS_SUFFIXES` by
+/// [`dns::suffix_hash`]; the daemon fills that map from the names file
+/// with the same functions and confirms every hit against the exact name.
+pub mod dns {
+    /// The question name's wire format is read into a buffer this large;
+    /// a name is at most 255 bytes (RFC 1035), so every valid one fits.
+    pub const NAME_BUF: usize = 256;
+    /// Labels of the longest watched suffix (`bridges.torproject.org` has
+    /// three).
+    pub const MAX_SUFFIX_LABELS: usize = 4;
+    /// `DNS_PORTS` bitmap words (one bit per port).
+    pub const PORT_WORDS: u32 = 65536 / 64;
+    /// Entries of `DNS_SUFFIXES`: the most watched names a names file may
+    /// list.
+    pub const MAX_NAMES: u32 = 1024;
+
+    /// `DnsEvent::flags`: no process is known for the socket (see
+    /// `counter::DNS_NO_PROCESS`); uid and cgroup are the socket's.
+    pub const FLAG_NO_PROCESS: u8 = 1 << 0;
+
+    /// FNV-1a 64.
+    pub const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const PRIME: u64 = 0x0000_0100_0000_01b3;
+
+    /// One byte of a label into its hash: FNV-1a over the byte with bit
+    /// 0x20 set, which folds ASCII upper case onto lower case (and a few
+    /// punctuation pairs onto each other: a pre-filter, the daemon
+    /// compares exactly).
+    #[inline(always)]
+    pub fn fold(h: u64, b: u8) -> u64 {
+        (h ^ (b | 0x20) as u64).wrapping_mul(PRIME)
+    }
+
+    /// A label's hash (its bytes, without the length byte).
+    pub fn label_hash(label: &[u8]) -> u64 {
+        let mut h = OFFSET;
+        for b in label {
+            h = fold(h, *b);
+        }
+        h
+    }
+
+    /// One more label (left to right) into a suffix's hash.
+    #[inline(always)]
+    pub fn combine(acc: u64, label: u64) -> u64 {
+        (acc ^ label).wrapping_mul(PRIME).rotate_left(29)
+    }
+
+    /// The key of a suffix of `k` labels in `DNS_SUFFIXES`, from their
+    /// label hashes left to right (`com`, `example` -> `example.com`
+    /// is `[h("example"), h("com")]`). The label count goes in first, so
+    /// suffixes of different lengths cannot share a key by construction.
+    pub fn suffix_hash(labels: &[u64]) -> u64 {
+        let mut acc = OFFSET ^ labels.len() as u64;
+        for l in labels {
+            acc = combine(acc, *l);
+        }
+        acc
+    }
+}
+
+/// Who a socket that talks to a DNS port belongs to: the caller of
+/// `connect()` / `sendmsg()` (value of the `DNS_SOCKS` LRU map, keyed by
+/// the socket cookie).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsProc {
+    pub cgroup_id: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// A query for a watched name, written by the egress program into the
+/// `DNS_EVENTS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub ts_boot_ns: u64,
+    /// The sender's cgroup v2 id (the socket's, without a process).
+    pub cgroup_id: u64,
+    /// The socket cookie.
+    pub cookie: u64,
+    pub tgid: u32,
+    pub pid: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// The server the query goes to (network order; IPv4 in the first 4
+    /// bytes).
+    pub server_addr: [u8; 16],
+    /// Host order.
+    pub server_port: u16,
+    /// The sender's port (host order).
+    pub local_port: u16,
+    /// `AF_INET` or `AF_INET6` (of the packet).
+    pub family: u16,
+    /// `IPPROTO_UDP` (17) or `IPPROTO_TCP` (6).
+    pub transport: u8,
+    /// `dns::FLAG_*`.
+    pub flags: u8,
+    /// The question's QTYPE (host order).
+    pub qtype: u16,
+    /// Bytes of `qname` in use: the wire-format name with its final 0.
+    pub qname_len: u16,
+    pub _pad: u32,
+    /// The sender's command name (zero without a process).
+    pub comm: [u8; COMM_LEN],
+    /// The question name in wire format (length-prefixed labels).
+    pub qname: [u8; dns::NAME_BUF],
+}
+
+impl DnsEvent {
+    pub const ZERO: Self = Self {
+        ts_boot_ns: 0,
+        cgroup_id: 0,
+        cookie: 0,
+        tgid: 0,
+        pid: 0,
+        uid: 0,
+        gid: 0,
+        server_addr: [0; 16],
+        server_port: 0,
+        local_port: 0,
+        family: 0,
+        transport: 0,
+        flags: 0,
+        qtype: 0,
+        qname_len: 0,
+        _pad: 0,
+        comm: [0; COMM_LEN],
+        qname: [0; dns::NAME_BUF],
+    };
 }
 
 /// Offsets in `struct task_struct` and `struct mm_struct` that the exec
@@ -494,6 +658,8 @@ mod user {
     unsafe impl aya::Pod for super::BlockRule {}
     unsafe impl aya::Pod for super::ExecEvent {}
     unsafe impl aya::Pod for super::ExecOffsets {}
+    unsafe impl aya::Pod for super::DnsProc {}
+    unsafe impl aya::Pod for super::DnsEvent {}
 }
 
 #[cfg(test)]
@@ -575,6 +741,39 @@ mod tests {
         assert_eq!(offset_of!(ExecEvent, comm), 48);
         assert_eq!(size_of::<ExecEvent>(), 64);
         assert_eq!(size_of::<ExecOffsets>(), 24);
+    }
+
+    #[test]
+    fn dns_types_layout() {
+        assert_eq!(size_of::<DnsProc>(), 40);
+        assert_eq!(offset_of!(DnsProc, comm), 24);
+        assert_eq!(offset_of!(DnsEvent, cookie), 16);
+        assert_eq!(offset_of!(DnsEvent, tgid), 24);
+        assert_eq!(offset_of!(DnsEvent, server_addr), 40);
+        assert_eq!(offset_of!(DnsEvent, server_port), 56);
+        assert_eq!(offset_of!(DnsEvent, local_port), 58);
+        assert_eq!(offset_of!(DnsEvent, family), 60);
+        assert_eq!(offset_of!(DnsEvent, transport), 62);
+        assert_eq!(offset_of!(DnsEvent, flags), 63);
+        assert_eq!(offset_of!(DnsEvent, qtype), 64);
+        assert_eq!(offset_of!(DnsEvent, qname_len), 66);
+        assert_eq!(offset_of!(DnsEvent, comm), 72);
+        assert_eq!(offset_of!(DnsEvent, qname), 88);
+        assert_eq!(size_of::<DnsEvent>(), 88 + dns::NAME_BUF);
+    }
+
+    #[test]
+    fn dns_hashes_fold_case_and_count_labels() {
+        let onion = dns::label_hash(b"onion");
+        assert_eq!(onion, dns::label_hash(b"ONION"));
+        assert_ne!(onion, dns::label_hash(b"onio"));
+        let a = dns::suffix_hash(&[dns::label_hash(b"torproject"), dns::label_hash(b"org")]);
+        let b = dns::suffix_hash(&[dns::label_hash(b"org"), dns::label_hash(b"torproject")]);
+        assert_ne!(a, b, "order matters");
+        assert_ne!(dns::suffix_hash(&[onion]), onion);
+        // The kernel's unrolled form for two labels.
+        let (l1, l0) = (dns::label_hash(b"torproject"), dns::label_hash(b"org"));
+        assert_eq!(a, dns::combine(dns::combine(dns::OFFSET ^ 2, l1), l0));
     }
 
     #[test]

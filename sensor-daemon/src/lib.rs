@@ -16,7 +16,7 @@
 //! | 3 | [`history`] | Tor history: CollecTor archives and documents into a time-aware index, lookups at a time |
 //! | 2 | [`feed`] | Tor lists: sources, formats, sets, cache, refresh |
 //! | 1 | [`statedir`] | files in the state directory, never through a link |
-//! | 0 | [`net`], [`time`], [`sys`], [`redact`], [`local`] | addresses, times, every libc call, secrets out of messages; the watched programs, environment prefix and ports of the local Tor signals |
+//! | 0 | [`net`], [`time`], [`sys`], [`redact`], [`local`], [`dns`] | addresses, times, every libc call, secrets out of messages; the watched programs, environment prefix and ports of the local Tor signals; the watched DNS names |
 //!
 //! The binary (`main.rs`) is the command line on top; [`mod@bench`] holds
 //! the benchmarks `cargo xtask bench` runs.
@@ -25,6 +25,7 @@ pub mod alert;
 pub mod bench;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod enrich;
 pub mod feed;
 pub mod history;

@@ -25,6 +25,8 @@ const CASES: &[&str] = &[
     "listen_socks_port",
     "hunt_flow_pcap",
     "hunt_web_requests_forwarded",
+    "dns_onion_leak",
+    "dns_bridges_via_resolver",
 ];
 
 fn golden_dir() -> PathBuf {
@@ -228,6 +230,58 @@ fn ocsf_local_signals_have_their_class_and_activity() {
     }
 }
 
+/// A DNS query is OCSF DNS Activity (4003), Query (1): the name in
+/// `query.hostname`, the server the destination, the sender the actor.
+#[test]
+fn ocsf_dns_queries_are_dns_activity() {
+    let mut seen = 0;
+    for case in cases_of(&["dns"]) {
+        seen += 1;
+        let o = render(case).ocsf;
+        assert_no_nulls(&o, case);
+        for field in [
+            "severity_id",
+            "time",
+            "metadata.version",
+            "query.hostname",
+            "query.type",
+            "dst_endpoint.ip",
+            "dst_endpoint.port",
+            "actor.process.pid",
+            "connection_info.protocol_name",
+        ] {
+            assert!(get(&o, field).is_some(), "{case}: OCSF lacks {field}");
+        }
+        assert_eq!(
+            (&o["category_uid"], &o["class_uid"], &o["activity_id"]),
+            (&4.into(), &4003.into(), &1.into()),
+            "{case}"
+        );
+        assert_eq!(o["type_uid"], 400301, "{case}");
+        assert_eq!(o["type_name"], "DNS Activity: Query", "{case}");
+        assert_eq!(o["observables"][0]["type_id"], 1, "{case}");
+        assert_eq!(o["observables"][0]["name"], "query.hostname", "{case}");
+        assert_eq!(o["connection_info"]["direction_id"], 2, "{case}");
+        assert!(o.get("src_endpoint").is_none(), "{case}");
+        let f = render(case).falco;
+        assert_eq!(f["output_fields"]["evt.type"], "sendto", "{case}");
+        assert_eq!(
+            f["output_fields"]["dns.question.name"], o["query"]["hostname"],
+            "{case}"
+        );
+    }
+    assert_eq!(seen, 2);
+    let via = render("dns_bridges_via_resolver").falco;
+    assert_eq!(via["output_fields"]["torsensor.dns.resolver"], "dnsmasq");
+    assert!(
+        via["output"]
+            .as_str()
+            .unwrap()
+            .contains("via_resolver=dnsmasq"),
+        "{via:#}"
+    );
+}
+
 #[test]
 fn falco_output_is_what_falcosidekick_accepts() {
     for case in CASES {
@@ -253,6 +307,8 @@ fn falco_output_is_what_falcosidekick_accepts() {
             // A web log names the client's address only.
             Some("hunt") if case.contains("web") => &["fd.rip", "fd.l4proto", "evt.time"],
             Some("listen") => &["fd.lip", "fd.lport", "fd.l4proto", "evt.time", "proc.pid"],
+            // The server; the sending socket's own address is not read.
+            Some("dns") => &["fd.rip", "fd.rport", "fd.l4proto", "evt.time", "proc.pid"],
             _ => &["fd.rip", "fd.rport", "fd.lport", "fd.l4proto", "evt.time"],
         };
         for key in keys {

@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("sys", 0),
     ("redact", 0),
     ("local", 0),
+    ("dns", 0),
     ("statedir", 1),
     ("feed", 2),
     ("kernel", 3),

@@ -56,7 +56,8 @@ use aya_ebpf::{
         bpf_probe_read_kernel, bpf_probe_read_user_buf,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
-            bpf_ktime_get_boot_ns, bpf_set_retval, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_set_retval,
+            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
     macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, kprobe, map},
@@ -66,9 +67,9 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use sensor_common::{
     AF_INET, AF_INET6, BlockMatch, BlockRule, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS,
-    ExecEvent, ExecOffsets, FLAG_AUDIT, FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_LISTEN,
-    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, block, counter, exec,
-    pending, prefilter,
+    DnsEvent, DnsProc, ExecEvent, ExecOffsets, FLAG_AUDIT, FLAG_BLOCKED, FLAG_CONNECT_FAILED,
+    FLAG_LISTEN, FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, block,
+    counter, dns, exec, pending, prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -1344,6 +1345,412 @@ fn listen_slow(ctx: *mut c_void, sk: u64, port: u16) -> u32 {
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     emit(&RawCtx(ctx), &ev);
     0
+}
+
+// ---------------------------------------------------------------------------
+// DNS lookups for Tor (issue 17): queries for `.onion` names (a leak: RFC
+// 7686) and for the Tor Project's and its transports' domains, sent by any
+// process over UDP or TCP to a DNS port. No kprobe: two cgroup hooks on
+// the cgroup v2 root, attached with bpf_link next to anything else there
+// (opt-in blocking's `block_connect4/6` included).
+//
+// - `dns_connect4/6` and `dns_sendmsg4/6` (cgroup sock_addr) run in the
+//   caller of `connect()` / `sendmsg()` to a DNS port and record the
+//   socket's cookie -> process in `DNS_SOCKS` (LRU: the entry of a socket
+//   long gone is what is evicted; a hit without an entry is counted and
+//   sent with the socket's uid and cgroup only).
+// - `dns_egress` (cgroup_skb/egress) looks at every packet leaving a
+//   socket; one bitmap read rules out all but those to a DNS port. For
+//   those it reads the question name (at most 255 bytes, RFC 1035) into a
+//   per-CPU buffer and walks it label by label in one bounded loop,
+//   hashing each label (case-folded) and keeping the last four label
+//   hashes; then it looks the name's last 1..4 labels up in
+//   `DNS_SUFFIXES`. Only a hit crosses to the daemon (the whole name, the
+//   type, the server, the process), which confirms the exact suffix. A
+//   compression pointer in a question (queries do not compress their
+//   first name in practice) or a name cut short is counted
+//   (`DNS_UNPARSED`), never guessed. Always returns 1: it never drops.
+
+/// Watched suffix hashes (`sensor_common::dns::suffix_hash`); the value
+/// is unused. Filled once by the daemon.
+#[map]
+static DNS_SUFFIXES: HashMap<u64, u8> = HashMap::with_max_entries(dns::MAX_NAMES, 0);
+/// One bit per destination port that is a DNS port (53 unless configured).
+#[map]
+static DNS_PORTS: Array<u64> = Array::with_max_entries(dns::PORT_WORDS, 0);
+/// Socket cookie -> the process that connected or sent to a DNS port.
+#[map]
+static DNS_SOCKS: LruHashMap<u64, DnsProc> = LruHashMap::with_max_entries(16384, 0);
+/// DNS hits for the daemon: 1 MiB, about 2,900 events of backlog (a
+/// flood of 75,000 watched queries a second on loopback overran a quarter
+/// of that in `cargo xtask bench --dns-only`; every loss is counted).
+#[map]
+static DNS_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+/// Per-CPU space to build one event in (too large for the stack).
+#[map]
+static DNS_SCRATCH: PerCpuArray<DnsEvent> = PerCpuArray::with_max_entries(1, 0);
+
+const IPPROTO_UDP: u8 = 17;
+
+#[inline(always)]
+fn is_dns_port(port: u16) -> bool {
+    DNS_PORTS
+        .get(port as u32 / 64)
+        .is_some_and(|w| *w & (1u64 << (port % 64)) != 0)
+}
+
+/// Records the caller as the owner of the socket in `ctx` if `port`
+/// (network order, as `user_port` holds it) is a DNS port.
+#[inline(always)]
+fn dns_record(ctx: &SockAddrContext, port_be: u32) -> i32 {
+    if !is_dns_port(u16::from_be(port_be as u16)) {
+        return 1;
+    }
+    // SAFETY: the helper takes the sock_addr context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    let owner = DnsProc {
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        comm: bpf_get_current_comm().unwrap_or([0; COMM_LEN]),
+    };
+    if DNS_SOCKS.insert(cookie, owner, 0).is_ok() {
+        count(counter::DNS_SOCK_RECORDED);
+    }
+    1
+}
+
+#[inline(always)]
+fn user_port(ctx: &SockAddrContext) -> u32 {
+    // SAFETY: the kernel's `bpf_sock_addr`; a 4-byte load.
+    unsafe { (*ctx.sock_addr).user_port }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn dns_connect4(ctx: SockAddrContext) -> i32 {
+    dns_record(&ctx, user_port(&ctx))
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn dns_connect6(ctx: SockAddrContext) -> i32 {
+    dns_record(&ctx, user_port(&ctx))
+}
+
+/// `sendmsg()` / `sendto()` with a destination on an unconnected UDP
+/// socket (a connected one was recorded at `connect()`).
+#[cgroup_sock_addr(sendmsg4)]
+pub fn dns_sendmsg4(ctx: SockAddrContext) -> i32 {
+    dns_record(&ctx, user_port(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn dns_sendmsg6(ctx: SockAddrContext) -> i32 {
+    dns_record(&ctx, user_port(&ctx))
+}
+
+/// Every packet leaving a socket: 1, always (never drops).
+#[cgroup_skb(egress)]
+pub fn dns_egress(ctx: SkBuffContext) -> i32 {
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    if let Some(dport) = udp_tcp_dport(ctx.skb.skb, proto)
+        && is_dns_port(dport)
+    {
+        dns_slow(&ctx, proto, dport);
+    }
+    1
+}
+
+/// The destination port of a UDP or TCP packet, read straight from the
+/// linear data (no helper call); `None` for anything else, or when the
+/// headers are not in the linear part (not the case for locally sent
+/// packets: the stack builds their headers there).
+#[inline(always)]
+fn udp_tcp_dport(skb: *mut __sk_buff, proto: u32) -> Option<u16> {
+    // SAFETY: packet pointers of a cgroup_skb context; every read is
+    // bounds-checked against `end` first, as the verifier requires.
+    unsafe {
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        let (l4, next) = if proto == ETH_P_IP {
+            if data + 20 > end {
+                return None;
+            }
+            let vihl = *(data as *const u8);
+            // A later fragment has no L4 header.
+            let frag = u16::from_be(*((data + 6) as *const u16));
+            if frag & 0x1fff != 0 {
+                return None;
+            }
+            (((vihl & 0x0f) as usize) * 4, *((data + 9) as *const u8))
+        } else if proto == ETH_P_IPV6 {
+            if data + 40 > end {
+                return None;
+            }
+            (40, *((data + 6) as *const u8))
+        } else {
+            return None;
+        };
+        if next != IPPROTO_UDP && next != IPPROTO_TCP as u8 {
+            return None;
+        }
+        let at = data + l4 + 2;
+        if at + 2 > end {
+            return None;
+        }
+        Some(u16::from_be(*(at as *const u16)))
+    }
+}
+
+#[inline(never)]
+fn dns_slow(ctx: &SkBuffContext, proto: u32, dport: u16) -> u32 {
+    let Some(ev) = DNS_SCRATCH.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: the per-CPU slot is this program's alone while it runs.
+    let ev = unsafe { &mut *ev };
+    let msg = dns_message(ctx, proto, ev);
+    if msg == NO_PAYLOAD {
+        // A TCP segment without data (SYN, ACK, FIN): nothing to read.
+        return 0;
+    }
+    count(counter::DNS_SEEN);
+    if msg == NOT_A_QUERY {
+        count(counter::DNS_UNPARSED);
+        return 0;
+    }
+    ev.server_port = dport;
+    // The question name's wire format, at most NAME_BUF bytes of it.
+    let qoff = msg + 12;
+    let len = ctx.skb.len() as usize;
+    if len <= qoff {
+        count(counter::DNS_UNPARSED);
+        return 0;
+    }
+    // 1..=NAME_BUF, written so that the verifier sees both bounds (a
+    // plain `min` leaves it a lower bound of 0, which the helper refuses).
+    let avail = (((len - qoff - 1).min(dns::NAME_BUF - 1) as u32) & 0xff) as usize + 1;
+    // SAFETY: `avail` is 1..=NAME_BUF, the buffer's size.
+    let loaded = unsafe {
+        bpf_skb_load_bytes(
+            ctx.skb.skb as *const c_void,
+            qoff as u32,
+            ev.qname.as_mut_ptr() as *mut c_void,
+            avail as u32,
+        )
+    };
+    if loaded != 0 {
+        count(counter::DNS_UNPARSED);
+        return 0;
+    }
+    let walked = match_qname(&ev.qname, avail);
+    if walked == QNAME_UNPARSED {
+        count(counter::DNS_UNPARSED);
+        return 0;
+    }
+    if walked & QNAME_HIT == 0 {
+        return 0;
+    }
+    let end = (walked & 0xffff) as usize;
+    count(counter::DNS_HIT);
+    ev.qname_len = (end + 1) as u16;
+    ev.qtype = ctx
+        .load::<u16>(qoff + end + 1)
+        .map(u16::from_be)
+        .unwrap_or(0);
+    let skb = ctx.skb.skb;
+    // SAFETY: helpers of cgroup_skb programs on the context's skb.
+    let cookie = unsafe { bpf_get_socket_cookie(skb as *mut c_void) };
+    ev.cookie = cookie;
+    ev.flags = 0;
+    match unsafe { DNS_SOCKS.get(cookie) } {
+        Some(owner) => {
+            ev.cgroup_id = owner.cgroup_id;
+            ev.tgid = owner.tgid;
+            ev.pid = owner.pid;
+            ev.uid = owner.uid;
+            ev.gid = owner.gid;
+            ev.comm = owner.comm;
+        }
+        None => {
+            count(counter::DNS_NO_PROCESS);
+            ev.flags = dns::FLAG_NO_PROCESS;
+            ev.cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
+            ev.tgid = 0;
+            ev.pid = 0;
+            ev.uid = ctx.skb.get_socket_uid();
+            ev.gid = 0;
+            ev.comm = [0; COMM_LEN];
+        }
+    }
+    ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
+    if DNS_EVENTS.output::<DnsEvent>(&*ev, 0).is_ok() {
+        count(counter::DNS_SENT);
+    } else {
+        count(counter::DNS_RINGBUF_FULL);
+    }
+    0
+}
+
+/// `dns_message`: a TCP segment without data.
+const NO_PAYLOAD: usize = usize::MAX;
+/// `dns_message`: data that is not the start of a query with a question.
+const NOT_A_QUERY: usize = usize::MAX - 1;
+
+/// Where the DNS message of a UDP datagram or TCP segment begins, for a
+/// query with a question; fills the event's addresses and transport on
+/// the way. `NO_PAYLOAD`, or `NOT_A_QUERY` (a response, no question, a
+/// TCP segment that continues a message, headers that cannot be read).
+#[inline(always)]
+fn dns_message(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> usize {
+    dns_message_at(ctx, proto, ev).unwrap_or(NOT_A_QUERY)
+}
+
+#[inline(always)]
+fn dns_message_at(ctx: &SkBuffContext, proto: u32, ev: &mut DnsEvent) -> Option<usize> {
+    let (l4, next) = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(0).ok()?;
+        let d: [u8; 4] = ctx.load(16).ok()?;
+        ev.family = AF_INET;
+        ev.server_addr = [0; 16];
+        ev.server_addr[..4].copy_from_slice(&d);
+        (((vihl & 0x0f) as usize) * 4, ctx.load::<u8>(9).ok()?)
+    } else {
+        ev.family = AF_INET6;
+        ev.server_addr = ctx.load(24).ok()?;
+        (40, ctx.load::<u8>(6).ok()?)
+    };
+    ev.local_port = u16::from_be(ctx.load::<u16>(l4).ok()?);
+    ev.transport = next;
+    let msg = if next == IPPROTO_UDP {
+        l4 + 8
+    } else {
+        let off: u8 = ctx.load(l4 + 12).ok()?;
+        let data = l4 + ((off >> 4) as usize) * 4;
+        if ctx.skb.len() as usize <= data {
+            return Some(NO_PAYLOAD);
+        }
+        // A TCP message starts with its 2-byte length; a segment that
+        // continues one is not looked at.
+        data + 2
+    };
+    // The header: QR clear (a query), QDCOUNT at least 1.
+    let flags: u8 = ctx.load(msg + 2).ok()?;
+    let qdcount = u16::from_be(ctx.load::<u16>(msg + 4).ok()?);
+    if flags & 0x80 != 0 || qdcount == 0 {
+        return None;
+    }
+    Some(msg)
+}
+
+/// `match_qname`'s answer for a name it could not walk.
+const QNAME_UNPARSED: u32 = u32::MAX;
+/// `match_qname`'s bit for a watched suffix.
+const QNAME_HIT: u32 = 1 << 31;
+
+/// The walk's state between bytes (`WALK_*` slots), kept in map memory.
+#[map]
+static DNS_WALK: PerCpuArray<[u64; WALK_SLOTS]> = PerCpuArray::with_max_entries(1, 0);
+/// Bytes left in the current label.
+const WALK_LEFT: usize = 0;
+/// The current label's hash so far.
+const WALK_HASH: usize = 1;
+/// The last four complete labels' hashes, the latest first.
+const WALK_R0: usize = 2;
+/// Complete labels so far.
+const WALK_LABELS: usize = 6;
+const WALK_SLOTS: usize = 8;
+
+/// Walks the wire-format name in `buf` (`n` valid bytes): the offset of
+/// its final 0 (low 16 bits), with `QNAME_HIT` if its last
+/// 1..=MAX_SUFFIX_LABELS labels are a watched suffix. `QNAME_UNPARSED`:
+/// no final 0 within the bytes (cut short or longer than a name may be),
+/// or a compression pointer. (A plain integer: a BPF-to-BPF function
+/// returning an `Option` of a tuple gives BTF the kernel refuses.)
+///
+/// One bounded loop over the bytes, whose index is the only value the
+/// verifier must track. What the walk carries from byte to byte (the
+/// bytes left in a label, the hashes) lives in a per-CPU map slot, read
+/// and written with volatile accesses: a value loaded from map memory is
+/// unknown to the verifier, so no branch on it is ever "known", nothing
+/// of it becomes precise, and the paths of one iteration merge at the
+/// next. Kept in registers instead, the label counter's small ranges
+/// made every path distinct and the verifier ran for minutes.
+#[inline(never)]
+fn match_qname(buf: &[u8; dns::NAME_BUF], n: usize) -> u32 {
+    let Some(w) = DNS_WALK.get_ptr_mut(0) else {
+        return QNAME_UNPARSED;
+    };
+    let w = w.cast::<u64>();
+    // SAFETY: slots of this CPU's map value (`WALK_SLOTS` u64s); only
+    // this program uses them while it runs.
+    let get = |slot: usize| unsafe { core::ptr::read_volatile(w.add(slot)) };
+    let set = |slot: usize, v: u64| unsafe { core::ptr::write_volatile(w.add(slot), v) };
+    for slot in 0..WALK_SLOTS {
+        set(slot, 0);
+    }
+    let mut end = usize::MAX;
+    for (i, b) in buf.iter().enumerate().take(dns::NAME_BUF - 1) {
+        if i >= n {
+            break;
+        }
+        let b = *b;
+        let left = get(WALK_LEFT);
+        if left != 0 {
+            set(WALK_HASH, dns::fold(get(WALK_HASH), b));
+            set(WALK_LEFT, left - 1);
+            continue;
+        }
+        // A length byte: the label before it (if any) is complete.
+        if i != 0 {
+            set(WALK_R0 + 3, get(WALK_R0 + 2));
+            set(WALK_R0 + 2, get(WALK_R0 + 1));
+            set(WALK_R0 + 1, get(WALK_R0));
+            set(WALK_R0, get(WALK_HASH));
+            set(WALK_LABELS, get(WALK_LABELS) + 1);
+        }
+        if b == 0 {
+            end = i;
+            break;
+        }
+        if b > 63 {
+            return QNAME_UNPARSED;
+        }
+        set(WALK_LEFT, b as u64);
+        set(WALK_HASH, dns::OFFSET);
+    }
+    if end == usize::MAX {
+        return QNAME_UNPARSED;
+    }
+    let (r0, r1, r2, r3) = (
+        get(WALK_R0),
+        get(WALK_R0 + 1),
+        get(WALK_R0 + 2),
+        get(WALK_R0 + 3),
+    );
+    let labels = get(WALK_LABELS);
+    // `dns::suffix_hash` of the last 1, 2, 3, 4 labels, unrolled.
+    let c = dns::combine;
+    let o = dns::OFFSET;
+    let keys = [
+        c(o ^ 1, r0),
+        c(c(o ^ 2, r1), r0),
+        c(c(c(o ^ 3, r2), r1), r0),
+        c(c(c(c(o ^ 4, r3), r2), r1), r0),
+    ];
+    for (k, key) in keys.iter().enumerate() {
+        if k as u64 >= labels {
+            break;
+        }
+        // SAFETY: a lookup; the value is not used.
+        if unsafe { DNS_SUFFIXES.get(*key) }.is_some() {
+            return end as u32 | QNAME_HIT;
+        }
+    }
+    end as u32
 }
 
 #[cfg(not(test))]

@@ -14,6 +14,11 @@
 //!    Then opt-in blocking: the same exchange storm with the sensor, with
 //!    and without `[blocking] mode = "enforce"` (peers not listed, so what
 //!    is measured is the programs' screening of every connect and packet).
+//!    Then DNS lookups for Tor (`--dns-only`): the exchange storm with
+//!    `[dns]` off and on (what the egress program costs every packet that
+//!    is not DNS), and a loop of UDP queries to a responder on loopback
+//!    port 53 with no sensor, `[dns]` off, and `[dns]` on for an unlisted
+//!    and for a watched name.
 //! 2. Worst case: the same storm with every peer listed; alerts delivered vs
 //!    connections made, and the kernel's loss counters.
 //! 3. Memory: daemon RSS after start with the embedded feed.
@@ -60,6 +65,9 @@ pub struct BenchArgs {
     /// Only the hunt benchmark (section 7; needs no root).
     #[arg(long)]
     hunt_only: bool,
+    /// Only the DNS benchmark (section 1d).
+    #[arg(long)]
+    dns_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -75,6 +83,11 @@ const PROGRAMS: &[&str] = &[
     "block_connect4",
     "block_connect6",
     "block_ingress",
+    "dns_connect4",
+    "dns_connect6",
+    "dns_sendmsg4",
+    "dns_sendmsg6",
+    "dns_egress",
 ];
 /// The inbound attribution plans, in the order `auto` tries them.
 const PLANS: &[&str] = &["sock-length", "fentry", "kprobe", "rcv-space", "close-only"];
@@ -371,6 +384,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.blocking_only {
         return blocking(&bin, &scratch, n, rounds);
+    }
+    if args.dns_only {
+        return dns(&bin, &scratch, n, rounds);
     }
     println!("== 1. overhead: loopback connect+accept storm, no listed peers");
     println!(
@@ -684,6 +700,167 @@ fn blocking(bin: &Path, scratch: &Path, n: usize, rounds: usize) -> anyhow::Resu
         ),
     ];
     compare(bin, &conditions, n / 2, rounds)
+}
+
+/// Where the DNS benchmark's responder listens: loopback, port 53 (what
+/// the DNS programs watch), an address of its own.
+const DNS_BENCH_SERVER: &str = "127.53.99.1:53";
+
+/// A DNS query for `name` (type A, id `id`), in wire format.
+fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// A responder on `DNS_BENCH_SERVER` that answers each query with itself,
+/// QR set (an empty answer): what the client waits for. Runs until the
+/// process exits.
+fn dns_responder() -> anyhow::Result<()> {
+    let socket = std::net::UdpSocket::bind(DNS_BENCH_SERVER)
+        .with_context(|| format!("binding the DNS responder on {DNS_BENCH_SERVER}"))?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((len, from)) = socket.recv_from(&mut buf) {
+            if len > 2 {
+                buf[2] |= 0x80;
+            }
+            let _ = socket.send_to(&buf[..len], from);
+        }
+    });
+    Ok(())
+}
+
+/// `n` UDP queries for `name` in lockstep (send, wait for the answer) from
+/// one connected socket, pinned to one CPU; queries per second.
+fn dns_loop(n: usize, name: &str) -> anyhow::Result<f64> {
+    let _pinned = PinToLastCpu::new();
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    socket.connect(DNS_BENCH_SERVER)?;
+    socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 512];
+    let start = Instant::now();
+    for i in 0..n {
+        socket.send(&dns_query(i as u16, name))?;
+        socket
+            .recv(&mut buf)
+            .context("no answer from the responder")?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Section 1d: DNS lookups for Tor. The connection storm with `[dns]` off
+/// and on (the egress program on every packet that is not DNS), then a
+/// query loop: no sensor, `[dns]` off, `[dns]` on for an unlisted name
+/// (the walk and the lookups, nothing sent) and for a watched one (each
+/// query also crosses to the daemon), interleaved per round.
+fn dns(bin: &Path, scratch: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
+    let cfg = scratch.join("dns.toml");
+    std::fs::write(&cfg, "[dns]\nenabled = true\n")?;
+    let run = |extra: &[&str]| {
+        std::iter::once("run")
+            .chain(extra.iter().copied())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let on = run(&["--config", cfg.to_str().unwrap()]);
+    println!("== 1d. DNS lookups for Tor: storm with a 1-byte exchange (no DNS), [dns] off vs on");
+    let conditions = vec![
+        ("no sensor".to_owned(), vec![]),
+        ("sensor, [dns] off".to_owned(), run(&[])),
+        ("sensor, [dns] on".to_owned(), on.clone()),
+    ];
+    compare(bin, &conditions, n / 2, rounds)?;
+
+    let q = n;
+    println!(
+        "   UDP queries to {DNS_BENCH_SERVER} in lockstep, {q} per round, {rounds} rounds (order cycles)"
+    );
+    dns_responder()?;
+    dns_loop(q / 4, "www.example.com")?; // warm-up
+    let cases: [(&str, Option<&[String]>, &str); 4] = [
+        ("no sensor", None, "www.example.com"),
+        ("[dns] off", Some(&conditions[1].1), "www.example.com"),
+        ("[dns] on, unlisted name", Some(&on), "www.example.com"),
+        ("[dns] on, watched name", Some(&on), "www.torproject.org"),
+    ];
+    let mut rates = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (k + round) % cases.len();
+            let (_, args, name) = cases[i];
+            let rate = match args {
+                None => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    dns_loop(q, name)?
+                }
+                Some(args) => {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let running = Running::start(bin, &args, Stdio::null())?;
+                    running.settle();
+                    let r = dns_loop(q, name)?;
+                    running.stop()?;
+                    r
+                }
+            };
+            rates[i].push(rate);
+        }
+    }
+    let ratio = |i: usize, base: usize| {
+        let r: Vec<f64> = rates[i]
+            .iter()
+            .zip(&rates[base])
+            .map(|(a, b)| a / b)
+            .collect();
+        median(&r)
+    };
+    for (i, (label, ..)) in cases.iter().enumerate() {
+        println!(
+            "   {label:<34} {:>7.0} queries/s   RATIO to no sensor {:.3}, to [dns] off {:.3}",
+            median(&rates[i]),
+            ratio(i, 0),
+            ratio(i, 1)
+        );
+    }
+    // The egress program's own time per query (bpf_stats).
+    for name in ["www.example.com", "www.torproject.org"] {
+        let stats_flag = Path::new("/proc/sys/kernel/bpf_stats_enabled");
+        let old = std::fs::read_to_string(stats_flag).unwrap_or_else(|_| "0".into());
+        let args: Vec<&str> = on.iter().map(String::as_str).collect();
+        let sensor = Running::start(bin, &args, Stdio::null())?;
+        let _ = std::fs::write(stats_flag, "1");
+        let before = program_stats();
+        dns_loop(q, name)?;
+        let after = program_stats();
+        let _ = std::fs::write(stats_flag, old.trim());
+        sensor.stop()?;
+        let each: Vec<String> = after
+            .iter()
+            .filter(|(p, ..)| p.starts_with("dns_"))
+            .filter_map(|(p, ns, cnt)| {
+                let (ns0, cnt0) = before
+                    .iter()
+                    .find(|(b, ..)| b == p)
+                    .map_or((0, 0), |(_, a, b)| (*a, *b));
+                let runs = cnt - cnt0;
+                (runs > 0).then(|| {
+                    format!(
+                        "{p} {:.0} ns/run x {:.2}/query",
+                        (ns - ns0) as f64 / runs as f64,
+                        runs as f64 / q as f64
+                    )
+                })
+            })
+            .collect();
+        println!("   kernel cost, {name}: {}", each.join(", "));
+    }
+    Ok(())
 }
 
 /// Section 4: parse, merge, load and refresh the Tor relay set at the real

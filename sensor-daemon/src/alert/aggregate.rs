@@ -3,6 +3,7 @@
 //! peer, service port) over a window: the first is emitted at once (count
 //! 1); repeats inside the window are counted and emitted as one summary when
 //! the window ends, or at shutdown. The counts add up to the connections.
+//! DNS queries are grouped the same way, and by name as well.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +23,10 @@ pub struct Key {
     /// The service port: the peer's port outbound, the local port inbound
     /// (the peer's port of an inbound connection is ephemeral).
     pub port: u16,
+    /// A DNS query's name, hashed (0 for a connection): one process's
+    /// queries to one server are grouped per name (its A and AAAA, its
+    /// retries), a resolver forwarding many names is not.
+    pub name: u64,
 }
 
 impl Key {
@@ -35,6 +40,12 @@ impl Key {
             // Outbound the peer is the destination, inbound the local end
             // is: the service port is the destination port either way.
             port: alert.destination?.port,
+            name: alert.dns.as_ref().map_or(0, |d| {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                d.question.name.hash(&mut h);
+                h.finish()
+            }),
         })
     }
 }

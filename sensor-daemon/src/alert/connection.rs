@@ -94,6 +94,7 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
                 IpFamily::Ipv6
             },
             community_id: None,
+            protocol: None,
         }),
         source: Some(Endpoint::new(source)),
         destination: Some(Endpoint::new(destination)),
@@ -111,6 +112,7 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
         rule: is_alert.then(|| rule.reference()),
         tags: is_alert.then(|| rule.tags.clone()),
         threat: is_alert.then(|| threat(conn, matches, feed_names.first())),
+        dns: None,
         related: None,
         log: None,
         http: None,
@@ -313,6 +315,7 @@ fn torsensor(
         signal: Signal::Connection,
         exec: None,
         listen: None,
+        dns: None,
         feeds,
         tor: (!matches.is_empty()).then(|| tor_details(matches)),
         matches: matches_out,

@@ -178,6 +178,9 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
     let evt_type = match alert.signal() {
         Signal::Exec => "execve",
         Signal::Listen => "listen",
+        // The query leaves in a sendto/sendmsg/write; Falco's name for
+        // the family.
+        Signal::Dns => "sendto",
         Signal::Connection if alert.is_egress() => "connect",
         Signal::Connection => "accept",
     };
@@ -201,6 +204,17 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
         remote.filter(|r| r.port != 0).map(|r| json!(r.port)),
     );
     put(&mut f, "fd.name", fd_name(alert).map(|n| json!(n)));
+    if let Some(d) = &alert.dns {
+        // Not Falco fields (Falco has no DNS ones): torsensor's, named as
+        // ECS names them.
+        f.insert("dns.question.name".into(), json!(d.question.name));
+        f.insert("dns.question.type".into(), json!(d.question.kind));
+    }
+    if let Some(d) = &alert.torsensor.dns
+        && let Some(r) = &d.resolver
+    {
+        f.insert("torsensor.dns.resolver".into(), json!(r));
+    }
     let env = alert.process.as_ref().map(|p| &p.env_vars);
     put(
         &mut f,
@@ -277,6 +291,24 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
         Signal::Connection => parts.extend(fd_name(alert).map(|n| format!("connection={n}"))),
         Signal::Listen => parts.extend(fd_name(alert).map(|n| format!("listen={n}"))),
         Signal::Exec => {}
+        Signal::Dns => {
+            if let (Some(d), Some(server)) = (&alert.dns, alert.destination) {
+                parts.push(format!(
+                    "query={} type={} server={}",
+                    d.question.name,
+                    d.question.kind,
+                    socket_text(&server)
+                ));
+            }
+            if let Some(r) = alert
+                .torsensor
+                .dns
+                .as_ref()
+                .and_then(|d| d.resolver.as_ref())
+            {
+                parts.push(format!("via_resolver={r}"));
+            }
+        }
     }
     let known: [(&str, Option<String>); 8] = [
         ("process", actor.name.map(str::to_owned)),

@@ -195,6 +195,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
         group: None,
         container: None,
         orchestrator: None,
+        dns: None,
         rule: Some(rule.reference()),
         tags: Some(rule.tags.clone()),
         threat: None,
@@ -207,6 +208,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
             signal: Signal::Connection,
             exec: None,
             listen: None,
+            dns: None,
             feeds: vec![HISTORY_FEED.into()],
             tor: Some(tor_details(input)),
             matches: Vec::new(),
@@ -252,6 +254,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
                 iana_number: t.iana_number(),
                 family,
                 community_id: None,
+                protocol: None,
             });
             alert.source = Some(endpoint(flow.initiator, flow.bytes[0], flow.packets[0]));
             alert.destination = Some(endpoint(flow.responder, flow.bytes[1], flow.packets[1]));
@@ -273,6 +276,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
                 iana_number: Transport::Tcp.iana_number(),
                 family,
                 community_id: None,
+                protocol: None,
             });
             alert.source = Some(Endpoint::new(SocketAddr::new(f.tor.ip, 0)));
             alert.http = Some(Http {

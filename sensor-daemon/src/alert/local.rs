@@ -55,14 +55,19 @@ pub struct ListenInput<'a> {
 }
 
 fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
-    let (category, action) = match signal {
-        Signal::Exec => (EventCategory::Process, "tor-program-start"),
-        _ => (EventCategory::Network, "tor-port-listen"),
+    let (category, action, kind) = match signal {
+        Signal::Exec => (
+            EventCategory::Process,
+            "tor-program-start",
+            EventType::Start,
+        ),
+        Signal::Dns => (EventCategory::Network, "tor-dns-query", EventType::Protocol),
+        _ => (EventCategory::Network, "tor-port-listen", EventType::Start),
     };
     Event {
         kind: EventKind::Alert,
         category: vec![category, EventCategory::IntrusionDetection],
-        types: vec![EventType::Start],
+        types: vec![kind],
         action: action.into(),
         outcome: Outcome::Success,
         module: "torsensor".into(),
@@ -75,8 +80,9 @@ fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
     }
 }
 
-/// An alert with what every local signal has: no peer, no feed.
-fn base(
+/// An alert with what every local signal has: no peer, no feed (a DNS
+/// alert starts from it too).
+pub(super) fn base(
     signal: Signal,
     time: SystemTime,
     process: Option<&ProcessInfo>,
@@ -107,6 +113,7 @@ fn base(
         rule: Some(rule.reference()),
         tags: Some(rule.tags.clone()),
         threat: Some(multi_hop_proxy()),
+        dns: None,
         related: None,
         log: None,
         http: None,
@@ -116,6 +123,7 @@ fn base(
             signal,
             exec: None,
             listen: None,
+            dns: None,
             feeds: Vec::new(),
             tor: None,
             matches: Vec::new(),
@@ -190,6 +198,7 @@ pub fn build_listen(input: ListenInput<'_>) -> Alert {
             IpFamily::Ipv6
         },
         community_id: None,
+        protocol: None,
     });
     alert.server = Some(Endpoint::new(input.local));
     alert.torsensor.listen = Some(ListenDetails {

@@ -23,6 +23,7 @@ pub mod additions;
 pub mod aggregate;
 pub mod community_id;
 pub mod connection;
+pub mod dns;
 pub mod ecs;
 pub mod falco;
 pub mod hunt;

@@ -85,6 +85,9 @@ pub struct Alert {
     pub container: Option<Container>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub orchestrator: Option<Orchestrator>,
+    /// ECS `dns.*`: the query of a DNS alert.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Dns>,
     /// Alerts only (an audit event matched no rule).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<RuleRef>,
@@ -193,6 +196,8 @@ pub enum EventType {
     Denied,
     /// A program started, a socket started to listen.
     Start,
+    /// A protocol message seen (a DNS query).
+    Protocol,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +281,31 @@ pub struct Network {
     /// Community ID v1 of the flow (seed 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub community_id: Option<String>,
+    /// The application protocol (`dns`); none for a connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// ECS `dns.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dns {
+    /// `query`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub question: DnsQuestion,
+}
+
+/// ECS `dns.question.*`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsQuestion {
+    /// Lower case, without the trailing dot.
+    pub name: String,
+    /// `A`, `AAAA`, ... (`TYPE<n>` without a mnemonic).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `IN` (the only class the kernel does not tell apart: not read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -520,6 +550,8 @@ pub enum Attribution {
     FirstUse,
     /// The caller of `listen()`.
     Listen,
+    /// The caller of `connect()` or `sendmsg()` to a DNS port.
+    Sender,
 }
 
 /// What an alert is about (rules select it with `when.event`).
@@ -533,6 +565,8 @@ pub enum Signal {
     Exec,
     /// A process listens on a Tor SOCKS or control port.
     Listen,
+    /// A DNS query for an onion name or a Tor Project domain.
+    Dns,
 }
 
 impl Signal {
@@ -541,6 +575,7 @@ impl Signal {
             Signal::Connection => "connection",
             Signal::Exec => "exec",
             Signal::Listen => "listen",
+            Signal::Dns => "dns",
         }
     }
 
@@ -591,6 +626,31 @@ pub struct ListenDetails {
     pub port_use: String,
 }
 
+/// `torsensor.dns`: which watched name a query matched, and who sent it
+/// for whom.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsDetails {
+    /// The watched suffix it is or is under (`onion`, `torproject.org`).
+    pub suffix: String,
+    /// Its category in the names file (`onion`, `tor-project`...).
+    pub category: String,
+    pub what: String,
+    /// The sender is a local resolver or cache (`resolver` names it):
+    /// it forwards a query some other process asked it, which is not
+    /// named here (its own query to the resolver, over loopback, is an
+    /// alert of its own if it was sent over the network stack).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub via_resolver: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// The server is on this host (a loopback address): a local stub
+    /// resolver (127.0.0.53, dnsmasq, unbound) that will ask upstream.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub local_server: bool,
+    /// The names file (`rules/tor-dns.toml` or the configured one).
+    pub names_file: String,
+}
+
 /// `torsensor.*`: what ECS has no field for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Torsensor {
@@ -601,6 +661,8 @@ pub struct Torsensor {
     pub exec: Option<ExecDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<ListenDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsDetails>,
     /// The feeds that matched, in feed order, each once.
     pub feeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

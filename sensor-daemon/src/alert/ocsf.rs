@@ -102,12 +102,14 @@ pub fn render(alert: &Alert) -> Value {
     let (activity_id, activity) = match signal {
         Signal::Exec => (1, "Launch"),
         Signal::Listen => (7, "Listen"),
+        Signal::Dns => (1, "Query"),
         Signal::Connection if denied => (5, "Refuse"),
         Signal::Connection if failed => (4, "Fail"),
         Signal::Connection => (1, "Open"),
     };
     let (category_uid, category, class_uid, class) = match signal {
         Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
+        Signal::Dns => (4, "Network Activity", 4003, "DNS Activity"),
         Signal::Connection | Signal::Listen => (4, "Network Activity", 4001, "Network Activity"),
     };
     let is_alert = alert.is_alert();
@@ -168,6 +170,14 @@ pub fn render(alert: &Alert) -> Value {
     // A listener is where connections will go.
     let dst = alert.destination.as_ref().or(alert.server.as_ref());
     put(&mut out, "dst_endpoint", dst.map(endpoint));
+    if let Some(d) = &alert.dns {
+        // DNS Activity's `query` (OCSF 1.x DNS Query object).
+        let mut query = Map::new();
+        query.insert("hostname".into(), json!(d.question.name));
+        query.insert("type".into(), json!(d.question.kind));
+        query.insert("class".into(), json!("IN"));
+        out.insert("query".into(), Value::Object(query));
+    }
     let container = container(alert);
     if signal == Signal::Exec {
         // The started program is the process; who started it, the actor.
@@ -363,6 +373,10 @@ fn observable_of(alert: &Alert) -> Option<(&'static str, u64, &'static str, Valu
             let name = alert.process.as_ref()?.name.clone();
             Some(("process.name", 9, "Process Name", json!(name)))
         }
+        Signal::Dns => {
+            let name = alert.dns.as_ref()?.question.name.clone();
+            Some(("query.hostname", 1, "Hostname", json!(name)))
+        }
     }
 }
 
@@ -388,7 +402,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
     let provider = match (enrichments.first(), alert.signal()) {
         (Some(first), _) => Some(first.indicator.provider.clone()),
         // No feed: the rule is the judge.
-        (None, Signal::Exec | Signal::Listen) => Some("torsensor".to_owned()),
+        (None, Signal::Exec | Signal::Listen | Signal::Dns) => Some("torsensor".to_owned()),
         (None, Signal::Connection) => None,
     };
     if alert.is_alert()

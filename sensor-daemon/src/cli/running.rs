@@ -132,7 +132,8 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         snapshot.prefixes,
         snapshot.kernel.ringbuf_full
             + snapshot.kernel.pending_full
-            + snapshot.kernel.exec_ringbuf_full,
+            + snapshot.kernel.exec_ringbuf_full
+            + snapshot.kernel.dns_ringbuf_full,
     );
     if !args.json {
         print_snapshot(&snapshot);
@@ -220,6 +221,10 @@ fn print_snapshot(s: &sensor_daemon::daemon::telemetry::Snapshot) {
         k.exec_ringbuf_full,
         k.listen_seen,
         k.listen_hit
+    );
+    println!(
+        "DNS: {} packets to DNS ports looked at, {} watched names sent, {} unparsed, {} without a process, {} lost",
+        k.dns_seen, k.dns_sent, k.dns_unparsed, k.dns_no_process, k.dns_ringbuf_full
     );
 }
 

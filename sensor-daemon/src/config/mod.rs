@@ -66,6 +66,10 @@ pub enum ConfigError {
     AggregationGroups(usize),
     #[error("blocking.cgroup = {0:?}: must be an absolute path (a cgroup v2 directory)")]
     BlockingCgroup(PathBuf),
+    #[error("dns.ports = {0:?}: give 1 to 8 ports, none of them 0")]
+    DnsPorts(Vec<u16>),
+    #[error("dns.cgroup = {0:?}: must be an absolute path (a cgroup v2 directory)")]
+    DnsCgroup(PathBuf),
     #[error("shutdown_deadline must be at most 60s")]
     ShutdownDeadline,
     /// A `[hunt]` value out of range (the message names the key).
@@ -180,6 +184,9 @@ pub struct SensorConfig {
     /// Opt-in blocking (`[blocking]`): what rules with `action = "block"`
     /// do. Off by default.
     pub blocking: BlockingConfig,
+    /// DNS lookups for Tor (`[dns]`): queries for `.onion` names and Tor
+    /// Project domains, with the process that sent them. Off by default.
+    pub dns: DnsConfig,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -227,6 +234,7 @@ impl Default for SensorConfig {
             metrics: MetricsConfig::default(),
             kubernetes: KubernetesConfig::default(),
             blocking: BlockingConfig::default(),
+            dns: DnsConfig::default(),
             outputs: Vec::new(),
             hunt: crate::hunt::HuntSettings::default(),
         }
@@ -276,6 +284,45 @@ pub struct BlockingConfig {
     /// root, as `/proc/PID/cgroup` shows them. Default: the host's cgroup
     /// v2 mount (the whole host).
     pub cgroup: Option<PathBuf>,
+}
+
+/// DNS lookups for Tor (`[dns]`; README, "DNS lookups for Tor"): queries
+/// for names in the names file (`.onion`, the Tor Project's and its
+/// transports' domains), sent by any process over UDP or TCP, alerted
+/// with the process (rules TORSENSOR-007, -008).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DnsConfig {
+    /// Attach the DNS programs (cgroup `connect4/6`, `sendmsg4/6` and
+    /// `cgroup_skb/egress`, next to anything else there) at start; needs
+    /// CAP_NET_ADMIN then. Every packet a local socket sends then passes
+    /// a few instructions (one bitmap read rules out all but DNS ports).
+    /// A kernel or cgroup that refuses them leaves the rest of the sensor
+    /// running, said in the log and in `torsensor_dns_hook`. Default:
+    /// false.
+    pub enabled: bool,
+    /// The names file (the format of `rules/tor-dns.toml`, which is
+    /// compiled in). Read and checked at start; a bad entry stops the
+    /// start with the file and line. Default: none (the shipped list).
+    pub names: Option<PathBuf>,
+    /// Destination ports whose packets are DNS (UDP and TCP), 1 to 8 of
+    /// them. Default: [53].
+    pub ports: Vec<u16>,
+    /// The cgroup v2 directory the programs attach to (they see the
+    /// processes in it and below). Default: the host's cgroup v2 mount
+    /// (the whole host).
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            enabled: false,
+            names: None,
+            ports: vec![53],
+            cgroup: None,
+        }
+    }
 }
 
 /// The HTTP endpoint for Prometheus and probes (`[metrics]`): `/metrics`,
@@ -411,6 +458,7 @@ impl SensorConfig {
                 || self.blocking.cgroup != new.blocking.cgroup,
         );
         differs("stats_file", self.stats_file != new.stats_file);
+        differs("dns", self.dns != new.dns);
         differs(
             "tor_listen_ports",
             self.tor_listen_ports != new.tor_listen_ports,
@@ -463,6 +511,15 @@ impl SensorConfig {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.hunt.validate().map_err(ConfigError::Hunt)?;
+        let ports = &self.dns.ports;
+        if ports.is_empty() || ports.len() > 8 || ports.contains(&0) {
+            return Err(ConfigError::DnsPorts(ports.clone()));
+        }
+        if let Some(c) = &self.dns.cgroup
+            && !c.is_absolute()
+        {
+            return Err(ConfigError::DnsCgroup(c.clone()));
+        }
         if let Some(c) = &self.blocking.cgroup
             && !c.is_absolute()
         {
@@ -642,6 +699,45 @@ location = "http://127.0.0.1:8080/details"
                 .unwrap_err()
                 .to_string()
                 .contains("refresh must be at least 60s")
+        );
+    }
+
+    #[test]
+    fn the_dns_section_is_checked() {
+        let c = SensorConfig::from_toml(
+            Path::new("t.toml"),
+            "[dns]\nenabled = true\nnames = \"/etc/torsensor/dns.toml\"\nports = [53, 5353]\n",
+        )
+        .unwrap();
+        assert!(c.dns.enabled);
+        assert_eq!(c.dns.ports, [53, 5353]);
+        assert_eq!(c.validate(), Ok(()));
+        assert_eq!(SensorConfig::default().dns.ports, [53]);
+        assert!(!SensorConfig::default().dns.enabled);
+        let mut bad = c.clone();
+        bad.dns.ports = vec![];
+        assert_eq!(bad.validate(), Err(ConfigError::DnsPorts(vec![])));
+        bad.dns.ports = vec![0];
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("dns.ports = [0]")
+        );
+        bad.dns.ports = vec![53];
+        bad.dns.cgroup = Some("sys/fs/cgroup".into());
+        assert_eq!(
+            bad.validate(),
+            Err(ConfigError::DnsCgroup("sys/fs/cgroup".into()))
+        );
+        let err = SensorConfig::from_toml(Path::new("t.toml"), "[dns]\nport = 53\n").unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert_eq!(
+            c.clone()
+                .validated()
+                .unwrap()
+                .restart_only_changes(&SensorConfig::default()),
+            ["dns"]
         );
     }
 

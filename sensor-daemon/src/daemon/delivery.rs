@@ -10,6 +10,7 @@ use sensor_common::ConnEvent;
 use super::selftest::Run;
 use crate::alert::Alert;
 use crate::kernel::KernelCounters;
+use crate::kernel::dns::decode_dns;
 use crate::kernel::event::decode;
 use crate::kernel::local::decode_exec;
 use crate::net::Direction;
@@ -172,6 +173,38 @@ impl Delivery {
             }
         }
         true
+    }
+
+    /// Handles up to `max` records of the DNS ring buffer; true if more
+    /// may be left.
+    pub fn drain_dns_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
+            let decoded = decode_dns(&item);
+            drop(item);
+            let result = decoded.and_then(|ev| self.pipeline.handle_dns(&ev, Now::current()));
+            match result {
+                Ok(alerts) => {
+                    for alert in &alerts {
+                        self.write(alert);
+                    }
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    tracing::warn!("dropped a kernel DNS record: {e}");
+                }
+            }
+        }
+        true
+    }
+
+    /// [`Delivery::drain`] for the DNS ring buffer.
+    pub async fn drain_dns(&mut self, ring: &mut RingBuf<MapData>) {
+        while self.drain_dns_some(ring, DRAIN_CHUNK) {
+            tokio::task::yield_now().await;
+        }
     }
 
     /// Handles every record in the ring buffer, in chunks, letting the

@@ -27,6 +27,11 @@ pub(super) fn report_losses(now: &KernelCounters, last: &KernelCounters) {
             last.exec_ringbuf_full,
             "program starts lost because the exec ring buffer was full",
         ),
+        (
+            now.dns_ringbuf_full,
+            last.dns_ringbuf_full,
+            "DNS queries lost because the DNS ring buffer was full",
+        ),
     ];
     for (total, before, what) in kinds {
         let lost = total.saturating_sub(before);

@@ -15,6 +15,8 @@
 mod blocking;
 use blocking::Blocking;
 mod delivery;
+mod dns;
+use dns::DnsHook;
 pub mod endpoint;
 mod health;
 pub mod notify;
@@ -69,6 +71,8 @@ pub enum SensorError {
     FeedFile { name: String, reason: String },
     #[error(transparent)]
     Rules(#[from] RuleError),
+    #[error(transparent)]
+    DnsNames(#[from] crate::dns::DnsNamesError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
@@ -147,6 +151,8 @@ struct Polled {
     ring: AsyncFd<RingBuf<MapData>>,
     /// Program starts (`EXEC_EVENTS`).
     exec_ring: AsyncFd<RingBuf<MapData>>,
+    /// DNS queries (`DNS_EVENTS`), when the DNS programs are attached.
+    dns_ring: Option<AsyncFd<RingBuf<MapData>>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
@@ -157,6 +163,8 @@ struct Daemon {
     manager: FeedManager,
     probes: Probes,
     blocking: Blocking,
+    /// `[dns]` as armed.
+    dns: DnsHook,
     delivery: Delivery,
     /// The state directory in force (a reload may move it).
     state_dir: PathBuf,
@@ -201,6 +209,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     }
     let ring = &mut polled.ring;
     let exec_ring = &mut polled.exec_ring;
+    let dns_ring = &mut polled.dns_ring;
     let log = &mut polled.kernel_log;
 
     loop {
@@ -215,6 +224,14 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
             guard = exec_ring.readable_mut() => {
                 let mut guard = guard.map_err(io_err("polling the exec ring buffer"))?;
                 if daemon.delivery.drain_exec_some(guard.get_inner_mut(), DRAIN_CHUNK) {
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
+                }
+            }
+            guard = async { dns_ring.as_mut().expect("guarded").readable_mut().await }, if dns_ring.is_some() => {
+                let mut guard = guard.map_err(io_err("polling the DNS ring buffer"))?;
+                if daemon.delivery.drain_dns_some(guard.get_inner_mut(), DRAIN_CHUNK) {
                     tokio::task::yield_now().await;
                 } else {
                     guard.clear_ready();
@@ -262,6 +279,9 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
 
     refresher.stop();
     daemon.delivery.drain_exec(exec_ring.get_mut()).await;
+    if let Some(ring) = dns_ring.as_mut() {
+        daemon.delivery.drain_dns(ring.get_mut()).await;
+    }
     daemon.shutdown(ring.get_mut()).await
 }
 
@@ -329,6 +349,9 @@ impl Daemon {
     fn arm(cfg: Config, reload: Reload) -> Result<(Daemon, Polled), SensorError> {
         let rules = Rules::load(Some(&cfg.rules_dir))?;
         log_rules(&rules);
+        // The names file is checked even when [dns] is off, so that a bad
+        // one is found before it is needed.
+        let dns_watch = crate::dns::DnsWatch::load(cfg.dns.names.as_deref())?;
         kernel::preflight()?;
         check_state_dir(&cfg.state_dir)?;
         let (manager, feeds) = load_offline(&cfg)?;
@@ -346,8 +369,9 @@ impl Daemon {
         health::log_plan(probes.plan());
         // Attaching cgroup programs needs CAP_NET_ADMIN: before the drop.
         let blocking = Blocking::arm(&cfg, &mut probes, &rules, &feeds)?;
+        let dns = DnsHook::arm(&cfg, &mut probes, &dns_watch);
         privileges::drop_and_log()?;
-        let polled = Polled::register(&mut probes)?;
+        let polled = Polled::register(&mut probes, matches!(dns, DnsHook::Attached(_)))?;
         let mut pipeline = Pipeline::new(
             feeds,
             rules,
@@ -364,6 +388,7 @@ impl Daemon {
         );
         pipeline.set_block_mode(blocking.mode);
         pipeline.set_local(cfg.load_options().local);
+        pipeline.set_dns(dns_watch);
         let telemetry = Telemetry::new(Snapshot::default());
         let endpoint = endpoint.map(|e| (e.addr, e.serve(Arc::clone(&telemetry))));
         let daemon = Daemon {
@@ -380,6 +405,7 @@ impl Daemon {
             manager,
             probes,
             blocking,
+            dns,
             delivery: Delivery {
                 pipeline,
                 sinks,
@@ -453,6 +479,8 @@ impl Daemon {
             or_ports: feeds.or_ports().len(),
             hooks: self.probes.plan().cloned(),
             exec_unwatched: self.probes.exec_hook().err().map(str::to_owned),
+            dns_hook: self.dns.state().to_owned(),
+            dns_unwatched: self.dns.failure().map(str::to_owned),
             kernel: self.probes.counters().unwrap_or(self.last),
             alerts: self
                 .delivery
@@ -725,7 +753,7 @@ impl Daemon {
 }
 
 impl Polled {
-    fn register(probes: &mut Probes) -> Result<Polled, SensorError> {
+    fn register(probes: &mut Probes, dns: bool) -> Result<Polled, SensorError> {
         // SAFETY (both registrations): the ring buffer and the log reader
         // own their fds, and the AsyncFd owns them until the end of the run.
         let ring =
@@ -735,6 +763,16 @@ impl Polled {
             AsyncFd::register_with_interest(probes.take_exec_events()?, Interest::READABLE)
         }
         .map_err(|e| io_err("polling the exec ring buffer")(e.into()))?;
+        let dns_ring = if dns {
+            Some(
+                unsafe {
+                    AsyncFd::register_with_interest(probes.take_dns_events()?, Interest::READABLE)
+                }
+                .map_err(|e| io_err("polling the DNS ring buffer")(e.into()))?,
+            )
+        } else {
+            None
+        };
         let kernel_log = match probes.take_logger() {
             Some(l) => Some(
                 unsafe { AsyncFd::register_with_interest(l, Interest::READABLE) }
@@ -745,6 +783,7 @@ impl Polled {
         Ok(Polled {
             ring,
             exec_ring,
+            dns_ring,
             kernel_log,
         })
     }

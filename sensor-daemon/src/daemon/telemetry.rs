@@ -49,6 +49,12 @@ pub struct Snapshot {
     /// attached; rule TORSENSOR-005 cannot fire), if so.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec_unwatched: Option<String>,
+    /// `[dns]` at start: `off`, `attached` or `failed` ("" before).
+    #[serde(default)]
+    pub dns_hook: String,
+    /// Why DNS lookups are not watched although `[dns]` is enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_unwatched: Option<String>,
     pub kernel: KernelCounters,
     pub alerts: Vec<AlertCount>,
     /// Aggregated summaries sent, and the connections they stand for.
@@ -219,8 +225,13 @@ impl Snapshot {
         if let Some(why) = &self.exec_unwatched {
             reasons.push(format!("program starts are not watched: {why}"));
         }
-        let lost =
-            self.kernel.ringbuf_full + self.kernel.pending_full + self.kernel.exec_ringbuf_full;
+        if let Some(why) = &self.dns_unwatched {
+            reasons.push(format!("DNS lookups are not watched: {why}"));
+        }
+        let lost = self.kernel.ringbuf_full
+            + self.kernel.pending_full
+            + self.kernel.exec_ringbuf_full
+            + self.kernel.dns_ringbuf_full;
         if lost > 0 {
             reasons.push(format!("{lost} events lost in the kernel"));
         }
@@ -438,6 +449,10 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
             vec![("reason", "exec_ringbuf_full".to_owned())],
             k.exec_ringbuf_full as f64,
         ),
+        (
+            vec![("reason", "dns_ringbuf_full".to_owned())],
+            k.dns_ringbuf_full as f64,
+        ),
     ];
     family(e, "torsensor_events_lost", help, Counter, &lost)?;
     let help = "Events the kernel sent through the ring buffer.";
@@ -536,7 +551,38 @@ fn encode_local(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt:
         (vec![("kind", "seen".to_owned())], k.listen_seen as f64),
         (vec![("kind", "hit".to_owned())], k.listen_hit as f64),
     ];
-    family(e, "torsensor_listens", help, Counter, &listen)
+    family(e, "torsensor_listens", help, Counter, &listen)?;
+    encode_dns(e, s)
+}
+
+/// DNS lookups for Tor: the kernel's counters and whether it is on.
+fn encode_dns(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::{Counter, Gauge};
+    let k = &s.kernel;
+    let help = "Packets to a DNS port the kernel looked into (seen), whose name had a watched suffix by hash (hit), sent to the daemon (sent), whose question it could not parse (unparsed: a compression pointer, a name cut short, a TCP segment without the message start), sent without a process (no_process: the socket was not recorded).";
+    let kinds = vec![
+        (vec![("kind", "seen".to_owned())], k.dns_seen as f64),
+        (vec![("kind", "hit".to_owned())], k.dns_hit as f64),
+        (vec![("kind", "sent".to_owned())], k.dns_sent as f64),
+        (vec![("kind", "unparsed".to_owned())], k.dns_unparsed as f64),
+        (
+            vec![("kind", "no_process".to_owned())],
+            k.dns_no_process as f64,
+        ),
+    ];
+    family(e, "torsensor_dns_queries", help, Counter, &kinds)?;
+    let help = "Sockets the sock_addr programs recorded (connect or sendmsg to a DNS port).";
+    let recorded = one(k.dns_sock_recorded as f64);
+    family(
+        e,
+        "torsensor_dns_sockets_recorded",
+        help,
+        Counter,
+        &recorded,
+    )?;
+    let help = "1 for the state of [dns] at start: off, attached, or failed (enabled, but the kernel or cgroup refused the programs).";
+    let hook = vec![(vec![("state", s.dns_hook.clone())], 1.0)];
+    family(e, "torsensor_dns_hook", help, Gauge, &hook)
 }
 
 fn encode_alerts(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
@@ -723,6 +769,7 @@ mod tests {
                 )]),
                 unmatched: 2,
                 exec_unconfirmed: 0,
+                dns_unconfirmed: 0,
             },
             outputs: vec![SinkStats {
                 name: "siem".into(),

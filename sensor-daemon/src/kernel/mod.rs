@@ -4,6 +4,7 @@
 //! no process has used yet, and detaching (on drop).
 
 mod block;
+pub mod dns;
 pub mod event;
 pub mod local;
 mod maps;
@@ -227,6 +228,22 @@ pub struct KernelCounters {
     pub listen_seen: u64,
     #[serde(default)]
     pub listen_hit: u64,
+    /// DNS lookups for Tor (`sensor_common::counter::DNS_*`); default 0
+    /// in a stats file written before they existed.
+    #[serde(default)]
+    pub dns_seen: u64,
+    #[serde(default)]
+    pub dns_hit: u64,
+    #[serde(default)]
+    pub dns_sent: u64,
+    #[serde(default)]
+    pub dns_ringbuf_full: u64,
+    #[serde(default)]
+    pub dns_unparsed: u64,
+    #[serde(default)]
+    pub dns_no_process: u64,
+    #[serde(default)]
+    pub dns_sock_recorded: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -504,6 +521,13 @@ impl Probes {
             exec_ringbuf_full: get(counter::EXEC_RINGBUF_FULL),
             listen_seen: get(counter::LISTEN_SEEN),
             listen_hit: get(counter::LISTEN_HIT),
+            dns_seen: get(counter::DNS_SEEN),
+            dns_hit: get(counter::DNS_HIT),
+            dns_sent: get(counter::DNS_SENT),
+            dns_ringbuf_full: get(counter::DNS_RINGBUF_FULL),
+            dns_unparsed: get(counter::DNS_UNPARSED),
+            dns_no_process: get(counter::DNS_NO_PROCESS),
+            dns_sock_recorded: get(counter::DNS_SOCK_RECORDED),
         })
     }
 

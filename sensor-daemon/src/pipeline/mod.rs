@@ -10,6 +10,7 @@
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
 
+mod dns;
 mod local;
 pub mod replay;
 
@@ -153,6 +154,8 @@ pub struct Pipeline<S = HostSource> {
     block_mode: BlockMode,
     /// What the local signals watch (confirms exec hits, names ports).
     local: crate::local::LocalWatch,
+    /// The watched DNS names (confirms DNS hits, names resolvers).
+    dns: crate::dns::DnsWatch,
 }
 
 /// What the rules decided, since start: per rule, hits alerted and logged,
@@ -167,6 +170,10 @@ pub struct RuleCounts {
     /// alerted.
     #[serde(default)]
     pub exec_unconfirmed: u64,
+    /// DNS queries the kernel matched by hash whose name is not a watched
+    /// one (a hash collision): not alerted.
+    #[serde(default)]
+    pub dns_unconfirmed: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -204,7 +211,13 @@ impl<S: ProcessSource> Pipeline<S> {
             counts: RuleCounts::default(),
             block_mode: BlockMode::Off,
             local: crate::local::LocalWatch::shipped(),
+            dns: crate::dns::DnsWatch::shipped(),
         }
+    }
+
+    /// Replaces the watched DNS names (`[dns] names`).
+    pub fn set_dns(&mut self, dns: crate::dns::DnsWatch) {
+        self.dns = dns;
     }
 
     /// Sets the blocking mode in force (start, reload).

@@ -8,7 +8,9 @@
 //! without it applies to whatever its rule does. Conditions about a peer
 //! (`peer`, `peer_port`, `direction`, `role`, `confidence`, `feed`) do not
 //! hold for an alert without one (a program start, a listener);
-//! `local_port` is a listener's port.
+//! `local_port` is a listener's port. A DNS query's peer is its server
+//! (direction egress); `dns_category` and `dns_name` hold only for DNS
+//! queries.
 
 use std::net::IpAddr;
 
@@ -70,6 +72,12 @@ pub struct RawWhen {
     pub pod_name: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<Vec<String>>,
+    /// A DNS query's category in the names file (`onion`, `tor-project`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_category: Option<Vec<String>>,
+    /// A DNS query's name (globs: `*.torproject.org`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<Vec<String>>,
 }
 
 /// Compiled conditions (globs, prefixes and the regex built once).
@@ -86,6 +94,7 @@ pub struct When {
     parent: Vec<GlobMatcher>,
     pod_namespace: Vec<GlobMatcher>,
     pod_name: Vec<GlobMatcher>,
+    dns_name: Vec<GlobMatcher>,
 }
 
 fn globs(key: &str, list: &Option<Vec<String>>) -> Result<Vec<GlobMatcher>, String> {
@@ -102,7 +111,7 @@ fn globs(key: &str, list: &Option<Vec<String>>) -> Result<Vec<GlobMatcher>, Stri
 impl When {
     /// Checks and compiles; the error names the key and the bad value.
     pub fn compile(raw: RawWhen) -> Result<When, String> {
-        let lists: [(&str, Option<usize>); 13] = [
+        let lists: [(&str, Option<usize>); 15] = [
             ("feed", raw.feed.as_ref().map(Vec::len)),
             ("peer", raw.peer.as_ref().map(Vec::len)),
             ("local_port", raw.local_port.as_ref().map(Vec::len)),
@@ -116,6 +125,8 @@ impl When {
             ("pod_namespace", raw.pod_namespace.as_ref().map(Vec::len)),
             ("pod_name", raw.pod_name.as_ref().map(Vec::len)),
             ("cgroup", raw.cgroup.as_ref().map(Vec::len)),
+            ("dns_category", raw.dns_category.as_ref().map(Vec::len)),
+            ("dns_name", raw.dns_name.as_ref().map(Vec::len)),
         ];
         if let Some((key, _)) = lists.iter().find(|(_, n)| *n == Some(0)) {
             return Err(format!(
@@ -164,6 +175,7 @@ impl When {
             parent: globs("parent", &raw.parent)?,
             pod_namespace: globs("pod_namespace", &raw.pod_namespace)?,
             pod_name: globs("pod_name", &raw.pod_name)?,
+            dns_name: globs("dns_name", &raw.dns_name)?,
             raw,
         })
     }
@@ -328,6 +340,15 @@ impl When {
                 .map(|c| c.cgroup_path.as_str())
                 .or(a.torsensor.cgroup_path.as_deref());
             path.is_some_and(|p| prefixes.iter().any(|pre| p.starts_with(pre.as_str())))
+        });
+        let dns = a.torsensor.dns.as_ref();
+        check("dns_category", r.dns_category.is_some(), &|| {
+            let cats = r.dns_category.as_deref().unwrap_or_default();
+            dns.is_some_and(|d| cats.contains(&d.category))
+        });
+        check("dns_name", !self.dns_name.is_empty(), &|| {
+            let name = a.dns.as_ref().map(|d| d.question.name.as_str());
+            any_glob(&self.dns_name, name)
         });
     }
 }

@@ -544,6 +544,13 @@ impl Alert {
             _ => {
                 let what = match (self.signal(), self.server) {
                     (Signal::Listen, Some(s)) => format!("{}:{}", s.ip, s.port),
+                    (Signal::Dns, _) => {
+                        let name = self.dns.as_ref().map_or("-", |d| d.question.name.as_str());
+                        match self.destination {
+                            Some(d) => format!("{name} -> {}:{}", d.ip, d.port),
+                            None => name.to_owned(),
+                        }
+                    }
                     _ => process
                         .and_then(|p| p.executable.clone())
                         .unwrap_or_else(|| "-".into()),
@@ -627,7 +634,9 @@ mod tests {
                 "TORSENSOR-003",
                 "TORSENSOR-004",
                 "TORSENSOR-005",
-                "TORSENSOR-006"
+                "TORSENSOR-006",
+                "TORSENSOR-007",
+                "TORSENSOR-008"
             ]
         );
         let relay = hit(
@@ -850,7 +859,9 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "TORSENSOR-003",
                 "TORSENSOR-004",
                 "TORSENSOR-005",
-                "TORSENSOR-006"
+                "TORSENSOR-006",
+                "TORSENSOR-007",
+                "TORSENSOR-008"
             ]
         );
         let ours = hit(
