@@ -63,7 +63,7 @@ fn an_exception_excepts_this_process_and_sighup_reloads_the_rules() {
             "1",
         ],
     );
-    sensor.wait_log("rules: 6 enabled", 1, Duration::from_secs(1));
+    sensor.wait_log("rules: 8 enabled", 1, Duration::from_secs(1));
     let server = listen(addr("127.66.70.1:0"), false);
     let to = server.local_addr().unwrap();
 
@@ -129,7 +129,7 @@ fn an_exception_excepts_this_process_and_sighup_reloads_the_rules() {
     std::fs::remove_file(dir.join("20-bad.toml")).unwrap();
     std::fs::remove_file(&local).unwrap();
     sensor.signal(libc::SIGHUP);
-    sensor.wait_log("rules: 6 enabled", 2, Duration::from_secs(5));
+    sensor.wait_log("rules: 8 enabled", 2, Duration::from_secs(5));
     let now_alerted = TcpStream::connect(to).unwrap();
     let port = now_alerted.local_addr().unwrap().port();
     let alert = sensor.expect_alert("this process after the reload", |a| {

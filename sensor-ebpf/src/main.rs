@@ -59,16 +59,19 @@ use aya_ebpf::{
             bpf_ktime_get_boot_ns, bpf_set_retval, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, kprobe, map},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, classifier, fentry, kprobe, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext, SockAddrContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext, SockAddrContext,
+        TcContext,
+    },
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
     AF_INET, AF_INET6, BlockMatch, BlockRule, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS,
     ExecEvent, ExecOffsets, FLAG_AUDIT, FLAG_BLOCKED, FLAG_CONNECT_FAILED, FLAG_LISTEN,
-    FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, block, counter, exec,
-    pending, prefilter,
+    FLAG_NO_PROCESS, FLAG_V4_MAPPED, FlowKey, FlowStats, GatewayEvent, GwIface, KernelOffsets,
+    MatchInfo, OrPortKey, block, counter, exec, gateway, pending, prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -1343,6 +1346,341 @@ fn listen_slow(ctx: *mut c_void, sk: u64, port: u16) -> u32 {
     fill_process(&mut ev);
     ev.ts_boot_ns = unsafe { bpf_ktime_get_boot_ns() };
     emit(&RawCtx(ctx), &ev);
+    0
+}
+
+// ---------------------------------------------------------------------------
+// Gateway mode (issue 17): TC (clsact) programs on a router's interfaces.
+// No process there: the flow is the whole story. Each interface the daemon
+// attaches to has an entry in `GW_IFACES` (its role, inside or outside, and
+// where its network header starts). On every TCP packet:
+//   - a SYN without ACK (a new flow, in either direction) is matched against
+//     the same gapless sets (and ORPort hash) as the socket programs: the
+//     outside address, as an outbound peer (relay or exit, ORPort checked)
+//     when the inside host opened the flow, as an inbound peer (exit) when
+//     the outside one did. A hit is sent (`GW_EVENTS`) and its flow entered
+//     in `GW_FLOWS`;
+//   - any other packet of a tracked flow adds its bytes and packets to the
+//     flow's counts (one way or the other) and marks a FIN or RST; while no
+//     flow is tracked (`GW_FLOW_COUNT`, the `pending` scheme), the lookup is
+//     skipped.
+// The daemon's sweep reports a flow that ended (RST, or a FIN each way) or
+// went idle, and removes it. `GW_FLOWS` is a plain hash: when full, a new
+// hit is still sent but not tracked (counted), never an old flow evicted.
+// The programs never drop or change a packet: they return TC_ACT_UNSPEC
+// (TCX_NEXT under TCX, the same value), "no verdict", so that the next
+// program or filter on the hook, or the default, decides.
+// ---------------------------------------------------------------------------
+
+/// Attached interfaces (ifindex -> role and network-header offset).
+#[map]
+static GW_IFACES: HashMap<u32, GwIface> = HashMap::with_max_entries(64, 0);
+/// Tracked flows (those that hit). Size set by the daemon (`max_flows`).
+#[map]
+static GW_FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(1, 0);
+/// `gateway::COUNT_KERNEL` / `COUNT_SYNC` (see `sensor_common::pending`).
+#[map]
+static GW_FLOW_COUNT: Array<u64> = Array::with_max_entries(gateway::COUNT_SLOTS, 0);
+/// Gateway hits for the daemon.
+#[map]
+static GW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
+
+/// No verdict (`TC_ACT_UNSPEC`; `TCX_NEXT` has the same value).
+const TC_ACT_UNSPEC: i32 = -1;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
+const BPF_NOEXIST: u64 = 1;
+
+/// Every packet entering an attached interface.
+#[classifier]
+pub fn gateway_ingress(ctx: TcContext) -> i32 {
+    gateway_packet(&ctx, gateway::HOOK_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// Every packet leaving an attached interface.
+#[classifier]
+pub fn gateway_egress(ctx: TcContext) -> i32 {
+    gateway_packet(&ctx, gateway::HOOK_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// A parsed TCP packet, as the flow sees it.
+struct GwPacket {
+    key: FlowKey,
+    /// Sent by the inside host.
+    from_inside: bool,
+    flags: u8,
+    /// From the network header on, as on the wire (a GSO packet's headers
+    /// counted once per segment).
+    bytes: u64,
+    /// GSO segments (1 for a plain packet).
+    segs: u64,
+}
+
+#[inline(always)]
+fn gateway_packet(ctx: &TcContext, hook: u8) {
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+        return;
+    }
+    // SAFETY: the context is the kernel's `__sk_buff`; plain field loads.
+    let (ifindex, len, gso_segs) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.len, skb.gso_segs)
+    };
+    // SAFETY: a lookup; the value is copied at once.
+    let Some(iface) = (unsafe { GW_IFACES.get(ifindex) }).copied() else {
+        return;
+    };
+    let Some(p) = gw_parse(ctx, proto, iface, hook, len, gso_segs) else {
+        return;
+    };
+    count(counter::GW_PACKETS);
+    if p.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        gw_syn(ctx.as_ptr(), &p, hook, iface.role, ifindex);
+    } else if gw_flows_may_exist() {
+        gw_update(&p);
+    }
+}
+
+/// The flow key and what counts of a TCP packet; `None` for anything else.
+/// Loads through `bpf_skb_load_bytes` (any offset, no bounds dance).
+#[inline(always)]
+fn gw_parse(
+    ctx: &TcContext,
+    proto: u32,
+    iface: GwIface,
+    hook: u8,
+    len: u32,
+    gso_segs: u32,
+) -> Option<GwPacket> {
+    let l3 = iface.l3_offset as usize;
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    let (family, l4) = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(l3).ok()?;
+        if ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP as u8 {
+            return None;
+        }
+        let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if frag & 0x1fff != 0 || ihl < 20 {
+            // A later fragment has no TCP header.
+            count(counter::GW_UNPARSED);
+            return None;
+        }
+        let s: [u8; 4] = ctx.load(l3 + 12).ok()?;
+        let d: [u8; 4] = ctx.load(l3 + 16).ok()?;
+        src[..4].copy_from_slice(&s);
+        dst[..4].copy_from_slice(&d);
+        (AF_INET, l3 + ihl)
+    } else {
+        let next: u8 = ctx.load(l3 + 6).ok()?;
+        if next != IPPROTO_TCP as u8 {
+            // Hop-by-hop, routing, fragment, destination options: TCP may
+            // be behind them, not walked.
+            if matches!(next, 0 | 43 | 44 | 60) {
+                count(counter::GW_UNPARSED);
+            }
+            return None;
+        }
+        src = ctx.load(l3 + 8).ok()?;
+        dst = ctx.load(l3 + 24).ok()?;
+        (AF_INET6, l3 + 40)
+    };
+    let ports: [u8; 4] = match ctx.load(l4) {
+        Ok(p) => p,
+        Err(_) => {
+            count(counter::GW_UNPARSED);
+            return None;
+        }
+    };
+    // Data offset (high nibble) and flags.
+    let off_flags: [u8; 2] = ctx.load(l4 + 12).ok()?;
+    let flags = off_flags[1];
+    let headers = (l4 - l3) as u64 + ((off_flags[0] >> 4) as u64) * 4;
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let from_inside = (iface.role == gateway::ROLE_INSIDE) == (hook == gateway::HOOK_INGRESS);
+    let key = if from_inside {
+        FlowKey {
+            inside_addr: src,
+            outside_addr: dst,
+            inside_port: sport,
+            outside_port: dport,
+            family,
+            _pad: 0,
+        }
+    } else {
+        FlowKey {
+            inside_addr: dst,
+            outside_addr: src,
+            inside_port: dport,
+            outside_port: sport,
+            family,
+            _pad: 0,
+        }
+    };
+    // A GSO/GRO packet stands for `segs` packets on the wire, each with
+    // its own IP and TCP headers; `len` has them once.
+    let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
+    Some(GwPacket {
+        key,
+        from_inside,
+        flags,
+        bytes: len.saturating_sub(l3 as u32) as u64 + (segs - 1) * headers,
+        segs,
+    })
+}
+
+/// Atomically adds `delta` to `*p` (a map value shared between CPUs).
+#[inline(always)]
+fn xadd(p: *mut u64, delta: u64) {
+    // SAFETY: a valid, aligned map value; BPF_ATOMIC add.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, delta,
+        )
+    };
+}
+
+/// Whether `GW_FLOWS` may hold an entry (see `may_be_pending`).
+#[inline(always)]
+fn gw_flows_may_exist() -> bool {
+    let read = |slot: u32| {
+        GW_FLOW_COUNT
+            .get(slot)
+            .map(|v| unsafe { core::ptr::read_volatile(v) })
+            .unwrap_or(0)
+    };
+    let synced = read(gateway::COUNT_SYNC);
+    read(gateway::COUNT_KERNEL) != synced
+}
+
+/// Adds a packet to its flow, if the flow is tracked.
+#[inline(never)]
+fn gw_update(p: &GwPacket) -> u32 {
+    let Some(f) = GW_FLOWS.get_ptr_mut(p.key) else {
+        return 0;
+    };
+    count(counter::GW_FLOW_PACKETS);
+    // SAFETY: `f` points at the map value; counters are added atomically,
+    // the time and the end marks are single stores of whole fields.
+    unsafe {
+        if p.from_inside {
+            xadd(&raw mut (*f).bytes_out, p.bytes);
+            xadd(&raw mut (*f).packets_out, p.segs);
+        } else {
+            xadd(&raw mut (*f).bytes_in, p.bytes);
+            xadd(&raw mut (*f).packets_in, p.segs);
+        }
+        core::ptr::write_volatile(&raw mut (*f).last_ns, bpf_ktime_get_boot_ns());
+        if p.flags & TCP_FLAG_RST != 0 {
+            core::ptr::write_volatile(&raw mut (*f).rst, 1);
+        }
+        if p.flags & TCP_FLAG_FIN != 0 {
+            if p.from_inside {
+                core::ptr::write_volatile(&raw mut (*f).fin_inside, 1);
+            } else {
+                core::ptr::write_volatile(&raw mut (*f).fin_outside, 1);
+            }
+        }
+    }
+    0
+}
+
+/// A new flow's SYN: match the outside end; for a hit, track the flow and
+/// send the hit.
+#[inline(never)]
+fn gw_syn(ctx: *mut c_void, p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u32 {
+    count(counter::GW_SYN_SEEN);
+    let k = &p.key;
+    let v4 = if k.family == AF_INET {
+        Some([
+            k.outside_addr[0],
+            k.outside_addr[1],
+            k.outside_addr[2],
+            k.outside_addr[3],
+        ])
+    } else {
+        None
+    };
+    let peer = Peer {
+        family: k.family,
+        addr: k.outside_addr,
+        port: k.outside_port,
+        v4,
+    };
+    if !may_be_listed(peer.prefilter_index()) {
+        return 0;
+    }
+    let direction = if p.from_inside {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    let Some(hit) = lookup(&peer, direction) else {
+        return 0;
+    };
+    // A retransmitted SYN of a flow already tracked: only counted.
+    if GW_FLOWS.get_ptr_mut(*k).is_some() {
+        gw_update(p);
+        return 0;
+    }
+    count(counter::GW_HIT);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut flow = FlowStats {
+        first_ns: now,
+        last_ns: now,
+        matched: hit,
+        ifindex,
+        direction,
+        hook,
+        role,
+        ..FlowStats::default()
+    };
+    if p.from_inside {
+        flow.bytes_out = p.bytes;
+        flow.packets_out = p.segs;
+    } else {
+        flow.bytes_in = p.bytes;
+        flow.packets_in = p.segs;
+    }
+    let mut ev = GatewayEvent::ZERO;
+    if GW_FLOWS.insert(*k, flow, BPF_NOEXIST).is_ok() {
+        if let Some(slot) = GW_FLOW_COUNT.get_ptr_mut(gateway::COUNT_KERNEL) {
+            xadd(slot, 1);
+        }
+    } else {
+        count(counter::GW_FLOWS_FULL);
+        ev.flags |= gateway::FLAG_NOT_TRACKED;
+    }
+    ev.ts_boot_ns = now;
+    ev.inside_addr = k.inside_addr;
+    ev.outside_addr = k.outside_addr;
+    ev.inside_port = k.inside_port;
+    ev.outside_port = k.outside_port;
+    ev.family = k.family;
+    ev.direction = direction;
+    ev.hook = hook;
+    ev.ifindex = ifindex;
+    ev.role = role;
+    ev.matched = hit;
+    match GW_EVENTS.reserve::<GatewayEvent>(0) {
+        Some(mut slot) => {
+            slot.write(ev);
+            slot.submit(0);
+            count(counter::GW_EVENTS_SENT);
+        }
+        None => {
+            count(counter::GW_RINGBUF_FULL);
+            warn!(
+                &RawCtx(ctx),
+                "gateway ring buffer full, hit dropped (counted)"
+            );
+        }
+    }
     0
 }
 

@@ -85,7 +85,7 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
         },
         event: event(conn, rule, *created),
         network: Some(Network {
-            direction: Some(conn.direction),
+            direction: Some(conn.direction.into()),
             transport: Transport::Tcp,
             iana_number: Transport::Tcp.iana_number(),
             family: if conn.remote.is_ipv4() {
@@ -94,16 +94,13 @@ pub fn build(input: &AlertInput<'_>) -> Alert {
                 IpFamily::Ipv6
             },
             community_id: None,
+            bytes: None,
+            packets: None,
         }),
-        source: Some(Endpoint {
-            ip: source.ip(),
-            port: source.port(),
-        }),
-        destination: Some(Endpoint {
-            ip: destination.ip(),
-            port: destination.port(),
-        }),
+        source: Some(Endpoint::new(source.ip(), source.port())),
+        destination: Some(Endpoint::new(destination.ip(), destination.port())),
         server: None,
+        observer: None,
         host: host(sensor),
         agent: agent(sensor),
         process: process.map(process_fields),
@@ -182,6 +179,9 @@ fn event(conn: &Connection, rule: &Rule, created: SystemTime) -> Event {
         dataset: "torsensor.alert".into(),
         created: Timestamp(created),
         severity: is_alert.then_some(rule.severity),
+        start: None,
+        end: None,
+        duration: None,
     }
 }
 
@@ -312,6 +312,7 @@ fn torsensor(
         signal: Signal::Connection,
         exec: None,
         listen: None,
+        gateway: None,
         feeds,
         tor: (!matches.is_empty()).then(|| tor_details(matches)),
         matches: matches_out,

@@ -180,6 +180,8 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
         Signal::Listen => "listen",
         Signal::Connection if alert.is_egress() => "connect",
         Signal::Connection => "accept",
+        // No system call on a router: the name says what saw it.
+        Signal::Gateway => "gateway",
     };
     f.insert("evt.type".into(), json!(evt_type));
     put(
@@ -267,6 +269,18 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
     match alert.signal() {
         Signal::Connection => parts.extend(fd_name(alert).map(|n| format!("connection={n}"))),
         Signal::Listen => parts.extend(fd_name(alert).map(|n| format!("listen={n}"))),
+        Signal::Gateway => {
+            parts.extend(fd_name(alert).map(|n| format!("flow={n}")));
+            if let Some(g) = &alert.torsensor.gateway {
+                parts.push(format!("interface={} ({})", g.interface, g.side));
+                parts.extend(g.end.map(|e| format!("end={}", e.as_str())));
+            }
+            if let (Some(s), Some(d)) = (alert.source, alert.destination)
+                && let (Some(bo), Some(bi)) = (s.bytes, d.bytes)
+            {
+                parts.push(format!("bytes_out={bo} bytes_in={bi}"));
+            }
+        }
         Signal::Exec => {}
     }
     let known: [(&str, Option<String>); 8] = [

@@ -69,6 +69,9 @@ fn event(signal: Signal, rule: &Rule, created: SystemTime) -> Event {
         dataset: "torsensor.alert".into(),
         created: Timestamp(created),
         severity: Some(rule.severity),
+        start: None,
+        end: None,
+        duration: None,
     }
 }
 
@@ -91,6 +94,7 @@ fn base(
         source: None,
         destination: None,
         server: None,
+        observer: None,
         host: host(sensor),
         agent: agent(sensor),
         process: process.map(process_fields),
@@ -109,6 +113,7 @@ fn base(
             signal,
             exec: None,
             listen: None,
+            gateway: None,
             feeds: Vec::new(),
             tor: None,
             matches: Vec::new(),
@@ -182,11 +187,10 @@ pub fn build_listen(input: ListenInput<'_>) -> Alert {
             IpFamily::Ipv6
         },
         community_id: None,
+        bytes: None,
+        packets: None,
     });
-    alert.server = Some(Endpoint {
-        ip: input.local.ip(),
-        port: input.local.port(),
-    });
+    alert.server = Some(Endpoint::new(input.local.ip(), input.local.port()));
     alert.torsensor.listen = Some(ListenDetails {
         port_use: input.port_use.to_owned(),
     });

@@ -25,6 +25,7 @@ pub mod community_id;
 pub mod connection;
 pub mod ecs;
 pub mod falco;
+pub mod gateway;
 pub mod local;
 pub mod model;
 pub mod ocsf;

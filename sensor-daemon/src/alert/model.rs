@@ -69,6 +69,10 @@ pub struct Alert {
     /// for connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<Endpoint>,
+    /// Gateway mode: the router and the interface the flow was seen on
+    /// (ECS `observer.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<Observer>,
     pub host: Host,
     pub agent: Agent,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,8 +129,11 @@ pub enum EventType {
     Connection,
     Allowed,
     Denied,
-    /// A program started, a socket started to listen.
+    /// A program started, a socket started to listen, a gateway flow
+    /// began.
     Start,
+    /// A gateway flow ended (its summary).
+    End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +161,15 @@ pub struct Event {
     /// The rule's severity, 0-100 (alerts only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<u8>,
+    /// A gateway flow summary: its first packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Timestamp>,
+    /// ... its last packet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<Timestamp>,
+    /// ... `end - start` in nanoseconds (ECS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,11 +204,51 @@ pub enum IpFamily {
     Ipv6,
 }
 
+/// ECS `network.direction`: `egress` / `ingress` seen from this host (a
+/// host sensor); `outbound` / `inbound` seen from the network perimeter (a
+/// gateway: an inside host opened the flow, or an outside one did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkDirection {
+    Egress,
+    Ingress,
+    Outbound,
+    Inbound,
+}
+
+impl NetworkDirection {
+    /// The direction as rules and aggregation see it: outbound is the
+    /// inside host's egress.
+    pub fn host_view(self) -> Direction {
+        match self {
+            NetworkDirection::Egress | NetworkDirection::Outbound => Direction::Egress,
+            NetworkDirection::Ingress | NetworkDirection::Inbound => Direction::Ingress,
+        }
+    }
+
+    /// The perimeter value for a gateway flow.
+    pub fn perimeter(d: Direction) -> Self {
+        match d {
+            Direction::Egress => NetworkDirection::Outbound,
+            Direction::Ingress => NetworkDirection::Inbound,
+        }
+    }
+}
+
+impl From<Direction> for NetworkDirection {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Egress => NetworkDirection::Egress,
+            Direction::Ingress => NetworkDirection::Ingress,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// A connection's (none for a listening socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<Direction>,
+    pub direction: Option<NetworkDirection>,
     pub transport: Transport,
     #[serde(with = "as_text")]
     pub iana_number: u8,
@@ -201,12 +257,65 @@ pub struct Network {
     /// Community ID v1 of the flow (seed 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub community_id: Option<String>,
+    /// A gateway flow summary: bytes both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// ... packets both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub ip: IpAddr,
     pub port: u16,
+    /// A gateway flow summary: bytes this end sent (from the IP header
+    /// on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// ... packets this end sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
+}
+
+impl Endpoint {
+    pub fn new(ip: IpAddr, port: u16) -> Self {
+        Endpoint {
+            ip,
+            port,
+            bytes: None,
+            packets: None,
+        }
+    }
+}
+
+/// ECS `observer.*`: the router a gateway flow went through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observer {
+    /// `router`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hostname: String,
+    /// The interface the flow's first packet entered by (seen at its
+    /// ingress hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ObserverInterface>,
+    /// ... or left by (egress hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<ObserverInterface>,
+}
+
+/// ECS `observer.ingress` / `observer.egress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserverInterface {
+    pub interface: InterfaceName,
+    /// `inside` or `outside`: the side the interface faces.
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceName {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -438,6 +547,9 @@ pub enum Signal {
     Exec,
     /// A process listens on a Tor SOCKS or control port.
     Listen,
+    /// Gateway mode: a forwarded flow to or from a listed address, and
+    /// its summary when it ends.
+    Gateway,
 }
 
 impl Signal {
@@ -446,6 +558,7 @@ impl Signal {
             Signal::Connection => "connection",
             Signal::Exec => "exec",
             Signal::Listen => "listen",
+            Signal::Gateway => "gateway",
         }
     }
 
@@ -496,6 +609,25 @@ pub struct ListenDetails {
     pub port_use: String,
 }
 
+/// `torsensor.gateway`: where a gateway flow was seen, and (a summary) how
+/// it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayDetails {
+    pub interface: String,
+    /// `inside` or `outside`: the side the interface faces.
+    pub side: String,
+    /// `ingress` or `egress`: the interface's hook that saw the SYN.
+    pub hook: String,
+    /// `hit` (the flow's SYN) or `end` (its summary).
+    pub phase: String,
+    /// The kernel tracks the flow: a summary will follow (false when the
+    /// flow table was full).
+    pub tracked: bool,
+    /// How the flow ended (summaries): `fin`, `rst`, `idle`, `shutdown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<crate::kernel::gateway::FlowEnd>,
+}
+
 /// `torsensor.*`: what ECS has no field for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Torsensor {
@@ -506,6 +638,8 @@ pub struct Torsensor {
     pub exec: Option<ExecDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listen: Option<ListenDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayDetails>,
     /// The feeds that matched, in feed order, each once.
     pub feeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -637,7 +771,10 @@ impl Alert {
 
     /// A connection's direction (none for other signals).
     pub fn direction(&self) -> Option<Direction> {
-        self.network.as_ref().and_then(|n| n.direction)
+        self.network
+            .as_ref()
+            .and_then(|n| n.direction)
+            .map(NetworkDirection::host_view)
     }
 
     pub fn is_egress(&self) -> bool {

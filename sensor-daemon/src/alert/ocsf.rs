@@ -75,10 +75,15 @@ pub fn render(alert: &Alert) -> Value {
         Signal::Connection if denied => (5, "Refuse"),
         Signal::Connection if failed => (4, "Fail"),
         Signal::Connection => (1, "Open"),
+        // A gateway flow's summary closes what its hit opened.
+        Signal::Gateway if alert.event.types.contains(&EventType::End) => (2, "Close"),
+        Signal::Gateway => (1, "Open"),
     };
     let (category_uid, category, class_uid, class) = match signal {
         Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
-        Signal::Connection | Signal::Listen => (4, "Network Activity", 4001, "Network Activity"),
+        Signal::Connection | Signal::Listen | Signal::Gateway => {
+            (4, "Network Activity", 4001, "Network Activity")
+        }
     };
     let is_alert = alert.is_alert();
     let (severity_id, severity_name) = severity(alert.event.severity);
@@ -122,14 +127,18 @@ pub fn render(alert: &Alert) -> Value {
     let message = alert.rule.as_ref().map_or(&alert.event.action, |r| &r.name);
     out.insert("message".into(), json!(message));
     put(&mut out, "connection_info", connection_info(alert));
-    put(
-        &mut out,
-        "src_endpoint",
-        alert.source.as_ref().map(endpoint),
-    );
+    let mut src = alert.source.as_ref().map(endpoint);
     // A listener is where connections will go.
-    let dst = alert.destination.as_ref().or(alert.server.as_ref());
-    put(&mut out, "dst_endpoint", dst.map(endpoint));
+    let mut dst = alert
+        .destination
+        .as_ref()
+        .or(alert.server.as_ref())
+        .map(endpoint);
+    if signal == Signal::Gateway {
+        gateway_parts(alert, &mut out, src.as_mut(), dst.as_mut());
+    }
+    put(&mut out, "src_endpoint", src);
+    put(&mut out, "dst_endpoint", dst);
     let container = container(alert);
     if signal == Signal::Exec {
         // The started program is the process; who started it, the actor.
@@ -147,6 +156,47 @@ pub fn render(alert: &Alert) -> Value {
     threat_parts(alert, &mut out);
     out.insert("unmapped".into(), unmapped(alert));
     Value::Object(out)
+}
+
+/// Gateway mode: the interface on the endpoint whose side it faces (the
+/// inside host's for an inside interface), and a summary's `traffic`
+/// (`bytes_out`: source to destination) and `start_time` / `end_time`.
+fn gateway_parts(
+    alert: &Alert,
+    out: &mut Map<String, Value>,
+    src: Option<&mut Value>,
+    dst: Option<&mut Value>,
+) {
+    if let Some(g) = &alert.torsensor.gateway {
+        // The inside host is the source of an outbound flow.
+        let inside_is_source = alert.is_egress();
+        let on_source = (g.side == "inside") == inside_is_source;
+        if let Some(Value::Object(e)) = if on_source { src } else { dst } {
+            e.insert("interface_name".into(), json!(g.interface));
+        }
+    }
+    let (Some(s), Some(d)) = (alert.source, alert.destination) else {
+        return;
+    };
+    if let (Some(bo), Some(po), Some(bi), Some(pi)) = (s.bytes, s.packets, d.bytes, d.packets) {
+        out.insert(
+            "traffic".into(),
+            json!({
+                "bytes_out": bo, "packets_out": po,
+                "bytes_in": bi, "packets_in": pi,
+                "bytes": bo + bi, "packets": po + pi,
+            }),
+        );
+    }
+    if let Some(t) = alert.event.start {
+        out.insert("start_time".into(), json!(epoch_ms(t.0)));
+    }
+    if let Some(t) = alert.event.end {
+        out.insert("end_time".into(), json!(epoch_ms(t.0)));
+    }
+    if let Some(ns) = alert.event.duration {
+        out.insert("duration".into(), json!(ns / 1_000_000));
+    }
 }
 
 fn connection_info(alert: &Alert) -> Option<Value> {
@@ -308,7 +358,7 @@ fn metadata(alert: &Alert, in_container: bool) -> Value {
 /// a connection, the port of a listener, the name of a started program.
 fn observable_of(alert: &Alert) -> Option<(&'static str, u64, &'static str, Value)> {
     match alert.signal() {
-        Signal::Connection => {
+        Signal::Connection | Signal::Gateway => {
             let field = if alert.is_egress() {
                 "dst_endpoint.ip"
             } else {
@@ -351,7 +401,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
         (Some(first), _) => Some(first.indicator.provider.clone()),
         // No feed: the rule is the judge.
         (None, Signal::Exec | Signal::Listen) => Some("torsensor".to_owned()),
-        (None, Signal::Connection) => None,
+        (None, Signal::Connection | Signal::Gateway) => None,
     };
     if alert.is_alert()
         && let Some(provider) = provider

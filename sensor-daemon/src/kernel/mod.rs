@@ -5,6 +5,7 @@
 
 mod block;
 pub mod event;
+pub mod gateway;
 pub mod local;
 mod maps;
 pub mod plan;
@@ -76,6 +77,8 @@ pub enum KernelError {
     },
     #[error("blocking: {detail}")]
     Blocking { detail: String },
+    #[error("gateway: {detail}")]
+    Gateway { detail: String },
     #[error("eBPF map {0} is missing from the embedded object (build problem)")]
     MissingMap(&'static str),
     #[error(
@@ -104,6 +107,9 @@ pub struct LoadOptions {
     /// What the local-signal programs watch (program names, environment
     /// prefix, listening ports).
     pub local: crate::local::LocalWatch,
+    /// Capacity of the gateway flow table (`GW_FLOWS`); 1 when gateway
+    /// mode is off.
+    pub gateway_max_flows: u32,
 }
 
 /// Checks everything that can be checked before touching the kernel, so that
@@ -227,6 +233,23 @@ pub struct KernelCounters {
     pub listen_seen: u64,
     #[serde(default)]
     pub listen_hit: u64,
+    /// Gateway mode (`sensor_common::counter::GW_*`).
+    #[serde(default)]
+    pub gw_packets: u64,
+    #[serde(default)]
+    pub gw_syn_seen: u64,
+    #[serde(default)]
+    pub gw_hit: u64,
+    #[serde(default)]
+    pub gw_events_sent: u64,
+    #[serde(default)]
+    pub gw_ringbuf_full: u64,
+    #[serde(default)]
+    pub gw_flows_full: u64,
+    #[serde(default)]
+    pub gw_unparsed: u64,
+    #[serde(default)]
+    pub gw_flow_packets: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -382,6 +405,7 @@ impl Probes {
             .map_max_entries("TOR_V6_1", opts.max_entries)
             .map_max_entries("OR_PORTS_1", opts.max_entries)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("GW_FLOWS", opts.gateway_max_flows.max(1))
             .load(EBPF_OBJECT)?;
         let logger = if opts.kernel_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -504,6 +528,14 @@ impl Probes {
             exec_ringbuf_full: get(counter::EXEC_RINGBUF_FULL),
             listen_seen: get(counter::LISTEN_SEEN),
             listen_hit: get(counter::LISTEN_HIT),
+            gw_packets: get(counter::GW_PACKETS),
+            gw_syn_seen: get(counter::GW_SYN_SEEN),
+            gw_hit: get(counter::GW_HIT),
+            gw_events_sent: get(counter::GW_EVENTS_SENT),
+            gw_ringbuf_full: get(counter::GW_RINGBUF_FULL),
+            gw_flows_full: get(counter::GW_FLOWS_FULL),
+            gw_unparsed: get(counter::GW_UNPARSED),
+            gw_flow_packets: get(counter::GW_FLOW_PACKETS),
         })
     }
 
@@ -592,6 +624,7 @@ fn unload_program(name: &str, program: &mut Program) {
         Program::KProbe(p) if p.fd().is_ok() => p.unload(),
         Program::CgroupSockAddr(p) if p.fd().is_ok() => p.unload(),
         Program::CgroupSkb(p) if p.fd().is_ok() => p.unload(),
+        Program::SchedClassifier(p) if p.fd().is_ok() => p.unload(),
         _ => Ok(()),
     };
     if let Err(e) = result {

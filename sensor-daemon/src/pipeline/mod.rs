@@ -10,6 +10,7 @@
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
 
+mod gateway;
 mod local;
 pub mod replay;
 

@@ -580,7 +580,7 @@ mod tests {
             ("185.220.101.1", 9001),
             SystemTime::UNIX_EPOCH,
         );
-        a.network.as_mut().unwrap().direction = Some(direction);
+        a.network.as_mut().unwrap().direction = Some(direction.into());
         if direction == Direction::Ingress {
             std::mem::swap(&mut a.source, &mut a.destination);
         }
@@ -626,7 +626,9 @@ mod tests {
                 "TORSENSOR-003",
                 "TORSENSOR-004",
                 "TORSENSOR-005",
-                "TORSENSOR-006"
+                "TORSENSOR-006",
+                "TORSENSOR-007",
+                "TORSENSOR-008"
             ]
         );
         let relay = hit(
@@ -849,7 +851,9 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "TORSENSOR-003",
                 "TORSENSOR-004",
                 "TORSENSOR-005",
-                "TORSENSOR-006"
+                "TORSENSOR-006",
+                "TORSENSOR-007",
+                "TORSENSOR-008"
             ]
         );
         let ours = hit(
