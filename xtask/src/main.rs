@@ -33,7 +33,8 @@ const LLVM: &str = "/usr/lib/llvm-22";
 /// captures, and the peers its bench compares with), softflowd and nfdump
 /// (real flow exports), nginx-light (real access logs); for the vantage
 /// points (issue 17): unbound, dnsmasq-base and bind9-dnsutils (real DNS
-/// servers and clients), iperf3 (gateway throughput). Services are never
+/// servers and clients), iperf3 (gateway throughput), iptables (the
+/// masquerade of tests/gateway.rs's router namespace). Services are never
 /// started by the install (see [`without_service_starts`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -64,6 +65,7 @@ const APT_PACKAGES: &[&str] = &[
     "dnsmasq-base",
     "bind9-dnsutils",
     "iperf3",
+    "iptables",
 ];
 
 #[derive(Parser)]
