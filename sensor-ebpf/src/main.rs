@@ -1438,14 +1438,151 @@ fn gateway_packet(ctx: &TcContext, hook: u8) {
     };
     count(counter::GW_PACKETS);
     if p.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
-        gw_syn(ctx.as_ptr(), &p, hook, iface.role, ifindex);
+        gw_syn(&p, hook, iface.role, ifindex);
     } else if gw_flows_may_exist() {
         gw_update(&p);
     }
 }
 
+/// What the flow needs of a TCP packet's headers.
+struct TcpHeaders {
+    family: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Offset of the TCP header from the start of the packet.
+    l4: usize,
+    ports: [u8; 4],
+    /// The TCP header's data offset byte and flags byte.
+    off_flags: [u8; 2],
+}
+
+// What reading the headers found. Plain numbers, not an enum with the
+// headers inside: returned from an out-of-line function, such an enum's
+// unused bytes were stored from uninitialised registers, which the
+// verifier refuses.
+/// A TCP packet: the headers are filled in.
+const H_TCP: u8 = 0;
+/// Not TCP, or not parsed (counted where it is decided).
+const H_OTHER: u8 = 1;
+/// Not in reach: past the linear data (direct access), or past the packet
+/// (helper).
+const H_UNREADABLE: u8 = 2;
+
+/// The headers through direct packet access: the common case, the
+/// headers in the skb's linear data, without a helper call. Every read is
+/// bounds-checked against `data_end` first, as the verifier requires (the
+/// pattern `not_a_syn` uses, which Linux 6.1 accepts).
+#[inline(always)]
+fn headers_direct(skb: *mut __sk_buff, proto: u32, l3: usize, h: &mut TcpHeaders) -> u8 {
+    let l3 = l3 & 0xff;
+    // SAFETY: packet pointers of a TC context, each read checked against
+    // `end` first; unaligned reads (packet data has no alignment).
+    unsafe {
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        let ip = data + l3;
+        let ihl = if proto == ETH_P_IP {
+            if ip + 20 > end {
+                return H_UNREADABLE;
+            }
+            if *((ip + 9) as *const u8) != IPPROTO_TCP as u8 {
+                return H_OTHER;
+            }
+            let vihl = *(ip as *const u8);
+            let frag = u16::from_be(core::ptr::read_unaligned((ip + 6) as *const u16));
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if frag & 0x1fff != 0 || ihl < 20 {
+                // A later fragment has no TCP header.
+                count(counter::GW_UNPARSED);
+                return H_OTHER;
+            }
+            let s = core::ptr::read_unaligned((ip + 12) as *const [u8; 4]);
+            let d = core::ptr::read_unaligned((ip + 16) as *const [u8; 4]);
+            h.family = AF_INET;
+            h.src[..4].copy_from_slice(&s);
+            h.dst[..4].copy_from_slice(&d);
+            ihl
+        } else {
+            if ip + 40 > end {
+                return H_UNREADABLE;
+            }
+            let next = *((ip + 6) as *const u8);
+            if next != IPPROTO_TCP as u8 {
+                ipv6_not_tcp(next);
+                return H_OTHER;
+            }
+            h.family = AF_INET6;
+            h.src = core::ptr::read_unaligned((ip + 8) as *const [u8; 16]);
+            h.dst = core::ptr::read_unaligned((ip + 24) as *const [u8; 16]);
+            40
+        };
+        let tcp = ip + ihl;
+        if tcp + 14 > end {
+            return H_UNREADABLE;
+        }
+        h.ports = core::ptr::read_unaligned(tcp as *const [u8; 4]);
+        h.off_flags = core::ptr::read_unaligned((tcp + 12) as *const [u8; 2]);
+        h.l4 = l3 + ihl;
+    }
+    H_TCP
+}
+
+/// An IPv6 packet whose next header is not TCP: counted when TCP may be
+/// behind an extension header (hop-by-hop, routing, fragment, destination
+/// options), which is not walked.
+#[inline(always)]
+fn ipv6_not_tcp(next: u8) {
+    if matches!(next, 0 | 43 | 44 | 60) {
+        count(counter::GW_UNPARSED);
+    }
+}
+
+/// The headers through `bpf_skb_load_bytes` (any offset, in the linear
+/// data or not): the fallback when direct access cannot reach them. Out
+/// of line: its stack is not on the path to `gw_syn`.
+#[inline(never)]
+fn headers_loaded(ctx: &TcContext, proto: u32, l3: usize, h: &mut TcpHeaders) -> u8 {
+    headers_loaded_inner(ctx, proto, l3, h).unwrap_or(H_UNREADABLE)
+}
+
+#[inline(always)]
+fn headers_loaded_inner(ctx: &TcContext, proto: u32, l3: usize, h: &mut TcpHeaders) -> Option<u8> {
+    h.l4 = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(l3).ok()?;
+        if ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP as u8 {
+            return Some(H_OTHER);
+        }
+        let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if frag & 0x1fff != 0 || ihl < 20 {
+            count(counter::GW_UNPARSED);
+            return Some(H_OTHER);
+        }
+        let s: [u8; 4] = ctx.load(l3 + 12).ok()?;
+        let d: [u8; 4] = ctx.load(l3 + 16).ok()?;
+        h.family = AF_INET;
+        h.src[..4].copy_from_slice(&s);
+        h.dst[..4].copy_from_slice(&d);
+        l3 + ihl
+    } else {
+        let next: u8 = ctx.load(l3 + 6).ok()?;
+        if next != IPPROTO_TCP as u8 {
+            ipv6_not_tcp(next);
+            return Some(H_OTHER);
+        }
+        h.family = AF_INET6;
+        h.src = ctx.load(l3 + 8).ok()?;
+        h.dst = ctx.load(l3 + 24).ok()?;
+        l3 + 40
+    };
+    h.ports = ctx.load(h.l4).ok()?;
+    h.off_flags = ctx.load(h.l4 + 12).ok()?;
+    Some(H_TCP)
+}
+
 /// The flow key and what counts of a TCP packet; `None` for anything else.
-/// Loads through `bpf_skb_load_bytes` (any offset, no bounds dance).
+/// Direct packet access first, the helper when the headers lie beyond the
+/// linear data.
 #[inline(always)]
 fn gw_parse(
     ctx: &TcContext,
@@ -1456,48 +1593,34 @@ fn gw_parse(
     gso_segs: u32,
 ) -> Option<GwPacket> {
     let l3 = iface.l3_offset as usize;
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    let (family, l4) = if proto == ETH_P_IP {
-        let vihl: u8 = ctx.load(l3).ok()?;
-        if ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP as u8 {
-            return None;
-        }
-        let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
-        let ihl = ((vihl & 0x0f) as usize) * 4;
-        if frag & 0x1fff != 0 || ihl < 20 {
-            // A later fragment has no TCP header.
+    let mut h = TcpHeaders {
+        family: AF_INET,
+        src: [0; 16],
+        dst: [0; 16],
+        l4: 0,
+        ports: [0; 4],
+        off_flags: [0; 2],
+    };
+    let mut found = headers_direct(ctx.skb.skb, proto, l3, &mut h);
+    if found == H_UNREADABLE {
+        found = headers_loaded(ctx, proto, l3, &mut h);
+        if found == H_UNREADABLE {
+            // Truncated headers.
             count(counter::GW_UNPARSED);
             return None;
         }
-        let s: [u8; 4] = ctx.load(l3 + 12).ok()?;
-        let d: [u8; 4] = ctx.load(l3 + 16).ok()?;
-        src[..4].copy_from_slice(&s);
-        dst[..4].copy_from_slice(&d);
-        (AF_INET, l3 + ihl)
-    } else {
-        let next: u8 = ctx.load(l3 + 6).ok()?;
-        if next != IPPROTO_TCP as u8 {
-            // Hop-by-hop, routing, fragment, destination options: TCP may
-            // be behind them, not walked.
-            if matches!(next, 0 | 43 | 44 | 60) {
-                count(counter::GW_UNPARSED);
-            }
-            return None;
-        }
-        src = ctx.load(l3 + 8).ok()?;
-        dst = ctx.load(l3 + 24).ok()?;
-        (AF_INET6, l3 + 40)
-    };
-    let ports: [u8; 4] = match ctx.load(l4) {
-        Ok(p) => p,
-        Err(_) => {
-            count(counter::GW_UNPARSED);
-            return None;
-        }
-    };
-    // Data offset (high nibble) and flags.
-    let off_flags: [u8; 2] = ctx.load(l4 + 12).ok()?;
+    }
+    if found != H_TCP {
+        return None;
+    }
+    let TcpHeaders {
+        family,
+        src,
+        dst,
+        l4,
+        ports,
+        off_flags,
+    } = h;
     let flags = off_flags[1];
     let headers = (l4 - l3) as u64 + ((off_flags[0] >> 4) as u64) * 4;
     let sport = u16::from_be_bytes([ports[0], ports[1]]);
@@ -1561,9 +1684,15 @@ fn gw_flows_may_exist() -> bool {
 /// Adds a packet to its flow, if the flow is tracked.
 #[inline(never)]
 fn gw_update(p: &GwPacket) -> u32 {
-    let Some(f) = GW_FLOWS.get_ptr_mut(p.key) else {
-        return 0;
-    };
+    if let Some(f) = GW_FLOWS.get_ptr_mut(p.key) {
+        add_to_flow(f, p);
+    }
+    0
+}
+
+/// Counts a packet into its tracked flow `f`.
+#[inline(always)]
+fn add_to_flow(f: *mut FlowStats, p: &GwPacket) {
     count(counter::GW_FLOW_PACKETS);
     // SAFETY: `f` points at the map value; counters are added atomically,
     // the time and the end marks are single stores of whole fields.
@@ -1587,13 +1716,12 @@ fn gw_update(p: &GwPacket) -> u32 {
             }
         }
     }
-    0
 }
 
 /// A new flow's SYN: match the outside end; for a hit, track the flow and
 /// send the hit.
 #[inline(never)]
-fn gw_syn(ctx: *mut c_void, p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u32 {
+fn gw_syn(p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u32 {
     count(counter::GW_SYN_SEEN);
     let k = &p.key;
     let v4 = if k.family == AF_INET {
@@ -1624,8 +1752,8 @@ fn gw_syn(ctx: *mut c_void, p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u
         return 0;
     };
     // A retransmitted SYN of a flow already tracked: only counted.
-    if GW_FLOWS.get_ptr_mut(*k).is_some() {
-        gw_update(p);
+    if let Some(f) = GW_FLOWS.get_ptr_mut(k) {
+        add_to_flow(f, p);
         return 0;
     }
     count(counter::GW_HIT);
@@ -1647,40 +1775,43 @@ fn gw_syn(ctx: *mut c_void, p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u
         flow.bytes_in = p.bytes;
         flow.packets_in = p.segs;
     }
-    let mut ev = GatewayEvent::ZERO;
-    if GW_FLOWS.insert(*k, flow, BPF_NOEXIST).is_ok() {
+    let mut flags = 0;
+    if GW_FLOWS.insert(k, flow, BPF_NOEXIST).is_ok() {
         if let Some(slot) = GW_FLOW_COUNT.get_ptr_mut(gateway::COUNT_KERNEL) {
             xadd(slot, 1);
         }
     } else {
         count(counter::GW_FLOWS_FULL);
-        ev.flags |= gateway::FLAG_NOT_TRACKED;
+        flags |= gateway::FLAG_NOT_TRACKED;
     }
-    ev.ts_boot_ns = now;
-    ev.inside_addr = k.inside_addr;
-    ev.outside_addr = k.outside_addr;
-    ev.inside_port = k.inside_port;
-    ev.outside_port = k.outside_port;
-    ev.family = k.family;
-    ev.direction = direction;
-    ev.hook = hook;
-    ev.ifindex = ifindex;
-    ev.role = role;
-    ev.matched = hit;
-    match GW_EVENTS.reserve::<GatewayEvent>(0) {
-        Some(mut slot) => {
-            slot.write(ev);
-            slot.submit(0);
-            count(counter::GW_EVENTS_SENT);
-        }
-        None => {
-            count(counter::GW_RINGBUF_FULL);
-            warn!(
-                &RawCtx(ctx),
-                "gateway ring buffer full, hit dropped (counted)"
-            );
-        }
+    // Written straight into the ring buffer, every field (the reserved
+    // memory is not zeroed): a GatewayEvent on the stack as well would
+    // take the call chain past the 512-byte stack Linux 6.1 allows. The
+    // loss of a full ring is counted (and reported by the daemon's health
+    // check); no kernel log here for the same reason.
+    let Some(mut slot) = GW_EVENTS.reserve::<GatewayEvent>(0) else {
+        count(counter::GW_RINGBUF_FULL);
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` is the reserved entry, sized and aligned for the type.
+    unsafe {
+        (*ev).ts_boot_ns = now;
+        (*ev).inside_addr = k.inside_addr;
+        (*ev).outside_addr = k.outside_addr;
+        (*ev).inside_port = k.inside_port;
+        (*ev).outside_port = k.outside_port;
+        (*ev).family = k.family;
+        (*ev).direction = direction;
+        (*ev).hook = hook;
+        (*ev).ifindex = ifindex;
+        (*ev).flags = flags;
+        (*ev).role = role;
+        (*ev)._pad = [0; 2];
+        (*ev).matched = hit;
     }
+    slot.submit(0);
+    count(counter::GW_EVENTS_SENT);
     0
 }
 

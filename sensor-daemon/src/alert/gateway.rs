@@ -9,8 +9,6 @@
 //! and for a summary `source|destination.bytes|packets`, `network.bytes|
 //! packets`, `event.start|end|duration`.
 
-use std::time::SystemTime;
-
 use super::model::{
     Alert, EventCategory, EventType, GatewayDetails, InterfaceName, NetworkDirection, Observer,
     ObserverInterface, Signal,
@@ -104,9 +102,4 @@ fn add_summary(alert: &mut Alert, s: &FlowSummary) {
         .unwrap_or_default()
         .as_nanos();
     alert.event.duration = Some(u64::try_from(duration).unwrap_or(u64::MAX));
-}
-
-/// When a summary's flow began, for logs.
-pub fn began(s: &FlowSummary) -> SystemTime {
-    s.hit.time
 }

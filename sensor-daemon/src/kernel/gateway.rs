@@ -397,8 +397,13 @@ impl Probes {
                     name: program,
                     source,
                 })?;
-            p.load()
-                .map_err(|e| fail(format!("{program}: {}", short_reason(&e))))?;
+            p.load().map_err(|e| {
+                fail(format!(
+                    "{program}: {}{}",
+                    short_reason(&e),
+                    super::local::verifier_tail(&e)
+                ))
+            })?;
         }
         for i in interfaces {
             if mode == TcMode::Netlink {
