@@ -235,11 +235,164 @@ pub mod counter {
     pub const DNS_SOCK_RECORDED: u32 = DNS_BASE + 6;
     const DNS_BASE: u32 = 23;
     const _: () = assert!(LISTEN_HIT < DNS_BASE);
+    // Gateway mode (issue 17): one table, numbered from one base, so that
+    // renumbering it after another block of counters is one change.
+    /// First index of the gateway counters.
+    pub const GATEWAY_BASE: u32 = DNS_BASE + 7;
+    /// TCP packets the gateway programs looked at (every interface, both
+    /// hooks).
+    pub const GW_PACKETS: u32 = GATEWAY_BASE;
+    /// New-connection SYNs (SYN without ACK) matched against the sets.
+    pub const GW_SYN_SEEN: u32 = GATEWAY_BASE + 1;
+    /// ... whose outside address (and ORPort) matched a feed.
+    pub const GW_HIT: u32 = GATEWAY_BASE + 2;
+    /// Gateway hits written to the `GW_EVENTS` ring buffer.
+    pub const GW_EVENTS_SENT: u32 = GATEWAY_BASE + 3;
+    /// Gateway hits lost because `GW_EVENTS` was full.
+    pub const GW_RINGBUF_FULL: u32 = GATEWAY_BASE + 4;
+    /// Hits whose flow could not be tracked because `GW_FLOWS` was full
+    /// (the hit is still sent, without a later flow summary).
+    pub const GW_FLOWS_FULL: u32 = GATEWAY_BASE + 5;
+    /// Packets not parsed: IPv6 with extension headers before TCP, IPv4
+    /// fragments after the first, truncated headers.
+    pub const GW_UNPARSED: u32 = GATEWAY_BASE + 6;
+    /// Packets counted into a tracked flow.
+    pub const GW_FLOW_PACKETS: u32 = GATEWAY_BASE + 7;
     /// Number of counters (size of the array).
-    pub const COUNT: u32 = DNS_BASE + 7;
+    pub const COUNT: u32 = GATEWAY_BASE + 8;
     const _: () = assert!(INBOUND_UNATTRIBUTED < COUNT);
+    const _: () = assert!(DNS_SOCK_RECORDED < GATEWAY_BASE);
     const _: () = assert!(LISTEN_HIT < COUNT);
     const _: () = assert!(DNS_SOCK_RECORDED < COUNT);
+    const _: () = assert!(GW_FLOW_PACKETS < COUNT);
+}
+
+/// Gateway mode (issue 17): TC programs on a router's interfaces match
+/// forwarded TCP flows against the Tor sets and track the flows that hit.
+pub mod gateway {
+    /// `GatewayEvent::hook` / `FlowStats::hook`: seen entering the interface.
+    pub const HOOK_INGRESS: u8 = 1;
+    /// ... leaving it.
+    pub const HOOK_EGRESS: u8 = 2;
+    /// `GwIface::role`: the interface faces the inside hosts (attach here,
+    /// before NAT, to see their real addresses).
+    pub const ROLE_INSIDE: u8 = 1;
+    /// ... faces the outside (the Internet side).
+    pub const ROLE_OUTSIDE: u8 = 2;
+    /// `GatewayEvent::flags`: `GW_FLOWS` was full, the flow is not tracked.
+    pub const FLAG_NOT_TRACKED: u8 = 1 << 0;
+    /// Slots of `GW_FLOW_COUNT` (the same scheme as `pending`): flows the
+    /// programs inserted, flows the daemon removed.
+    pub const COUNT_KERNEL: u32 = 0;
+    pub const COUNT_SYNC: u32 = 1;
+    pub const COUNT_SLOTS: u32 = 2;
+}
+
+/// Value of the kernel's `GW_IFACES` map (key: ifindex): what an attached
+/// interface is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GwIface {
+    /// `gateway::ROLE_*`.
+    pub role: u8,
+    /// Bytes before the network header (14 on Ethernet, 0 on an L3 device).
+    pub l3_offset: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of the kernel's `GW_FLOWS` map: one TCP flow, the same key in both
+/// directions. Addresses network order (IPv4 in the first 4 bytes), ports
+/// host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub inside_addr: [u8; 16],
+    pub outside_addr: [u8; 16],
+    pub inside_port: u16,
+    pub outside_port: u16,
+    /// `AF_INET` or `AF_INET6`.
+    pub family: u16,
+    pub _pad: u16,
+}
+
+/// Value of `GW_FLOWS`: a tracked flow (one that hit), counted by the
+/// programs, ended and reported by the daemon's sweep.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// `bpf_ktime_get_boot_ns()` at the SYN.
+    pub first_ns: u64,
+    /// ... at the last packet.
+    pub last_ns: u64,
+    /// Bytes (from the network header on) and packets (GSO segments
+    /// counted one by one) from the inside host to the outside one.
+    pub bytes_out: u64,
+    pub packets_out: u64,
+    /// ... from the outside host to the inside one.
+    pub bytes_in: u64,
+    pub packets_in: u64,
+    pub matched: MatchInfo,
+    /// Where the SYN was seen.
+    pub ifindex: u32,
+    /// `DIR_EGRESS`: the inside host opened the flow; `DIR_INGRESS`: the
+    /// outside one did.
+    pub direction: u8,
+    /// `gateway::HOOK_*`.
+    pub hook: u8,
+    /// `gateway::ROLE_*` of the interface.
+    pub role: u8,
+    pub _pad: u8,
+    // The end of the flow, one byte each so that the programs only ever
+    // store a constant 1 (no read-modify-write race between CPUs).
+    /// A FIN from the inside host was seen.
+    pub fin_inside: u8,
+    /// A FIN from the outside host was seen.
+    pub fin_outside: u8,
+    /// A RST from either side was seen.
+    pub rst: u8,
+    pub _pad2: [u8; 5],
+}
+
+/// A gateway hit, written to the `GW_EVENTS` ring buffer at the SYN.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GatewayEvent {
+    pub ts_boot_ns: u64,
+    pub inside_addr: [u8; 16],
+    pub outside_addr: [u8; 16],
+    pub inside_port: u16,
+    pub outside_port: u16,
+    pub family: u16,
+    /// `DIR_EGRESS` (inside host -> Tor relay) or `DIR_INGRESS` (Tor exit
+    /// -> inside server).
+    pub direction: u8,
+    /// `gateway::HOOK_*`.
+    pub hook: u8,
+    pub ifindex: u32,
+    /// `gateway::FLAG_*`.
+    pub flags: u8,
+    /// `gateway::ROLE_*` of the interface.
+    pub role: u8,
+    pub _pad: [u8; 2],
+    pub matched: MatchInfo,
+}
+
+impl GatewayEvent {
+    pub const ZERO: Self = Self {
+        ts_boot_ns: 0,
+        inside_addr: [0; 16],
+        outside_addr: [0; 16],
+        inside_port: 0,
+        outside_port: 0,
+        family: 0,
+        direction: 0,
+        hook: 0,
+        ifindex: 0,
+        flags: 0,
+        role: 0,
+        _pad: [0; 2],
+        matched: MatchInfo::NONE,
+    };
 }
 
 /// Why an [`ExecEvent`] was sent (`ExecEvent::reasons` bits).
@@ -660,6 +813,10 @@ mod user {
     unsafe impl aya::Pod for super::ExecOffsets {}
     unsafe impl aya::Pod for super::DnsProc {}
     unsafe impl aya::Pod for super::DnsEvent {}
+    unsafe impl aya::Pod for super::GwIface {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowStats {}
+    unsafe impl aya::Pod for super::GatewayEvent {}
 }
 
 #[cfg(test)]
@@ -789,6 +946,31 @@ mod tests {
         assert!(exec::env_pattern(b"").is_none());
         assert!(exec::env_pattern(b"TOR_PT_X").is_none());
         assert!(exec::env_pattern(b"A\0").is_none());
+    }
+
+    #[test]
+    fn gateway_types_layout() {
+        assert_eq!(size_of::<GwIface>(), 4);
+        assert_eq!(offset_of!(FlowKey, outside_addr), 16);
+        assert_eq!(offset_of!(FlowKey, inside_port), 32);
+        assert_eq!(offset_of!(FlowKey, family), 36);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(offset_of!(FlowStats, bytes_out), 16);
+        assert_eq!(offset_of!(FlowStats, packets_in), 40);
+        assert_eq!(offset_of!(FlowStats, matched), 48);
+        assert_eq!(offset_of!(FlowStats, ifindex), 56);
+        assert_eq!(offset_of!(FlowStats, direction), 60);
+        assert_eq!(offset_of!(FlowStats, fin_inside), 64);
+        assert_eq!(offset_of!(FlowStats, rst), 66);
+        assert_eq!(size_of::<FlowStats>(), 72);
+        assert_eq!(offset_of!(GatewayEvent, inside_addr), 8);
+        assert_eq!(offset_of!(GatewayEvent, inside_port), 40);
+        assert_eq!(offset_of!(GatewayEvent, family), 44);
+        assert_eq!(offset_of!(GatewayEvent, direction), 46);
+        assert_eq!(offset_of!(GatewayEvent, ifindex), 48);
+        assert_eq!(offset_of!(GatewayEvent, flags), 52);
+        assert_eq!(offset_of!(GatewayEvent, matched), 56);
+        assert_eq!(size_of::<GatewayEvent>(), 64);
     }
 
     #[test]

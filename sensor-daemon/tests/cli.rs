@@ -668,7 +668,7 @@ fn rules_check_and_rules_test() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.starts_with("6 rules from rules/tor.toml, "),
+        stdout.starts_with("8 rules from rules/tor.toml, "),
         "{stdout}"
     );
     assert!(stdout.contains("TORSENSOR-003  DISABLED"), "{stdout}");

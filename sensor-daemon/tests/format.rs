@@ -27,6 +27,8 @@ const CASES: &[&str] = &[
     "hunt_web_requests_forwarded",
     "dns_onion_leak",
     "dns_bridges_via_resolver",
+    "gateway_outbound_hit",
+    "gateway_inbound_flow_end",
 ];
 
 fn golden_dir() -> PathBuf {
@@ -375,4 +377,50 @@ fn directions_map_to_the_peer() {
         inn.enriched["network"]["community_id"],
         inn.ocsf["connection_info"]["community_uid"]
     );
+}
+
+#[test]
+fn gateway_alerts_render_in_every_schema() {
+    let hit = render("gateway_outbound_hit");
+    assert_no_nulls(&hit.ocsf, "gateway hit");
+    assert_eq!(
+        (&hit.ocsf["class_uid"], &hit.ocsf["activity_id"]),
+        (&4001.into(), &1.into())
+    );
+    assert_eq!(hit.ocsf["connection_info"]["direction_id"], 2);
+    // The inside host is the source of an outbound flow; the interface
+    // faces it.
+    assert_eq!(hit.ocsf["src_endpoint"]["interface_name"], "eth1");
+    assert!(hit.ocsf.get("traffic").is_none(), "a hit has no counts");
+    assert!(hit.ocsf.get("actor").is_none(), "no process on a gateway");
+    assert_eq!(hit.falco["output_fields"]["evt.type"], "gateway");
+    assert_eq!(hit.falco["output_fields"]["fd.rip"], "198.51.100.7");
+    assert!(hit.falco["output_fields"].get("proc.pid").is_none());
+    assert_eq!(hit.enriched["network"]["direction"], "outbound");
+    assert_eq!(
+        hit.enriched["observer"]["ingress"]["interface"]["name"],
+        "eth1"
+    );
+
+    let end = render("gateway_inbound_flow_end");
+    assert_no_nulls(&end.ocsf, "gateway end");
+    assert_eq!(end.ocsf["activity_id"], 2, "Close");
+    assert_eq!(end.ocsf["type_uid"], 400102);
+    assert_eq!(end.ocsf["connection_info"]["direction_id"], 1);
+    assert_eq!(end.ocsf["dst_endpoint"]["interface_name"], "eth1");
+    let t = &end.ocsf["traffic"];
+    assert_eq!(t["bytes_out"], 1460380, "source to destination");
+    assert_eq!(t["bytes_in"], 5210456);
+    assert_eq!(t["bytes"], 1460380 + 5210456);
+    assert_eq!(t["packets"], 1021 + 3610);
+    assert_eq!(end.ocsf["duration"], 130376);
+    let output = end.falco["output"].as_str().unwrap();
+    assert!(output.contains("end=fin"), "{output}");
+    assert!(
+        output.contains("bytes_out=1460380 bytes_in=5210456"),
+        "{output}"
+    );
+    assert_eq!(end.falco["output_fields"]["fd.rip"], "2001:db8:2::9");
+    assert_eq!(end.enriched["source"]["bytes"], 1460380);
+    assert_eq!(end.enriched["event"]["duration"], 130376543211u64);
 }

@@ -60,16 +60,19 @@ use aya_ebpf::{
             bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
         },
     },
-    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, fentry, kprobe, map},
+    macros::{btf_tracepoint, cgroup_skb, cgroup_sock_addr, classifier, fentry, kprobe, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
-    programs::{BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext, SockAddrContext},
+    programs::{
+        BtfTracePointContext, FEntryContext, ProbeContext, SkBuffContext, SockAddrContext,
+        TcContext,
+    },
 };
 use aya_log_ebpf::warn;
 use sensor_common::{
     AF_INET, AF_INET6, BlockMatch, BlockRule, COMM_LEN, ConnEvent, DIR_EGRESS, DIR_INGRESS,
     DnsEvent, DnsProc, ExecEvent, ExecOffsets, FLAG_AUDIT, FLAG_BLOCKED, FLAG_CONNECT_FAILED,
-    FLAG_LISTEN, FLAG_NO_PROCESS, FLAG_V4_MAPPED, KernelOffsets, MatchInfo, OrPortKey, block,
-    counter, dns, exec, pending, prefilter,
+    FLAG_LISTEN, FLAG_NO_PROCESS, FLAG_V4_MAPPED, FlowKey, FlowStats, GatewayEvent, GwIface,
+    KernelOffsets, MatchInfo, OrPortKey, block, counter, dns, exec, gateway, pending, prefilter,
 };
 
 #[unsafe(link_section = "license")]
@@ -1751,6 +1754,471 @@ fn match_qname(buf: &[u8; dns::NAME_BUF], n: usize) -> u32 {
         }
     }
     end as u32
+}
+
+// Gateway mode (issue 17): TC (clsact) programs on a router's interfaces.
+// No process there: the flow is the whole story. Each interface the daemon
+// attaches to has an entry in `GW_IFACES` (its role, inside or outside, and
+// where its network header starts). On every TCP packet:
+//   - a SYN without ACK (a new flow, in either direction) is matched against
+//     the same gapless sets (and ORPort hash) as the socket programs: the
+//     outside address, as an outbound peer (relay or exit, ORPort checked)
+//     when the inside host opened the flow, as an inbound peer (exit) when
+//     the outside one did. A hit is sent (`GW_EVENTS`) and its flow entered
+//     in `GW_FLOWS`;
+//   - any other packet of a tracked flow adds its bytes and packets to the
+//     flow's counts (one way or the other) and marks a FIN or RST; while no
+//     flow is tracked (`GW_FLOW_COUNT`, the `pending` scheme), the lookup is
+//     skipped.
+// The daemon's sweep reports a flow that ended (RST, or a FIN each way) or
+// went idle, and removes it. `GW_FLOWS` is a plain hash: when full, a new
+// hit is still sent but not tracked (counted), never an old flow evicted.
+// The programs never drop or change a packet: they return TC_ACT_UNSPEC
+// (TCX_NEXT under TCX, the same value), "no verdict", so that the next
+// program or filter on the hook, or the default, decides.
+// ---------------------------------------------------------------------------
+
+/// Attached interfaces (ifindex -> role and network-header offset).
+#[map]
+static GW_IFACES: HashMap<u32, GwIface> = HashMap::with_max_entries(64, 0);
+/// Tracked flows (those that hit). Size set by the daemon (`max_flows`).
+#[map]
+static GW_FLOWS: HashMap<FlowKey, FlowStats> = HashMap::with_max_entries(1, 0);
+/// `gateway::COUNT_KERNEL` / `COUNT_SYNC` (see `sensor_common::pending`).
+#[map]
+static GW_FLOW_COUNT: Array<u64> = Array::with_max_entries(gateway::COUNT_SLOTS, 0);
+/// Gateway hits for the daemon.
+#[map]
+static GW_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 18, 0);
+
+/// No verdict (`TC_ACT_UNSPEC`; `TCX_NEXT` has the same value).
+const TC_ACT_UNSPEC: i32 = -1;
+const TCP_FLAG_FIN: u8 = 0x01;
+const TCP_FLAG_RST: u8 = 0x04;
+const BPF_NOEXIST: u64 = 1;
+
+/// Every packet entering an attached interface.
+#[classifier]
+pub fn gateway_ingress(ctx: TcContext) -> i32 {
+    gateway_packet(&ctx, gateway::HOOK_INGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// Every packet leaving an attached interface.
+#[classifier]
+pub fn gateway_egress(ctx: TcContext) -> i32 {
+    gateway_packet(&ctx, gateway::HOOK_EGRESS);
+    TC_ACT_UNSPEC
+}
+
+/// A parsed TCP packet, as the flow sees it.
+struct GwPacket {
+    key: FlowKey,
+    /// Sent by the inside host.
+    from_inside: bool,
+    flags: u8,
+    /// From the network header on, as on the wire (a GSO packet's headers
+    /// counted once per segment).
+    bytes: u64,
+    /// GSO segments (1 for a plain packet).
+    segs: u64,
+}
+
+#[inline(always)]
+fn gateway_packet(ctx: &TcContext, hook: u8) {
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+        return;
+    }
+    // SAFETY: the context is the kernel's `__sk_buff`; plain field loads.
+    let (ifindex, len, gso_segs) = unsafe {
+        let skb = &*ctx.skb.skb;
+        (skb.ifindex, skb.len, skb.gso_segs)
+    };
+    // SAFETY: a lookup; the value is copied at once.
+    let Some(iface) = (unsafe { GW_IFACES.get(ifindex) }).copied() else {
+        return;
+    };
+    let Some(p) = gw_parse(ctx, proto, iface, hook, len, gso_segs) else {
+        return;
+    };
+    count(counter::GW_PACKETS);
+    if p.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+        gw_syn(&p, hook, iface.role, ifindex);
+    } else if gw_flows_may_exist() {
+        gw_update(&p);
+    }
+}
+
+/// What the flow needs of a TCP packet's headers.
+struct TcpHeaders {
+    family: u16,
+    src: [u8; 16],
+    dst: [u8; 16],
+    /// Offset of the TCP header from the start of the packet.
+    l4: usize,
+    ports: [u8; 4],
+    /// The TCP header's data offset byte and flags byte.
+    off_flags: [u8; 2],
+}
+
+// What reading the headers found. Plain numbers, not an enum with the
+// headers inside: returned from an out-of-line function, such an enum's
+// unused bytes were stored from uninitialised registers, which the
+// verifier refuses.
+/// A TCP packet: the headers are filled in.
+const H_TCP: u8 = 0;
+/// Not TCP, or not parsed (counted where it is decided).
+const H_OTHER: u8 = 1;
+/// Not in reach: past the linear data (direct access), or past the packet
+/// (helper).
+const H_UNREADABLE: u8 = 2;
+
+/// The headers through direct packet access: the common case, the
+/// headers in the skb's linear data, without a helper call. Every read is
+/// bounds-checked against `data_end` first, as the verifier requires (the
+/// pattern `not_a_syn` uses, which Linux 6.1 accepts).
+#[inline(always)]
+fn headers_direct(skb: *mut __sk_buff, proto: u32, l3: usize, h: &mut TcpHeaders) -> u8 {
+    let l3 = l3 & 0xff;
+    // SAFETY: packet pointers of a TC context, each read checked against
+    // `end` first; unaligned reads (packet data has no alignment).
+    unsafe {
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        let ip = data + l3;
+        let ihl = if proto == ETH_P_IP {
+            if ip + 20 > end {
+                return H_UNREADABLE;
+            }
+            if *((ip + 9) as *const u8) != IPPROTO_TCP as u8 {
+                return H_OTHER;
+            }
+            let vihl = *(ip as *const u8);
+            let frag = u16::from_be(core::ptr::read_unaligned((ip + 6) as *const u16));
+            let ihl = ((vihl & 0x0f) as usize) * 4;
+            if frag & 0x1fff != 0 || ihl < 20 {
+                // A later fragment has no TCP header.
+                count(counter::GW_UNPARSED);
+                return H_OTHER;
+            }
+            let s = core::ptr::read_unaligned((ip + 12) as *const [u8; 4]);
+            let d = core::ptr::read_unaligned((ip + 16) as *const [u8; 4]);
+            h.family = AF_INET;
+            h.src[..4].copy_from_slice(&s);
+            h.dst[..4].copy_from_slice(&d);
+            ihl
+        } else {
+            if ip + 40 > end {
+                return H_UNREADABLE;
+            }
+            let next = *((ip + 6) as *const u8);
+            if next != IPPROTO_TCP as u8 {
+                ipv6_not_tcp(next);
+                return H_OTHER;
+            }
+            h.family = AF_INET6;
+            h.src = core::ptr::read_unaligned((ip + 8) as *const [u8; 16]);
+            h.dst = core::ptr::read_unaligned((ip + 24) as *const [u8; 16]);
+            40
+        };
+        let tcp = ip + ihl;
+        if tcp + 14 > end {
+            return H_UNREADABLE;
+        }
+        h.ports = core::ptr::read_unaligned(tcp as *const [u8; 4]);
+        h.off_flags = core::ptr::read_unaligned((tcp + 12) as *const [u8; 2]);
+        h.l4 = l3 + ihl;
+    }
+    H_TCP
+}
+
+/// An IPv6 packet whose next header is not TCP: counted when TCP may be
+/// behind an extension header (hop-by-hop, routing, fragment, destination
+/// options), which is not walked.
+#[inline(always)]
+fn ipv6_not_tcp(next: u8) {
+    if matches!(next, 0 | 43 | 44 | 60) {
+        count(counter::GW_UNPARSED);
+    }
+}
+
+/// The headers through `bpf_skb_load_bytes` (any offset, in the linear
+/// data or not): the fallback when direct access cannot reach them. Out
+/// of line: its stack is not on the path to `gw_syn`.
+#[inline(never)]
+fn headers_loaded(ctx: &TcContext, proto: u32, l3: usize, h: &mut TcpHeaders) -> u8 {
+    headers_loaded_inner(ctx, proto, l3, h).unwrap_or(H_UNREADABLE)
+}
+
+#[inline(always)]
+fn headers_loaded_inner(ctx: &TcContext, proto: u32, l3: usize, h: &mut TcpHeaders) -> Option<u8> {
+    h.l4 = if proto == ETH_P_IP {
+        let vihl: u8 = ctx.load(l3).ok()?;
+        if ctx.load::<u8>(l3 + 9).ok()? != IPPROTO_TCP as u8 {
+            return Some(H_OTHER);
+        }
+        let frag = u16::from_be(ctx.load::<u16>(l3 + 6).ok()?);
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if frag & 0x1fff != 0 || ihl < 20 {
+            count(counter::GW_UNPARSED);
+            return Some(H_OTHER);
+        }
+        let s: [u8; 4] = ctx.load(l3 + 12).ok()?;
+        let d: [u8; 4] = ctx.load(l3 + 16).ok()?;
+        h.family = AF_INET;
+        h.src[..4].copy_from_slice(&s);
+        h.dst[..4].copy_from_slice(&d);
+        l3 + ihl
+    } else {
+        let next: u8 = ctx.load(l3 + 6).ok()?;
+        if next != IPPROTO_TCP as u8 {
+            ipv6_not_tcp(next);
+            return Some(H_OTHER);
+        }
+        h.family = AF_INET6;
+        h.src = ctx.load(l3 + 8).ok()?;
+        h.dst = ctx.load(l3 + 24).ok()?;
+        l3 + 40
+    };
+    h.ports = ctx.load(h.l4).ok()?;
+    h.off_flags = ctx.load(h.l4 + 12).ok()?;
+    Some(H_TCP)
+}
+
+/// The flow key and what counts of a TCP packet; `None` for anything else.
+/// Direct packet access first, the helper when the headers lie beyond the
+/// linear data.
+#[inline(always)]
+fn gw_parse(
+    ctx: &TcContext,
+    proto: u32,
+    iface: GwIface,
+    hook: u8,
+    len: u32,
+    gso_segs: u32,
+) -> Option<GwPacket> {
+    let l3 = iface.l3_offset as usize;
+    let mut h = TcpHeaders {
+        family: AF_INET,
+        src: [0; 16],
+        dst: [0; 16],
+        l4: 0,
+        ports: [0; 4],
+        off_flags: [0; 2],
+    };
+    let mut found = headers_direct(ctx.skb.skb, proto, l3, &mut h);
+    if found == H_UNREADABLE {
+        found = headers_loaded(ctx, proto, l3, &mut h);
+        if found == H_UNREADABLE {
+            // Truncated headers.
+            count(counter::GW_UNPARSED);
+            return None;
+        }
+    }
+    if found != H_TCP {
+        return None;
+    }
+    let TcpHeaders {
+        family,
+        src,
+        dst,
+        l4,
+        ports,
+        off_flags,
+    } = h;
+    let flags = off_flags[1];
+    let headers = (l4 - l3) as u64 + ((off_flags[0] >> 4) as u64) * 4;
+    let sport = u16::from_be_bytes([ports[0], ports[1]]);
+    let dport = u16::from_be_bytes([ports[2], ports[3]]);
+    let from_inside = (iface.role == gateway::ROLE_INSIDE) == (hook == gateway::HOOK_INGRESS);
+    let key = if from_inside {
+        FlowKey {
+            inside_addr: src,
+            outside_addr: dst,
+            inside_port: sport,
+            outside_port: dport,
+            family,
+            _pad: 0,
+        }
+    } else {
+        FlowKey {
+            inside_addr: dst,
+            outside_addr: src,
+            inside_port: dport,
+            outside_port: sport,
+            family,
+            _pad: 0,
+        }
+    };
+    // A GSO/GRO packet stands for `segs` packets on the wire, each with
+    // its own IP and TCP headers; `len` has them once.
+    let segs = if gso_segs > 1 { gso_segs as u64 } else { 1 };
+    Some(GwPacket {
+        key,
+        from_inside,
+        flags,
+        bytes: len.saturating_sub(l3 as u32) as u64 + (segs - 1) * headers,
+        segs,
+    })
+}
+
+/// Atomically adds `delta` to `*p` (a map value shared between CPUs).
+#[inline(always)]
+fn xadd(p: *mut u64, delta: u64) {
+    // SAFETY: a valid, aligned map value; BPF_ATOMIC add.
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, delta,
+        )
+    };
+}
+
+/// Whether `GW_FLOWS` may hold an entry (see `may_be_pending`).
+#[inline(always)]
+fn gw_flows_may_exist() -> bool {
+    let read = |slot: u32| {
+        GW_FLOW_COUNT
+            .get(slot)
+            .map(|v| unsafe { core::ptr::read_volatile(v) })
+            .unwrap_or(0)
+    };
+    let synced = read(gateway::COUNT_SYNC);
+    read(gateway::COUNT_KERNEL) != synced
+}
+
+/// Adds a packet to its flow, if the flow is tracked.
+#[inline(never)]
+fn gw_update(p: &GwPacket) -> u32 {
+    if let Some(f) = GW_FLOWS.get_ptr_mut(p.key) {
+        add_to_flow(f, p);
+    }
+    0
+}
+
+/// Counts a packet into its tracked flow `f`.
+#[inline(always)]
+fn add_to_flow(f: *mut FlowStats, p: &GwPacket) {
+    count(counter::GW_FLOW_PACKETS);
+    // SAFETY: `f` points at the map value; counters are added atomically,
+    // the time and the end marks are single stores of whole fields.
+    unsafe {
+        if p.from_inside {
+            xadd(&raw mut (*f).bytes_out, p.bytes);
+            xadd(&raw mut (*f).packets_out, p.segs);
+        } else {
+            xadd(&raw mut (*f).bytes_in, p.bytes);
+            xadd(&raw mut (*f).packets_in, p.segs);
+        }
+        core::ptr::write_volatile(&raw mut (*f).last_ns, bpf_ktime_get_boot_ns());
+        if p.flags & TCP_FLAG_RST != 0 {
+            core::ptr::write_volatile(&raw mut (*f).rst, 1);
+        }
+        if p.flags & TCP_FLAG_FIN != 0 {
+            if p.from_inside {
+                core::ptr::write_volatile(&raw mut (*f).fin_inside, 1);
+            } else {
+                core::ptr::write_volatile(&raw mut (*f).fin_outside, 1);
+            }
+        }
+    }
+}
+
+/// A new flow's SYN: match the outside end; for a hit, track the flow and
+/// send the hit.
+#[inline(never)]
+fn gw_syn(p: &GwPacket, hook: u8, role: u8, ifindex: u32) -> u32 {
+    count(counter::GW_SYN_SEEN);
+    let k = &p.key;
+    let v4 = if k.family == AF_INET {
+        Some([
+            k.outside_addr[0],
+            k.outside_addr[1],
+            k.outside_addr[2],
+            k.outside_addr[3],
+        ])
+    } else {
+        None
+    };
+    let peer = Peer {
+        family: k.family,
+        addr: k.outside_addr,
+        port: k.outside_port,
+        v4,
+    };
+    if !may_be_listed(peer.prefilter_index()) {
+        return 0;
+    }
+    let direction = if p.from_inside {
+        DIR_EGRESS
+    } else {
+        DIR_INGRESS
+    };
+    let Some(hit) = lookup(&peer, direction) else {
+        return 0;
+    };
+    // A retransmitted SYN of a flow already tracked: only counted.
+    if let Some(f) = GW_FLOWS.get_ptr_mut(k) {
+        add_to_flow(f, p);
+        return 0;
+    }
+    count(counter::GW_HIT);
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    let mut flow = FlowStats {
+        first_ns: now,
+        last_ns: now,
+        matched: hit,
+        ifindex,
+        direction,
+        hook,
+        role,
+        ..FlowStats::default()
+    };
+    if p.from_inside {
+        flow.bytes_out = p.bytes;
+        flow.packets_out = p.segs;
+    } else {
+        flow.bytes_in = p.bytes;
+        flow.packets_in = p.segs;
+    }
+    let mut flags = 0;
+    if GW_FLOWS.insert(k, flow, BPF_NOEXIST).is_ok() {
+        if let Some(slot) = GW_FLOW_COUNT.get_ptr_mut(gateway::COUNT_KERNEL) {
+            xadd(slot, 1);
+        }
+    } else {
+        count(counter::GW_FLOWS_FULL);
+        flags |= gateway::FLAG_NOT_TRACKED;
+    }
+    // Written straight into the ring buffer, every field (the reserved
+    // memory is not zeroed): a GatewayEvent on the stack as well would
+    // take the call chain past the 512-byte stack Linux 6.1 allows. The
+    // loss of a full ring is counted (and reported by the daemon's health
+    // check); no kernel log here for the same reason.
+    let Some(mut slot) = GW_EVENTS.reserve::<GatewayEvent>(0) else {
+        count(counter::GW_RINGBUF_FULL);
+        return 0;
+    };
+    let ev = slot.as_mut_ptr();
+    // SAFETY: `ev` is the reserved entry, sized and aligned for the type.
+    unsafe {
+        (*ev).ts_boot_ns = now;
+        (*ev).inside_addr = k.inside_addr;
+        (*ev).outside_addr = k.outside_addr;
+        (*ev).inside_port = k.inside_port;
+        (*ev).outside_port = k.outside_port;
+        (*ev).family = k.family;
+        (*ev).direction = direction;
+        (*ev).hook = hook;
+        (*ev).ifindex = ifindex;
+        (*ev).flags = flags;
+        (*ev).role = role;
+        (*ev)._pad = [0; 2];
+        (*ev).matched = hit;
+    }
+    slot.submit(0);
+    count(counter::GW_EVENTS_SENT);
+    0
 }
 
 #[cfg(not(test))]

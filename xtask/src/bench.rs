@@ -33,6 +33,12 @@
 //!    addresses) and `tshark -r -Y`, and a 256 MiB access log against
 //!    `grep -F -f` (the daemon's hidden `bench-hunt`; no root,
 //!    `--hunt-only`).
+//! 8. Gateway mode: TCP forwarding throughput (iperf3) through a router
+//!    namespace (inside -- router -- outside, veth pairs), with no sensor,
+//!    with the gateway programs on the router's inside interface and the
+//!    peer unlisted (every packet parsed, every SYN screened), and with the
+//!    peer listed (every packet also counted into its tracked flow),
+//!    interleaved round by round; medians and ratios (`--gateway-only`).
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -68,6 +74,9 @@ pub struct BenchArgs {
     /// Only the DNS benchmark (section 1d).
     #[arg(long)]
     dns_only: bool,
+    /// Only the gateway benchmark (section 8).
+    #[arg(long)]
+    gateway_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -388,6 +397,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     if args.dns_only {
         return dns(&bin, &scratch, n, rounds);
     }
+    if args.gateway_only {
+        return gateway(&bin, &scratch, rounds);
+    }
     println!("== 1. overhead: loopback connect+accept storm, no listed peers");
     println!(
         "   {n} connections per round, {rounds} rounds of three (no sensor, sensor, hook floor; the order cycles through all six), storm pinned to one CPU"
@@ -562,7 +574,8 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     feeds(&bin)?;
     outputs(&bin, &scratch)?;
     history(&bin, &scratch)?;
-    hunt(&bin, &scratch)
+    hunt(&bin, &scratch)?;
+    gateway(&bin, &scratch, rounds)
 }
 
 /// Section 1b: the cost of each inbound attribution plan this kernel can
@@ -859,6 +872,189 @@ fn dns(bin: &Path, scratch: &Path, n: usize, rounds: usize) -> anyhow::Result<()
             })
             .collect();
         println!("   kernel cost, {name}: {}", each.join(", "));
+    }
+    Ok(())
+}
+
+/// `ip` with `args`, which must succeed.
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The bench's router: inside -- router -- outside namespaces, deleted on
+/// drop.
+struct BenchRouter {
+    names: [String; 3],
+}
+
+impl BenchRouter {
+    fn new() -> anyhow::Result<BenchRouter> {
+        let id = std::process::id() % 100_000;
+        let names = ["i", "r", "o"].map(|t| format!("tsb{id}{t}"));
+        let r = BenchRouter { names };
+        let [inside, router, outside] = &r.names;
+        for ns in &r.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            ip(&["netns", "add", ns])?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link", "add", "tsbih", "netns", inside, "type", "veth", "peer", "name", "tsbin",
+            "netns", router,
+        ])?;
+        ip(&[
+            "link", "add", "tsboh", "netns", outside, "type", "veth", "peer", "name", "tsbout",
+            "netns", router,
+        ])?;
+        for (ns, dev, addr) in [
+            (inside, "tsbih", "192.0.2.2/24"),
+            (router, "tsbin", "192.0.2.1/24"),
+            (router, "tsbout", "198.51.100.1/24"),
+            (outside, "tsboh", "198.51.100.2/24"),
+            (outside, "tsboh", "198.51.100.9/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", inside, "route", "add", "default", "via", "192.0.2.1"])?;
+        ip(&[
+            "-n",
+            outside,
+            "route",
+            "add",
+            "192.0.2.0/24",
+            "via",
+            "198.51.100.1",
+        ])?;
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                router,
+                "sysctl",
+                "-qw",
+                "net.ipv4.ip_forward=1",
+            ])
+            .status()?;
+        if !out.success() {
+            bail!("turning forwarding on in {router}");
+        }
+        Ok(r)
+    }
+}
+
+impl Drop for BenchRouter {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// One iperf3 run from the inside host to `to` (the server runs in the
+/// outside namespace): received bits per second.
+fn iperf(r: &BenchRouter, to: &str, secs: u32) -> anyhow::Result<f64> {
+    let [inside, _, outside] = &r.names;
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", outside, "iperf3", "-s", "-1", "-B", to])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting iperf3 -s")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new("ip")
+        .args(["netns", "exec", inside, "iperf3", "-c", to, "-J", "-t"])
+        .arg(secs.to_string())
+        .output()
+        .context("running iperf3 -c")?;
+    let _ = server.wait();
+    let doc: Value = serde_json::from_slice(&out.stdout).context("iperf3 -J output")?;
+    doc["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("iperf3 gave no rate: {doc}"))
+}
+
+/// Section 8: forwarding throughput through a router namespace, without
+/// the gateway programs and with them (peer unlisted, peer listed).
+fn gateway(bin: &Path, scratch: &Path, rounds: usize) -> anyhow::Result<()> {
+    println!(
+        "== 8. gateway mode: iperf3 TCP throughput through a router namespace, 3 s per run, {rounds} rounds of three (no sensor, gateway programs with the peer unlisted, with the peer listed: its flow tracked)"
+    );
+    let r = BenchRouter::new()?;
+    let feed = scratch.join("gateway.feed");
+    // Listed: 198.51.100.9 (the "listed" runs go there); 198.51.100.2 is not.
+    std::fs::write(&feed, "198.51.100.9\n")?;
+    let feed = feed.to_str().expect("utf-8 path").to_owned();
+    let router = r.names[1].clone();
+    let bin = bin.to_str().expect("utf-8 path").to_owned();
+    let sensor_args: Vec<&str> = vec![
+        "netns",
+        "exec",
+        &router,
+        &bin,
+        "run",
+        "--allow-reserved",
+        "--feed",
+        &feed,
+        "--gateway-interface",
+        "tsbin",
+        "--metrics-listen",
+        "off",
+    ];
+    iperf(&r, "198.51.100.2", 1)?; // warm-up
+    let names = [
+        "no sensor",
+        "gateway, peer unlisted",
+        "gateway, peer listed",
+    ];
+    let mut rates: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for k in 0..3 {
+            // Rotate the order, so that no condition is always first.
+            let c = (k + round) % 3;
+            let to = if c == 2 {
+                "198.51.100.9"
+            } else {
+                "198.51.100.2"
+            };
+            let sensor = if c == 0 {
+                None
+            } else {
+                let s = Running::start(Path::new("ip"), &sensor_args, Stdio::null())?;
+                s.settle();
+                Some(s)
+            };
+            let bps = iperf(&r, to, 3)?;
+            if let Some(s) = sensor {
+                s.stop()?;
+            }
+            rates[c].push(bps);
+        }
+    }
+    let base = median(&rates[0]);
+    for (name, v) in names.iter().zip(&rates) {
+        let m = median(v);
+        println!(
+            "   {name:<24} {:>8.2} Gbit/s (median of {}; runs {})  ratio {:.3}",
+            m / 1e9,
+            v.len(),
+            v.iter()
+                .map(|x| format!("{:.2}", x / 1e9))
+                .collect::<Vec<_>>()
+                .join(" "),
+            m / base
+        );
     }
     Ok(())
 }

@@ -34,7 +34,8 @@ const LLVM: &str = "/usr/lib/llvm-22";
 /// (real flow exports), nginx-light (real access logs), tcpreplay (tcprewrite maps a
 /// capture's test addresses onto real Tor addresses of the fixtures); for the vantage
 /// points (issue 17): unbound, dnsmasq-base and bind9-dnsutils (real DNS
-/// servers and clients), iperf3 (gateway throughput). Services are never
+/// servers and clients), iperf3 (gateway throughput), iptables (the
+/// masquerade of tests/gateway.rs's router namespace). Services are never
 /// started by the install (see [`without_service_starts`]).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -66,6 +67,7 @@ const APT_PACKAGES: &[&str] = &[
     "bind9-dnsutils",
     "iperf3",
     "tcpreplay",
+    "iptables",
 ];
 
 #[derive(Parser)]

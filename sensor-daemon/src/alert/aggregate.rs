@@ -33,6 +33,10 @@ impl Key {
     /// The group of an alert; none for an alert that is not about a
     /// connection (a program start, a listener: each one is news).
     pub fn of(alert: &Alert) -> Option<Self> {
+        // A gateway hit has its own flow summary; each one is news.
+        if alert.signal() != super::model::Signal::Connection {
+            return None;
+        }
         Some(Key {
             direction: alert.direction()?,
             pid: alert.process.as_ref().map_or(0, |p| p.pid),

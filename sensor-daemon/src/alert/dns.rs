@@ -61,7 +61,7 @@ pub fn build_dns(input: DnsInput<'_>) -> Alert {
         Transport::Udp
     };
     alert.network = Some(Network {
-        direction: Some(Direction::Egress),
+        direction: Some(Direction::Egress.into()),
         transport,
         iana_number: transport.iana_number(),
         family: if input.server.is_ipv4() {
@@ -71,6 +71,8 @@ pub fn build_dns(input: DnsInput<'_>) -> Alert {
         },
         community_id: None,
         protocol: Some("dns".into()),
+        bytes: None,
+        packets: None,
     });
     alert.destination = Some(Endpoint::new(input.server));
     alert.dns = Some(Dns {

@@ -183,6 +183,8 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
         Signal::Dns => "sendto",
         Signal::Connection if alert.is_egress() => "connect",
         Signal::Connection => "accept",
+        // No system call on a router: the name says what saw it.
+        Signal::Gateway => "gateway",
     };
     f.insert("evt.type".into(), json!(evt_type));
     put(
@@ -290,6 +292,18 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
     match alert.signal() {
         Signal::Connection => parts.extend(fd_name(alert).map(|n| format!("connection={n}"))),
         Signal::Listen => parts.extend(fd_name(alert).map(|n| format!("listen={n}"))),
+        Signal::Gateway => {
+            parts.extend(fd_name(alert).map(|n| format!("flow={n}")));
+            if let Some(g) = &alert.torsensor.gateway {
+                parts.push(format!("interface={} ({})", g.interface, g.side));
+                parts.extend(g.end.map(|e| format!("end={}", e.as_str())));
+            }
+            if let (Some(s), Some(d)) = (alert.source, alert.destination)
+                && let (Some(bo), Some(bi)) = (s.bytes, d.bytes)
+            {
+                parts.push(format!("bytes_out={bo} bytes_in={bi}"));
+            }
+        }
         Signal::Exec => {}
         Signal::Dns => {
             if let (Some(d), Some(server)) = (&alert.dns, alert.destination) {

@@ -195,6 +195,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
         group: None,
         container: None,
         orchestrator: None,
+        observer: None,
         dns: None,
         rule: Some(rule.reference()),
         tags: Some(rule.tags.clone()),
@@ -209,6 +210,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
             exec: None,
             listen: None,
             dns: None,
+            gateway: None,
             feeds: vec![HISTORY_FEED.into()],
             tor: Some(tor_details(input)),
             matches: Vec::new(),
@@ -249,12 +251,14 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
         FindingKind::Flow(flow) => {
             let t = transport(flow.protocol);
             alert.network = Some(Network {
-                direction: Some(f.direction),
+                direction: Some(f.direction.into()),
                 transport: t,
                 iana_number: t.iana_number(),
                 family,
                 community_id: None,
                 protocol: None,
+                bytes: None,
+                packets: None,
             });
             alert.source = Some(endpoint(flow.initiator, flow.bytes[0], flow.packets[0]));
             alert.destination = Some(endpoint(flow.responder, flow.bytes[1], flow.packets[1]));
@@ -271,12 +275,14 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
             status,
         } => {
             alert.network = Some(Network {
-                direction: Some(Direction::Ingress),
+                direction: Some(Direction::Ingress.into()),
                 transport: Transport::Tcp,
                 iana_number: Transport::Tcp.iana_number(),
                 family,
                 community_id: None,
                 protocol: None,
+                bytes: None,
+                packets: None,
             });
             alert.source = Some(Endpoint::new(SocketAddr::new(f.tor.ip, 0)));
             alert.http = Some(Http {

@@ -100,6 +100,7 @@ pub(super) fn base(
         source: None,
         destination: None,
         server: None,
+        observer: None,
         host: host(sensor),
         agent: agent(sensor),
         process: process.map(process_fields),
@@ -124,6 +125,7 @@ pub(super) fn base(
             exec: None,
             listen: None,
             dns: None,
+            gateway: None,
             feeds: Vec::new(),
             tor: None,
             matches: Vec::new(),
@@ -199,6 +201,8 @@ pub fn build_listen(input: ListenInput<'_>) -> Alert {
         },
         community_id: None,
         protocol: None,
+        bytes: None,
+        packets: None,
     });
     alert.server = Some(Endpoint::new(input.local));
     alert.torsensor.listen = Some(ListenDetails {

@@ -26,6 +26,7 @@ pub mod connection;
 pub mod dns;
 pub mod ecs;
 pub mod falco;
+pub mod gateway;
 pub mod hunt;
 pub mod local;
 pub mod model;

@@ -73,6 +73,10 @@ pub struct Alert {
     /// for connections).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<Endpoint>,
+    /// Gateway mode: the router and the interface the flow was seen on
+    /// (ECS `observer.*`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<Observer>,
     pub host: Host,
     pub agent: Agent,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -194,10 +198,13 @@ pub enum EventType {
     Connection,
     Allowed,
     Denied,
-    /// A program started, a socket started to listen.
+    /// A program started, a socket started to listen, a gateway flow
+    /// began.
     Start,
     /// A protocol message seen (a DNS query).
     Protocol,
+    /// A gateway flow ended (its summary).
+    End,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -225,10 +232,11 @@ pub struct Event {
     /// The rule's severity, 0-100 (alerts only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub severity: Option<u8>,
-    /// A hunt's flow or requests: the first packet or request.
+    /// A hunt's flow or requests, a gateway flow's summary: the first
+    /// packet or request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Timestamp>,
-    /// A hunt's flow or requests: the last packet or request.
+    /// ... the last packet or request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<Timestamp>,
     /// `end - start` in nanoseconds.
@@ -268,11 +276,51 @@ pub enum IpFamily {
     Ipv6,
 }
 
+/// ECS `network.direction`: `egress` / `ingress` seen from this host (a
+/// host sensor); `outbound` / `inbound` seen from the network perimeter (a
+/// gateway: an inside host opened the flow, or an outside one did).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkDirection {
+    Egress,
+    Ingress,
+    Outbound,
+    Inbound,
+}
+
+impl NetworkDirection {
+    /// The direction as rules and aggregation see it: outbound is the
+    /// inside host's egress.
+    pub fn host_view(self) -> Direction {
+        match self {
+            NetworkDirection::Egress | NetworkDirection::Outbound => Direction::Egress,
+            NetworkDirection::Ingress | NetworkDirection::Inbound => Direction::Ingress,
+        }
+    }
+
+    /// The perimeter value for a gateway flow.
+    pub fn perimeter(d: Direction) -> Self {
+        match d {
+            Direction::Egress => NetworkDirection::Outbound,
+            Direction::Ingress => NetworkDirection::Inbound,
+        }
+    }
+}
+
+impl From<Direction> for NetworkDirection {
+    fn from(d: Direction) -> Self {
+        match d {
+            Direction::Egress => NetworkDirection::Egress,
+            Direction::Ingress => NetworkDirection::Ingress,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
     /// A connection's (none for a listening socket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub direction: Option<Direction>,
+    pub direction: Option<NetworkDirection>,
     pub transport: Transport,
     #[serde(with = "as_text")]
     pub iana_number: u8,
@@ -281,6 +329,12 @@ pub struct Network {
     /// Community ID v1 of the flow (seed 0).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub community_id: Option<String>,
+    /// A gateway flow summary: bytes both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// ... packets both ways.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub packets: Option<u64>,
     /// The application protocol (`dns`); none for a connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
@@ -315,9 +369,11 @@ pub struct Endpoint {
     /// only): not written. No TCP or UDP endpoint has port 0.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub port: u16,
-    /// What this end sent (ECS `source.bytes`): a hunt's flows.
+    /// What this end sent, from the IP header on (ECS `source.bytes`): a
+    /// hunt's flow, a gateway flow's summary.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
+    /// ... packets this end sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub packets: Option<u64>,
 }
@@ -332,6 +388,39 @@ impl Endpoint {
             packets: None,
         }
     }
+    /// An address and port, without counts.
+    pub fn at(ip: IpAddr, port: u16) -> Self {
+        Endpoint::new(std::net::SocketAddr::new(ip, port))
+    }
+}
+
+/// ECS `observer.*`: the router a gateway flow went through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observer {
+    /// `router`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub hostname: String,
+    /// The interface the flow's first packet entered by (seen at its
+    /// ingress hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<ObserverInterface>,
+    /// ... or left by (egress hook).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<ObserverInterface>,
+}
+
+/// ECS `observer.ingress` / `observer.egress`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObserverInterface {
+    pub interface: InterfaceName,
+    /// `inside` or `outside`: the side the interface faces.
+    pub zone: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceName {
+    pub name: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -567,6 +656,9 @@ pub enum Signal {
     Listen,
     /// A DNS query for an onion name or a Tor Project domain.
     Dns,
+    /// Gateway mode: a forwarded flow to or from a listed address, and
+    /// its summary when it ends.
+    Gateway,
 }
 
 impl Signal {
@@ -576,6 +668,7 @@ impl Signal {
             Signal::Exec => "exec",
             Signal::Listen => "listen",
             Signal::Dns => "dns",
+            Signal::Gateway => "gateway",
         }
     }
 
@@ -651,6 +744,25 @@ pub struct DnsDetails {
     pub names_file: String,
 }
 
+/// `torsensor.gateway`: where a gateway flow was seen, and (a summary) how
+/// it ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayDetails {
+    pub interface: String,
+    /// `inside` or `outside`: the side the interface faces.
+    pub side: String,
+    /// `ingress` or `egress`: the interface's hook that saw the SYN.
+    pub hook: String,
+    /// `hit` (the flow's SYN) or `end` (its summary).
+    pub phase: String,
+    /// The kernel tracks the flow: a summary will follow (false when the
+    /// flow table was full).
+    pub tracked: bool,
+    /// How the flow ended (summaries): `fin`, `rst`, `idle`, `shutdown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<crate::kernel::gateway::FlowEnd>,
+}
+
 /// `torsensor.*`: what ECS has no field for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Torsensor {
@@ -663,6 +775,8 @@ pub struct Torsensor {
     pub listen: Option<ListenDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<GatewayDetails>,
     /// The feeds that matched, in feed order, each once.
     pub feeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -852,7 +966,10 @@ impl Alert {
 
     /// A connection's direction (none for other signals).
     pub fn direction(&self) -> Option<Direction> {
-        self.network.as_ref().and_then(|n| n.direction)
+        self.network
+            .as_ref()
+            .and_then(|n| n.direction)
+            .map(NetworkDirection::host_view)
     }
 
     pub fn is_egress(&self) -> bool {

@@ -106,11 +106,16 @@ pub fn render(alert: &Alert) -> Value {
         Signal::Connection if denied => (5, "Refuse"),
         Signal::Connection if failed => (4, "Fail"),
         Signal::Connection => (1, "Open"),
+        // A gateway flow's summary closes what its hit opened.
+        Signal::Gateway if alert.event.types.contains(&EventType::End) => (2, "Close"),
+        Signal::Gateway => (1, "Open"),
     };
     let (category_uid, category, class_uid, class) = match signal {
         Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
         Signal::Dns => (4, "Network Activity", 4003, "DNS Activity"),
-        Signal::Connection | Signal::Listen => (4, "Network Activity", 4001, "Network Activity"),
+        Signal::Connection | Signal::Listen | Signal::Gateway => {
+            (4, "Network Activity", 4001, "Network Activity")
+        }
     };
     let is_alert = alert.is_alert();
     let (severity_id, severity_name) = severity(alert.event.severity);
@@ -162,14 +167,18 @@ pub fn render(alert: &Alert) -> Value {
             out.insert("duration".into(), json!(ns / 1_000_000));
         }
     }
-    put(
-        &mut out,
-        "src_endpoint",
-        alert.source.as_ref().map(endpoint),
-    );
+    let mut src = alert.source.as_ref().map(endpoint);
     // A listener is where connections will go.
-    let dst = alert.destination.as_ref().or(alert.server.as_ref());
-    put(&mut out, "dst_endpoint", dst.map(endpoint));
+    let mut dst = alert
+        .destination
+        .as_ref()
+        .or(alert.server.as_ref())
+        .map(endpoint);
+    if signal == Signal::Gateway {
+        gateway_parts(alert, src.as_mut(), dst.as_mut());
+    }
+    put(&mut out, "src_endpoint", src);
+    put(&mut out, "dst_endpoint", dst);
     if let Some(d) = &alert.dns {
         // DNS Activity's `query` (OCSF 1.x DNS Query object).
         let mut query = Map::new();
@@ -195,6 +204,22 @@ pub fn render(alert: &Alert) -> Value {
     threat_parts(alert, &mut out);
     out.insert("unmapped".into(), unmapped(alert));
     Value::Object(out)
+}
+
+/// Gateway mode: the interface on the endpoint whose side it faces (the
+/// inside host's for an inside interface), and a summary's `traffic`
+/// (`bytes_out`: source to destination) and `start_time` / `end_time`.
+/// A gateway alert's interface, on the endpoint on its side (its bytes,
+/// packets and times are every flow's: `traffic`, `start_time`...).
+fn gateway_parts(alert: &Alert, src: Option<&mut Value>, dst: Option<&mut Value>) {
+    if let Some(g) = &alert.torsensor.gateway {
+        // The inside host is the source of an outbound flow.
+        let inside_is_source = alert.is_egress();
+        let on_source = (g.side == "inside") == inside_is_source;
+        if let Some(Value::Object(e)) = if on_source { src } else { dst } {
+            e.insert("interface_name".into(), json!(g.interface));
+        }
+    }
 }
 
 fn connection_info(alert: &Alert) -> Option<Value> {
@@ -356,7 +381,7 @@ fn metadata(alert: &Alert, in_container: bool) -> Value {
 /// a connection, the port of a listener, the name of a started program.
 fn observable_of(alert: &Alert) -> Option<(&'static str, u64, &'static str, Value)> {
     match alert.signal() {
-        Signal::Connection => {
+        Signal::Connection | Signal::Gateway => {
             let field = if alert.is_egress() {
                 "dst_endpoint.ip"
             } else {
@@ -403,7 +428,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
         (Some(first), _) => Some(first.indicator.provider.clone()),
         // No feed: the rule is the judge.
         (None, Signal::Exec | Signal::Listen | Signal::Dns) => Some("torsensor".to_owned()),
-        (None, Signal::Connection) => None,
+        (None, Signal::Connection | Signal::Gateway) => None,
     };
     if alert.is_alert()
         && let Some(provider) = provider

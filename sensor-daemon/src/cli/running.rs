@@ -133,7 +133,8 @@ pub(crate) fn status(args: StatusArgs) -> ExitCode {
         snapshot.kernel.ringbuf_full
             + snapshot.kernel.pending_full
             + snapshot.kernel.exec_ringbuf_full
-            + snapshot.kernel.dns_ringbuf_full,
+            + snapshot.kernel.dns_ringbuf_full
+            + snapshot.kernel.gw_ringbuf_full,
     );
     if !args.json {
         print_snapshot(&snapshot);

@@ -37,6 +37,10 @@ pub struct ConfigFlags {
     /// 127.0.0.1:9050; repeatable, added to tor_socks_ports.
     #[arg(long = "tor-socks-port", value_name = "IP:PORT")]
     tor_socks_ports: Vec<std::net::SocketAddr>,
+    /// Gateway mode on this inside interface (repeatable): added to
+    /// [gateway] interfaces, and turns gateway mode on.
+    #[arg(long = "gateway-interface", value_name = "NAME")]
+    gateway_interfaces: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -137,6 +141,12 @@ impl ConfigFlags {
             cfg.rules_dir = dir.clone();
         }
         cfg.tor_socks_ports.extend(&self.tor_socks_ports);
+        if !self.gateway_interfaces.is_empty() {
+            cfg.gateway.enabled = true;
+            cfg.gateway
+                .interfaces
+                .extend(self.gateway_interfaces.iter().cloned());
+        }
         cfg.allow_reserved |= self.allow_reserved;
         Ok(cfg)
     }

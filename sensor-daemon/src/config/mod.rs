@@ -75,6 +75,8 @@ pub enum ConfigError {
     /// A `[hunt]` value out of range (the message names the key).
     #[error("{0}")]
     Hunt(String),
+    #[error("[gateway] {0}")]
+    Gateway(String),
     #[error("{0}")]
     Output(String),
     #[error(transparent)]
@@ -187,6 +189,9 @@ pub struct SensorConfig {
     /// DNS lookups for Tor (`[dns]`): queries for `.onion` names and Tor
     /// Project domains, with the process that sent them. Off by default.
     pub dns: DnsConfig,
+    /// Gateway mode (`[gateway]`): watch the flows a router forwards.
+    /// Off by default.
+    pub gateway: GatewayConfig,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -235,6 +240,7 @@ impl Default for SensorConfig {
             kubernetes: KubernetesConfig::default(),
             blocking: BlockingConfig::default(),
             dns: DnsConfig::default(),
+            gateway: GatewayConfig::default(),
             outputs: Vec::new(),
             hunt: crate::hunt::HuntSettings::default(),
         }
@@ -322,6 +328,109 @@ impl Default for DnsConfig {
             ports: vec![53],
             cgroup: None,
         }
+    }
+}
+
+/// Gateway mode (`[gateway]`; README, "Gateway mode"): TC programs on a
+/// router's interfaces match the TCP flows it forwards against the Tor
+/// sets, and report each hit and, when the flow ends, its summary.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Attach the gateway programs. Also `--gateway-interface`, which
+    /// turns it on. Default: false.
+    pub enabled: bool,
+    /// Interfaces facing the inside hosts (the LAN side). Attach here,
+    /// before NAT, so that alerts carry the inside hosts' real addresses.
+    /// Each must exist when the sensor starts. Default: none.
+    pub interfaces: Vec<String>,
+    /// Interfaces facing the outside (the Internet side), optional: behind
+    /// a masquerade, what leaves them carries the router's address, not
+    /// the inside host's (README, "Gateway mode", NAT). Default: none.
+    pub outside_interfaces: Vec<String>,
+    /// How the programs attach: `"auto"` (TCX links on Linux 6.6+, netlink
+    /// TC filters on a clsact qdisc before), `"tcx"` or `"netlink"`.
+    /// Default: auto.
+    pub attach: crate::kernel::gateway::TcMode,
+    /// A tracked flow without a packet for this long is summarised and
+    /// forgotten (`torsensor.gateway.end: idle`). Between 10s and 1d.
+    /// Default: 5 min.
+    #[serde(deserialize_with = "deserialize_duration")]
+    pub flow_idle_timeout: Duration,
+    /// Most flows tracked at once (the kernel's flow table, about 150
+    /// bytes each, allocated at start). When full, a new hit is still
+    /// reported, without a summary, and counted
+    /// (`torsensor_gateway_lost_total{reason="flows_full"}`). Between 1024
+    /// and 4194304. Default: 65536.
+    pub max_flows: u32,
+}
+
+pub const DEFAULT_FLOW_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+pub const DEFAULT_GATEWAY_MAX_FLOWS: u32 = 65_536;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            enabled: false,
+            interfaces: Vec::new(),
+            outside_interfaces: Vec::new(),
+            attach: crate::kernel::gateway::TcMode::Auto,
+            flow_idle_timeout: DEFAULT_FLOW_IDLE_TIMEOUT,
+            max_flows: DEFAULT_GATEWAY_MAX_FLOWS,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The interfaces to attach to, with their side.
+    pub fn interfaces(&self) -> Vec<crate::kernel::gateway::GatewayInterface> {
+        use crate::kernel::gateway::{GatewayInterface, Side};
+        let inside = self.interfaces.iter().map(|n| (n, Side::Inside));
+        let outside = self.outside_interfaces.iter().map(|n| (n, Side::Outside));
+        inside
+            .chain(outside)
+            .map(|(name, side)| GatewayInterface {
+                name: name.clone(),
+                side,
+            })
+            .collect()
+    }
+
+    /// Checks the values, and that each interface exists here.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError::Gateway(m));
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.interfaces.is_empty() && self.outside_interfaces.is_empty() {
+            return err(
+                "enabled = true needs at least one interface (interfaces = [\"eth1\"])".into(),
+            );
+        }
+        if !(Duration::from_secs(10)..=Duration::from_secs(86_400))
+            .contains(&self.flow_idle_timeout)
+        {
+            return err("flow_idle_timeout must be between 10s and 1d".into());
+        }
+        if !(1024..=(4 << 20)).contains(&self.max_flows) {
+            return err(format!(
+                "max_flows = {}: must be between 1024 and 4194304",
+                self.max_flows
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for i in self.interfaces() {
+            if !seen.insert(i.name.clone()) {
+                return err(format!("interface {:?} is listed twice", i.name));
+            }
+            if let Err(e) = crate::kernel::gateway::link_info(&i.name) {
+                return err(e);
+            }
+        }
+        if seen.len() > 64 {
+            return err("at most 64 interfaces".into());
+        }
+        Ok(())
     }
 }
 
@@ -459,6 +568,7 @@ impl SensorConfig {
         );
         differs("stats_file", self.stats_file != new.stats_file);
         differs("dns", self.dns != new.dns);
+        differs("gateway", self.gateway != new.gateway);
         differs(
             "tor_listen_ports",
             self.tor_listen_ports != new.tor_listen_ports,
@@ -497,6 +607,11 @@ impl SensorConfig {
             local: crate::local::LocalWatch::shipped()
                 .with_listen_ports(&self.tor_listen_ports)
                 .with_environment_scan(self.exec_environment_scan),
+            gateway_max_flows: if self.gateway.enabled {
+                self.gateway.max_flows
+            } else {
+                1
+            },
         }
     }
 
@@ -547,6 +662,7 @@ impl SensorConfig {
         if self.shutdown_deadline > Duration::from_secs(60) {
             return Err(ConfigError::ShutdownDeadline);
         }
+        self.gateway.validate()?;
         for output in &self.outputs {
             output
                 .validate()
@@ -596,6 +712,51 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         assert_eq!(SensorConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn gateway_interfaces_are_checked_once() {
+        let mut c = SensorConfig::default();
+        c.gateway.interfaces = vec!["tsnope0".into()];
+        assert_eq!(c.validate(), Ok(()), "off: not looked at");
+        c.gateway.enabled = true;
+        let e = c.validate().unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "[gateway] no network interface named \"tsnope0\" in this network namespace"
+        );
+        assert!(!e.contains('\n'));
+        c.gateway.interfaces = vec!["lo".into()];
+        assert_eq!(c.validate(), Ok(()));
+        c.gateway.outside_interfaces = vec!["lo".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("twice"));
+        c.gateway.outside_interfaces.clear();
+        c.gateway.max_flows = 10;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_flows = 10")
+        );
+        c.gateway.max_flows = DEFAULT_GATEWAY_MAX_FLOWS;
+        c.gateway.interfaces.clear();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("at least one")
+        );
+        let parsed = SensorConfig::from_toml(
+            Path::new("t.toml"),
+            "[gateway]\nenabled = true\ninterfaces = [\"lo\"]\nflow_idle_timeout = \"30s\"\nattach = \"netlink\"\n",
+        )
+        .unwrap();
+        assert_eq!(parsed.gateway.flow_idle_timeout, Duration::from_secs(30));
+        assert_eq!(
+            parsed.gateway.attach,
+            crate::kernel::gateway::TcMode::Netlink
+        );
+        assert_eq!(parsed.validate(), Ok(()));
     }
 
     #[test]

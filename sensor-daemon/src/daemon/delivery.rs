@@ -40,6 +40,9 @@ pub struct RunStats {
     pub inbound_unattributed: u64,
     /// Ring-buffer records that could not be decoded.
     pub decode_errors: u64,
+    /// Gateway flows summarised (ended, idle, or open at shutdown).
+    #[serde(default)]
+    pub gateway_flows_summarized: u64,
     /// Per output: delivered, failed attempts, dropped, spooled.
     pub outputs: Vec<SinkStats>,
 }
@@ -204,6 +207,42 @@ impl Delivery {
     pub async fn drain_dns(&mut self, ring: &mut RingBuf<MapData>) {
         while self.drain_dns_some(ring, DRAIN_CHUNK) {
             tokio::task::yield_now().await;
+        }
+    }
+    /// Handles up to `max` records of the gateway ring buffer (hits); true
+    /// if more may be left.
+    pub fn drain_gateway_some(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        gw: &super::GatewayRun,
+        max: usize,
+    ) -> bool {
+        for _ in 0..max {
+            let Some(item) = ring.next() else {
+                return false;
+            };
+            let decoded = gw.decoder.hit(&item, &gw.clock);
+            drop(item);
+            match decoded {
+                Ok(hit) => {
+                    for alert in self.pipeline.handle_gateway(&hit, Now::current()) {
+                        self.write(&alert);
+                    }
+                }
+                Err(e) => {
+                    self.stats.decode_errors += 1;
+                    tracing::warn!("dropped a kernel gateway record: {e}");
+                }
+            }
+        }
+        true
+    }
+
+    /// A gateway flow's summary.
+    pub fn handle_flow_end(&mut self, summary: &crate::kernel::gateway::FlowSummary) {
+        self.stats.gateway_flows_summarized += 1;
+        for alert in self.pipeline.handle_flow_end(summary, Now::current()) {
+            self.write(&alert);
         }
     }
 

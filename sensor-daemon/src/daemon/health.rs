@@ -32,6 +32,16 @@ pub(super) fn report_losses(now: &KernelCounters, last: &KernelCounters) {
             last.dns_ringbuf_full,
             "DNS queries lost because the DNS ring buffer was full",
         ),
+        (
+            now.gw_ringbuf_full,
+            last.gw_ringbuf_full,
+            "gateway hits lost because the gateway ring buffer was full",
+        ),
+        (
+            now.gw_flows_full,
+            last.gw_flows_full,
+            "gateway flows not tracked (no summary will follow) because the flow table was full; raise [gateway] max_flows",
+        ),
     ];
     for (total, before, what) in kinds {
         let lost = total.saturating_sub(before);

@@ -18,6 +18,8 @@ mod delivery;
 mod dns;
 use dns::DnsHook;
 pub mod endpoint;
+mod gateway;
+use gateway::GatewayRun;
 mod health;
 pub mod notify;
 pub mod privileges;
@@ -153,6 +155,8 @@ struct Polled {
     exec_ring: AsyncFd<RingBuf<MapData>>,
     /// DNS queries (`DNS_EVENTS`), when the DNS programs are attached.
     dns_ring: Option<AsyncFd<RingBuf<MapData>>>,
+    /// Gateway hits (`GW_EVENTS`), in gateway mode.
+    gw_ring: Option<AsyncFd<RingBuf<MapData>>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
@@ -165,6 +169,8 @@ struct Daemon {
     blocking: Blocking,
     /// `[dns]` as armed.
     dns: DnsHook,
+    /// Gateway mode, when on.
+    gateway: Option<GatewayRun>,
     delivery: Delivery,
     /// The state directory in force (a reload may move it).
     state_dir: PathBuf,
@@ -204,13 +210,17 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     let mut publish = tokio::time::interval(Duration::from_secs(1));
     let mut selftest_tick = tokio::time::interval(Duration::from_millis(100));
     if let Err(detail) = daemon.ready_or_selftest(polled.ring.get_mut()).await {
-        daemon.shutdown(polled.ring.get_mut()).await?;
+        let gw_ring = polled.gw_ring.as_mut().map(|r| r.get_mut());
+        daemon.shutdown(polled.ring.get_mut(), gw_ring).await?;
         return Err(SensorError::Selftest(detail));
     }
     let ring = &mut polled.ring;
     let exec_ring = &mut polled.exec_ring;
     let dns_ring = &mut polled.dns_ring;
+    let gw_ring = &mut polled.gw_ring;
     let log = &mut polled.kernel_log;
+    // Gateway flows that ended or went idle are summarised once a second.
+    let mut flow_sweep = tokio::time::interval(gateway::SWEEP_EVERY);
 
     loop {
         tokio::select! {
@@ -237,6 +247,16 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
                     guard.clear_ready();
                 }
             }
+            guard = async { gw_ring.as_mut().expect("guarded").readable_mut().await }, if gw_ring.is_some() => {
+                let mut guard = guard.map_err(io_err("polling the gateway ring buffer"))?;
+                let gw = daemon.gateway.as_ref().expect("a gateway ring means gateway mode");
+                if daemon.delivery.drain_gateway_some(guard.get_inner_mut(), gw, DRAIN_CHUNK) {
+                    tokio::task::yield_now().await;
+                } else {
+                    guard.clear_ready();
+                }
+            }
+            _ = flow_sweep.tick(), if daemon.gateway.is_some() => daemon.on_flow_sweep(false),
             guard = async { log.as_mut().expect("guarded").readable_mut().await }, if log.is_some() => {
                 let mut guard = guard.map_err(io_err("polling the kernel log"))?;
                 guard.get_inner_mut().flush();
@@ -259,7 +279,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
             }
             _ = selftest_tick.tick(), if daemon.delivery.selftest.is_some() => {
                 if let Err(detail) = daemon.on_selftest_tick(ring.get_mut()).await {
-                    daemon.shutdown(ring.get_mut()).await?;
+                    daemon.shutdown(ring.get_mut(), gw_ring.as_mut().map(|r| r.get_mut())).await?;
                     return Err(SensorError::Selftest(detail));
                 }
             }
@@ -282,7 +302,9 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     if let Some(ring) = dns_ring.as_mut() {
         daemon.delivery.drain_dns(ring.get_mut()).await;
     }
-    daemon.shutdown(ring.get_mut()).await
+    daemon
+        .shutdown(ring.get_mut(), gw_ring.as_mut().map(|r| r.get_mut()))
+        .await
 }
 
 impl Daemon {
@@ -370,8 +392,22 @@ impl Daemon {
         // Attaching cgroup programs needs CAP_NET_ADMIN: before the drop.
         let blocking = Blocking::arm(&cfg, &mut probes, &rules, &feeds)?;
         let dns = DnsHook::arm(&cfg, &mut probes, &dns_watch);
-        privileges::drop_and_log()?;
-        let polled = Polled::register(&mut probes, matches!(dns, DnsHook::Attached(_)))?;
+        // TC programs too.
+        let gateway = GatewayRun::arm(&cfg, &mut probes)?;
+        let netlink = gateway
+            .as_ref()
+            .is_some_and(|g| g.attach.mode == kernel::gateway::TcMode::Netlink);
+        let also = if netlink {
+            vec![privileges::KEPT_FOR_NETLINK_FILTERS.0]
+        } else {
+            Vec::new()
+        };
+        privileges::drop_and_log(&also)?;
+        let polled = Polled::register(
+            &mut probes,
+            matches!(dns, DnsHook::Attached(_)),
+            gateway.is_some(),
+        )?;
         let mut pipeline = Pipeline::new(
             feeds,
             rules,
@@ -406,6 +442,7 @@ impl Daemon {
             probes,
             blocking,
             dns,
+            gateway,
             delivery: Delivery {
                 pipeline,
                 sinks,
@@ -481,6 +518,10 @@ impl Daemon {
             exec_unwatched: self.probes.exec_hook().err().map(str::to_owned),
             dns_hook: self.dns.state().to_owned(),
             dns_unwatched: self.dns.failure().map(str::to_owned),
+            gateway: self
+                .gateway
+                .as_ref()
+                .map(|g| (g.attach.mode.as_str().to_owned(), g.attach.interfaces.len())),
             kernel: self.probes.counters().unwrap_or(self.last),
             alerts: self
                 .delivery
@@ -710,7 +751,11 @@ impl Daemon {
     /// Detach first so that nothing new arrives, then take what is left:
     /// the ring buffer, hits still pending in the kernel, open aggregation
     /// windows; then the outputs deliver or spool within the deadline.
-    async fn shutdown(mut self, ring: &mut RingBuf<MapData>) -> Result<RunStats, SensorError> {
+    async fn shutdown(
+        mut self,
+        ring: &mut RingBuf<MapData>,
+        gw_ring: Option<&mut RingBuf<MapData>>,
+    ) -> Result<RunStats, SensorError> {
         tracing::info!("stopping: detaching probes and draining");
         self.notify.stopping();
         if let Some((_, task)) = self.endpoint.take() {
@@ -718,6 +763,13 @@ impl Daemon {
         }
         self.probes.detach();
         self.delivery.drain(ring).await;
+        if let (Some(gw), Some(gw_ring)) = (&self.gateway, gw_ring) {
+            while self.delivery.drain_gateway_some(gw_ring, gw, DRAIN_CHUNK) {
+                tokio::task::yield_now().await;
+            }
+        }
+        // Flows still open are summarised as they stand.
+        self.on_flow_sweep(true);
         let pending = self.probes.pending();
         self.delivery.stats.incomplete_reported += pending.len() as u64;
         for ev in &pending {
@@ -753,7 +805,7 @@ impl Daemon {
 }
 
 impl Polled {
-    fn register(probes: &mut Probes, dns: bool) -> Result<Polled, SensorError> {
+    fn register(probes: &mut Probes, dns: bool, gateway: bool) -> Result<Polled, SensorError> {
         // SAFETY (both registrations): the ring buffer and the log reader
         // own their fds, and the AsyncFd owns them until the end of the run.
         let ring =
@@ -780,10 +832,24 @@ impl Polled {
             ),
             None => None,
         };
+        let gw_ring = if gateway {
+            Some(
+                unsafe {
+                    AsyncFd::register_with_interest(
+                        probes.take_gateway_events()?,
+                        Interest::READABLE,
+                    )
+                }
+                .map_err(|e| io_err("polling the gateway ring buffer")(e.into()))?,
+            )
+        } else {
+            None
+        };
         Ok(Polled {
             ring,
             exec_ring,
             dns_ring,
+            gw_ring,
             kernel_log,
         })
     }

@@ -22,6 +22,14 @@ pub const KEPT: [(Capability, &str); 3] = [
     ),
 ];
 
+/// Kept besides [`KEPT`] when gateway mode attached netlink TC filters:
+/// they are removed at exit with a netlink request that needs it (TCX links
+/// and cgroup links go with their file descriptors and need nothing).
+pub const KEPT_FOR_NETLINK_FILTERS: (Capability, &str) = (
+    Capability::CAP_NET_ADMIN,
+    "removing gateway mode's netlink TC filters at exit (attach = netlink)",
+);
+
 /// The capabilities enrichment needs for other users' processes.
 const FOR_PROC: [Capability; 2] = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
 
@@ -58,8 +66,17 @@ fn names(set: &CapsHashSet) -> Vec<String> {
 /// Drops every capability but [`KEPT`] from all five sets (the bounding set
 /// first, while `CAP_SETPCAP` is still there), then sets `no_new_privs`.
 pub fn drop_unneeded() -> Result<Dropped, PrivilegeError> {
+    drop_all_but(&[])
+}
+
+/// [`drop_unneeded`], keeping `also` too.
+pub fn drop_all_but(also: &[Capability]) -> Result<Dropped, PrivilegeError> {
     let err = |set| move |source| PrivilegeError::Caps { set, source };
-    let keep: CapsHashSet = KEPT.iter().map(|(c, _)| *c).collect();
+    let keep: CapsHashSet = KEPT
+        .iter()
+        .map(|(c, _)| *c)
+        .chain(also.iter().copied())
+        .collect();
     let bounding = caps::read(None, CapSet::Bounding).map_err(err("bounding"))?;
     let extra: CapsHashSet = bounding.difference(&keep).copied().collect();
     let may_bound = caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)
@@ -110,8 +127,8 @@ pub(super) fn warn_missing_for_proc() {
 }
 
 /// [`drop_unneeded`], and one line saying what was kept and dropped.
-pub(super) fn drop_and_log() -> Result<(), PrivilegeError> {
-    let dropped = drop_unneeded()?;
+pub(super) fn drop_and_log(also: &[Capability]) -> Result<(), PrivilegeError> {
+    let dropped = drop_all_but(also)?;
     tracing::info!(
         "privileges: kept {} (README, \"Security\"); {} dropped from the bounding set{}; no_new_privs set",
         dropped.kept.join(", "),

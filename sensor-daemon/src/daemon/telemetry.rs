@@ -55,6 +55,10 @@ pub struct Snapshot {
     /// Why DNS lookups are not watched although `[dns]` is enabled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_unwatched: Option<String>,
+    /// Gateway mode: how the TC programs are attached (`tcx`, `netlink`)
+    /// and on how many interfaces; none when off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<(String, usize)>,
     pub kernel: KernelCounters,
     pub alerts: Vec<AlertCount>,
     /// Aggregated summaries sent, and the connections they stand for.
@@ -231,7 +235,8 @@ impl Snapshot {
         let lost = self.kernel.ringbuf_full
             + self.kernel.pending_full
             + self.kernel.exec_ringbuf_full
-            + self.kernel.dns_ringbuf_full;
+            + self.kernel.dns_ringbuf_full
+            + self.kernel.gw_ringbuf_full;
         if lost > 0 {
             reasons.push(format!("{lost} events lost in the kernel"));
         }
@@ -453,6 +458,10 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
             vec![("reason", "dns_ringbuf_full".to_owned())],
             k.dns_ringbuf_full as f64,
         ),
+        (
+            vec![("reason", "gateway_ringbuf_full".to_owned())],
+            k.gw_ringbuf_full as f64,
+        ),
     ];
     family(e, "torsensor_events_lost", help, Counter, &lost)?;
     let help = "Events the kernel sent through the ring buffer.";
@@ -504,12 +513,47 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
     ];
     family(e, "torsensor_kernel_block", help, Counter, &block)?;
     encode_local(e, s)?;
+    encode_gateway(e, s)?;
     let help = "Entries in the kernel maps: addresses and prefixes, OR address+port pairs.";
     let maps = vec![
         (vec![("map", "prefixes".to_owned())], s.prefixes as f64),
         (vec![("map", "or_ports".to_owned())], s.or_ports as f64),
     ];
     family(e, "torsensor_kernel_map_entries", help, Gauge, &maps)
+}
+
+/// Gateway mode's kernel counters (README, "Gateway mode").
+fn encode_gateway(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::{Counter, Gauge};
+    let k = &s.kernel;
+    if let Some((mode, interfaces)) = &s.gateway {
+        let help = "Gateway mode is on: how its TC programs are attached (tcx or netlink); the value is the number of interfaces.";
+        let info = vec![(vec![("attach", mode.clone())], *interfaces as f64)];
+        family(e, "torsensor_gateway_info", help, Gauge, &info)?;
+    }
+    let help = "Gateway mode: TCP packets the TC programs looked at, new-flow SYNs matched, hits, packets counted into tracked flows.";
+    let packets = vec![
+        (vec![("kind", "seen".to_owned())], k.gw_packets as f64),
+        (vec![("kind", "syn".to_owned())], k.gw_syn_seen as f64),
+        (vec![("kind", "hit".to_owned())], k.gw_hit as f64),
+        (
+            vec![("kind", "tracked".to_owned())],
+            k.gw_flow_packets as f64,
+        ),
+    ];
+    family(e, "torsensor_gateway_packets", help, Counter, &packets)?;
+    let help = "Gateway mode losses: hits whose flow was not tracked (flow table full: no summary), packets not parsed (IPv6 extension headers, later IPv4 fragments).";
+    let lost = vec![
+        (
+            vec![("reason", "flows_full".to_owned())],
+            k.gw_flows_full as f64,
+        ),
+        (
+            vec![("reason", "unparsed".to_owned())],
+            k.gw_unparsed as f64,
+        ),
+    ];
+    family(e, "torsensor_gateway_lost", help, Counter, &lost)
 }
 
 /// The local Tor signals' kernel counters (program starts, listeners).

@@ -18,6 +18,8 @@ pub enum EventError {
     Family(u16),
     #[error("event with unknown direction {0}")]
     Direction(u8),
+    #[error("gateway ring buffer record of {0} bytes, expected {size}", size = size_of::<sensor_common::GatewayEvent>())]
+    GatewaySize(usize),
 }
 
 /// The process the kernel saw at connect/accept time.

@@ -20,6 +20,20 @@ use crate::local::LocalWatch;
 /// The exec program and its hook.
 pub const EXEC_PROGRAM: (&str, Hook) = ("process_exec", Hook::Tracepoint("sched_process_exec"));
 
+/// The verifier's last words (which limit or access it refused), for a
+/// one-line error; the whole log is in `--log debug`.
+pub(crate) fn verifier_tail(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            let text = verifier_log.to_string();
+            let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+            let from = lines.len().saturating_sub(3);
+            format!("; verifier: {}", lines[from..].join(" / "))
+        }
+        _ => String::new(),
+    }
+}
+
 /// Reads the offsets the exec program needs from the kernel's BTF.
 pub fn exec_offsets(btf_path: &Path) -> Result<ExecOffsets, KernelError> {
     let btf = btf_rs::Btf::from_file(btf_path).map_err(|e| KernelError::BadBtf(e.to_string()))?;
@@ -141,20 +155,8 @@ impl Probes {
     /// caller), and `torsensor_exec_hook` says so.
     pub(super) fn attach_exec(&mut self, btf: &Btf) -> Result<(), String> {
         let (name, hook) = EXEC_PROGRAM;
-        self.attach(name, hook, btf).map_err(|e| {
-            // The verifier's last words say which limit it hit (the whole
-            // log is in --log debug).
-            let tail = match &e {
-                aya::programs::ProgramError::LoadError { verifier_log, .. } => {
-                    let text = verifier_log.to_string();
-                    let lines: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
-                    let from = lines.len().saturating_sub(3);
-                    format!("; verifier: {}", lines[from..].join(" / "))
-                }
-                _ => String::new(),
-            };
-            format!("{hook}: {}{tail}", short_reason(&e))
-        })
+        self.attach(name, hook, btf)
+            .map_err(|e| format!("{hook}: {}{}", short_reason(&e), verifier_tail(&e)))
     }
 
     /// Takes the exec ring buffer (once).

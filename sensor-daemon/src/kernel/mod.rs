@@ -6,6 +6,7 @@
 mod block;
 pub mod dns;
 pub mod event;
+pub mod gateway;
 pub mod local;
 mod maps;
 pub mod plan;
@@ -77,6 +78,8 @@ pub enum KernelError {
     },
     #[error("blocking: {detail}")]
     Blocking { detail: String },
+    #[error("gateway: {detail}")]
+    Gateway { detail: String },
     #[error("eBPF map {0} is missing from the embedded object (build problem)")]
     MissingMap(&'static str),
     #[error(
@@ -105,6 +108,9 @@ pub struct LoadOptions {
     /// What the local-signal programs watch (program names, environment
     /// prefix, listening ports).
     pub local: crate::local::LocalWatch,
+    /// Capacity of the gateway flow table (`GW_FLOWS`); 1 when gateway
+    /// mode is off.
+    pub gateway_max_flows: u32,
 }
 
 /// Checks everything that can be checked before touching the kernel, so that
@@ -244,6 +250,23 @@ pub struct KernelCounters {
     pub dns_no_process: u64,
     #[serde(default)]
     pub dns_sock_recorded: u64,
+    /// Gateway mode (`sensor_common::counter::GW_*`).
+    #[serde(default)]
+    pub gw_packets: u64,
+    #[serde(default)]
+    pub gw_syn_seen: u64,
+    #[serde(default)]
+    pub gw_hit: u64,
+    #[serde(default)]
+    pub gw_events_sent: u64,
+    #[serde(default)]
+    pub gw_ringbuf_full: u64,
+    #[serde(default)]
+    pub gw_flows_full: u64,
+    #[serde(default)]
+    pub gw_unparsed: u64,
+    #[serde(default)]
+    pub gw_flow_packets: u64,
 }
 
 /// Loaded and attached programs. Dropping it detaches everything.
@@ -399,6 +422,7 @@ impl Probes {
             .map_max_entries("TOR_V6_1", opts.max_entries)
             .map_max_entries("OR_PORTS_1", opts.max_entries)
             .map_max_entries("EVENTS", opts.ring_buffer_bytes)
+            .map_max_entries("GW_FLOWS", opts.gateway_max_flows.max(1))
             .load(EBPF_OBJECT)?;
         let logger = if opts.kernel_log {
             match aya_log::EbpfLogger::init(&mut ebpf) {
@@ -528,6 +552,14 @@ impl Probes {
             dns_unparsed: get(counter::DNS_UNPARSED),
             dns_no_process: get(counter::DNS_NO_PROCESS),
             dns_sock_recorded: get(counter::DNS_SOCK_RECORDED),
+            gw_packets: get(counter::GW_PACKETS),
+            gw_syn_seen: get(counter::GW_SYN_SEEN),
+            gw_hit: get(counter::GW_HIT),
+            gw_events_sent: get(counter::GW_EVENTS_SENT),
+            gw_ringbuf_full: get(counter::GW_RINGBUF_FULL),
+            gw_flows_full: get(counter::GW_FLOWS_FULL),
+            gw_unparsed: get(counter::GW_UNPARSED),
+            gw_flow_packets: get(counter::GW_FLOW_PACKETS),
         })
     }
 
@@ -616,6 +648,7 @@ fn unload_program(name: &str, program: &mut Program) {
         Program::KProbe(p) if p.fd().is_ok() => p.unload(),
         Program::CgroupSockAddr(p) if p.fd().is_ok() => p.unload(),
         Program::CgroupSkb(p) if p.fd().is_ok() => p.unload(),
+        Program::SchedClassifier(p) if p.fd().is_ok() => p.unload(),
         _ => Ok(()),
     };
     if let Err(e) = result {

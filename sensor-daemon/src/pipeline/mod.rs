@@ -11,6 +11,7 @@
 //! import from here.
 
 mod dns;
+mod gateway;
 mod local;
 pub mod replay;
 

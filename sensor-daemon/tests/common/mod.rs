@@ -79,9 +79,32 @@ impl Sensor {
     }
 
     pub fn start_args(args: &[&str], feed: PathBuf) -> Sensor {
+        Self::start_wrapped(&[], args, feed)
+    }
+
+    /// `start`, with the sensor run by `wrapper` (e.g. `ip netns exec NS`,
+    /// which execs it: the child's pid is the sensor's).
+    pub fn start_in(wrapper: &[&str], name: &str, feed_text: &str, extra: &[&str]) -> Sensor {
+        let feed = temp_path(&format!("{name}.feed"));
+        std::fs::write(&feed, feed_text).unwrap();
+        let feed_arg = feed.to_str().unwrap().to_owned();
+        let mut args = vec!["run", "--allow-reserved", "--feed", &feed_arg];
+        args.extend_from_slice(extra);
+        Self::start_wrapped(wrapper, &args, feed.clone())
+    }
+
+    fn start_wrapped(wrapper: &[&str], args: &[&str], feed: PathBuf) -> Sensor {
         // A state directory of its own unless the test names one.
         let state_dir = temp_path(&format!("state-{}", std::process::id()));
-        let mut child = Command::new(BIN)
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let mut child = command
             .args(args)
             .env("TORSENSOR_LOG", "info")
             .env("TORSENSOR_STATE_DIR", &state_dir)

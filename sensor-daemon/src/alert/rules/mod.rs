@@ -587,7 +587,7 @@ mod tests {
             ("185.220.101.1", 9001),
             SystemTime::UNIX_EPOCH,
         );
-        a.network.as_mut().unwrap().direction = Some(direction);
+        a.network.as_mut().unwrap().direction = Some(direction.into());
         if direction == Direction::Ingress {
             std::mem::swap(&mut a.source, &mut a.destination);
         }
@@ -636,7 +636,9 @@ mod tests {
                 "TORSENSOR-005",
                 "TORSENSOR-006",
                 "TORSENSOR-007",
-                "TORSENSOR-008"
+                "TORSENSOR-008",
+                "TORSENSOR-009",
+                "TORSENSOR-010"
             ]
         );
         let relay = hit(
@@ -861,7 +863,9 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "TORSENSOR-005",
                 "TORSENSOR-006",
                 "TORSENSOR-007",
-                "TORSENSOR-008"
+                "TORSENSOR-008",
+                "TORSENSOR-009",
+                "TORSENSOR-010"
             ]
         );
         let ours = hit(
