@@ -10,7 +10,6 @@ use clap::Args;
 use sensor_daemon::config::ConfigFlags;
 use sensor_daemon::daemon as sensor;
 use sensor_daemon::feed::{FeedMatch, Role};
-use sensor_daemon::history::Window;
 use sensor_daemon::time::rfc3339_secs as rfc3339;
 
 #[derive(Args)]
@@ -85,13 +84,7 @@ pub(crate) fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             }
         };
-        let mut window = Window::default();
-        if let Some(b) = args.window_before {
-            (window.relay_before, window.exit_before) = (b, b);
-        }
-        if let Some(a) = args.window_after {
-            (window.relay_after, window.exit_after) = (a, a);
-        }
+        let window = super::history::window(args.window_before, args.window_after);
         let targets: Vec<(&str, IpAddr, Option<u16>)> =
             targets.iter().map(|(t, (ip, p))| (*t, *ip, *p)).collect();
         return Ok(super::history::check_at(

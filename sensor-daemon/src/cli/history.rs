@@ -339,6 +339,22 @@ fn distance_text(d: i64) -> String {
 
 /// The history directory `check --at` reads: `--history`, else `history/`
 /// in the state directory.
+/// ExoneraTor's windows, or both roles' replaced by `--window-before` /
+/// `--window-after` (`check --at`, `hunt`).
+pub(crate) fn window(
+    before: Option<std::time::Duration>,
+    after: Option<std::time::Duration>,
+) -> Window {
+    let mut window = Window::default();
+    if let Some(b) = before {
+        (window.relay_before, window.exit_before) = (b, b);
+    }
+    if let Some(a) = after {
+        (window.relay_after, window.exit_after) = (a, a);
+    }
+    window
+}
+
 pub(crate) fn dir_for_check(given: Option<PathBuf>, state_dir: &Path) -> PathBuf {
     given.unwrap_or_else(|| state_dir.join("history"))
 }

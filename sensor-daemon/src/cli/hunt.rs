@@ -13,7 +13,6 @@ use sensor_daemon::alert::rules::{Action, Decision, Rules};
 use sensor_daemon::alert::{Schema, SensorIdentity};
 use sensor_daemon::config::ConfigFlags;
 use sensor_daemon::config::flags::OutputParser;
-use sensor_daemon::history::Window;
 use sensor_daemon::hunt::report::{Format, InputSummary, Tally};
 use sensor_daemon::hunt::{Finding, FindingKind, FlowEnd, Hunter, InputKind, input};
 use sensor_daemon::sink::{AlertMeta, OutputConfig, Sinks};
@@ -105,13 +104,7 @@ pub(crate) fn hunt(args: HuntArgs) -> anyhow::Result<ExitCode> {
         eprintln!("torsensor: error: {e}");
         return Ok(ExitCode::from(2));
     }
-    let mut window = Window::default();
-    if let Some(b) = args.window_before {
-        (window.relay_before, window.exit_before) = (b, b);
-    }
-    if let Some(a) = args.window_after {
-        (window.relay_after, window.exit_after) = (a, a);
-    }
+    let window = super::history::window(args.window_before, args.window_after);
     for path in &args.inputs {
         if let Err(e) = std::fs::metadata(path) {
             eprintln!("torsensor: error: {}: {e}", path.display());

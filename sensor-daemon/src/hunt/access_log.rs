@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::lines::{for_each_line, parse_clf, parse_epoch, parse_iso};
+use super::lines::{parse_clf, parse_epoch, parse_iso, records_by_line};
 use super::{Position, Records, Request};
 
 /// The fields of a JSON access log (`[hunt.json_fields]`). Defaults are
@@ -239,58 +239,43 @@ pub fn read(
     out: &mut dyn Records,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
-    let mut bad: Vec<(u64, String)> = Vec::new();
-    for_each_line(
-        reader,
-        |line| {
-            if line.text.trim().is_empty() {
-                return;
-            }
-            let parsed = match json {
-                Some(fields) => parse_json(line.text, fields, forwarded_for),
-                // The fast path: a client the history never held (and no
-                // forwarded chain to read) needs only its time; the rest
-                // of the line is not parsed.
-                None if !forwarded_for => match client_and_time(line.text) {
-                    Ok((client, time_ns, _)) if !out.may_match(client) => Ok(Parsed {
-                        time_ns,
-                        client,
-                        forwarded_for: Vec::new(),
-                        method: None,
-                        target: None,
-                        status: None,
-                        bytes: 0,
-                        user_agent: None,
-                    }),
-                    _ => parse_line(line.text, false),
+    records_by_line(reader, out, progress, |line, out| {
+        let p = match json {
+            Some(fields) => parse_json(line.text, fields, forwarded_for)?,
+            // The fast path: a client the history never held (and no
+            // forwarded chain to read) needs only its time; the rest of
+            // the line is not parsed.
+            None if !forwarded_for => match client_and_time(line.text) {
+                Ok((client, time_ns, _)) if !out.may_match(client) => Parsed {
+                    time_ns,
+                    client,
+                    forwarded_for: Vec::new(),
+                    method: None,
+                    target: None,
+                    status: None,
+                    bytes: 0,
+                    user_agent: None,
                 },
-                None => parse_line(line.text, true),
-            };
-            match parsed {
-                Ok(p) => out.request(Request {
-                    time_ns: p.time_ns,
-                    client: p.client,
-                    forwarded_for: p.forwarded_for,
-                    method: p.method,
-                    target: p.target,
-                    status: p.status,
-                    bytes: p.bytes,
-                    user_agent: p.user_agent,
-                    position: Position {
-                        offset: line.offset,
-                        record: line.number,
-                    },
-                }),
-                Err(why) => out.bad(line.offset, &format!("line {}: {why}", line.number)),
-            }
-        },
-        |o, why| bad.push((o, why.to_owned())),
-        progress,
-    )?;
-    for (o, why) in bad {
-        out.bad(o, &why);
-    }
-    Ok(())
+                _ => parse_line(line.text, false)?,
+            },
+            None => parse_line(line.text, true)?,
+        };
+        out.request(Request {
+            time_ns: p.time_ns,
+            client: p.client,
+            forwarded_for: p.forwarded_for,
+            method: p.method,
+            target: p.target,
+            status: p.status,
+            bytes: p.bytes,
+            user_agent: p.user_agent,
+            position: Position {
+                offset: line.offset,
+                record: line.number,
+            },
+        });
+        Ok(())
+    })
 }
 
 #[cfg(test)]

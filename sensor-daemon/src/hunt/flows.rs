@@ -15,7 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::Value;
 
-use super::lines::{for_each_line, parse_epoch, parse_iso};
+use super::lines::{parse_epoch, parse_iso, records_by_line};
 use super::netflow::one_way_flow;
 use super::{Flow, FlowEnd, Initiator, Position, Records};
 
@@ -70,91 +70,77 @@ pub fn zeek_tsv(
     let mut separator = '\t';
     let mut unset = "-".to_owned();
     let mut columns: HashMap<String, usize> = HashMap::new();
-    let mut bad: Vec<(u64, String)> = Vec::new();
-    for_each_line(
-        reader,
-        |line| {
-            let text = line.text;
-            if let Some(rest) = text.strip_prefix("#separator ") {
-                separator = match rest.trim() {
-                    "\\x09" => '\t',
-                    s if s.starts_with("\\x") => {
-                        u8::from_str_radix(&s[2..], 16).map_or('\t', char::from)
-                    }
-                    s => s.chars().next().unwrap_or('\t'),
-                };
-                return;
-            }
-            if let Some(rest) = text.strip_prefix('#') {
-                let mut fields = rest.split(separator);
-                match fields.next() {
-                    Some("fields") => {
-                        columns = fields.enumerate().map(|(i, f)| (f.to_owned(), i)).collect();
-                    }
-                    Some("unset_field") => unset = fields.next().unwrap_or("-").to_owned(),
-                    _ => {}
+    records_by_line(reader, out, progress, |line, out| {
+        let text = line.text;
+        if let Some(rest) = text.strip_prefix("#separator ") {
+            separator = match rest.trim() {
+                "\\x09" => '\t',
+                s if s.starts_with("\\x") => {
+                    u8::from_str_radix(&s[2..], 16).map_or('\t', char::from)
                 }
-                return;
-            }
-            if text.is_empty() {
-                return;
-            }
-            let values: Vec<&str> = text.split(separator).collect();
-            let get = |name: &str| -> Option<&str> {
-                columns
-                    .get(name)
-                    .and_then(|&i| values.get(i).copied())
-                    .filter(|v| *v != unset && !v.is_empty())
+                s => s.chars().next().unwrap_or('\t'),
             };
-            let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
-            let conn = (|| -> Result<ZeekConn, String> {
-                if columns.is_empty() {
-                    return Err("a record before the #fields header".into());
+            return Ok(());
+        }
+        if let Some(rest) = text.strip_prefix('#') {
+            let mut fields = rest.split(separator);
+            match fields.next() {
+                Some("fields") => {
+                    columns = fields.enumerate().map(|(i, f)| (f.to_owned(), i)).collect();
                 }
-                let field = |name: &str| get(name).ok_or_else(|| format!("no {name}"));
-                let ip = |name: &str| -> Result<IpAddr, String> {
-                    field(name)?
-                        .parse()
-                        .map_err(|_| format!("{name} is not an address"))
-                };
-                let port = |name: &str| -> Result<u16, String> {
-                    field(name)?
-                        .parse()
-                        .map_err(|_| format!("{name} is not a port"))
-                };
-                Ok(ZeekConn {
-                    ts: parse_epoch(field("ts")?).ok_or("ts is not a time")?,
-                    orig: SocketAddr::new(ip("id.orig_h")?, port("id.orig_p")?),
-                    resp: SocketAddr::new(ip("id.resp_h")?, port("id.resp_p")?),
-                    protocol: protocol_number(field("proto")?).ok_or("proto is unknown")?,
-                    duration_ns: get("duration").map_or(0, duration_ns),
-                    bytes: [
-                        num("orig_ip_bytes")
-                            .or_else(|| num("orig_bytes"))
-                            .unwrap_or(0),
-                        num("resp_ip_bytes")
-                            .or_else(|| num("resp_bytes"))
-                            .unwrap_or(0),
-                    ],
-                    packets: [num("orig_pkts").unwrap_or(0), num("resp_pkts").unwrap_or(0)],
-                })
-            })();
-            let position = Position {
-                offset: line.offset,
-                record: line.number,
-            };
-            match conn {
-                Ok(c) => out.flow(c.into_flow(position)),
-                Err(why) => out.bad(line.offset, &format!("line {}: {why}", line.number)),
+                Some("unset_field") => unset = fields.next().unwrap_or("-").to_owned(),
+                _ => {}
             }
-        },
-        |o, why| bad.push((o, why.to_owned())),
-        progress,
-    )?;
-    for (o, why) in bad {
-        out.bad(o, &why);
+            return Ok(());
+        }
+        if columns.is_empty() {
+            return Err("a record before the #fields header".into());
+        }
+        let values: Vec<&str> = text.split(separator).collect();
+        let get = |name: &str| -> Option<&str> {
+            columns
+                .get(name)
+                .and_then(|&i| values.get(i).copied())
+                .filter(|v| *v != unset && !v.is_empty())
+        };
+        let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok());
+        let field = |name: &str| get(name).ok_or_else(|| format!("no {name}"));
+        let ip = |name: &str| -> Result<IpAddr, String> {
+            field(name)?
+                .parse()
+                .map_err(|_| format!("{name} is not an address"))
+        };
+        let port = |name: &str| -> Result<u16, String> {
+            field(name)?
+                .parse()
+                .map_err(|_| format!("{name} is not a port"))
+        };
+        let conn = ZeekConn {
+            ts: parse_epoch(field("ts")?).ok_or("ts is not a time")?,
+            orig: SocketAddr::new(ip("id.orig_h")?, port("id.orig_p")?),
+            resp: SocketAddr::new(ip("id.resp_h")?, port("id.resp_p")?),
+            protocol: protocol_number(field("proto")?).ok_or("proto is unknown")?,
+            duration_ns: get("duration").map_or(0, duration_ns),
+            bytes: [
+                num("orig_ip_bytes")
+                    .or_else(|| num("orig_bytes"))
+                    .unwrap_or(0),
+                num("resp_ip_bytes")
+                    .or_else(|| num("resp_bytes"))
+                    .unwrap_or(0),
+            ],
+            packets: [num("orig_pkts").unwrap_or(0), num("resp_pkts").unwrap_or(0)],
+        };
+        out.flow(conn.into_flow(position(line)));
+        Ok(())
+    })
+}
+
+fn position(line: &super::lines::Line<'_>) -> Position {
+    Position {
+        offset: line.offset,
+        record: line.number,
     }
-    Ok(())
 }
 
 fn json_u64(v: &Value, key: &str) -> Option<u64> {
@@ -222,32 +208,11 @@ pub fn zeek_json(
     out: &mut dyn Records,
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
-    let mut bad: Vec<(u64, String)> = Vec::new();
-    for_each_line(
-        reader,
-        |line| {
-            if line.text.trim().is_empty() {
-                return;
-            }
-            let position = Position {
-                offset: line.offset,
-                record: line.number,
-            };
-            let parsed = serde_json::from_str::<Value>(line.text)
-                .map_err(|e| format!("not JSON ({e})"))
-                .and_then(|v| zeek_json_conn(&v));
-            match parsed {
-                Ok(c) => out.flow(c.into_flow(position)),
-                Err(why) => out.bad(line.offset, &format!("line {}: {why}", line.number)),
-            }
-        },
-        |o, why| bad.push((o, why.to_owned())),
-        progress,
-    )?;
-    for (o, why) in bad {
-        out.bad(o, &why);
-    }
-    Ok(())
+    records_by_line(reader, out, progress, |line, out| {
+        let v = serde_json::from_str::<Value>(line.text).map_err(|e| format!("not JSON ({e})"))?;
+        out.flow(zeek_json_conn(&v)?.into_flow(position(line)));
+        Ok(())
+    })
 }
 
 /// Reads `nfdump -o csv` output (the header names the columns).
@@ -257,77 +222,60 @@ pub fn nfdump_csv(
     progress: &mut dyn FnMut(u64),
 ) -> std::io::Result<()> {
     let mut columns: HashMap<String, usize> = HashMap::new();
-    let mut bad: Vec<(u64, String)> = Vec::new();
     let mut in_summary = false;
-    for_each_line(
-        reader,
-        |line| {
-            let text = line.text.trim();
-            if text.is_empty() || in_summary {
-                return;
-            }
-            // nfdump before 1.7 ends its CSV with a summary block.
-            if text.starts_with("Summary") {
-                in_summary = true;
-                return;
-            }
-            if columns.is_empty() {
-                columns = text
-                    .split(',')
-                    .enumerate()
-                    .map(|(i, c)| (c.trim().to_owned(), i))
-                    .collect();
-                return;
-            }
-            let values: Vec<&str> = text.split(',').map(str::trim).collect();
-            let get = |name: &str| columns.get(name).and_then(|&i| values.get(i).copied());
-            let position = Position {
-                offset: line.offset,
-                record: line.number,
-            };
-            let flow = (|| -> Result<Flow, String> {
-                let field = |name: &str| get(name).ok_or_else(|| format!("no {name}"));
-                let ip = |name: &str| -> Result<IpAddr, String> {
-                    field(name)?
-                        .parse()
-                        .map_err(|_| format!("{name} is not an address"))
-                };
-                let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                let start = parse_iso(field("ts")?).ok_or("ts is not a time")?;
-                let end = get("te").and_then(parse_iso).unwrap_or(start);
-                let sport: u16 = field("sp")?.parse().map_err(|_| "sp is not a port")?;
-                let dport: u16 = field("dp")?.parse().map_err(|_| "dp is not a port")?;
-                let protocol = protocol_number(field("pr")?).ok_or("pr is unknown")?;
-                let mut f = one_way_flow(
-                    SocketAddr::new(ip("sa")?, sport),
-                    SocketAddr::new(ip("da")?, dport),
-                    protocol,
-                    (num("ibyt"), num("ipkt")),
-                    (start, end),
-                    position,
-                );
-                // Bidirectional records (NSEL, IPFIX biflows): the other way.
-                let (obyt, opkt) = (num("obyt"), num("opkt"));
-                if obyt > 0 || opkt > 0 {
-                    let back =
-                        usize::from(f.initiator.port() == sport && f.initiator.ip() == ip("sa")?);
-                    f.bytes[back] += obyt;
-                    f.packets[back] += opkt;
-                }
-                Ok(f)
-            })();
-            match flow {
-                Ok(f) => out.flow(f),
-                Err(why) => out.bad(line.offset, &format!("line {}: {why}", line.number)),
-            }
-        },
-        |o, why| bad.push((o, why.to_owned())),
-        progress,
-    )?;
-    for (o, why) in bad {
-        out.bad(o, &why);
+    records_by_line(reader, out, progress, |line, out| {
+        let text = line.text.trim();
+        // nfdump before 1.7 ends its CSV with a summary block.
+        if in_summary || text.starts_with("Summary") {
+            in_summary = true;
+            return Ok(());
+        }
+        if columns.is_empty() {
+            columns = text
+                .split(',')
+                .enumerate()
+                .map(|(i, c)| (c.trim().to_owned(), i))
+                .collect();
+            return Ok(());
+        }
+        let values: Vec<&str> = text.split(',').map(str::trim).collect();
+        let get = |name: &str| columns.get(name).and_then(|&i| values.get(i).copied());
+        let field = |name: &str| get(name).ok_or_else(|| format!("no {name}"));
+        let ip = |name: &str| -> Result<IpAddr, String> {
+            field(name)?
+                .parse()
+                .map_err(|_| format!("{name} is not an address"))
+        };
+        let num = |name: &str| get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        let start = parse_iso(field("ts")?).ok_or("ts is not a time")?;
+        let end = get("te").and_then(parse_iso).unwrap_or(start);
+        let sport: u16 = field("sp")?.parse().map_err(|_| "sp is not a port")?;
+        let dport: u16 = field("dp")?.parse().map_err(|_| "dp is not a port")?;
+        let protocol = protocol_number(field("pr")?).ok_or("pr is unknown")?;
+        let src = SocketAddr::new(ip("sa")?, sport);
+        let mut f = one_way_flow(
+            src,
+            SocketAddr::new(ip("da")?, dport),
+            protocol,
+            (num("ibyt"), num("ipkt")),
+            (start, end),
+            position(line),
+        );
+        // Bidirectional records (NSEL, IPFIX biflows): the other way.
+        add_other_way(&mut f, src, num("obyt"), num("opkt"));
+        out.flow(f);
+        Ok(())
+    })
+}
+
+/// Adds a bidirectional record's counts from its destination back to
+/// `src`.
+fn add_other_way(f: &mut Flow, src: SocketAddr, bytes: u64, packets: u64) {
+    if bytes > 0 || packets > 0 {
+        let back = usize::from(f.initiator == src);
+        f.bytes[back] += bytes;
+        f.packets[back] += packets;
     }
-    Ok(())
 }
 
 fn nfdump_json_flow(v: &Value, position: Position) -> Result<Flow, String> {
@@ -363,15 +311,12 @@ fn nfdump_json_flow(v: &Value, position: Position) -> Result<Flow, String> {
         (start, end),
         position,
     );
-    let (obyt, opkt) = (
+    add_other_way(
+        &mut f,
+        src,
         json_u64(v, "out_bytes").unwrap_or(0),
         json_u64(v, "out_packets").unwrap_or(0),
     );
-    if obyt > 0 || opkt > 0 {
-        let back = usize::from(f.initiator == src);
-        f.bytes[back] += obyt;
-        f.packets[back] += opkt;
-    }
     Ok(f)
 }
 

@@ -4,6 +4,8 @@
 
 use std::io::BufRead;
 
+use super::Records;
+
 /// Longest line read (bytes); longer ones are skipped and reported.
 pub const MAX_LINE: usize = 1 << 20;
 
@@ -60,6 +62,35 @@ pub fn for_each_line(
         }
     }
     progress(offset);
+    Ok(())
+}
+
+/// Reads `reader` line by line into `out`: `each` turns a line (not
+/// blank) into records, and an `Err` from it is a bad record named by the
+/// line's number; a line too long or not UTF-8 is one too.
+pub fn records_by_line(
+    reader: impl BufRead,
+    out: &mut dyn Records,
+    progress: &mut dyn FnMut(u64),
+    mut each: impl FnMut(&Line<'_>, &mut dyn Records) -> Result<(), String>,
+) -> std::io::Result<()> {
+    let mut unreadable: Vec<(u64, String)> = Vec::new();
+    for_each_line(
+        reader,
+        |line| {
+            if line.text.trim().is_empty() {
+                return;
+            }
+            if let Err(why) = each(&line, out) {
+                out.bad(line.offset, &format!("line {}: {why}", line.number));
+            }
+        },
+        |o, why| unreadable.push((o, why.to_owned())),
+        progress,
+    )?;
+    for (o, why) in unreadable {
+        out.bad(o, &why);
+    }
     Ok(())
 }
 
