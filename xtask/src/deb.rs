@@ -54,6 +54,13 @@ fn files(root: &Path, stripped: &Path) -> Vec<(&'static str, Content, u32)> {
             src("rules/tor.toml"),
             0o644,
         ),
+        // The DNS names the binary embeds: the starting point of a file
+        // of one's own for `[dns] names`.
+        (
+            "usr/share/torsensor/rules/tor-dns.toml",
+            src("rules/tor-dns.toml"),
+            0o644,
+        ),
         (
             "usr/share/doc/torsensor/copyright",
             Content::Text(COPYRIGHT.into()),

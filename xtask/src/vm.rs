@@ -160,9 +160,9 @@ const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// Whole runs here (boot, kernel, feed and local-signal tests): 6.1 about
 /// 240 s, 6.12-bpo 284 s, 6.1-cloud 323 s (the kernel tests alone take
 /// 170-225 s under TCG), past the former 300 s. With blocking and the DNS
-/// tests 6.1 took 411 s (34 tests; DNS 21 s of it), too close to the
-/// former 480 s for the slower cloud kernel. A hung VM must not eat the
-/// CI budget.
+/// tests 6.1 took 247 s on a quiet machine and 411 s while other builds
+/// ran on it (DNS 16-21 s of it), too close to the former 480 s for the
+/// slower cloud kernel. A hung VM must not eat the CI budget.
 const DEFAULT_TIMEOUT_SECS: u64 = 600;
 /// Printed by the VM's init after the tests: `SENTINEL hooks=N tests=N`.
 const SENTINEL: &str = "TORSENSOR-VM-RESULT";
