@@ -285,6 +285,17 @@ fn is_flow(a: &Value, phase: &str, src: &str, dst: &str, dport: u16) -> bool {
         && get(a, "destination.port") == dport
 }
 
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release
+        .trim()
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (ma, mi) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (ma, mi) >= (major, minor)
+}
+
 /// What every gateway alert has, and what it must not have.
 fn assert_gateway_shape(a: &Value, direction: &str, rule: &str) {
     assert_eq!(get(a, "event.kind"), "alert", "{a:#}");
@@ -378,8 +389,16 @@ fn forwarded_flows_to_and_from_listed_addresses() {
         &["--gateway-interface", &r.in_if],
     );
     let log = sensor.stderr();
+    let attached = if kernel_at_least(6, 6) {
+        "as TCX links (attach = auto)"
+    } else {
+        "as netlink TC filters (clsact) (attach = auto)"
+    };
     assert!(
-        log.contains(&format!("gateway programs on {} (inside)", r.in_if)),
+        log.contains(&format!(
+            "gateway programs on {} (inside) {attached}",
+            r.in_if
+        )),
         "{log}"
     );
 
@@ -458,6 +477,22 @@ fn forwarded_flows_to_and_from_listed_addresses() {
     assert_gateway_shape(&end, "inbound", "TORSENSOR-010");
     // The source (the outside host) sent the upload.
     assert_counts(&end, UPLOAD, REPLY);
+
+    // The metrics (the endpoint listens in the router's namespace): the
+    // attach mode `auto` chose for this kernel, the hits, nothing lost.
+    let addr = common::metrics::endpoint(&sensor);
+    let text = in_ns(&r.router, move || {
+        common::metrics::wait_sample(addr, "torsensor_gateway_packets_total{kind=\"hit\"}", 3.0)
+    });
+    let mode = if kernel_at_least(6, 6) {
+        "tcx"
+    } else {
+        "netlink"
+    };
+    let info = format!("torsensor_gateway_info{{attach=\"{mode}\"}}");
+    assert_eq!(common::metrics::sample(&text, &info), Some(1.0), "{text}");
+    let lost = "torsensor_gateway_lost_total{reason=\"flows_full\"}";
+    assert_eq!(common::metrics::sample(&text, lost), Some(0.0), "{text}");
 
     let (status, _, stderr, alerts) = sensor.stop_collect();
     assert!(status.success(), "{stderr}");
