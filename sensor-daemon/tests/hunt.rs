@@ -12,9 +12,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
 
+use common::capture::{
+    Killed, LoNs, run, signal, softflowd, tcpdump, text, tshark_ip_bytes, wait_until,
+};
 use common::{BIN, kernel_tests_allowed, temp_path};
 use serde_json::Value;
 
@@ -30,161 +33,6 @@ fn data(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("data")
         .join(path)
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}\n{}",
-        out.status,
-        text(&out.stderr)
-    );
-    out
-}
-
-/// A network namespace with only `lo`, holding every test address.
-struct LoNs {
-    name: String,
-}
-
-impl LoNs {
-    fn new() -> LoNs {
-        let name = format!("tshunt{}", std::process::id());
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(Command::new("ip").args(["netns", "add", &name]));
-        let ns = LoNs { name };
-        // Ethernet-sized packets, as on a real network.
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "mtu", "1500", "up"]));
-        for a in [INSIDE, EXIT, EXIT_VIA_XFF, UNLISTED] {
-            run(Command::new("ip").args([
-                "-n",
-                &ns.name,
-                "addr",
-                "add",
-                &format!("{a}/32"),
-                "dev",
-                "lo",
-            ]));
-        }
-        for a in [INSIDE6, EXIT6] {
-            run(Command::new("ip").args([
-                "-n",
-                &ns.name,
-                "-6",
-                "addr",
-                "add",
-                &format!("{a}/128"),
-                "dev",
-                "lo",
-                "nodad",
-            ]));
-        }
-        ns
-    }
-
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
-        c
-    }
-}
-
-impl Drop for LoNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: kill with a pid we started.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
-fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// tcpdump in the namespace, writing `file`: returns once it captures.
-fn tcpdump(ns: &LoNs, file: &Path, filter: &str) -> Capture {
-    use std::io::{BufRead, BufReader};
-    let mut child = ns
-        .cmd("tcpdump")
-        .args(["-i", "lo", "-U", "-n", "-B", "65536", "-w"])
-        .arg(file)
-        .arg(filter)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("tcpdump");
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        assert!(stderr.read_line(&mut line).unwrap() > 0, "tcpdump exited");
-    }
-    Capture(Killed(child), stderr, file.to_owned())
-}
-
-struct Capture(
-    Killed,
-    std::io::BufReader<std::process::ChildStderr>,
-    PathBuf,
-);
-
-impl Capture {
-    /// Stops it once the file has stopped growing (tcpdump drops what it
-    /// has not written when interrupted); asserts nothing was lost.
-    fn stop(mut self) {
-        use std::io::Read;
-        let size = || std::fs::metadata(&self.2).map_or(0, |m| m.len());
-        let mut last = size();
-        loop {
-            std::thread::sleep(Duration::from_millis(1000));
-            let now = size();
-            if now == last {
-                break;
-            }
-            last = now;
-        }
-        signal(&self.0.0, libc::SIGINT);
-        let mut rest = String::new();
-        let _ = self.1.read_to_string(&mut rest);
-        let _ = self.0.0.wait();
-        let count = |what: &str| -> u64 {
-            rest.lines()
-                .find(|l| l.ends_with(what))
-                .and_then(|l| l.split_whitespace().next()?.parse().ok())
-                .unwrap_or_else(|| panic!("tcpdump: no {what:?} in {rest}"))
-        };
-        assert_eq!(count("packets dropped by kernel"), 0, "tcpdump: {rest}");
-        // On lo the filter sees each packet twice (out and in); tcpdump
-        // keeps one.
-        assert_eq!(
-            2 * count("packets captured"),
-            count("packets received by filter"),
-            "tcpdump: {rest}"
-        );
-    }
 }
 
 /// The nginx of the test: an inside web server on :8080 (logging combined
@@ -300,29 +148,6 @@ fn row<'a>(summary: &'a Value, internal: &str, tor: &str) -> Option<&'a Value> {
         .find(|r| r["internal"] == internal && r["tor"] == tor)
 }
 
-/// IP bytes each way between `inside` and `server:port` (TCP), as tshark
-/// decodes them: the sum of `ip.len` of the matching packets.
-fn tshark_ip_bytes(capture: &Path, inside: &str, server: &str, port: u16) -> (u64, u64) {
-    let sum = |filter: String| -> u64 {
-        let out = run(Command::new("tshark")
-            .arg("-r")
-            .arg(capture)
-            .args(["-Y", &filter, "-T", "fields", "-e", "ip.len"]));
-        text(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().parse::<u64>().ok())
-            .sum()
-    };
-    (
-        sum(format!(
-            "ip.src=={inside} && ip.dst=={server} && tcp.dstport=={port}"
-        )),
-        sum(format!(
-            "ip.src=={server} && ip.dst=={inside} && tcp.srcport=={port}"
-        )),
-    )
-}
-
 /// softflowd reads the capture and exports it as NetFlow `version` to an
 /// nfcapd on the namespace's loopback; the export packets are captured
 /// too. Returns (export capture, nfcapd directory).
@@ -340,43 +165,7 @@ fn export(ns: &LoNs, dir: &Path, capture: &Path, version: &str, port: u16) -> (P
             .expect("nfcapd"),
     );
     let dump = tcpdump(ns, &pcap, &format!("udp port {port}"));
-    let ctl = dir.join(format!("softflowd-v{version}.ctl"));
-    let softflowd = Killed(
-        ns.cmd("softflowd")
-            .args(["-r"])
-            .arg(capture)
-            .args([
-                "-a",
-                "-6",
-                "-D",
-                "-v",
-                version,
-                "-n",
-                &format!("127.0.0.1:{port}"),
-                "-c",
-            ])
-            .arg(&ctl)
-            .arg("-p")
-            .arg(dir.join(format!("softflowd-v{version}.pid")))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("softflowd"),
-    );
-    wait_until("softflowd's control socket", || ctl.exists());
-    std::thread::sleep(Duration::from_millis(500));
-    run(Command::new("softflowctl")
-        .arg("-c")
-        .arg(&ctl)
-        .arg("expire-all"));
-    std::thread::sleep(Duration::from_millis(500));
-    let _ = Command::new("softflowctl")
-        .arg("-c")
-        .arg(&ctl)
-        .arg("shutdown")
-        .output();
-    std::thread::sleep(Duration::from_millis(1000));
-    drop(softflowd);
+    softflowd(ns.cmd("softflowd"), dir, capture, version, port);
     dump.stop();
     // nfcapd writes its file when it stops.
     signal(&nfcapd.0, libc::SIGTERM);
@@ -438,7 +227,11 @@ fn hunt_over_a_real_capture_its_flow_exports_and_nginx_logs() {
     let big: Vec<u8> = (0..BIG).map(|i| (i * 7919 % 251) as u8).collect();
     std::fs::write(dir.join("www/big.bin"), &big).unwrap();
     std::fs::write(dir.join("www/small.txt"), "hello from the inside\n").unwrap();
-    let ns = LoNs::new();
+    let ns = LoNs::new(
+        "tshunt",
+        &[INSIDE, EXIT, EXIT_VIA_XFF, UNLISTED],
+        &[INSIDE6, EXIT6],
+    );
 
     // The capture, recorded while the connections are made.
     let capture = dir.join("capture.pcap");
@@ -549,7 +342,7 @@ fn hunt_over_a_real_capture_its_flow_exports_and_nginx_logs() {
             > 0
     );
     assert_eq!(a["log"]["file"]["path"], capture.display().to_string());
-    let (to, from) = tshark_ip_bytes(&capture, INSIDE, EXIT, 8443);
+    let (to, from) = tshark_ip_bytes(&capture, (INSIDE, None), EXIT, 8443);
     assert_eq!(
         a["source"]["bytes"], to,
         "bytes to the exit, as tshark counts them"

@@ -320,6 +320,7 @@ fn torsensor(
         listen: None,
         dns: None,
         gateway: None,
+        collector: None,
         feeds,
         tor: (!matches.is_empty()).then(|| tor_details(matches)),
         matches: matches_out,

@@ -185,6 +185,7 @@ fn output_fields(alert: &Alert, actor: &Actor<'_>) -> Value {
         Signal::Connection => "accept",
         // No system call on a router: the name says what saw it.
         Signal::Gateway => "gateway",
+        Signal::Flow => "flow",
     };
     f.insert("evt.type".into(), json!(evt_type));
     put(
@@ -285,6 +286,12 @@ fn socket_text(e: &Endpoint) -> String {
     ip_port_text(e.ip, e.port)
 }
 
+/// A flow's bytes each way (a gateway summary, an exported record).
+fn bytes_out_in(alert: &Alert) -> Option<String> {
+    let (s, d) = (alert.source?, alert.destination?);
+    Some(format!("bytes_out={} bytes_in={}", s.bytes?, d.bytes?))
+}
+
 /// One human sentence, in Falco's `text (key=value ...)` style, naming only
 /// what is known.
 fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
@@ -298,11 +305,14 @@ fn output(alert: &Alert, rule: &str, actor: &Actor<'_>) -> String {
                 parts.push(format!("interface={} ({})", g.interface, g.side));
                 parts.extend(g.end.map(|e| format!("end={}", e.as_str())));
             }
-            if let (Some(s), Some(d)) = (alert.source, alert.destination)
-                && let (Some(bo), Some(bi)) = (s.bytes, d.bytes)
-            {
-                parts.push(format!("bytes_out={bo} bytes_in={bi}"));
+            parts.extend(bytes_out_in(alert));
+        }
+        Signal::Flow => {
+            parts.extend(fd_name(alert).map(|n| format!("flow={n}")));
+            if let Some(c) = &alert.torsensor.collector {
+                parts.push(format!("exporter={} ({})", c.exporter, c.protocol));
             }
+            parts.extend(bytes_out_in(alert));
         }
         Signal::Exec => {}
         Signal::Dns => {

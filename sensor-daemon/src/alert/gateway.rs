@@ -16,6 +16,7 @@ use super::model::{
 use crate::kernel::gateway::{FlowSummary, GatewayHit, TcHook};
 use crate::net::Direction;
 use crate::time::Timestamp;
+use std::time::SystemTime;
 
 /// Makes a connection alert (built from the hit, without a process) the
 /// gateway alert for `hit`; with `summary`, the flow's end.
@@ -42,6 +43,7 @@ pub fn make_gateway(alert: &mut Alert, hit: &GatewayHit, summary: Option<&FlowSu
     let seen = ObserverInterface {
         interface: InterfaceName {
             name: hit.interface.clone(),
+            id: None,
         },
         zone: hit.side.as_str().into(),
     };
@@ -52,6 +54,7 @@ pub fn make_gateway(alert: &mut Alert, hit: &GatewayHit, summary: Option<&FlowSu
     alert.observer = Some(Observer {
         kind: "router".into(),
         hostname: alert.host.name.clone(),
+        ip: Vec::new(),
         ingress,
         egress,
     });
@@ -81,6 +84,20 @@ fn add_summary(alert: &mut Alert, s: &FlowSummary) {
         Direction::Egress => ((s.bytes_out, s.packets_out), (s.bytes_in, s.packets_in)),
         Direction::Ingress => ((s.bytes_in, s.packets_in), (s.bytes_out, s.packets_out)),
     };
+    add_counts(alert, src, dst, s.hit.time, s.last);
+}
+
+/// A flow's (bytes, packets) from its source (the initiator) and from its
+/// destination, and its times: `source|destination.bytes|packets`,
+/// `network.bytes|packets`, `event.start|end|duration`; the alert's time
+/// is the flow's end.
+pub fn add_counts(
+    alert: &mut Alert,
+    src: (u64, u64),
+    dst: (u64, u64),
+    start: SystemTime,
+    end: SystemTime,
+) {
     if let Some(e) = alert.source.as_mut() {
         e.bytes = Some(src.0);
         e.packets = Some(src.1);
@@ -93,13 +110,9 @@ fn add_summary(alert: &mut Alert, s: &FlowSummary) {
         n.bytes = Some(src.0 + dst.0);
         n.packets = Some(src.1 + dst.1);
     }
-    alert.timestamp = Timestamp(s.last);
-    alert.event.start = Some(Timestamp(s.hit.time));
-    alert.event.end = Some(Timestamp(s.last));
-    let duration = s
-        .last
-        .duration_since(s.hit.time)
-        .unwrap_or_default()
-        .as_nanos();
+    alert.timestamp = Timestamp(end);
+    alert.event.start = Some(Timestamp(start));
+    alert.event.end = Some(Timestamp(end));
+    let duration = end.duration_since(start).unwrap_or_default().as_nanos();
     alert.event.duration = Some(u64::try_from(duration).unwrap_or(u64::MAX));
 }

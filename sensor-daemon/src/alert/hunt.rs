@@ -211,6 +211,7 @@ pub fn build(input: &HuntInput<'_>) -> Alert {
             listen: None,
             dns: None,
             gateway: None,
+            collector: None,
             feeds: vec![HISTORY_FEED.into()],
             tor: Some(tor_details(input)),
             matches: Vec::new(),

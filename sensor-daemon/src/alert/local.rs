@@ -126,6 +126,7 @@ pub(super) fn base(
             listen: None,
             dns: None,
             gateway: None,
+            collector: None,
             feeds: Vec::new(),
             tor: None,
             matches: Vec::new(),

@@ -21,6 +21,7 @@
 
 pub mod additions;
 pub mod aggregate;
+pub mod collector;
 pub mod community_id;
 pub mod connection;
 pub mod dns;

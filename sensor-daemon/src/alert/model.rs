@@ -394,13 +394,19 @@ impl Endpoint {
     }
 }
 
-/// ECS `observer.*`: the router a gateway flow went through.
+/// ECS `observer.*`: the router a gateway flow went through, or the
+/// router or firewall that exported a flow record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observer {
     /// `router`.
     #[serde(rename = "type")]
     pub kind: String,
+    /// This host (gateway mode); not known for an exporter.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    /// The exporter's address (flow records).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip: Vec<IpAddr>,
     /// The interface the flow's first packet entered by (seen at its
     /// ingress hook).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -414,13 +420,20 @@ pub struct Observer {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObserverInterface {
     pub interface: InterfaceName,
-    /// `inside` or `outside`: the side the interface faces.
+    /// `inside` or `outside`: the side the interface faces (gateway mode;
+    /// an exporter does not say).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub zone: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterfaceName {
+    /// Gateway mode: the interface's name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
+    /// A flow record's SNMP ifIndex on its exporter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -659,6 +672,9 @@ pub enum Signal {
     /// Gateway mode: a forwarded flow to or from a listed address, and
     /// its summary when it ends.
     Gateway,
+    /// A flow record a router or firewall exported to the collector
+    /// (`[[collector]]`), to or from a listed address.
+    Flow,
 }
 
 impl Signal {
@@ -669,6 +685,7 @@ impl Signal {
             Signal::Listen => "listen",
             Signal::Dns => "dns",
             Signal::Gateway => "gateway",
+            Signal::Flow => "flow",
         }
     }
 
@@ -763,6 +780,31 @@ pub struct GatewayDetails {
     pub end: Option<crate::kernel::gateway::FlowEnd>,
 }
 
+/// `torsensor.collector`: which listener received the flow record, from
+/// which export, and how it was judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CollectorDetails {
+    /// The listener (`udp://0.0.0.0:2055`).
+    pub listener: String,
+    /// The exporter's address and source port.
+    pub exporter: String,
+    /// `netflow5`, `netflow9` or `ipfix`.
+    pub protocol: String,
+    /// The IPFIX observation domain, the v9 source id, the v5 engine id.
+    pub observation_domain: u32,
+    /// One-way records joined into this flow (2: both directions).
+    pub records: u32,
+    /// How the flow's initiator was told (`port`: the lower port serves).
+    pub initiator_by: String,
+    /// The thresholds met (`bytes`, `duration`; `[hunt]`).
+    pub substantial: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<String>,
+    /// Both ends are listed.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub both_listed: bool,
+}
+
 /// `torsensor.*`: what ECS has no field for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Torsensor {
@@ -777,6 +819,8 @@ pub struct Torsensor {
     pub dns: Option<DnsDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewayDetails>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collector: Option<CollectorDetails>,
     /// The feeds that matched, in feed order, each once.
     pub feeds: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]

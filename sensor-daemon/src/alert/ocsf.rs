@@ -109,11 +109,13 @@ pub fn render(alert: &Alert) -> Value {
         // A gateway flow's summary closes what its hit opened.
         Signal::Gateway if alert.event.types.contains(&EventType::End) => (2, "Close"),
         Signal::Gateway => (1, "Open"),
+        // An exported record reports traffic that has been.
+        Signal::Flow => (6, "Traffic"),
     };
     let (category_uid, category, class_uid, class) = match signal {
         Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
         Signal::Dns => (4, "Network Activity", 4003, "DNS Activity"),
-        Signal::Connection | Signal::Listen | Signal::Gateway => {
+        Signal::Connection | Signal::Listen | Signal::Gateway | Signal::Flow => {
             (4, "Network Activity", 4001, "Network Activity")
         }
     };
@@ -381,7 +383,7 @@ fn metadata(alert: &Alert, in_container: bool) -> Value {
 /// a connection, the port of a listener, the name of a started program.
 fn observable_of(alert: &Alert) -> Option<(&'static str, u64, &'static str, Value)> {
     match alert.signal() {
-        Signal::Connection | Signal::Gateway => {
+        Signal::Connection | Signal::Gateway | Signal::Flow => {
             let field = if alert.is_egress() {
                 "dst_endpoint.ip"
             } else {
@@ -428,7 +430,7 @@ fn threat_parts(alert: &Alert, out: &mut Map<String, Value>) {
         (Some(first), _) => Some(first.indicator.provider.clone()),
         // No feed: the rule is the judge.
         (None, Signal::Exec | Signal::Listen | Signal::Dns) => Some("torsensor".to_owned()),
-        (None, Signal::Connection | Signal::Gateway) => None,
+        (None, Signal::Connection | Signal::Gateway | Signal::Flow) => None,
     };
     if alert.is_alert()
         && let Some(provider) = provider

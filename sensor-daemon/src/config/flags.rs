@@ -41,6 +41,10 @@ pub struct ConfigFlags {
     /// [gateway] interfaces, and turns gateway mode on.
     #[arg(long = "gateway-interface", value_name = "NAME")]
     gateway_interfaces: Vec<String>,
+    /// Receive NetFlow v5/v9 and IPFIX on this address (repeatable,
+    /// `udp://0.0.0.0:2055`): a [[collector]] with every default.
+    #[arg(long = "collector", value_name = "udp://IP:PORT")]
+    collectors: Vec<String>,
 }
 
 #[derive(Args, Clone)]
@@ -147,6 +151,11 @@ impl ConfigFlags {
                 .interfaces
                 .extend(self.gateway_interfaces.iter().cloned());
         }
+        cfg.collectors.extend(
+            self.collectors
+                .iter()
+                .map(|l| crate::hunt::collect::CollectorConfig::new(l)),
+        );
         cfg.allow_reserved |= self.allow_reserved;
         Ok(cfg)
     }

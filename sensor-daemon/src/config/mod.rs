@@ -77,6 +77,9 @@ pub enum ConfigError {
     Hunt(String),
     #[error("[gateway] {0}")]
     Gateway(String),
+    /// A `[[collector]]` value (the message names the listener and key).
+    #[error("{0}")]
+    Collector(String),
     #[error("{0}")]
     Output(String),
     #[error(transparent)]
@@ -192,6 +195,12 @@ pub struct SensorConfig {
     /// Gateway mode (`[gateway]`): watch the flows a router forwards.
     /// Off by default.
     pub gateway: GatewayConfig,
+    /// Live flow collectors (`[[collector]]` tables or `--collector`):
+    /// NetFlow v5/v9 and IPFIX received from routers and firewalls, each
+    /// flow matched against the live Tor sets; see
+    /// `hunt::collect::CollectorConfig` for every key. Default: none.
+    #[serde(rename = "collector")]
+    pub collectors: Vec<crate::hunt::collect::CollectorConfig>,
     /// Where alerts go (`[[output]]` tables or `--output`), each with its
     /// own format, queue and spool; see `sink::OutputConfig` for every key.
     /// Default: none, which means one `stdout` output in ECS.
@@ -241,6 +250,7 @@ impl Default for SensorConfig {
             blocking: BlockingConfig::default(),
             dns: DnsConfig::default(),
             gateway: GatewayConfig::default(),
+            collectors: Vec::new(),
             outputs: Vec::new(),
             hunt: crate::hunt::HuntSettings::default(),
         }
@@ -569,6 +579,7 @@ impl SensorConfig {
         differs("stats_file", self.stats_file != new.stats_file);
         differs("dns", self.dns != new.dns);
         differs("gateway", self.gateway != new.gateway);
+        differs("collector", self.collectors != new.collectors);
         differs(
             "tor_listen_ports",
             self.tor_listen_ports != new.tor_listen_ports,
@@ -663,6 +674,7 @@ impl SensorConfig {
             return Err(ConfigError::ShutdownDeadline);
         }
         self.gateway.validate()?;
+        crate::hunt::collect::validate_all(&self.collectors).map_err(ConfigError::Collector)?;
         for output in &self.outputs {
             output
                 .validate()

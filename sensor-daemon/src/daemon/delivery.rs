@@ -91,7 +91,7 @@ impl Delivery {
 
     /// Hands one alert to every output (never blocks: each output has its
     /// own queue and task).
-    fn write(&mut self, alert: &Alert) {
+    pub(super) fn write(&mut self, alert: &Alert) {
         let meta = AlertMeta {
             time: alert.timestamp.0,
             severity: alert.event.severity.map_or(0, |s| s.min(100)),

@@ -17,8 +17,10 @@ use blocking::Blocking;
 mod delivery;
 mod dns;
 use dns::DnsHook;
+mod collector;
 pub mod endpoint;
 mod gateway;
+use collector::{CollectorRun, Datagram};
 use gateway::GatewayRun;
 mod health;
 pub mod notify;
@@ -157,6 +159,8 @@ struct Polled {
     dns_ring: Option<AsyncFd<RingBuf<MapData>>>,
     /// Gateway hits (`GW_EVENTS`), in gateway mode.
     gw_ring: Option<AsyncFd<RingBuf<MapData>>>,
+    /// Datagrams the collector's listeners received.
+    collector_rx: Option<tokio::sync::mpsc::Receiver<Datagram>>,
     kernel_log: Option<AsyncFd<aya_log::EbpfLogger<&'static dyn log::Log>>>,
 }
 
@@ -171,6 +175,8 @@ struct Daemon {
     dns: DnsHook,
     /// Gateway mode, when on.
     gateway: Option<GatewayRun>,
+    /// The live flow collector, when `[[collector]]` is configured.
+    collector: Option<CollectorRun>,
     delivery: Delivery,
     /// The state directory in force (a reload may move it).
     state_dir: PathBuf,
@@ -218,6 +224,7 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     let exec_ring = &mut polled.exec_ring;
     let dns_ring = &mut polled.dns_ring;
     let gw_ring = &mut polled.gw_ring;
+    let collector_rx = &mut polled.collector_rx;
     let log = &mut polled.kernel_log;
     // Gateway flows that ended or went idle are summarised once a second.
     let mut flow_sweep = tokio::time::interval(gateway::SWEEP_EVERY);
@@ -256,7 +263,13 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
                     guard.clear_ready();
                 }
             }
-            _ = flow_sweep.tick(), if daemon.gateway.is_some() => daemon.on_flow_sweep(false),
+            _ = flow_sweep.tick(), if daemon.gateway.is_some() || daemon.collector.is_some() => {
+                daemon.on_flow_sweep(false);
+                daemon.on_collector_sweep(false);
+            }
+            Some(d) = async { collector_rx.as_mut().expect("guarded").recv().await }, if collector_rx.is_some() => {
+                daemon.on_datagram(d);
+            }
             guard = async { log.as_mut().expect("guarded").readable_mut().await }, if log.is_some() => {
                 let mut guard = guard.map_err(io_err("polling the kernel log"))?;
                 guard.get_inner_mut().flush();
@@ -298,6 +311,13 @@ pub async fn run(cfg: Config, reload: Reload) -> Result<RunStats, SensorError> {
     }
 
     refresher.stop();
+    // Datagrams already received are read before the collector's flows
+    // are judged at shutdown.
+    if let Some(rx) = collector_rx.as_mut() {
+        while let Ok(d) = rx.try_recv() {
+            daemon.on_datagram(d);
+        }
+    }
     daemon.delivery.drain_exec(exec_ring.get_mut()).await;
     if let Some(ring) = dns_ring.as_mut() {
         daemon.delivery.drain_dns(ring.get_mut()).await;
@@ -394,6 +414,11 @@ impl Daemon {
         let dns = DnsHook::arm(&cfg, &mut probes, &dns_watch);
         // TC programs too.
         let gateway = GatewayRun::arm(&cfg, &mut probes)?;
+        // Listen addresses too (a port below 1024 needs the capability).
+        let (collector, collector_rx) = match CollectorRun::arm(&cfg)? {
+            Some((run, rx)) => (Some(run), Some(rx)),
+            None => (None, None),
+        };
         let netlink = gateway
             .as_ref()
             .is_some_and(|g| g.attach.mode == kernel::gateway::TcMode::Netlink);
@@ -403,11 +428,12 @@ impl Daemon {
             Vec::new()
         };
         privileges::drop_and_log(&also)?;
-        let polled = Polled::register(
+        let mut polled = Polled::register(
             &mut probes,
             matches!(dns, DnsHook::Attached(_)),
             gateway.is_some(),
         )?;
+        polled.collector_rx = collector_rx;
         let mut pipeline = Pipeline::new(
             feeds,
             rules,
@@ -443,6 +469,7 @@ impl Daemon {
             blocking,
             dns,
             gateway,
+            collector,
             delivery: Delivery {
                 pipeline,
                 sinks,
@@ -522,6 +549,12 @@ impl Daemon {
                 .gateway
                 .as_ref()
                 .map(|g| (g.attach.mode.as_str().to_owned(), g.attach.interfaces.len())),
+            collectors: self
+                .collector
+                .as_ref()
+                .map(CollectorRun::snapshot)
+                .unwrap_or_default(),
+            collector_waiting: self.collector.as_ref().map_or(0, CollectorRun::waiting),
             kernel: self.probes.counters().unwrap_or(self.last),
             alerts: self
                 .delivery
@@ -770,6 +803,10 @@ impl Daemon {
         }
         // Flows still open are summarised as they stand.
         self.on_flow_sweep(true);
+        if let Some(c) = self.collector.as_mut() {
+            c.stop();
+            c.sweep(true, &mut self.delivery);
+        }
         let pending = self.probes.pending();
         self.delivery.stats.incomplete_reported += pending.len() as u64;
         for ev in &pending {
@@ -850,6 +887,7 @@ impl Polled {
             exec_ring,
             dns_ring,
             gw_ring,
+            collector_rx: None,
             kernel_log,
         })
     }

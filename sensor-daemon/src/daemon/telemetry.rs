@@ -59,6 +59,12 @@ pub struct Snapshot {
     /// and on how many interfaces; none when off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<(String, usize)>,
+    /// The live flow collector's listeners (none when not configured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<super::collector::ListenerSnapshot>,
+    /// Matching flow records waiting for their other direction.
+    #[serde(default)]
+    pub collector_waiting: usize,
     pub kernel: KernelCounters,
     pub alerts: Vec<AlertCount>,
     /// Aggregated summaries sent, and the connections they stand for.
@@ -514,6 +520,7 @@ fn encode_kernel(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt
     family(e, "torsensor_kernel_block", help, Counter, &block)?;
     encode_local(e, s)?;
     encode_gateway(e, s)?;
+    encode_collector(e, s)?;
     let help = "Entries in the kernel maps: addresses and prefixes, OR address+port pairs.";
     let maps = vec![
         (vec![("map", "prefixes".to_owned())], s.prefixes as f64),
@@ -554,6 +561,92 @@ fn encode_gateway(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fm
         ),
     ];
     family(e, "torsensor_gateway_lost", help, Counter, &lost)
+}
+
+/// The live flow collector's counters, per listener (README, "Flow
+/// collector").
+fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::fmt::Error> {
+    use MetricType::{Counter, Gauge};
+    if s.collectors.is_empty() {
+        return Ok(());
+    }
+    let per = |f: &dyn Fn(&super::collector::ListenerSnapshot) -> Vec<(&'static str, u64)>,
+               key: &'static str| {
+        s.collectors
+            .iter()
+            .flat_map(|l| {
+                f(l).into_iter().map(move |(v, n)| {
+                    (
+                        vec![("listener", l.listener.clone()), (key, v.to_owned())],
+                        n as f64,
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let help = "Collector: datagrams received and read (accepted), from exporters not allowed (refused), dropped because the queue was full (dropped).";
+    let datagrams = per(
+        &|l| {
+            vec![
+                ("accepted", l.datagrams),
+                ("refused", l.refused),
+                ("dropped", l.dropped),
+            ]
+        },
+        "result",
+    );
+    family(
+        e,
+        "torsensor_collector_datagrams",
+        help,
+        Counter,
+        &datagrams,
+    )?;
+    let help = "Collector: export packets with an error (malformed), data sets whose template the exporter had not sent (unknown_template: their records are not read).";
+    let errors = per(
+        &|l| {
+            vec![
+                ("malformed", l.malformed),
+                ("unknown_template", l.unknown_templates),
+            ]
+        },
+        "reason",
+    );
+    family(e, "torsensor_collector_errors", help, Counter, &errors)?;
+    let help = "Collector: flow records read, by what they were: a listed end (matched), none (unmatched), not TCP or UDP (other_protocol).";
+    let records = per(
+        &|l| {
+            vec![
+                ("matched", l.matched),
+                ("unmatched", l.unmatched),
+                ("other_protocol", l.other_protocol),
+            ]
+        },
+        "result",
+    );
+    family(e, "torsensor_collector_records", help, Counter, &records)?;
+    let help = "Collector: matching flows judged against the [hunt] thresholds (substantial, below_threshold), and those judged early because max_flows were waiting (evicted, also counted in the first two).";
+    let flows = per(
+        &|l| {
+            vec![
+                ("substantial", l.substantial),
+                ("below_threshold", l.below_threshold),
+                ("evicted", l.evicted),
+            ]
+        },
+        "result",
+    );
+    family(e, "torsensor_collector_flows", help, Counter, &flows)?;
+    let help = "Collector: exporters (and observation domains) whose templates are remembered.";
+    let exporters: Vec<(Labels, f64)> = s
+        .collectors
+        .iter()
+        .map(|l| (vec![("listener", l.listener.clone())], l.exporters as f64))
+        .collect();
+    family(e, "torsensor_collector_exporters", help, Gauge, &exporters)?;
+    let help = "Collector: matching flow records waiting for their other direction.";
+    let waiting = one(s.collector_waiting as f64);
+    family(e, "torsensor_collector_waiting", help, Gauge, &waiting)
 }
 
 /// The local Tor signals' kernel counters (program starts, listeners).

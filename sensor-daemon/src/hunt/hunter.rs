@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::access_log::JsonFields;
+use super::merge::{HasFlow, OneWayTable};
 use super::{Flow, FlowEnd, Initiator, Records, Request};
 use crate::feed::Role;
 use crate::history::{Hit, Index, Role as HistoryRole, Window};
@@ -74,6 +75,19 @@ impl HuntSettings {
             return Err("hunt.min_requests must be at least 1".into());
         }
         Ok(())
+    }
+
+    /// The thresholds a flow meets (`bytes`, `duration`); none: it is
+    /// not substantial.
+    pub fn flow_reasons(&self, f: &Flow) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if f.bytes[0] + f.bytes[1] >= self.min_bytes {
+            reasons.push("bytes");
+        }
+        if f.end_ns.saturating_sub(f.start_ns) >= self.min_duration.as_nanos() as u64 {
+            reasons.push("duration");
+        }
+        reasons
     }
 }
 
@@ -150,6 +164,15 @@ impl Finding {
     }
 }
 
+impl HasFlow for Finding {
+    fn flow_mut(&mut self) -> Option<&mut Flow> {
+        match &mut self.kind {
+            FindingKind::Flow(f) => Some(f),
+            FindingKind::Requests { .. } => None,
+        }
+    }
+}
+
 /// Counts over the whole run.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HuntStats {
@@ -178,7 +201,7 @@ pub struct Hunter<'a> {
     until_ns: u64,
     input: usize,
     /// One-way flow records waiting for their other direction.
-    flows: HashMap<(u8, SocketAddr, SocketAddr), Pending>,
+    flows: OneWayTable<(u8, SocketAddr, SocketAddr), Finding>,
     /// Requests per (Tor address, window number).
     requests: HashMap<(IpAddr, u64), Pending>,
     latest_ns: u64,
@@ -215,7 +238,7 @@ impl<'a> Hunter<'a> {
             since_ns: since.map_or(0, ns),
             until_ns: until.map_or(u64::MAX, ns),
             input: 0,
-            flows: HashMap::new(),
+            flows: OneWayTable::new(settings.max_flows),
             requests: HashMap::new(),
             latest_ns: 0,
             next_sweep_ns: 0,
@@ -242,29 +265,11 @@ impl<'a> Hunter<'a> {
         inside
     }
 
-    fn thresholds_flow(&self, f: &Flow) -> Vec<&'static str> {
-        let mut reasons = Vec::new();
-        if f.bytes[0] + f.bytes[1] >= self.settings.min_bytes {
-            reasons.push("bytes");
-        }
-        if f.end_ns.saturating_sub(f.start_ns) >= self.settings.min_duration.as_nanos() as u64 {
-            reasons.push("duration");
-        }
-        reasons
-    }
-
     fn sweep(&mut self, now_ns: u64) {
         let idle = self.settings.flow_idle_timeout.as_nanos() as u64;
         let window = self.settings.request_window.as_nanos() as u64;
-        let done: Vec<_> = self
-            .flows
-            .iter()
-            .filter(|(_, p)| now_ns.saturating_sub(p.last_seen_ns) >= idle)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in done {
-            let p = self.flows.remove(&k).expect("present");
-            self.finish_flow(p.finding);
+        for finding in self.flows.expire(now_ns, idle) {
+            self.finish_flow(finding);
         }
         // A window ends a window after its last second (late lines).
         let done: Vec<_> = self
@@ -281,7 +286,7 @@ impl<'a> Hunter<'a> {
 
     fn finish_flow(&mut self, mut finding: Finding) {
         if let FindingKind::Flow(f) = &finding.kind {
-            finding.reasons = self.thresholds_flow(f);
+            finding.reasons = self.settings.flow_reasons(f);
             finding.substantial = !finding.reasons.is_empty();
         }
         (self.emit)(finding);
@@ -313,10 +318,10 @@ impl<'a> Hunter<'a> {
     /// The end of an input: every group still open is judged (groups do
     /// not span inputs).
     pub fn finish_input(&mut self) {
-        let mut flows: Vec<Pending> = self.flows.drain().map(|(_, p)| p).collect();
-        flows.sort_by_key(|p| p.finding.start_ns());
-        for p in flows {
-            self.finish_flow(p.finding);
+        let mut flows = self.flows.drain();
+        flows.sort_by_key(Finding::start_ns);
+        for finding in flows {
+            self.finish_flow(finding);
         }
         let mut requests: Vec<Pending> = self.requests.drain().map(|(_, p)| p).collect();
         requests.sort_by_key(|p| p.finding.start_ns());
@@ -358,16 +363,7 @@ impl Records for Hunter<'_> {
         let one_way = flow.end == FlowEnd::Record && flow.initiator_by == Initiator::Port;
         let key = (flow.protocol, flow.initiator, flow.responder);
         // The other direction of a pending one-way record: merged.
-        if one_way && let Some(p) = self.flows.get_mut(&key) {
-            if let FindingKind::Flow(f) = &mut p.finding.kind {
-                for d in 0..2 {
-                    f.bytes[d] += flow.bytes[d];
-                    f.packets[d] += flow.packets[d];
-                }
-                f.start_ns = f.start_ns.min(flow.start_ns);
-                f.end_ns = f.end_ns.max(flow.end_ns);
-            }
-            p.last_seen_ns = p.last_seen_ns.max(flow.end_ns);
+        if one_way && self.flows.merge(&key, &flow, flow.end_ns) {
             return;
         }
         let resp_hits = self.lookup(flow.responder.ip(), flow.start_ns);
@@ -410,26 +406,11 @@ impl Records for Hunter<'_> {
             kind: FindingKind::Flow(flow),
         };
         if one_way {
-            if self.flows.len() >= self.settings.max_flows {
-                // Full: the oldest pending record is judged as it is.
-                if let Some(k) = self
-                    .flows
-                    .iter()
-                    .min_by_key(|(_, p)| p.last_seen_ns)
-                    .map(|(k, _)| *k)
-                {
-                    let p = self.flows.remove(&k).expect("present");
-                    self.finish_flow(p.finding);
-                }
-            }
+            // Full: the oldest pending record is judged as it is.
             let last_seen_ns = finding.end_ns();
-            self.flows.insert(
-                key,
-                Pending {
-                    finding,
-                    last_seen_ns,
-                },
-            );
+            if let Some(oldest) = self.flows.insert(key, finding, last_seen_ns) {
+                self.finish_flow(oldest);
+            }
         } else {
             self.finish_flow(finding);
         }

@@ -27,10 +27,12 @@
 //! builds alerts (see [`crate::alert::hunt`]).
 
 pub mod access_log;
+pub mod collect;
 pub mod flows;
 pub mod hunter;
 pub mod input;
 pub mod lines;
+pub mod merge;
 pub mod netflow;
 pub mod packets;
 pub mod report;
@@ -136,6 +138,11 @@ pub struct Request {
 /// What a reader hands over, record by record.
 pub trait Records {
     fn flow(&mut self, flow: Flow);
+    /// A flow record read from a NetFlow/IPFIX export, with where it came
+    /// from (the hunt needs only the flow).
+    fn exported(&mut self, flow: Flow, _export: &netflow::Export) {
+        self.flow(flow);
+    }
     fn request(&mut self, request: Request);
     /// A record that could not be read: where, and why (one line).
     fn bad(&mut self, offset: u64, why: &str);

@@ -9,21 +9,42 @@
 //! two directions of a conversation.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use netflow_parser::variable_versions::field_value::{DataNumber, DurationValue, FieldValue};
 use netflow_parser::variable_versions::ipfix::FlowSetBody as IpfixBody;
 use netflow_parser::variable_versions::ipfix::lookup::{IANAIPFixField, IPFixField};
 use netflow_parser::variable_versions::v9::FlowSetBody as V9Body;
 use netflow_parser::variable_versions::v9::lookup::V9Field;
-use netflow_parser::{AutoScopedParser, NetflowPacket};
+use netflow_parser::{AutoScopedParser, NetflowPacket, NetflowParser, TtlConfig};
 
 use super::{Flow, FlowEnd, Initiator, Position, Records};
 
-/// The exports of one capture.
+/// The exports of one capture, or of one live collector.
 pub struct Exports {
     parser: AutoScopedParser,
     /// Export packets read.
     pub packets: u64,
+    /// Data sets whose template the exporter has not sent (yet): their
+    /// records are not read.
+    pub unknown_templates: u64,
+    /// Export packets with an error (what was read before it is kept).
+    pub malformed: u64,
+}
+
+/// Where an exported record came from: the exporter and what its export
+/// says about the record beyond the flow (ECS `observer.*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Export {
+    pub exporter: SocketAddr,
+    /// 5, 9 or 10 (IPFIX).
+    pub version: u16,
+    /// The IPFIX observation domain, the v9 source id, the v5 engine id.
+    pub domain: u32,
+    /// The ifIndex the flow entered and left the exporter by, when
+    /// exported (0 is "not known" in NetFlow: none).
+    pub input_if: Option<u32>,
+    pub output_if: Option<u32>,
 }
 
 impl Default for Exports {
@@ -49,6 +70,8 @@ struct OneWay {
     /// SysUpTime).
     start_uptime: Option<u64>,
     end_uptime: Option<u64>,
+    input_if: Option<u32>,
+    output_if: Option<u32>,
 }
 
 fn number(v: &FieldValue) -> Option<u64> {
@@ -84,6 +107,13 @@ fn address(v: &FieldValue) -> Option<IpAddr> {
     }
 }
 
+/// An ifIndex; 0 means not known.
+fn interface(v: &FieldValue) -> Option<u32> {
+    number(v)
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n != 0)
+}
+
 impl OneWay {
     fn v9(record: &[(V9Field, FieldValue)]) -> OneWay {
         let mut w = OneWay::default();
@@ -98,6 +128,8 @@ impl OneWay {
                 V9Field::InPkts => w.packets = number(value).unwrap_or(0),
                 V9Field::FirstSwitched => w.start_uptime = number(value),
                 V9Field::LastSwitched => w.end_uptime = number(value),
+                V9Field::InputSnmp => w.input_if = interface(value),
+                V9Field::OutputSnmp => w.output_if = interface(value),
                 _ => {}
             }
         }
@@ -138,6 +170,8 @@ impl OneWay {
                 | IANAIPFixField::FlowEndNanoseconds => w.end_ms = number(value),
                 IANAIPFixField::FlowStartSysUpTime => w.start_uptime = number(value),
                 IANAIPFixField::FlowEndSysUpTime => w.end_uptime = number(value),
+                IANAIPFixField::IngressInterface => w.input_if = interface(value),
+                IANAIPFixField::EgressInterface => w.output_if = interface(value),
                 _ => {}
             }
         }
@@ -183,7 +217,33 @@ impl Exports {
         Exports {
             parser: AutoScopedParser::new(),
             packets: 0,
+            unknown_templates: 0,
+            malformed: 0,
         }
+    }
+
+    /// A live collector's: templates forgotten when not refreshed for
+    /// `template_ttl`, at most `max_exporters` exporters (and observation
+    /// domains) remembered, the least recently heard forgotten first.
+    pub fn bounded(template_ttl: Duration, max_exporters: usize) -> Self {
+        let builder = NetflowParser::builder().with_ttl(TtlConfig::new(template_ttl));
+        let parser = AutoScopedParser::try_with_builder(builder)
+            .and_then(|p| p.with_max_sources(max_exporters.max(1)))
+            .unwrap_or_default();
+        Exports {
+            parser,
+            ..Exports::new()
+        }
+    }
+
+    /// Exporters (and observation domains) with templates remembered.
+    pub fn exporters(&self) -> usize {
+        self.parser.source_count()
+    }
+
+    /// Forgets the exporters not heard from for `idle`.
+    pub fn forget_idle(&mut self, idle: Duration) -> usize {
+        self.parser.prune_idle_sources(idle)
     }
 
     /// One export datagram from `exporter`.
@@ -197,7 +257,13 @@ impl Exports {
         self.packets += 1;
         let result = self.parser.parse_from_source(exporter, payload);
         for packet in &result.packets {
-            let (unix_ms, uptime_ms, ways): (u64, Option<u64>, Vec<OneWay>) = match packet {
+            let (version, domain, unix_ms, uptime_ms, ways): (
+                u16,
+                u32,
+                u64,
+                Option<u64>,
+                Vec<OneWay>,
+            ) = match packet {
                 NetflowPacket::V5(v5) => {
                     let h = &v5.header;
                     let now_ms =
@@ -215,20 +281,32 @@ impl Exports {
                             packets: u64::from(f.d_pkts),
                             start_uptime: Some(u64::from(f.first)),
                             end_uptime: Some(u64::from(f.last)),
+                            input_if: Some(u32::from(f.input)).filter(|i| *i != 0),
+                            output_if: Some(u32::from(f.output)).filter(|i| *i != 0),
                             ..OneWay::default()
                         })
                         .collect();
-                    (now_ms, Some(u64::from(h.sys_up_time)), ways)
+                    (
+                        5,
+                        u32::from(h.engine_id),
+                        now_ms,
+                        Some(u64::from(h.sys_up_time)),
+                        ways,
+                    )
                 }
                 NetflowPacket::V9(v9) => {
                     let h = &v9.header;
                     let mut ways = Vec::new();
                     for fs in &v9.flowsets {
-                        if let V9Body::Data(d) = &fs.body {
-                            ways.extend(d.fields.iter().map(|r| OneWay::v9(r)));
+                        match &fs.body {
+                            V9Body::Data(d) => ways.extend(d.fields.iter().map(|r| OneWay::v9(r))),
+                            V9Body::NoTemplate(_) => self.unknown_templates += 1,
+                            _ => {}
                         }
                     }
                     (
+                        9,
+                        h.source_id,
                         u64::from(h.unix_secs) * 1000,
                         Some(u64::from(h.sys_up_time)),
                         ways,
@@ -244,10 +322,17 @@ impl Exports {
                             IpfixBody::V9Data(d) => {
                                 ways.extend(d.fields.iter().map(|r| OneWay::v9(r)))
                             }
+                            IpfixBody::NoTemplate(_) => self.unknown_templates += 1,
                             _ => {}
                         }
                     }
-                    (u64::from(ipfix.header.export_time) * 1000, None, ways)
+                    (
+                        10,
+                        ipfix.header.observation_domain_id,
+                        u64::from(ipfix.header.export_time) * 1000,
+                        None,
+                        ways,
+                    )
                 }
                 _ => continue,
             };
@@ -268,17 +353,28 @@ impl Exports {
                 };
                 let start = at(w.start_ms, w.start_uptime);
                 let end = at(w.end_ms, w.end_uptime);
-                out.flow(one_way_flow(
+                let flow = one_way_flow(
                     SocketAddr::new(src, w.src_port),
                     SocketAddr::new(dst, w.dst_port),
                     w.protocol,
                     (w.bytes, w.packets),
                     (start * 1_000_000, end * 1_000_000),
                     pos,
-                ));
+                );
+                out.exported(
+                    flow,
+                    &Export {
+                        exporter,
+                        version,
+                        domain,
+                        input_if: w.input_if,
+                        output_if: w.output_if,
+                    },
+                );
             }
         }
         if let Some(e) = &result.error {
+            self.malformed += 1;
             out.bad(
                 pos.offset,
                 &format!("NetFlow/IPFIX export from {exporter}: {e}"),

@@ -10,6 +10,7 @@
 //! May use [`crate::alert`] and everything below it; nothing below may
 //! import from here.
 
+mod collector;
 mod dns;
 mod gateway;
 mod local;

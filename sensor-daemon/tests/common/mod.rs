@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod capture;
 pub mod cgroups;
 pub mod http;
 pub mod metrics;

@@ -638,7 +638,9 @@ mod tests {
                 "TORSENSOR-007",
                 "TORSENSOR-008",
                 "TORSENSOR-009",
-                "TORSENSOR-010"
+                "TORSENSOR-010",
+                "TORSENSOR-011",
+                "TORSENSOR-012"
             ]
         );
         let relay = hit(
@@ -865,7 +867,9 @@ when = { direction = "egress", process = ["cargo*", "rustc"], command_line_regex
                 "TORSENSOR-007",
                 "TORSENSOR-008",
                 "TORSENSOR-009",
-                "TORSENSOR-010"
+                "TORSENSOR-010",
+                "TORSENSOR-011",
+                "TORSENSOR-012"
             ]
         );
         let ours = hit(

@@ -1,0 +1,269 @@
+//! The live flow collector in the run loop (`[[collector]]`): a UDP socket
+//! per listener, bound at start (before the capabilities are dropped, so a
+//! port below 1024 works), read by a task of its own that refuses
+//! datagrams from exporters not allowed and queues the rest, bounded
+//! (`queue`: what does not fit is dropped and counted); the loop reads
+//! each datagram ([`Collector`]), and once a second judges the flows whose
+//! wait is over and sends their alerts.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use ipnet::IpNet;
+use tokio::sync::mpsc;
+
+use super::SensorError;
+use super::delivery::Delivery;
+use crate::config::Config;
+use crate::hunt::collect::{AlertOn, Collected, Collector, CollectorConfig, ListenerStats};
+use crate::pipeline::Now;
+
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+
+/// One received datagram.
+pub(super) struct Datagram {
+    listener: usize,
+    from: SocketAddr,
+    payload: Vec<u8>,
+    at: SystemTime,
+}
+
+/// Counted by the receiving tasks.
+#[derive(Default)]
+struct Received {
+    refused: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// One listener's numbers for metrics and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ListenerSnapshot {
+    pub listener: String,
+    /// Datagrams from exporters not in `exporters`.
+    pub refused: u64,
+    /// Datagrams dropped because the queue was full.
+    pub dropped: u64,
+    pub datagrams: u64,
+    pub malformed: u64,
+    pub unknown_templates: u64,
+    pub records: u64,
+    pub other_protocol: u64,
+    pub unmatched: u64,
+    pub matched: u64,
+    pub substantial: u64,
+    pub below_threshold: u64,
+    pub evicted: u64,
+    /// Exporters (and observation domains) with templates remembered.
+    pub exporters: usize,
+}
+
+/// The collector as armed.
+pub(crate) struct CollectorRun {
+    configs: Vec<CollectorConfig>,
+    collector: Collector,
+    received: Vec<Arc<Received>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl CollectorRun {
+    /// Binds every listener and starts its reader; none configured: none.
+    /// A socket that cannot be bound stops the start.
+    pub fn arm(cfg: &Config) -> Result<Option<(Self, mpsc::Receiver<Datagram>)>, SensorError> {
+        if cfg.collectors.is_empty() {
+            return Ok(None);
+        }
+        let queue: usize = cfg.collectors.iter().map(|c| c.queue).sum();
+        let (tx, rx) = mpsc::channel(queue);
+        let mut run = CollectorRun {
+            configs: cfg.collectors.clone(),
+            collector: Collector::new(&cfg.collectors, &cfg.hunt),
+            received: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for (index, c) in cfg.collectors.iter().enumerate() {
+            let addr = c.address().map_err(collector_error)?;
+            let allowed = c.exporter_nets().map_err(collector_error)?;
+            let socket = UdpSocket::bind(addr)
+                .and_then(|s| s.set_nonblocking(true).map(|()| s))
+                .and_then(tokio::net::UdpSocket::from_std)
+                .map_err(|source| SensorError::Io {
+                    what: "binding a [[collector]] listen address",
+                    source: std::io::Error::new(source.kind(), format!("{}: {source}", c.listen)),
+                })?;
+            let bound = socket.local_addr().unwrap_or(addr);
+            let received = Arc::new(Received::default());
+            run.received.push(Arc::clone(&received));
+            run.tasks.push(tokio::spawn(receive(
+                index,
+                socket,
+                allowed,
+                tx.clone(),
+                received,
+            )));
+            tracing::info!(
+                "collector {}: receiving NetFlow v5/v9 and IPFIX on udp {bound} from {}; alerts {} flows, joins directions for {:?}",
+                c.listen,
+                if c.exporters.is_empty() {
+                    "any exporter".to_owned()
+                } else {
+                    c.exporters.join(", ")
+                },
+                match c.alert {
+                    AlertOn::Substantial => "substantial",
+                    AlertOn::All => "all matching",
+                },
+                c.merge_wait
+            );
+        }
+        Ok(Some((run, rx)))
+    }
+
+    /// Every listener's numbers.
+    pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
+        let exporters = self.collector.exporters();
+        self.collector
+            .stats()
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let ListenerStats {
+                    datagrams,
+                    malformed,
+                    unknown_templates,
+                    records,
+                    other_protocol,
+                    unmatched,
+                    matched,
+                    substantial,
+                    below_threshold,
+                    evicted,
+                } = s;
+                ListenerSnapshot {
+                    listener: self.configs[i].listen.clone(),
+                    refused: self.received[i].refused.load(Ordering::Relaxed),
+                    dropped: self.received[i].dropped.load(Ordering::Relaxed),
+                    datagrams,
+                    malformed,
+                    unknown_templates,
+                    records,
+                    other_protocol,
+                    unmatched,
+                    matched,
+                    substantial,
+                    below_threshold,
+                    evicted,
+                    exporters: exporters[i],
+                }
+            })
+            .collect()
+    }
+
+    /// Flows waiting for their other direction.
+    pub fn waiting(&self) -> usize {
+        self.collector.waiting()
+    }
+
+    /// Reads one datagram; flows judged early are sent.
+    pub fn datagram(&mut self, d: Datagram, delivery: &mut Delivery) {
+        let pipeline = &delivery.pipeline;
+        let judged = self.collector.datagram(
+            d.listener,
+            d.from,
+            &d.payload,
+            d.at,
+            &|ip, port, direction| pipeline.classify(ip, port, direction),
+        );
+        self.send(judged, delivery);
+    }
+
+    /// Judges the flows whose wait is over (`all`: every one, at
+    /// shutdown) and sends their alerts.
+    pub fn sweep(&mut self, all: bool, delivery: &mut Delivery) {
+        let judged = self.collector.expire(SystemTime::now(), all);
+        self.send(judged, delivery);
+    }
+
+    fn send(&self, judged: Vec<Collected>, delivery: &mut Delivery) {
+        for c in judged {
+            let config = &self.configs[c.listener];
+            if config.alert == AlertOn::Substantial && !c.substantial() {
+                continue;
+            }
+            delivery.handle_collected(&c, &config.listen);
+        }
+    }
+
+    /// Stops the readers (the sockets close).
+    pub fn stop(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn collector_error(message: String) -> SensorError {
+    SensorError::Config(crate::config::ConfigError::Collector(message))
+}
+
+/// Reads datagrams until the task is aborted.
+async fn receive(
+    listener: usize,
+    socket: tokio::net::UdpSocket,
+    allowed: Vec<IpNet>,
+    tx: mpsc::Sender<Datagram>,
+    received: Arc<Received>,
+) {
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (len, from) = match socket.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("collector: receiving: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ip = crate::net::canonical_ip(from.ip());
+        if !allowed.is_empty() && !allowed.iter().any(|n| n.contains(&ip)) {
+            received.refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        let d = Datagram {
+            listener,
+            from,
+            payload: buf[..len].to_vec(),
+            at: SystemTime::now(),
+        };
+        if tx.try_send(d).is_err() {
+            received.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Delivery {
+    /// A judged flow of the collector, through the rules to the outputs.
+    pub(super) fn handle_collected(&mut self, c: &Collected, listener: &str) {
+        for alert in self.pipeline.handle_collected(c, listener, Now::current()) {
+            self.write(&alert);
+        }
+    }
+}
+
+impl super::Daemon {
+    /// One datagram a listener received.
+    pub(super) fn on_datagram(&mut self, d: Datagram) {
+        if let Some(c) = self.collector.as_mut() {
+            c.datagram(d, &mut self.delivery);
+        }
+    }
+
+    /// The collector's flows whose wait is over.
+    pub(super) fn on_collector_sweep(&mut self, all: bool) {
+        if let Some(c) = self.collector.as_mut() {
+            c.sweep(all, &mut self.delivery);
+        }
+    }
+}
