@@ -131,7 +131,7 @@ fn exported_flows_to_and_from_listed_addresses_alert_once_each() {
     std::fs::write(
         &config,
         format!(
-            "[[collector]]\nlisten = \"{l_main}\"\nmerge_wait = \"2s\"\n\n\
+            "health_interval = \"1s\"\n\n[[collector]]\nlisten = \"{l_main}\"\nmerge_wait = \"2s\"\n\n\
              [[collector]]\nlisten = \"{l_all}\"\nalert = \"all\"\nmerge_wait = \"2s\"\nexporters = [\"127.0.0.0/8\"]\n\n\
              [[collector]]\nlisten = \"{l_other}\"\nexporters = [\"192.0.2.99\"]\n"
         ),
@@ -253,7 +253,12 @@ fn exported_flows_to_and_from_listed_addresses_alert_once_each() {
     // The refusing listener sent nothing.
     assert!(flow_alerts(&alerts, &l_other, "netflow9").is_empty());
 
-    // 6. The counters.
+    // 6. The counters, and the refused datagrams in the log while running.
+    assert!(
+        stderr.contains(&format!("collector {l_other}: "))
+            && stderr.contains("datagrams from exporters not allowed"),
+        "{stderr}"
+    );
     let m =
         |series: &str| sample(&metrics, series).unwrap_or_else(|| panic!("{series}\n{metrics}"));
     assert!(

@@ -66,6 +66,9 @@ pub(crate) struct CollectorRun {
     collector: Collector,
     received: Vec<Arc<Received>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// The numbers at the last health tick (losses are logged as they
+    /// grow).
+    reported: Vec<ListenerSnapshot>,
 }
 
 impl CollectorRun {
@@ -82,6 +85,7 @@ impl CollectorRun {
             collector: Collector::new(&cfg.collectors, &cfg.hunt),
             received: Vec::new(),
             tasks: Vec::new(),
+            reported: Vec::new(),
         };
         for (index, c) in cfg.collectors.iter().enumerate() {
             let addr = c.address().map_err(collector_error)?;
@@ -159,6 +163,40 @@ impl CollectorRun {
                 }
             })
             .collect()
+    }
+
+    /// Logs what was lost or refused since the last health tick (the
+    /// counters are in the metrics all along).
+    pub fn report_losses(&mut self) {
+        let now = self.snapshot();
+        for (i, n) in now.iter().enumerate() {
+            let before = self.reported.get(i).cloned().unwrap_or_default();
+            let grew = |a: u64, b: u64| a.saturating_sub(b);
+            let dropped = grew(n.dropped, before.dropped);
+            let refused = grew(n.refused, before.refused);
+            let malformed = grew(n.malformed, before.malformed);
+            let unknown = grew(n.unknown_templates, before.unknown_templates);
+            let evicted = grew(n.evicted, before.evicted);
+            if dropped > 0 {
+                tracing::warn!(
+                    "collector {}: {dropped} datagrams dropped (queue full: raise queue, or the exporters send more than the sensor reads)",
+                    n.listener
+                );
+            }
+            if evicted > 0 {
+                tracing::warn!(
+                    "collector {}: {evicted} flows judged before their other direction came (max_flows waiting)",
+                    n.listener
+                );
+            }
+            if refused + malformed + unknown > 0 {
+                tracing::warn!(
+                    "collector {}: {refused} datagrams from exporters not allowed, {malformed} malformed export packets, {unknown} data sets without a template",
+                    n.listener
+                );
+            }
+        }
+        self.reported = now;
     }
 
     /// Flows waiting for their other direction.

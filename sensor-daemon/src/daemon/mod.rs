@@ -608,6 +608,9 @@ impl Daemon {
             self.last = now;
         }
         self.output_losses.tick(&self.delivery.sinks.stats());
+        if let Some(c) = self.collector.as_mut() {
+            c.report_losses();
+        }
         health::report_stale(&mut self.manager);
         // Exceptions that expired stop exempting in the kernel too.
         let p = &self.delivery.pipeline;
