@@ -3,6 +3,7 @@
 //! to refresh by difference, at the real size and at 10 times that size.
 //! Prints ratios against the 1x baseline measured in the same run.
 
+pub mod collector;
 pub mod history;
 pub mod hunt;
 

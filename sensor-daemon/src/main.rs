@@ -86,6 +86,17 @@ enum Command {
     /// kernel and no /proc; print one alert per line.
     #[command(hide = true)]
     Replay(ReplayArgs),
+    /// Benchmark: the live flow collector's records/s against reading the
+    /// exports alone (run by `cargo xtask bench --collector-only`).
+    #[command(hide = true)]
+    BenchCollector {
+        #[arg(long, default_value_t = 50_000)]
+        datagrams: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value_t = 5)]
+        listed_percent: u32,
+    },
     /// Benchmark: the hunt with a year of history against tcpdump, tshark
     /// and grep on the same files (run by `cargo xtask bench --hunt-only`).
     #[command(hide = true)]
@@ -197,6 +208,13 @@ fn main() -> ExitCode {
         } => sensor_daemon::sink::bench::run(&state_dir, alerts, rounds)
             .map(|()| ExitCode::SUCCESS)
             .map_err(Into::into),
+        Command::BenchCollector {
+            datagrams,
+            rounds,
+            listed_percent,
+        } => sensor_daemon::bench::collector::run(datagrams, rounds.max(1), listed_percent)
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(|e| anyhow::anyhow!("{e}")),
         Command::BenchHunt {
             dir,
             pcap_mib,

@@ -39,6 +39,10 @@
 //!    peer unlisted (every packet parsed, every SYN screened), and with the
 //!    peer listed (every packet also counted into its tracked flow),
 //!    interleaved round by round; medians and ratios (`--gateway-only`).
+//! 9. Flow collector: NetFlow v5 records/s through the live collector
+//!    (read, matched against the embedded feeds, directions joined,
+//!    judged) against reading the same exports alone, one core (the
+//!    daemon's hidden `bench-collector`; no root, `--collector-only`).
 
 use std::io::{BufRead, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -77,6 +81,9 @@ pub struct BenchArgs {
     /// Only the gateway benchmark (section 8).
     #[arg(long)]
     gateway_only: bool,
+    /// Only the flow collector benchmark (section 9; needs no root).
+    #[arg(long)]
+    collector_only: bool,
 }
 
 /// Our programs, as `bpftool` names them.
@@ -379,6 +386,9 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
             &root.join("target/bench"),
         );
     }
+    if args.collector_only {
+        return collector(&root.join("target/release/torsensor"), args.rounds.max(1));
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark loads eBPF programs: run it as root");
@@ -575,7 +585,24 @@ pub fn run(root: &Path, args: &BenchArgs) -> anyhow::Result<()> {
     outputs(&bin, &scratch)?;
     history(&bin, &scratch)?;
     hunt(&bin, &scratch)?;
-    gateway(&bin, &scratch, rounds)
+    gateway(&bin, &scratch, rounds)?;
+    collector(&bin, rounds)
+}
+
+/// Section 9: the live flow collector's records/s against reading the
+/// exports alone (the daemon's hidden `bench-collector`).
+fn collector(bin: &Path, rounds: usize) -> anyhow::Result<()> {
+    println!(
+        "== 9. flow collector: NetFlow v5 records/s, one core, median of {rounds} rounds, against reading the same exports alone"
+    );
+    let status = Command::new(bin)
+        .args(["bench-collector", "--rounds", &rounds.to_string()])
+        .env("TORSENSOR_LOG", "warn")
+        .status()?;
+    if !status.success() {
+        bail!("torsensor bench-collector failed ({status})");
+    }
+    Ok(())
 }
 
 /// Section 1b: the cost of each inbound attribution plan this kernel can

@@ -53,6 +53,9 @@ pub struct FeedSet {
     prefixes: BTreeMap<IpNet, MatchInfo>,
     /// Relay OR address + ORPort -> relay feed mask.
     or_ports: BTreeMap<OrPortKey, u32>,
+    /// The prefix lengths `prefixes` holds, longest first (IPv4, IPv6): a
+    /// userspace lookup tries only those.
+    lengths: [Vec<u8>; 2],
 }
 
 /// One feed's part in a match.
@@ -99,10 +102,21 @@ impl FeedSet {
             }
         }
         propagate_containing(&mut prefixes);
+        let mut lengths = [Vec::new(), Vec::new()];
+        for net in prefixes.keys() {
+            let l = &mut lengths[usize::from(net.addr().is_ipv6())];
+            if !l.contains(&net.prefix_len()) {
+                l.push(net.prefix_len());
+            }
+        }
+        for l in &mut lengths {
+            l.sort_unstable_by(|a, b| b.cmp(a));
+        }
         Ok(FeedSet {
             feeds,
             prefixes,
             or_ports,
+            lengths,
         })
     }
 
@@ -141,7 +155,13 @@ impl FeedSet {
 
     /// Longest listed prefix containing `ip` (IPv4-mapped IPv6 is IPv4).
     fn longest(&self, ip: IpAddr) -> Option<(IpNet, MatchInfo)> {
-        longest_prefix(&self.prefixes, ip).map(|(prefix, m)| (prefix, *m))
+        let ip = canonical_ip(ip);
+        self.lengths[usize::from(ip.is_ipv6())]
+            .iter()
+            .find_map(|&len| {
+                let prefix = IpNet::new(ip, len).ok()?.trunc();
+                self.prefixes.get(&prefix).map(|m| (prefix, *m))
+            })
     }
 
     /// The kernel's decision for a connection: exits match in both
@@ -442,6 +462,20 @@ mod tests {
             })
         );
         assert_eq!(set.feed_names(0b11), vec!["wide", "relays"]);
+        // Another address of the /24 (no /32 of its own): found by the
+        // /24, the only other length tried.
+        let other: IpAddr = "185.220.101.200".parse().unwrap();
+        assert_eq!(set.lengths[0].first(), Some(&32));
+        assert!(set.lengths[0].contains(&24));
+        assert_eq!(
+            set.classify(other, 80, Direction::Ingress)
+                .map(|m| m.exit_feeds),
+            Some(1)
+        );
+        assert_eq!(
+            set.classify("185.220.102.1".parse().unwrap(), 80, Direction::Ingress),
+            None
+        );
     }
 
     #[test]

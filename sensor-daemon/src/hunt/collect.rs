@@ -479,39 +479,17 @@ impl Records for Reader<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
     use std::time::UNIX_EPOCH;
 
     use super::*;
 
-    /// A NetFlow v5 export (RFC-less, Cisco's layout): header, then one
-    /// 48-byte record per (src, dst, sport, dport, bytes).
+    /// A NetFlow v5 export of (src, dst, sport, dport, bytes) records.
     fn v5(records: &[(&str, &str, u16, u16, u32)]) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend(5u16.to_be_bytes());
-        out.extend((records.len() as u16).to_be_bytes());
-        out.extend(100_000u32.to_be_bytes()); // sys uptime, ms
-        out.extend(1_700_000_100u32.to_be_bytes()); // unix secs
-        out.extend(0u32.to_be_bytes()); // nsecs
-        out.extend(1u32.to_be_bytes()); // sequence
-        out.extend([0u8, 7]); // engine type, id
-        out.extend(0u16.to_be_bytes()); // sampling
-        for (src, dst, sport, dport, bytes) in records {
-            out.extend(src.parse::<Ipv4Addr>().unwrap().octets());
-            out.extend(dst.parse::<Ipv4Addr>().unwrap().octets());
-            out.extend([0u8; 4]); // next hop
-            out.extend(3u16.to_be_bytes()); // input ifIndex
-            out.extend(4u16.to_be_bytes()); // output ifIndex
-            out.extend(10u32.to_be_bytes()); // packets
-            out.extend(bytes.to_be_bytes());
-            out.extend(20_000u32.to_be_bytes()); // first (uptime ms)
-            out.extend(95_000u32.to_be_bytes()); // last
-            out.extend(sport.to_be_bytes());
-            out.extend(dport.to_be_bytes());
-            out.extend([0u8, 0x1b, 6, 0]); // pad, tcp flags, TCP, tos
-            out.extend([0u8; 8]); // AS numbers, masks, pad
-        }
-        out
+        let records: Vec<_> = records
+            .iter()
+            .map(|(s, d, sp, dp, b)| (s.parse().unwrap(), d.parse().unwrap(), *sp, *dp, *b))
+            .collect();
+        crate::bench::collector::v5_datagram(1_700_000_100, &records)
     }
 
     const EXIT: &str = "198.51.100.7";
