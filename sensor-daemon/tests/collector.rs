@@ -215,7 +215,10 @@ fn exported_flows_to_and_from_listed_addresses_alert_once_each() {
             };
             assert_eq!(a["rule"]["id"], rule, "{a:#}");
             if let Some((sent, answered)) = bytes {
-                assert!(sent > 2_000_000, "{a:#}");
+                assert!(
+                    sent > 2_000_000,
+                    "{protocol}: tshark counts {sent} bytes from {source}:{source_port} to {dest}:{port} and {answered} back: {a:#}"
+                );
                 assert_eq!(a["source"]["bytes"], sent, "{protocol}: {a:#}");
                 assert_eq!(a["destination"]["bytes"], answered, "{protocol}: {a:#}");
                 assert_eq!(a["network"]["bytes"], sent + answered);

@@ -46,18 +46,11 @@ pub struct ListenerSnapshot {
     pub refused: u64,
     /// Datagrams dropped because the queue was full.
     pub dropped: u64,
-    pub datagrams: u64,
-    pub malformed: u64,
-    pub unknown_templates: u64,
-    pub records: u64,
-    pub other_protocol: u64,
-    pub unmatched: u64,
-    pub matched: u64,
-    pub substantial: u64,
-    pub below_threshold: u64,
-    pub evicted: u64,
     /// Exporters (and observation domains) with templates remembered.
     pub exporters: usize,
+    /// What the collector counted.
+    #[serde(flatten)]
+    pub stats: ListenerStats,
 }
 
 /// The collector as armed.
@@ -132,35 +125,12 @@ impl CollectorRun {
             .stats()
             .into_iter()
             .enumerate()
-            .map(|(i, s)| {
-                let ListenerStats {
-                    datagrams,
-                    malformed,
-                    unknown_templates,
-                    records,
-                    other_protocol,
-                    unmatched,
-                    matched,
-                    substantial,
-                    below_threshold,
-                    evicted,
-                } = s;
-                ListenerSnapshot {
-                    listener: self.configs[i].listen.clone(),
-                    refused: self.received[i].refused.load(Ordering::Relaxed),
-                    dropped: self.received[i].dropped.load(Ordering::Relaxed),
-                    datagrams,
-                    malformed,
-                    unknown_templates,
-                    records,
-                    other_protocol,
-                    unmatched,
-                    matched,
-                    substantial,
-                    below_threshold,
-                    evicted,
-                    exporters: exporters[i],
-                }
+            .map(|(i, stats)| ListenerSnapshot {
+                listener: self.configs[i].listen.clone(),
+                refused: self.received[i].refused.load(Ordering::Relaxed),
+                dropped: self.received[i].dropped.load(Ordering::Relaxed),
+                exporters: exporters[i],
+                stats,
             })
             .collect()
     }
@@ -174,9 +144,10 @@ impl CollectorRun {
             let grew = |a: u64, b: u64| a.saturating_sub(b);
             let dropped = grew(n.dropped, before.dropped);
             let refused = grew(n.refused, before.refused);
-            let malformed = grew(n.malformed, before.malformed);
-            let unknown = grew(n.unknown_templates, before.unknown_templates);
-            let evicted = grew(n.evicted, before.evicted);
+            let (now, then) = (&n.stats, &before.stats);
+            let malformed = grew(now.malformed, then.malformed);
+            let unknown = grew(now.unknown_templates, then.unknown_templates);
+            let evicted = grew(now.evicted, then.evicted);
             if dropped > 0 {
                 tracing::warn!(
                     "collector {}: {dropped} datagrams dropped (queue full: raise queue, or the exporters send more than the sensor reads)",

@@ -588,7 +588,7 @@ fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::
     let datagrams = per(
         &|l| {
             vec![
-                ("accepted", l.datagrams),
+                ("accepted", l.stats.datagrams),
                 ("refused", l.refused),
                 ("dropped", l.dropped),
             ]
@@ -606,8 +606,8 @@ fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::
     let errors = per(
         &|l| {
             vec![
-                ("malformed", l.malformed),
-                ("unknown_template", l.unknown_templates),
+                ("malformed", l.stats.malformed),
+                ("unknown_template", l.stats.unknown_templates),
             ]
         },
         "reason",
@@ -617,9 +617,9 @@ fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::
     let records = per(
         &|l| {
             vec![
-                ("matched", l.matched),
-                ("unmatched", l.unmatched),
-                ("other_protocol", l.other_protocol),
+                ("matched", l.stats.matched),
+                ("unmatched", l.stats.unmatched),
+                ("other_protocol", l.stats.other_protocol),
             ]
         },
         "result",
@@ -629,9 +629,9 @@ fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::
     let flows = per(
         &|l| {
             vec![
-                ("substantial", l.substantial),
-                ("below_threshold", l.below_threshold),
-                ("evicted", l.evicted),
+                ("substantial", l.stats.substantial),
+                ("below_threshold", l.stats.below_threshold),
+                ("evicted", l.stats.evicted),
             ]
         },
         "result",

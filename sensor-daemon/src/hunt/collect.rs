@@ -242,7 +242,7 @@ impl HasFlow for Collected {
 }
 
 /// One listener's counters (metrics and `status`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ListenerStats {
     /// Datagrams read.
     pub datagrams: u64,

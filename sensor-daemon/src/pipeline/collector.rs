@@ -11,11 +11,9 @@ use sensor_common::MatchInfo;
 use super::{Now, Pipeline, ProcessSource};
 use crate::alert::Alert;
 use crate::alert::collector::make_flow;
-use crate::alert::connection::{AlertInput, build};
 use crate::alert::model::Signal;
 use crate::hunt::collect::Collected;
 use crate::hunt::hunter::time_of;
-use crate::kernel::event::Connection;
 use crate::net::Direction;
 
 impl<S: ProcessSource> Pipeline<S> {
@@ -29,30 +27,13 @@ impl<S: ProcessSource> Pipeline<S> {
 
     /// The alert for a collected flow, before the rules.
     pub fn flow_alert(&mut self, c: &Collected, listener: &str, created: SystemTime) -> Alert {
-        let (local, remote) = c.ends();
-        let conn = Connection {
-            time: time_of(c.flow.start_ns),
-            direction: c.direction,
-            local,
-            remote,
-            v4_mapped: false,
-            failed: false,
-            audit: false,
-            incomplete: false,
-            blocked: false,
-            matched: c.matched,
-            process: None,
-        };
-        let matches = self.explain(&conn);
-        let mut alert = build(&AlertInput {
-            conn: &conn,
-            process: None,
-            container: None,
-            rule: self.rules.for_signal(Signal::Flow),
-            matches: &matches,
-            sensor: &self.sensor,
+        let mut alert = self.processless_alert(
+            (time_of(c.flow.start_ns), c.direction),
+            c.ends(),
+            c.matched,
+            Signal::Flow,
             created,
-        });
+        );
         make_flow(&mut alert, c, listener);
         alert
     }

@@ -6,10 +6,8 @@ use std::time::SystemTime;
 
 use super::{Now, Pipeline, ProcessSource};
 use crate::alert::Alert;
-use crate::alert::connection::{AlertInput, build};
 use crate::alert::gateway::make_gateway;
 use crate::alert::model::Signal;
-use crate::kernel::event::Connection;
 use crate::kernel::gateway::{FlowSummary, GatewayHit};
 
 impl<S: ProcessSource> Pipeline<S> {
@@ -22,29 +20,13 @@ impl<S: ProcessSource> Pipeline<S> {
         created: SystemTime,
     ) -> Alert {
         // The flow as a connection of the inside host, without a process.
-        let conn = Connection {
-            time: hit.time,
-            direction: hit.direction,
-            local: hit.inside,
-            remote: hit.outside,
-            v4_mapped: false,
-            failed: false,
-            audit: false,
-            incomplete: false,
-            blocked: false,
-            matched: hit.matched,
-            process: None,
-        };
-        let matches = self.explain(&conn);
-        let mut alert = build(&AlertInput {
-            conn: &conn,
-            process: None,
-            container: None,
-            rule: self.rules.for_signal(Signal::Gateway),
-            matches: &matches,
-            sensor: &self.sensor,
+        let mut alert = self.processless_alert(
+            (hit.time, hit.direction),
+            (hit.inside, hit.outside),
+            hit.matched,
+            Signal::Gateway,
             created,
-        });
+        );
         make_gateway(&mut alert, hit, summary);
         alert
     }

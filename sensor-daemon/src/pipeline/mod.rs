@@ -390,6 +390,42 @@ impl<S: ProcessSource> Pipeline<S> {
         self.aggregator.flush()
     }
 
+    /// The alert, before the rules, for a flow seen without a process (a
+    /// router's: gateway mode, the collector): `local` is the inside or
+    /// unlisted end, `remote` the listed one, `signal`'s first rule.
+    fn processless_alert(
+        &self,
+        (time, direction): (std::time::SystemTime, crate::net::Direction),
+        (local, remote): (std::net::SocketAddr, std::net::SocketAddr),
+        matched: sensor_common::MatchInfo,
+        signal: crate::alert::model::Signal,
+        created: SystemTime,
+    ) -> Alert {
+        let conn = Connection {
+            time,
+            direction,
+            local,
+            remote,
+            v4_mapped: false,
+            failed: false,
+            audit: false,
+            incomplete: false,
+            blocked: false,
+            matched,
+            process: None,
+        };
+        let matches = self.explain(&conn);
+        build(&AlertInput {
+            conn: &conn,
+            process: None,
+            container: None,
+            rule: self.rules.for_signal(signal),
+            matches: &matches,
+            sensor: &self.sensor,
+            created,
+        })
+    }
+
     /// What matched, from the set the kernel used (current, or the one
     /// before the last switch).
     fn explain(&self, conn: &Connection) -> Vec<FeedMatch<'_>> {
