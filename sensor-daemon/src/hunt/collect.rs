@@ -597,6 +597,42 @@ mod tests {
         assert_eq!(s.datagrams, 3);
     }
 
+    /// softflowd's real exports (the fuzz seeds, see their README): the
+    /// first datagram carries the templates and data, the second only
+    /// data of template 2048.
+    const V9: [&[u8]; 2] = [
+        include_bytes!("../../fuzz/seeds/hunt_packets/datagram-v9-1.bin"),
+        include_bytes!("../../fuzz/seeds/hunt_packets/datagram-v9-2.bin"),
+    ];
+    const IPFIX: [&[u8]; 2] = [
+        include_bytes!("../../fuzz/seeds/hunt_packets/datagram-ipfix-1.bin"),
+        include_bytes!("../../fuzz/seeds/hunt_packets/datagram-ipfix-2.bin"),
+    ];
+
+    #[test]
+    fn data_before_its_template_is_counted_then_read_once_the_template_came() {
+        for (name, export) in [("v9", V9), ("ipfix", IPFIX)] {
+            let mut c = collector(AlertOn::All, 100);
+            let exporter: SocketAddr = "192.0.2.254:40000".parse().unwrap();
+            let none = |_: IpAddr, _: u16, _: Direction| None;
+            c.datagram(0, exporter, export[1], at(1), &none);
+            let s = c.stats()[0].clone();
+            assert_eq!((s.unknown_templates, s.records), (1, 0), "{name}");
+            c.datagram(0, exporter, export[0], at(2), &none);
+            let after_templates = c.stats()[0].records;
+            assert!(after_templates > 0, "{name}");
+            c.datagram(0, exporter, export[1], at(3), &none);
+            let s = c.stats()[0].clone();
+            assert!(s.records > after_templates, "{name}");
+            assert_eq!((s.unknown_templates, s.malformed), (1, 0), "{name}");
+            // Another exporter (port) has its own templates.
+            let other: SocketAddr = "192.0.2.254:40001".parse().unwrap();
+            c.datagram(0, other, export[1], at(4), &none);
+            assert_eq!(c.stats()[0].unknown_templates, 2, "{name}");
+            assert_eq!(c.exporters()[0], 2, "{name}");
+        }
+    }
+
     #[test]
     fn listeners_are_checked_once() {
         let ok = CollectorConfig::new("udp://[::]:4739");
