@@ -186,6 +186,9 @@ fn main() -> ExitCode {
         eprintln!("torsensor: {e:#}");
         return ExitCode::from(2);
     }
+    if !matches!(cli.command, Command::Run(_)) {
+        sensor_daemon::sys::default_sigpipe();
+    }
     let result = match cli.command {
         Command::Run(args) => run(args).map(|()| ExitCode::SUCCESS),
         Command::Check(args) => check(args),

@@ -201,6 +201,16 @@ pub fn set_no_new_privs() -> io::Result<()> {
     Ok(())
 }
 
+/// Restores the default action of SIGPIPE (Rust's runtime ignores it):
+/// a command whose reader went away (`torsensor check ... | head`) ends
+/// quietly, as other Unix tools do, instead of failing on a write. Not for
+/// the daemon, whose outputs handle a closed pipe themselves.
+pub fn default_sigpipe() {
+    // SAFETY: installing SIG_DFL for SIGPIPE takes no pointers the kernel
+    // keeps; nothing else in this process handles SIGPIPE.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Sends `signal` to process `pid`.
 pub fn send_signal(pid: u32, signal: i32) -> io::Result<()> {
     let pid = i32::try_from(pid).map_err(|_| io::Error::from_raw_os_error(libc::ESRCH))?;

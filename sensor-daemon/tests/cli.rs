@@ -50,6 +50,40 @@ fn check_answers_with_exit_codes() {
     assert!(text(&out.stderr).contains("\"999.1.1.1\" is not IP, IP:PORT or [IPv6]:PORT"));
 }
 
+/// `torsensor check ... | head -1`: the reader goes away after one line;
+/// the command ends by SIGPIPE, as Unix tools do, without a panic.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    // About 300 KB of answers: more than a pipe holds.
+    let args: Vec<String> = (0..5000)
+        .map(|i| format!("185.220.{}.{}:9001", 100 + i / 250, i % 250))
+        .collect();
+    let mut child = Command::new(BIN)
+        .arg("check")
+        .args(&args)
+        .env("TORSENSOR_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("185.220.100.0:9001\t"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?} {err}",
+        out.status
+    );
+}
+
 #[test]
 fn check_uses_the_embedded_snapshot_by_default_with_roles_fingerprints_and_versions() {
     // 185.220.101.1 is an exit (TorDNSEL, 4 fingerprints) and four relays'
