@@ -16,7 +16,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::capture::{
-    Killed, LoNs, run, signal, softflowd, tcpdump, text, tshark_ip_bytes, wait_until,
+    Killed, LoNs, run, signal, softflowd, tcpdump, tcpdump_on, text, tshark_ip_bytes, wait_until,
 };
 use common::{BIN, kernel_tests_allowed, temp_path};
 use serde_json::Value;
@@ -236,6 +236,10 @@ fn hunt_over_a_real_capture_its_flow_exports_and_nginx_logs() {
     // The capture, recorded while the connections are made.
     let capture = dir.join("capture.pcap");
     let dump = tcpdump(&ns, &capture, "tcp");
+    // The same, as Linux cooked capture (v2) on `any`: on lo each packet
+    // passes twice (leaving, arriving); `inbound` keeps it once.
+    let cooked = dir.join("capture-any.pcap");
+    let dump_any = tcpdump_on(&ns, "any", &cooked, "inbound and tcp");
     let conf = nginx_conf(&dir);
     let nginx = Killed(
         ns.cmd("nginx")
@@ -296,6 +300,7 @@ fn hunt_over_a_real_capture_its_flow_exports_and_nginx_logs() {
         get(EXIT6, &format!("http://[{INSIDE6}]:8080/small.txt"), &[]);
     }
     dump.stop();
+    dump_any.stop();
     drop(nginx);
 
     let history = dir.join("history");
@@ -390,6 +395,49 @@ fn hunt_over_a_real_capture_its_flow_exports_and_nginx_logs() {
             .to_string();
     let (code, none, _) = hunt(&dir, &history, &["--since", &later], &[&capture]);
     assert_eq!((code, none.len()), (1, 0));
+
+    // Other link layers, made by real tools from the same traffic: the
+    // cooked capture tcpdump recorded on `any`, and the capture with an
+    // 802.1Q tag on every frame (tcprewrite). The same download, with the
+    // same bytes each way.
+    let tagged = dir.join("capture-vlan.pcap");
+    run(Command::new("tcprewrite")
+        .args([
+            "--enet-vlan=add",
+            "--enet-vlan-tag=10",
+            "--enet-vlan-pri=0",
+            "--enet-vlan-cfi=0",
+        ])
+        .arg(format!("--infile={}", capture.display()))
+        .arg(format!("--outfile={}", tagged.display())));
+    for (file, layer) in [(&cooked, "sll2"), (&tagged, "vlan")] {
+        let protocols = text(
+            &run(Command::new("tshark").arg("-r").arg(file).args([
+                "-c",
+                "1",
+                "-T",
+                "fields",
+                "-e",
+                "frame.protocols",
+            ]))
+            .stdout,
+        );
+        assert!(
+            protocols.starts_with(if layer == "sll2" {
+                "sll:"
+            } else {
+                "eth:ethertype:vlan:"
+            }),
+            "{layer}: {protocols}"
+        );
+        let (_, alerts_l, summary_l) = hunt(&dir, &history, &[], &[file]);
+        let e = substantial_egress(&alerts_l, EXIT);
+        assert_eq!(e.len(), 1, "{layer}: {alerts_l:#?}");
+        assert_eq!(e[0]["destination"]["bytes"], from, "{layer}");
+        assert_eq!(e[0]["source"]["bytes"], to, "{layer}");
+        assert_eq!(summary_l["rows"], summary["rows"], "{layer}");
+        assert_eq!(summary_l["stats"]["bad_records"], 0, "{layer}");
+    }
 
     // 2. nginx's logs: text (combined + X-Forwarded-For) and JSON.
     let web = dir.join("web.log");
