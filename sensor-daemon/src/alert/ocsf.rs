@@ -112,7 +112,13 @@ pub fn render(alert: &Alert) -> Value {
         // An exported record reports traffic that has been.
         Signal::Flow => (6, "Traffic"),
     };
+    let (activity_id, activity) = match &alert.http {
+        Some(h) => http_activity(h.request.method.as_deref()),
+        None => (activity_id, activity),
+    };
     let (category_uid, category, class_uid, class) = match signal {
+        // A web server's requests (a hunt's access log): HTTP Activity.
+        _ if alert.http.is_some() => (4, "Network Activity", 4002, "HTTP Activity"),
         Signal::Exec => (1, "System Activity", 1007, "Process Activity"),
         Signal::Dns => (4, "Network Activity", 4003, "DNS Activity"),
         Signal::Connection | Signal::Listen | Signal::Gateway | Signal::Flow => {
@@ -181,6 +187,9 @@ pub fn render(alert: &Alert) -> Value {
     }
     put(&mut out, "src_endpoint", src);
     put(&mut out, "dst_endpoint", dst);
+    if let Some(h) = &alert.http {
+        http_parts(alert, h, &mut out);
+    }
     if let Some(d) = &alert.dns {
         // DNS Activity's `query` (OCSF 1.x DNS Query object).
         let mut query = Map::new();
@@ -206,6 +215,64 @@ pub fn render(alert: &Alert) -> Value {
     threat_parts(alert, &mut out);
     out.insert("unmapped".into(), unmapped(alert));
     Value::Object(out)
+}
+
+/// HTTP Activity's activity, from the request's method.
+fn http_activity(method: Option<&str>) -> (u64, &'static str) {
+    match method.map(str::to_ascii_uppercase).as_deref() {
+        None => (0, "Unknown"),
+        Some("CONNECT") => (1, "Connect"),
+        Some("DELETE") => (2, "Delete"),
+        Some("GET") => (3, "Get"),
+        Some("HEAD") => (4, "Head"),
+        Some("OPTIONS") => (5, "Options"),
+        Some("POST") => (6, "Post"),
+        Some("PUT") => (7, "Put"),
+        Some("TRACE") => (8, "Trace"),
+        Some(_) => (99, "Other"),
+    }
+}
+
+/// HTTP Activity's `http_request` (method, URL path, user agent) and
+/// `http_response` (status code, body length).
+fn http_parts(alert: &Alert, h: &crate::alert::model::Http, out: &mut Map<String, Value>) {
+    let mut request = Map::new();
+    put(
+        &mut request,
+        "http_method",
+        h.request.method.as_ref().map(|m| json!(m)),
+    );
+    if let Some(u) = &alert.url {
+        let (path, query) = match u.original.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (u.original.as_str(), None),
+        };
+        let mut url = Map::new();
+        url.insert("url_string".into(), json!(u.original));
+        url.insert("path".into(), json!(path));
+        put(&mut url, "query_string", query.map(|q| json!(q)));
+        request.insert("url".into(), Value::Object(url));
+    }
+    put(
+        &mut request,
+        "user_agent",
+        alert.user_agent.as_ref().map(|a| json!(a.original)),
+    );
+    out.insert("http_request".into(), Value::Object(request));
+    let mut response = Map::new();
+    put(
+        &mut response,
+        "code",
+        h.response.status_code.map(|c| json!(c)),
+    );
+    put(
+        &mut response,
+        "length",
+        h.response.body.as_ref().map(|b| json!(b.bytes)),
+    );
+    if !response.is_empty() {
+        out.insert("http_response".into(), Value::Object(response));
+    }
 }
 
 /// Gateway mode: the interface on the endpoint whose side it faces (the
