@@ -29,6 +29,8 @@ const CASES: &[&str] = &[
     "dns_bridges_via_resolver",
     "gateway_outbound_hit",
     "gateway_inbound_flow_end",
+    "collector_outbound_ipfix",
+    "collector_inbound_ipfix",
 ];
 
 fn golden_dir() -> PathBuf {
@@ -377,6 +379,38 @@ fn directions_map_to_the_peer() {
         inn.enriched["network"]["community_id"],
         inn.ocsf["connection_info"]["community_uid"]
     );
+}
+
+/// The collector's alerts (real ones: softflowd's IPFIX export of the
+/// traffic `tests/collector.rs` records, received by a running sensor).
+#[test]
+fn collector_alerts_render_in_every_schema() {
+    let out = render("collector_outbound_ipfix");
+    assert_no_nulls(&out.ocsf, "collector");
+    assert_eq!(out.enriched["torsensor"]["signal"], "flow");
+    assert_eq!(out.enriched["network"]["direction"], "outbound");
+    assert_eq!(out.enriched["observer"]["ip"][0], "127.0.0.1");
+    assert!(out.enriched["network"]["community_id"].is_string());
+    assert_eq!(out.ocsf["class_uid"], 4001);
+    assert_eq!(out.ocsf["activity_name"], "Traffic");
+    assert_eq!(
+        out.ocsf["traffic"]["bytes_out"],
+        out.enriched["source"]["bytes"]
+    );
+    assert_eq!(out.ocsf["dst_endpoint"]["port"], 9001);
+    assert!(
+        out.ocsf.get("actor").is_none(),
+        "no process in a flow record"
+    );
+    assert_eq!(out.falco["output_fields"]["evt.type"], "flow");
+    assert_eq!(
+        out.falco["rule"],
+        "Exported flow from a host to the Tor network"
+    );
+    let inbound = render("collector_inbound_ipfix");
+    assert_eq!(inbound.enriched["rule"]["id"], "TORSENSOR-012");
+    assert_eq!(inbound.ocsf["connection_info"]["direction"], "Inbound");
+    assert_eq!(inbound.ocsf["src_endpoint"]["ip"], "198.51.100.27");
 }
 
 #[test]
