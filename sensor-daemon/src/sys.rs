@@ -25,6 +25,8 @@ pub struct Stat {
     pub uid: u32,
     /// Permission bits and file type (`st_mode`).
     pub mode: u32,
+    /// The inode (a socket's is what `/proc/net/udp` names it by).
+    pub ino: u64,
 }
 
 impl Stat {
@@ -116,6 +118,7 @@ pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Stat> {
     Ok(Stat {
         uid: st.st_uid,
         mode: st.st_mode,
+        ino: st.st_ino,
     })
 }
 
@@ -199,6 +202,42 @@ pub fn set_no_new_privs() -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sets a socket's receive buffer to `bytes`: past `net.core.rmem_max`
+/// with CAP_NET_ADMIN (`SO_RCVBUFFORCE`), else as far as that limit allows
+/// (`SO_RCVBUF`). Returns the size the kernel reports (it doubles what it
+/// is given, for its bookkeeping).
+pub fn set_receive_buffer(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let set = |option: libc::c_int| {
+        // SAFETY: valid borrowed descriptor; `value` is a c_int that
+        // outlives the call, and its size is given.
+        check(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+    };
+    set(libc::SO_RCVBUFFORCE).or_else(|_| set(libc::SO_RCVBUF))?;
+    let mut got: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid borrowed descriptor; `got` and `len` are writable and
+    // outlive the call.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut got as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(usize::try_from(got).unwrap_or(0))
 }
 
 /// Restores the default action of SIGPIPE (Rust's runtime ignores it):

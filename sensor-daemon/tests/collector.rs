@@ -305,6 +305,16 @@ fn exported_flows_to_and_from_listed_addresses_alert_once_each() {
         )),
         0.0
     );
+    assert_eq!(
+        m(&format!(
+            "torsensor_collector_datagrams_total{{listener=\"{l_main}\",result=\"kernel_dropped\"}}"
+        )),
+        0.0
+    );
+    assert!(
+        log.contains("receive buffer 8192 KiB"),
+        "4 MiB, doubled by the kernel: {log}"
+    );
 }
 
 /// A bad `[[collector]]` stops the start with one line naming it.

@@ -7,6 +7,7 @@
 //! wait is over and sends their alerts.
 
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -46,6 +47,9 @@ pub struct ListenerSnapshot {
     pub refused: u64,
     /// Datagrams dropped because the queue was full.
     pub dropped: u64,
+    /// Datagrams the kernel dropped: the socket's receive buffer was full
+    /// (`/proc/net/udp` drops).
+    pub kernel_dropped: u64,
     /// Exporters (and observation domains) with templates remembered.
     pub exporters: usize,
     /// What the collector counted.
@@ -58,6 +62,8 @@ pub(crate) struct CollectorRun {
     configs: Vec<CollectorConfig>,
     collector: Collector,
     received: Vec<Arc<Received>>,
+    /// Each socket's inode and family, to find its kernel drop count.
+    sockets: Vec<(u64, bool)>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The numbers at the last health tick (losses are logged as they
     /// grow).
@@ -77,19 +83,26 @@ impl CollectorRun {
             configs: cfg.collectors.clone(),
             collector: Collector::new(&cfg.collectors, &cfg.hunt),
             received: Vec::new(),
+            sockets: Vec::new(),
             tasks: Vec::new(),
             reported: Vec::new(),
         };
         for (index, c) in cfg.collectors.iter().enumerate() {
             let addr = c.address().map_err(collector_error)?;
             let allowed = c.exporter_nets().map_err(collector_error)?;
-            let socket = UdpSocket::bind(addr)
-                .and_then(|s| s.set_nonblocking(true).map(|()| s))
-                .and_then(tokio::net::UdpSocket::from_std)
-                .map_err(|source| SensorError::Io {
-                    what: "binding a [[collector]] listen address",
-                    source: std::io::Error::new(source.kind(), format!("{}: {source}", c.listen)),
-                })?;
+            let bind_error = |source: std::io::Error| SensorError::Io {
+                what: "binding a [[collector]] listen address",
+                source: std::io::Error::new(source.kind(), format!("{}: {source}", c.listen)),
+            };
+            let socket = UdpSocket::bind(addr).map_err(bind_error)?;
+            let buffer = crate::sys::set_receive_buffer(socket.as_fd(), c.receive_buffer)
+                .map_err(bind_error)?;
+            let inode = crate::sys::fstat(socket.as_fd()).map_or(0, |st| st.ino);
+            run.sockets.push((inode, addr.is_ipv6()));
+            let socket = socket
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UdpSocket::from_std(socket))
+                .map_err(bind_error)?;
             let bound = socket.local_addr().unwrap_or(addr);
             let received = Arc::new(Received::default());
             run.received.push(Arc::clone(&received));
@@ -101,7 +114,7 @@ impl CollectorRun {
                 received,
             )));
             tracing::info!(
-                "collector {}: receiving NetFlow v5/v9 and IPFIX on udp {bound} from {}; alerts {} flows, joins directions for {:?}",
+                "collector {}: receiving NetFlow v5/v9 and IPFIX on udp {bound} from {}; alerts {} flows, joins directions for {:?}; receive buffer {} KiB",
                 c.listen,
                 if c.exporters.is_empty() {
                     "any exporter".to_owned()
@@ -112,7 +125,8 @@ impl CollectorRun {
                     AlertOn::Substantial => "substantial",
                     AlertOn::All => "all matching",
                 },
-                c.merge_wait
+                c.merge_wait,
+                buffer / 1024
             );
         }
         Ok(Some((run, rx)))
@@ -121,6 +135,14 @@ impl CollectorRun {
     /// Every listener's numbers.
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
         let exporters = self.collector.exporters();
+        let tables = [false, true].map(|v6| {
+            std::fs::read_to_string(if v6 {
+                "/proc/self/net/udp6"
+            } else {
+                "/proc/self/net/udp"
+            })
+            .unwrap_or_default()
+        });
         self.collector
             .stats()
             .into_iter()
@@ -129,6 +151,10 @@ impl CollectorRun {
                 listener: self.configs[i].listen.clone(),
                 refused: self.received[i].refused.load(Ordering::Relaxed),
                 dropped: self.received[i].dropped.load(Ordering::Relaxed),
+                kernel_dropped: {
+                    let (inode, v6) = self.sockets[i];
+                    udp_drops(&tables[usize::from(v6)], inode).unwrap_or(0)
+                },
                 exporters: exporters[i],
                 stats,
             })
@@ -143,6 +169,13 @@ impl CollectorRun {
             let before = self.reported.get(i).cloned().unwrap_or_default();
             let grew = |a: u64, b: u64| a.saturating_sub(b);
             let dropped = grew(n.dropped, before.dropped);
+            let kernel_dropped = grew(n.kernel_dropped, before.kernel_dropped);
+            if kernel_dropped > 0 {
+                tracing::warn!(
+                    "collector {}: {kernel_dropped} datagrams dropped by the kernel (receive buffer full: raise receive_buffer)",
+                    n.listener
+                );
+            }
             let refused = grew(n.refused, before.refused);
             let (now, then) = (&n.stats, &before.stats);
             let malformed = grew(now.malformed, then.malformed);
@@ -213,6 +246,17 @@ impl CollectorRun {
     }
 }
 
+/// The `drops` of the socket with `inode` in a `/proc/net/udp` (or
+/// `udp6`) table.
+fn udp_drops(table: &str, inode: u64) -> Option<u64> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(9)?.parse::<u64>().ok()? == inode)
+            .then(|| fields.get(12)?.parse().ok())
+            .flatten()
+    })
+}
+
 fn collector_error(message: String) -> SensorError {
     SensorError::Config(crate::config::ConfigError::Collector(message))
 }
@@ -274,5 +318,18 @@ impl super::Daemon {
         if let Some(c) = self.collector.as_mut() {
             c.sweep(all, &mut self.delivery);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_drops_are_read_by_inode() {
+        let table = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops\n\
+ 1234: 0100007F:0807 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 40411 2 0000000000000000 0\n\
+ 1235: 00000000:1283 00000000:0000 07 00000000:00034000 00:00000000 00000000     0        0 40977 2 0000000000000000 17\n";
+        assert_eq!(super::udp_drops(table, 40977), Some(17));
+        assert_eq!(super::udp_drops(table, 40411), Some(0));
+        assert_eq!(super::udp_drops(table, 1), None);
     }
 }

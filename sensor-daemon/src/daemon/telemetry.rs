@@ -584,13 +584,14 @@ fn encode_collector(e: &mut DescriptorEncoder, s: &Snapshot) -> Result<(), std::
             })
             .collect::<Vec<_>>()
     };
-    let help = "Collector: datagrams received and read (accepted), from exporters not allowed (refused), dropped because the queue was full (dropped).";
+    let help = "Collector: datagrams received and read (accepted), from exporters not allowed (refused), dropped because the queue was full (dropped) or by the kernel, the socket's receive buffer full (kernel_dropped).";
     let datagrams = per(
         &|l| {
             vec![
                 ("accepted", l.stats.datagrams),
                 ("refused", l.refused),
                 ("dropped", l.dropped),
+                ("kernel_dropped", l.kernel_dropped),
             ]
         },
         "result",

@@ -75,6 +75,11 @@ pub struct CollectorConfig {
     /// dropped and counted. Default: 4096 (16 to 1048576).
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// The socket's receive buffer in the kernel, in bytes (what a burst
+    /// can fill before the reader runs; what overflows it is dropped by
+    /// the kernel, and counted). Default: 4194304 (65536 to 268435456).
+    #[serde(default = "default_receive_buffer")]
+    pub receive_buffer: usize,
 }
 
 fn default_merge_wait() -> Duration {
@@ -92,6 +97,9 @@ fn default_max_exporters() -> usize {
 fn default_queue() -> usize {
     4096
 }
+fn default_receive_buffer() -> usize {
+    4 << 20
+}
 
 impl CollectorConfig {
     /// A listener on `listen` with every default.
@@ -105,6 +113,7 @@ impl CollectorConfig {
             template_timeout: default_template_timeout(),
             max_exporters: default_max_exporters(),
             queue: default_queue(),
+            receive_buffer: default_receive_buffer(),
         }
     }
 
