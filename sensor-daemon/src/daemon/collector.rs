@@ -168,30 +168,28 @@ impl CollectorRun {
         for (i, n) in now.iter().enumerate() {
             let before = self.reported.get(i).cloned().unwrap_or_default();
             let grew = |a: u64, b: u64| a.saturating_sub(b);
-            let dropped = grew(n.dropped, before.dropped);
-            let kernel_dropped = grew(n.kernel_dropped, before.kernel_dropped);
-            if kernel_dropped > 0 {
-                tracing::warn!(
-                    "collector {}: {kernel_dropped} datagrams dropped by the kernel (receive buffer full: raise receive_buffer)",
-                    n.listener
-                );
-            }
             let refused = grew(n.refused, before.refused);
             let (now, then) = (&n.stats, &before.stats);
             let malformed = grew(now.malformed, then.malformed);
             let unknown = grew(now.unknown_templates, then.unknown_templates);
-            let evicted = grew(now.evicted, then.evicted);
-            if dropped > 0 {
-                tracing::warn!(
-                    "collector {}: {dropped} datagrams dropped (queue full: raise queue, or the exporters send more than the sensor reads)",
-                    n.listener
-                );
-            }
-            if evicted > 0 {
-                tracing::warn!(
-                    "collector {}: {evicted} flows judged before their other direction came (max_flows waiting)",
-                    n.listener
-                );
+            let losses = [
+                (
+                    grew(n.kernel_dropped, before.kernel_dropped),
+                    "datagrams dropped by the kernel (receive buffer full: raise receive_buffer)",
+                ),
+                (
+                    grew(n.dropped, before.dropped),
+                    "datagrams dropped (queue full: raise queue, or the exporters send more than the sensor reads)",
+                ),
+                (
+                    grew(now.evicted, then.evicted),
+                    "flows judged before their other direction came (max_flows waiting)",
+                ),
+            ];
+            for (count, what) in losses {
+                if count > 0 {
+                    tracing::warn!("collector {}: {count} {what}", n.listener);
+                }
             }
             if refused + malformed + unknown > 0 {
                 tracing::warn!(
