@@ -159,6 +159,27 @@ fn exported_flows_to_and_from_listed_addresses_alert_once_each() {
     // Joined flows are judged after merge_wait (2 s), swept every second.
     std::thread::sleep(Duration::from_secs(4));
     let metrics = http_get(endpoint(&sensor), "/metrics").1;
+    // `torsensor status` names each listener with its counts.
+    let status = std::process::Command::new(common::BIN)
+        .args(["status", "--state-dir", sensor.state_dir.to_str().unwrap()])
+        .env("TORSENSOR_LOG", "warn")
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout).into_owned();
+    let line = |l: &str| {
+        status
+            .lines()
+            .find(|x| x.starts_with(&format!("collector {l}\t")))
+            .unwrap_or_else(|| panic!("no line for {l}: {status}"))
+            .to_owned()
+    };
+    assert!(line(&l_main).contains("(0 refused, 0 lost:"), "{status}");
+    assert!(line(&l_main).contains(" 8 substantial flows"), "{status}");
+    assert!(
+        line(&l_other).starts_with(&format!("collector {l_other}\t0 datagrams (")),
+        "{status}"
+    );
+    assert!(!line(&l_other).contains("(0 refused"), "{status}");
     let (status, _, stderr, alerts) = sensor.stop_collect();
     assert!(status.success(), "{stderr}");
 

@@ -227,6 +227,25 @@ fn print_snapshot(s: &sensor_daemon::daemon::telemetry::Snapshot) {
         "DNS: {} packets to DNS ports looked at, {} watched names sent, {} unparsed, {} without a process, {} lost",
         k.dns_seen, k.dns_sent, k.dns_unparsed, k.dns_no_process, k.dns_ringbuf_full
     );
+    for c in &s.collectors {
+        let n = &c.stats;
+        println!(
+            "collector {}\t{} datagrams ({} refused, {} lost: queue {}, kernel {}), {} exporters, {} records ({} matched), {} substantial flows, {} below the thresholds, {} malformed, {} without a template",
+            c.listener,
+            n.datagrams,
+            c.refused,
+            c.dropped + c.kernel_dropped,
+            c.dropped,
+            c.kernel_dropped,
+            c.exporters,
+            n.records,
+            n.matched,
+            n.substantial,
+            n.below_threshold,
+            n.malformed,
+            n.unknown_templates
+        );
+    }
 }
 
 fn print_feeds(file: &StatusFile) {

@@ -246,6 +246,12 @@ impl Snapshot {
         if lost > 0 {
             reasons.push(format!("{lost} events lost in the kernel"));
         }
+        for c in &self.collectors {
+            let lost = c.dropped + c.kernel_dropped;
+            if lost > 0 {
+                reasons.push(format!("collector {} lost {lost} datagrams", c.listener));
+            }
+        }
         for o in &self.outputs {
             let dropped = o.dropped_queue + o.dropped_spool + o.dropped_undeliverable;
             if dropped > 0 {
@@ -963,12 +969,21 @@ mod tests {
             spooled_events: 9,
             ..Default::default()
         });
+        s.collectors
+            .push(super::super::collector::ListenerSnapshot {
+                listener: "udp://0.0.0.0:2055".into(),
+                dropped: 2,
+                kernel_dropped: 5,
+                refused: 100,
+                ..Default::default()
+            });
         let (level, reasons) = s.verdict();
         assert_eq!(level, Level::Warning);
         assert_eq!(
             reasons,
             [
                 "3 events lost in the kernel",
+                "collector udp://0.0.0.0:2055 lost 7 datagrams",
                 "output siem has 9 alerts waiting in its spool"
             ]
         );
