@@ -133,74 +133,61 @@ impl Delivery {
         }
     }
 
-    /// Handles up to `max` ring-buffer records; true if more may be left.
-    pub fn drain_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+    /// Handles up to `max` records of `ring`, each decoded (`decode`, the
+    /// record then released) and turned into alerts (`handle`); a record
+    /// that fails either is counted and logged (`what`: which ring). True
+    /// if more may be left.
+    fn drain_records<T, E: std::fmt::Display>(
+        &mut self,
+        ring: &mut RingBuf<MapData>,
+        max: usize,
+        what: &str,
+        decode: impl Fn(&[u8]) -> Result<T, E>,
+        mut handle: impl FnMut(&mut Self, T) -> Result<Vec<Alert>, E>,
+    ) -> bool {
         for _ in 0..max {
             let Some(item) = ring.next() else {
                 return false;
             };
-            match decode(&item) {
-                Ok(ev) => {
-                    drop(item);
-                    self.handle(&ev, false);
+            let decoded = decode(&item);
+            drop(item);
+            match decoded.and_then(|record| handle(self, record)) {
+                Ok(alerts) => {
+                    for alert in &alerts {
+                        self.write(alert);
+                    }
                 }
                 Err(e) => {
                     self.stats.decode_errors += 1;
-                    tracing::warn!("dropped a kernel record: {e}");
+                    tracing::warn!("dropped a kernel {what}record: {e}");
                 }
             }
         }
         true
+    }
+
+    /// Handles up to `max` ring-buffer records; true if more may be left.
+    pub fn drain_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
+        self.drain_records(ring, max, "", decode, |d, ev| {
+            d.handle(&ev, false);
+            Ok(Vec::new())
+        })
     }
 
     /// Handles up to `max` records of the exec ring buffer (program
     /// starts); true if more may be left.
     pub fn drain_exec_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
-        for _ in 0..max {
-            let Some(item) = ring.next() else {
-                return false;
-            };
-            let decoded = decode_exec(&item);
-            drop(item);
-            let result = decoded.and_then(|ev| self.pipeline.handle_exec(&ev, Now::current()));
-            match result {
-                Ok(alerts) => {
-                    for alert in &alerts {
-                        self.write(alert);
-                    }
-                }
-                Err(e) => {
-                    self.stats.decode_errors += 1;
-                    tracing::warn!("dropped a kernel exec record: {e}");
-                }
-            }
-        }
-        true
+        self.drain_records(ring, max, "exec ", decode_exec, |d, ev| {
+            d.pipeline.handle_exec(&ev, Now::current())
+        })
     }
 
     /// Handles up to `max` records of the DNS ring buffer; true if more
     /// may be left.
     pub fn drain_dns_some(&mut self, ring: &mut RingBuf<MapData>, max: usize) -> bool {
-        for _ in 0..max {
-            let Some(item) = ring.next() else {
-                return false;
-            };
-            let decoded = decode_dns(&item);
-            drop(item);
-            let result = decoded.and_then(|ev| self.pipeline.handle_dns(&ev, Now::current()));
-            match result {
-                Ok(alerts) => {
-                    for alert in &alerts {
-                        self.write(alert);
-                    }
-                }
-                Err(e) => {
-                    self.stats.decode_errors += 1;
-                    tracing::warn!("dropped a kernel DNS record: {e}");
-                }
-            }
-        }
-        true
+        self.drain_records(ring, max, "DNS ", decode_dns, |d, ev| {
+            d.pipeline.handle_dns(&ev, Now::current())
+        })
     }
 
     /// [`Delivery::drain`] for the DNS ring buffer.
@@ -217,25 +204,13 @@ impl Delivery {
         gw: &super::GatewayRun,
         max: usize,
     ) -> bool {
-        for _ in 0..max {
-            let Some(item) = ring.next() else {
-                return false;
-            };
-            let decoded = gw.decoder.hit(&item, &gw.clock);
-            drop(item);
-            match decoded {
-                Ok(hit) => {
-                    for alert in self.pipeline.handle_gateway(&hit, Now::current()) {
-                        self.write(&alert);
-                    }
-                }
-                Err(e) => {
-                    self.stats.decode_errors += 1;
-                    tracing::warn!("dropped a kernel gateway record: {e}");
-                }
-            }
-        }
-        true
+        self.drain_records(
+            ring,
+            max,
+            "gateway ",
+            |bytes| gw.decoder.hit(bytes, &gw.clock),
+            |d, hit| Ok(d.pipeline.handle_gateway(&hit, Now::current())),
+        )
     }
 
     /// A gateway flow's summary.
