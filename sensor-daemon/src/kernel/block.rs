@@ -172,18 +172,34 @@ impl Probes {
         name: &'static str,
         dir: &std::fs::File,
     ) -> Result<(), ProgramError> {
+        let skb = (name == "block_ingress").then_some(CgroupSkbAttachType::Ingress);
+        self.attach_cgroup_program(name, dir, skb)
+    }
+
+    /// Loads program `name` and links it to the cgroup `dir`: a
+    /// `cgroup_skb` program at `skb`, else a `cgroup/sock_addr` one (the
+    /// blocking and the DNS programs).
+    pub(super) fn attach_cgroup_program(
+        &mut self,
+        name: &str,
+        dir: &std::fs::File,
+        skb: Option<CgroupSkbAttachType>,
+    ) -> Result<(), ProgramError> {
         let program = self
             .ebpf
             .program_mut(name)
             .ok_or(ProgramError::UnexpectedProgramType)?;
-        if name == "block_ingress" {
-            let p: &mut CgroupSkb = program.try_into()?;
-            p.load()?;
-            p.attach(dir, CgroupSkbAttachType::Ingress, LINK).map(drop)
-        } else {
-            let p: &mut CgroupSockAddr = program.try_into()?;
-            p.load()?;
-            p.attach(dir, LINK).map(drop)
+        match skb {
+            Some(at) => {
+                let p: &mut CgroupSkb = program.try_into()?;
+                p.load()?;
+                p.attach(dir, at, LINK).map(drop)
+            }
+            None => {
+                let p: &mut CgroupSockAddr = program.try_into()?;
+                p.load()?;
+                p.attach(dir, LINK).map(drop)
+            }
         }
     }
 

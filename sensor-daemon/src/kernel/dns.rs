@@ -11,9 +11,7 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, RingBuf};
-use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, ProgramError,
-};
+use aya::programs::{CgroupSkbAttachType, ProgramError};
 use sensor_common::{DnsEvent, dns};
 
 use super::event::{BootClock, KernelProcess, addr, comm};
@@ -94,10 +92,6 @@ impl DnsQuery {
     }
 }
 
-/// aya's `Single` is flags 0, which for a cgroup bpf_link means "next to
-/// the others" (see `block.rs`).
-const LINK: CgroupAttachMode = CgroupAttachMode::Single;
-
 impl Probes {
     /// Fills the DNS maps and attaches the DNS programs to the cgroup v2
     /// directory `cgroup`. All or nothing: a program that fails detaches
@@ -127,19 +121,8 @@ impl Probes {
     }
 
     fn attach_dns_program(&mut self, name: &str, dir: &std::fs::File) -> Result<(), ProgramError> {
-        let program = self
-            .ebpf
-            .program_mut(name)
-            .ok_or(ProgramError::UnexpectedProgramType)?;
-        if name == "dns_egress" {
-            let p: &mut CgroupSkb = program.try_into()?;
-            p.load()?;
-            p.attach(dir, CgroupSkbAttachType::Egress, LINK).map(drop)
-        } else {
-            let p: &mut CgroupSockAddr = program.try_into()?;
-            p.load()?;
-            p.attach(dir, LINK).map(drop)
-        }
+        let skb = (name == "dns_egress").then_some(CgroupSkbAttachType::Egress);
+        self.attach_cgroup_program(name, dir, skb)
     }
 
     fn fill_dns(&mut self, watch: &DnsWatch, ports: &[u16]) -> Result<(), KernelError> {
@@ -175,12 +158,7 @@ impl Probes {
 
     /// Takes the DNS ring buffer (once).
     pub fn take_dns_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let name = "DNS_EVENTS";
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(KernelError::MissingMap(name))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
+        self.take_ring("DNS_EVENTS")
     }
 }
 

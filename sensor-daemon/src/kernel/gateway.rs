@@ -388,15 +388,7 @@ impl Probes {
             }
         }
         for (program, _) in PROGRAMS {
-            let p: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(program)
-                .ok_or(KernelError::MissingMap(program))?
-                .try_into()
-                .map_err(|source| KernelError::Program {
-                    name: program,
-                    source,
-                })?;
+            let p = self.classifier(program)?;
             p.load().map_err(|e| {
                 fail(format!(
                     "{program}: {}{}",
@@ -430,15 +422,7 @@ impl Probes {
                     TcMode::Tcx => TcAttachOptions::TcxOrder(LinkOrder::default()),
                     _ => TcAttachOptions::Netlink(NlOptions::default()),
                 };
-                let p: &mut SchedClassifier = self
-                    .ebpf
-                    .program_mut(program)
-                    .ok_or(KernelError::MissingMap(program))?
-                    .try_into()
-                    .map_err(|source| KernelError::Program {
-                        name: program,
-                        source,
-                    })?;
+                let p = self.classifier(program)?;
                 p.attach_with_options(&i.name, hook, options).map_err(|e| {
                     fail(format!(
                         "{program} on {} ({mode}): {}",
@@ -455,14 +439,18 @@ impl Probes {
         })
     }
 
+    /// Gateway program `name`, as the TC program it is.
+    fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier, KernelError> {
+        self.ebpf
+            .program_mut(name)
+            .ok_or(KernelError::MissingMap(name))?
+            .try_into()
+            .map_err(|source| KernelError::Program { name, source })
+    }
+
     /// Takes the gateway hit ring buffer (once).
     pub fn take_gateway_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let name = "GW_EVENTS";
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(KernelError::MissingMap(name))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
+        self.take_ring("GW_EVENTS")
     }
 
     /// Takes out of `GW_FLOWS` the flows `ended` says are over (or all of

@@ -161,12 +161,7 @@ impl Probes {
 
     /// Takes the exec ring buffer (once).
     pub fn take_exec_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
-        let name = "EXEC_EVENTS";
-        let map = self
-            .ebpf
-            .take_map(name)
-            .ok_or(KernelError::MissingMap(name))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
+        self.take_ring("EXEC_EVENTS")
     }
 
     /// Whether the exec program is attached, or why not.

@@ -487,16 +487,18 @@ impl Probes {
         }
     }
 
-    /// Takes the event ring buffer (once).
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+    /// Takes ring buffer `name` (once).
+    fn take_ring(&mut self, name: &'static str) -> Result<RingBuf<MapData>, KernelError> {
         let map = self
             .ebpf
-            .take_map("EVENTS")
-            .ok_or(KernelError::MissingMap("EVENTS"))?;
-        RingBuf::try_from(map).map_err(|source| KernelError::Map {
-            name: "EVENTS",
-            source,
-        })
+            .take_map(name)
+            .ok_or(KernelError::MissingMap(name))?;
+        RingBuf::try_from(map).map_err(|source| KernelError::Map { name, source })
+    }
+
+    /// Takes the event ring buffer (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, KernelError> {
+        self.take_ring("EVENTS")
     }
 
     /// Takes the kernel log reader, if kernel logging is on.
