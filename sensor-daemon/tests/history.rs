@@ -9,27 +9,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{BIN, temp_path};
+use common::capture::text;
+use common::{data, temp_path, torsensor};
 use serde_json::Value;
-
-fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join(path)
-}
-
-fn torsensor(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("TORSENSOR_LOG", "warn")
-        .env_remove("TORSENSOR_HISTORY")
-        .output()
-        .expect("run torsensor")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A CollecTor-style monthly archive: members under
 /// `consensuses-2026-07/27/`, each with the `@type` line CollecTor adds,

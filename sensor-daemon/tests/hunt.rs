@@ -18,7 +18,7 @@ use std::time::Duration;
 use common::capture::{
     Killed, LoNs, run, signal, softflowd, tcpdump, tcpdump_on, text, tshark_ip_bytes, wait_until,
 };
-use common::{BIN, kernel_tests_allowed, temp_path};
+use common::{data, kernel_tests_allowed, temp_path, torsensor};
 use serde_json::Value;
 
 const BIG: usize = 2_621_440; // 2.5 MiB: above the 1 MiB threshold
@@ -28,12 +28,6 @@ const EXIT_VIA_XFF: &str = "198.51.100.8";
 const UNLISTED: &str = "203.0.113.5";
 const INSIDE6: &str = "2001:db8::10";
 const EXIT6: &str = "2001:db8::7";
-
-fn data(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("data")
-        .join(path)
-}
 
 /// The nginx of the test: an inside web server on :8080 (logging combined
 /// plus X-Forwarded-For, and JSON) and the "outside" servers on :8443.
@@ -89,15 +83,6 @@ fn exit_list_now(dir: &Path) -> PathBuf {
     let path = dir.join("exits-now");
     std::fs::write(&path, doc).unwrap();
     path
-}
-
-fn torsensor(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .env("TORSENSOR_LOG", "warn")
-        .env_remove("TORSENSOR_HISTORY")
-        .output()
-        .expect("run torsensor")
 }
 
 /// Runs a hunt; returns the exit code, the alerts and the JSON summary.

@@ -51,19 +51,6 @@ impl Default for JsonFields {
     }
 }
 
-/// A request as parsed (the caller adds the position).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Parsed {
-    pub time_ns: u64,
-    pub client: IpAddr,
-    pub forwarded_for: Vec<IpAddr>,
-    pub method: Option<String>,
-    pub target: Option<String>,
-    pub status: Option<u16>,
-    pub bytes: u64,
-    pub user_agent: Option<String>,
-}
-
 /// A quoted field, with `\"` and `\\` escapes; returns it and the rest.
 fn quoted(s: &str) -> Option<(String, &str)> {
     let s = s.trim_start().strip_prefix('"')?;
@@ -141,7 +128,7 @@ fn client_and_time(line: &str) -> Result<(IpAddr, u64, &str), String> {
 }
 
 /// One line of the combined or common log format.
-pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
+pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Request, String> {
     let (client, time_ns, rest) = client_and_time(line)?;
     let (request, rest) = quoted(rest).ok_or("no quoted request line")?;
     let (status, rest) = token(rest).ok_or("no status")?;
@@ -173,7 +160,7 @@ pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
     } else {
         Vec::new()
     };
-    Ok(Parsed {
+    Ok(Request {
         time_ns,
         client,
         forwarded_for: forwarded,
@@ -182,6 +169,7 @@ pub fn parse_line(line: &str, forwarded_for: bool) -> Result<Parsed, String> {
         status: Some(status),
         bytes,
         user_agent,
+        position: Position::default(),
     })
 }
 
@@ -194,7 +182,7 @@ fn text_of(v: &Value) -> Option<String> {
 }
 
 /// One JSON access-log line.
-pub fn parse_json(line: &str, fields: &JsonFields, forwarded_for: bool) -> Result<Parsed, String> {
+pub fn parse_json(line: &str, fields: &JsonFields, forwarded_for: bool) -> Result<Request, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON ({e})"))?;
     let get = |name: &str| v.get(name).and_then(text_of).and_then(dash);
     let client_text = get(&fields.client).ok_or_else(|| format!("no {}", fields.client))?;
@@ -213,7 +201,7 @@ pub fn parse_json(line: &str, fields: &JsonFields, forwarded_for: bool) -> Resul
     {
         (method, target) = split_request(&r);
     }
-    Ok(Parsed {
+    Ok(Request {
         time_ns,
         client,
         forwarded_for: if forwarded_for {
@@ -228,6 +216,7 @@ pub fn parse_json(line: &str, fields: &JsonFields, forwarded_for: bool) -> Resul
         status: get(&fields.status).and_then(|s| s.parse().ok()),
         bytes: get(&fields.bytes).and_then(|s| s.parse().ok()).unwrap_or(0),
         user_agent: get(&fields.user_agent),
+        position: Position::default(),
     })
 }
 
@@ -246,7 +235,7 @@ pub fn read(
             // forwarded chain to read) needs only its time; the rest of
             // the line is not parsed.
             None if !forwarded_for => match client_and_time(line.text) {
-                Ok((client, time_ns, _)) if !out.may_match(client) => Parsed {
+                Ok((client, time_ns, _)) if !out.may_match(client) => Request {
                     time_ns,
                     client,
                     forwarded_for: Vec::new(),
@@ -255,24 +244,18 @@ pub fn read(
                     status: None,
                     bytes: 0,
                     user_agent: None,
+                    position: Position::default(),
                 },
                 _ => parse_line(line.text, false)?,
             },
             None => parse_line(line.text, true)?,
         };
         out.request(Request {
-            time_ns: p.time_ns,
-            client: p.client,
-            forwarded_for: p.forwarded_for,
-            method: p.method,
-            target: p.target,
-            status: p.status,
-            bytes: p.bytes,
-            user_agent: p.user_agent,
             position: Position {
                 offset: line.offset,
                 record: line.number,
             },
+            ..p
         });
         Ok(())
     })

@@ -43,6 +43,24 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A file of the crate's `data/` directory (the project's fixtures).
+pub fn data(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("data")
+        .join(path)
+}
+
+/// Runs the binary with `args` to completion (warnings only on stderr,
+/// no history directory from the environment).
+pub fn torsensor(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(args)
+        .env("TORSENSOR_LOG", "warn")
+        .env_remove("TORSENSOR_HISTORY")
+        .output()
+        .expect("run torsensor")
+}
+
 pub fn temp_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("torsensor-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
