@@ -438,27 +438,10 @@ fn through_a_local_stub_the_client_and_the_forwarding_resolver_are_named() {
 /// The DNS programs held by `pid` or by no process (an orphan), as
 /// `tests/local_signals.rs` counts the exec program.
 fn dns_programs_of(pid: u32) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "{out:?}");
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| {
-            p["name"].as_str().is_some_and(|n| {
-                n.starts_with("dns_connect") || n.starts_with("dns_sendmsg") || n == "dns_egress"
-            })
-        })
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))
-        })
-        .count()
+    common::bpf_programs_of(pid, |n| {
+        n.starts_with("dns_connect") || n.starts_with("dns_sendmsg") || n == "dns_egress"
+    })
+    .len()
 }
 
 /// The cgroup v2 hierarchy's mount point (where both features attach by

@@ -540,25 +540,9 @@ fn sigterm_drains_and_detaches_within_two_seconds() {
 
 /// Programs named like ours that `pid` holds, or that no process holds.
 fn programs_of(pid: u32) -> Vec<Value> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success());
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| {
-            let name = p["name"].as_str().unwrap_or("");
-            sensor_daemon::kernel::InboundHooks::all_programs().any(|ours| ours == name)
-                && p["pids"]
-                    .as_array()
-                    .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))
-        })
-        .cloned()
-        .collect()
+    common::bpf_programs_of(pid, |name| {
+        sensor_daemon::kernel::InboundHooks::all_programs().any(|ours| ours == name)
+    })
 }
 
 #[test]

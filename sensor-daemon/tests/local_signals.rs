@@ -211,23 +211,7 @@ fn a_program_started_as_tor_is_reported_by_name() {
 /// also every one when this bpftool cannot tell who holds what), as
 /// `tests/kernel.rs` counts the connection programs.
 fn exec_programs_of(pid: u32) -> usize {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool");
-    assert!(out.status.success(), "{out:?}");
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
-    progs
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|p| p["name"] == "process_exec")
-        .filter(|p| {
-            p["pids"]
-                .as_array()
-                .is_none_or(|pids| pids.iter().any(|x| x["pid"] == json!(pid)))
-        })
-        .count()
+    common::bpf_programs_of(pid, |n| n == "process_exec").len()
 }
 
 #[test]

@@ -43,6 +43,30 @@ pub fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The loaded eBPF programs (`bpftool -j prog show`) whose name `named`
+/// accepts, held by `pid` or by no process (an orphan; also every one
+/// when this bpftool cannot tell who holds what).
+pub fn bpf_programs_of(pid: u32, named: impl Fn(&str) -> bool) -> Vec<Value> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| named(p["name"].as_str().unwrap_or("")))
+        .filter(|p| {
+            p["pids"]
+                .as_array()
+                .is_none_or(|pids| pids.iter().any(|x| x["pid"] == serde_json::json!(pid)))
+        })
+        .cloned()
+        .collect()
+}
+
 /// A file of the crate's `data/` directory (the project's fixtures).
 pub fn data(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
