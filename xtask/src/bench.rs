@@ -644,6 +644,50 @@ fn plans(bin: &Path, n: usize, rounds: usize) -> anyhow::Result<()> {
     compare(bin, &conditions, n / 2, rounds) // each connection does more work here
 }
 
+/// Runs `measure(i)` under each condition (`args[i]`: the sensor's
+/// arguments, running; none: no sensor), `rounds` times, the order
+/// rotated each round so that no condition always runs first; each
+/// condition's results in round order.
+fn rotated(
+    bin: &Path,
+    args: &[Option<&[String]>],
+    rounds: usize,
+    mut measure: impl FnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<Vec<Vec<f64>>> {
+    let mut rates = vec![Vec::new(); args.len()];
+    for round in 0..rounds {
+        for k in 0..args.len() {
+            let i = (k + round) % args.len();
+            let rate = match args[i] {
+                None => {
+                    std::thread::sleep(Duration::from_millis(300));
+                    measure(i)?
+                }
+                Some(args) => {
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let running = Running::start(bin, &args, Stdio::null())?;
+                    running.settle();
+                    let r = measure(i)?;
+                    running.stop()?;
+                    r
+                }
+            };
+            rates[i].push(rate);
+        }
+    }
+    Ok(rates)
+}
+
+/// The median of condition `i`'s round-by-round ratios to `base`'s.
+fn median_ratio(rates: &[Vec<f64>], i: usize, base: usize) -> f64 {
+    let r: Vec<f64> = rates[i]
+        .iter()
+        .zip(&rates[base])
+        .map(|(a, b)| a / b)
+        .collect();
+    median(&r)
+}
+
 /// Storms with a 1-byte exchange under each condition (no arguments: no
 /// sensor; the first two are the baselines the ratios are printed
 /// against), rounds rotated, then the kernel cost of each `run` condition.
@@ -653,36 +697,14 @@ fn compare(
     n: usize,
     rounds: usize,
 ) -> anyhow::Result<()> {
-    let mut rates = vec![Vec::new(); conditions.len()];
     storm_with(n / 4, true)?; // warm-up
-    for round in 0..rounds {
-        // Rotate the order each round so that no condition always runs first.
-        for k in 0..conditions.len() {
-            let i = (k + round) % conditions.len();
-            let args = &conditions[i].1;
-            let rate = if args.is_empty() {
-                std::thread::sleep(Duration::from_millis(300));
-                storm_with(n, true)?
-            } else {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let running = Running::start(bin, &args, Stdio::null())?;
-                running.settle();
-                let r = storm_with(n, true)?;
-                running.stop()?;
-                r
-            };
-            rates[i].push(rate);
-        }
-    }
+    let args: Vec<Option<&[String]>> = conditions
+        .iter()
+        .map(|(_, a)| (!a.is_empty()).then_some(a.as_slice()))
+        .collect();
+    let rates = rotated(bin, &args, rounds, |_| storm_with(n, true))?;
     // Per-round ratios against the two baselines, medians.
-    let ratio = |i: usize, base: usize| {
-        let r: Vec<f64> = rates[i]
-            .iter()
-            .zip(&rates[base])
-            .map(|(a, b)| a / b)
-            .collect();
-        median(&r)
-    };
+    let ratio = |i: usize, base: usize| median_ratio(&rates, i, base);
     for (i, (name, _)) in conditions.iter().enumerate() {
         println!(
             "   {name:<34} {:>7.0} conn/s   RATIO to {} {:.3}, to {} {:.3}",
@@ -830,36 +852,9 @@ fn dns(bin: &Path, scratch: &Path, n: usize, rounds: usize) -> anyhow::Result<()
         ("[dns] on, unlisted name", Some(&on), "www.example.com"),
         ("[dns] on, watched name", Some(&on), "www.torproject.org"),
     ];
-    let mut rates = vec![Vec::new(); cases.len()];
-    for round in 0..rounds {
-        for k in 0..cases.len() {
-            let i = (k + round) % cases.len();
-            let (_, args, name) = cases[i];
-            let rate = match args {
-                None => {
-                    std::thread::sleep(Duration::from_millis(300));
-                    dns_loop(q, name)?
-                }
-                Some(args) => {
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    let running = Running::start(bin, &args, Stdio::null())?;
-                    running.settle();
-                    let r = dns_loop(q, name)?;
-                    running.stop()?;
-                    r
-                }
-            };
-            rates[i].push(rate);
-        }
-    }
-    let ratio = |i: usize, base: usize| {
-        let r: Vec<f64> = rates[i]
-            .iter()
-            .zip(&rates[base])
-            .map(|(a, b)| a / b)
-            .collect();
-        median(&r)
-    };
+    let args: Vec<Option<&[String]>> = cases.iter().map(|(_, a, _)| *a).collect();
+    let rates = rotated(bin, &args, rounds, |i| dns_loop(q, cases[i].2))?;
+    let ratio = |i: usize, base: usize| median_ratio(&rates, i, base);
     for (i, (label, ..)) in cases.iter().enumerate() {
         println!(
             "   {label:<34} {:>7.0} queries/s   RATIO to no sensor {:.3}, to [dns] off {:.3}",
