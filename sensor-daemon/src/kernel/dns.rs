@@ -56,11 +56,7 @@ pub enum DnsEventError {
 
 /// Reads a `DNS_EVENTS` record.
 pub fn decode_dns(bytes: &[u8]) -> Result<DnsEvent, DnsEventError> {
-    if bytes.len() != size_of::<DnsEvent>() {
-        return Err(DnsEventError::Size(bytes.len()));
-    }
-    // SAFETY: length checked; DnsEvent is plain old data valid for any bits.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<DnsEvent>()) })
+    super::event::decode_pod(bytes).ok_or(DnsEventError::Size(bytes.len()))
 }
 
 impl DnsQuery {

@@ -103,13 +103,17 @@ impl BootClock {
     }
 }
 
+/// A ring-buffer record as the shared type `T`, if it has `T`'s size.
+pub(crate) fn decode_pod<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() == size_of::<T>())
+        // SAFETY: length checked; `aya::Pod` types (sensor_common's shared
+        // types) are plain old data, valid for any bits.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
 /// Reads a ring-buffer record.
 pub fn decode(bytes: &[u8]) -> Result<ConnEvent, EventError> {
-    if bytes.len() != size_of::<ConnEvent>() {
-        return Err(EventError::Size(bytes.len()));
-    }
-    // SAFETY: length checked; ConnEvent is plain old data valid for any bits.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnEvent>()) })
+    decode_pod(bytes).ok_or(EventError::Size(bytes.len()))
 }
 
 pub(crate) fn addr(family: u16, raw: &[u8; 16]) -> Result<IpAddr, EventError> {

@@ -259,13 +259,6 @@ pub struct FlowSummary {
     pub end: FlowEnd,
 }
 
-fn decode_pod<T: Copy>(bytes: &[u8]) -> Option<T> {
-    (bytes.len() == size_of::<T>())
-        // SAFETY: length checked; the shared types are plain old data
-        // valid for any bits.
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
 /// Turns the kernel's records into hits and summaries.
 #[derive(Debug, Clone, Default)]
 pub struct GatewayDecoder {
@@ -283,7 +276,8 @@ impl GatewayDecoder {
 
     /// A `GW_EVENTS` record.
     pub fn hit(&self, bytes: &[u8], clock: &BootClock) -> Result<GatewayHit, EventError> {
-        let ev: GatewayEvent = decode_pod(bytes).ok_or(EventError::GatewaySize(bytes.len()))?;
+        let ev: GatewayEvent =
+            super::event::decode_pod(bytes).ok_or(EventError::GatewaySize(bytes.len()))?;
         Ok(GatewayHit {
             time: clock.wall(ev.ts_boot_ns),
             inside: SocketAddr::new(addr(ev.family, &ev.inside_addr)?, ev.inside_port),

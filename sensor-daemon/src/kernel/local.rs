@@ -78,11 +78,7 @@ pub enum ExecEventError {
 
 /// Reads an `EXEC_EVENTS` record.
 pub fn decode_exec(bytes: &[u8]) -> Result<ExecEvent, ExecEventError> {
-    if bytes.len() != size_of::<ExecEvent>() {
-        return Err(ExecEventError::Size(bytes.len()));
-    }
-    // SAFETY: length checked; ExecEvent is plain old data valid for any bits.
-    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ExecEvent>()) })
+    super::event::decode_pod(bytes).ok_or(ExecEventError::Size(bytes.len()))
 }
 
 /// A socket that started to listen on a watched port (a `ConnEvent`
