@@ -135,7 +135,11 @@ impl CollectorRun {
     /// Every listener's numbers.
     pub fn snapshot(&self) -> Vec<ListenerSnapshot> {
         let exporters = self.collector.exporters();
+        // Only the tables of the families listened on.
         let tables = [false, true].map(|v6| {
+            if !self.sockets.iter().any(|(_, family)| *family == v6) {
+                return String::new();
+            }
             std::fs::read_to_string(if v6 {
                 "/proc/self/net/udp6"
             } else {
